@@ -1,0 +1,85 @@
+"""Hydra/OmegaConf plumbing: where ``conf/`` is, custom resolvers, composing configs in code."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["config_dir", "register_resolvers", "compose"]
+
+
+def config_dir() -> str:
+    """Absolute path of the config folder.
+
+    A source checkout (editable install) uses the top-level ``conf/``; a wheel ships the same files
+    as ``brats_lightning/conf`` (see ``pyproject.toml``).
+    """
+    here = Path(__file__).resolve().parent
+    for cand in (here / "conf", here.parent / "conf"):
+        if (cand / "train.yaml").is_file():
+            return str(cand)
+    raise FileNotFoundError(f"brats_lightning configs not found next to {here} (looked for conf/train.yaml)")
+
+
+def _in_channels(modalities: Sequence[str], symmetry: bool) -> int:
+    from brats_lightning.data.datamodule import in_channels_for
+
+    return in_channels_for(list(modalities), bool(symmetry))
+
+
+def _num_classes(convention: str) -> int:
+    from brats_lightning.data.labels import get_convention
+
+    return get_convention(convention).num_classes
+
+
+def _wandb_offline() -> bool:
+    """W&B runs offline unless an API key is configured (environment or ~/.netrc)."""
+    if os.environ.get("WANDB_MODE") in ("online", "run"):
+        return False
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = Path.home() / ".netrc"
+    try:
+        return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    except OSError:
+        return True
+
+
+def register_resolvers() -> None:
+    """Register the ``bl.*`` resolvers used by the configs (idempotent)."""
+    for name, fn in (
+        ("bl.in_channels", _in_channels),
+        ("bl.num_classes", _num_classes),
+        ("bl.wandb_offline", _wandb_offline),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | None = None) -> DictConfig:
+    """Compose a config in code, as ``python -m brats_lightning`` would (for tests and notebooks).
+
+    Args:
+        overrides: Hydra overrides (``["model=fcn_sym", "trainer.max_epochs=1"]``).
+        config_name: primary config.
+        output_dir: sets ``paths.output_dir`` (otherwise it needs a Hydra run).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    if output_dir is not None:
+        OmegaConf.set_struct(cfg, False)
+        cfg.paths.output_dir = str(output_dir)
+        OmegaConf.set_struct(cfg, True)
+    return cfg

@@ -1,0 +1,282 @@
+"""LightningDataModule for BraTS: case discovery, preprocessing cache, seeded splits, loaders.
+
+With ``root=None`` it generates the built-in synthetic BraTS-like data set
+(:mod:`brats_lightning.data.synthetic`) into the cache folder, so that a new user can train at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from brats_lightning.data.cache import (
+    PreparedCase,
+    SymmetryConfig,
+    cache_key,
+    is_fresh,
+    load_prepared,
+    prepare_case,
+)
+from brats_lightning.data.datasets import SliceDataset, VolumeDataset, first_item
+from brats_lightning.data.io import MODALITIES, CaseFiles, DataError, detect_layout, discover_cases
+from brats_lightning.data.labels import get_convention
+from brats_lightning.data.preprocess import PreprocessConfig
+from brats_lightning.data.splits import fold_cases, load_or_create_splits
+
+__all__ = ["BratsDataModule", "in_channels_for"]
+
+log = logging.getLogger(__name__)
+
+
+def in_channels_for(modalities: Sequence[str], symmetry: bool) -> int:
+    """Input channels of a model fed ``modalities`` (and one symmetry map per modality)."""
+    return len(modalities) * (2 if symmetry else 1)
+
+
+def _progress(description: str, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        transient=False,
+    )
+    return progress, progress.add_task(description, total=total)
+
+
+class BratsDataModule(pl.LightningDataModule):
+    """Slices (or patches) for training, whole volumes for validation and test.
+
+    Args:
+        root: folder of BraTS cases; ``None`` for the built-in synthetic data set.
+        layout: file layout (``"auto"`` detects it; see :data:`brats_lightning.data.io.LAYOUTS`).
+        modalities: canonical modalities stacked as channels, in this order.
+        convention: label convention of the files (:mod:`brats_lightning.data.labels`).
+        symmetry: append Shen et al.'s symmetry maps as extra channels (the one switch for them).
+        symmetry_options: keyword arguments of :class:`~brats_lightning.data.cache.SymmetryConfig`.
+        preprocess: keyword arguments of :class:`~brats_lightning.data.preprocess.PreprocessConfig`.
+        synthetic: options of :func:`brats_lightning.data.synthetic.write_dataset` (``n_cases``,
+            ``shape``, ``spacing``, ``seed``), used when ``root`` is ``None``.
+        cache_dir: where prepared cases, splits and synthetic data are stored.
+        split_file: an explicit split file; default ``<cache_dir>/splits/<dataset>-<hash>.json``.
+        seed: seed of the split and of the augmentation.
+        test_fraction: share of the cases held out for testing.
+        num_folds: cross-validation folds of the remaining cases.
+        fold: the fold used for validation.
+        max_cases: use only the first ``max_cases`` cases (quick runs).
+        crop_size: in-plane ``(X, Y)`` training size (Shen et al.: 144 x 192).
+        batch_size: training slices per batch.
+        num_workers: data loader workers.
+        augment: random crops, flips, rotations and scaling of training slices.
+        augment_options: keyword arguments of :func:`~brats_lightning.data.datasets.slice_augmentation`.
+        in_channels: expected input channels; checked against modalities and symmetry when given.
+        num_classes: expected classes; checked against the convention when given.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        layout: str = "auto",
+        modalities: Sequence[str] = MODALITIES,
+        convention: str = "brats2017",
+        symmetry: bool = False,
+        symmetry_options: dict | None = None,
+        preprocess: dict | None = None,
+        synthetic: dict | None = None,
+        cache_dir: str = "data/cache",
+        split_file: str | None = None,
+        seed: int = 0,
+        test_fraction: float = 0.2,
+        num_folds: int = 5,
+        fold: int = 0,
+        max_cases: int | None = None,
+        crop_size: Sequence[int] = (144, 192),
+        batch_size: int = 8,
+        num_workers: int = 0,
+        augment: bool = True,
+        augment_options: dict | None = None,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = None if root in (None, "", "null") else Path(root)
+        if self.root is None and synthetic is None:
+            raise ValueError("data.root is not set: give the folder of your BraTS cases, e.g. data.root=/data/BraTS2021")
+        self.layout = layout
+        self.modalities = tuple(modalities)
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; expected names from {MODALITIES}")
+        self.convention = get_convention(convention)
+        self.symmetry = SymmetryConfig(enabled=bool(symmetry), **(symmetry_options or {}))
+        self.prep = PreprocessConfig(**_tuples(preprocess or {}))
+        self.synthetic = dict(synthetic or {})
+        self.cache_dir = Path(cache_dir)
+        self.split_file = None if split_file in (None, "", "null") else Path(split_file)
+        self.seed = seed
+        self.test_fraction = test_fraction
+        self.num_folds = num_folds
+        self.fold = fold
+        self.max_cases = max_cases
+        self.crop_size = tuple(int(s) for s in crop_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.augment_options = dict(augment_options or {})
+        if in_channels is not None and in_channels != self.in_channels:
+            raise ValueError(
+                f"data.in_channels={in_channels} but {len(self.modalities)} modalities"
+                f"{' with symmetry maps' if self.symmetry.enabled else ''} give {self.in_channels}"
+            )
+        if num_classes is not None and num_classes != self.num_classes:
+            raise ValueError(f"data.num_classes={num_classes} but convention {self.convention.name} has {self.num_classes}")
+        self.train_cases: list[PreparedCase] = []
+        self.val_cases: list[PreparedCase] = []
+        self.test_cases: list[PreparedCase] = []
+        self.splits: dict | None = None
+
+    # -- derived properties -------------------------------------------------------------------
+
+    @property
+    def in_channels(self) -> int:
+        return in_channels_for(self.modalities, self.symmetry.enabled)
+
+    @property
+    def num_classes(self) -> int:
+        return self.convention.num_classes
+
+    @property
+    def dataset_root(self) -> Path:
+        """The folder cases are read from (the synthetic data set's folder when ``root`` is None)."""
+        if self.root is not None:
+            return self.root
+        s = {"n_cases": 24, "shape": (80, 96, 64), "spacing": 2.5, "seed": 0} | self.synthetic
+        shape = "x".join(str(int(v)) for v in s["shape"])
+        return self.cache_dir / f"synthetic-n{s['n_cases']}-{shape}-sp{s['spacing']}-seed{s['seed']}"
+
+    @property
+    def dataset_name(self) -> str:
+        return self.dataset_root.name
+
+    def _layout_name(self) -> str:
+        return detect_layout(self.dataset_root).name if self.layout == "auto" else self.layout
+
+    @property
+    def prepared_dir(self) -> Path:
+        """Cache folder of this data set under this preprocessing configuration."""
+        key = cache_key(
+            self.dataset_root, self._layout_name(), self.modalities, self.convention.name, self.prep, self.symmetry
+        )
+        return self.cache_dir / "prepared" / f"{self.dataset_name}-{key}"
+
+    # -- data preparation ---------------------------------------------------------------------
+
+    def discover(self, generate: bool = False) -> list[CaseFiles]:
+        """The cases of the data set (``generate``: write the synthetic data first if needed)."""
+        if self.root is None and generate:
+            self._write_synthetic()
+        cases = discover_cases(self.dataset_root, self.layout, self.modalities)
+        if self.max_cases is not None:
+            cases = cases[: self.max_cases]
+        return cases
+
+    def _write_synthetic(self) -> None:
+        from brats_lightning.data.synthetic import write_dataset
+
+        s = {"n_cases": 24, "shape": (80, 96, 64), "spacing": 2.5, "seed": 0} | self.synthetic
+        write_dataset(self.dataset_root, n_cases=int(s["n_cases"]), shape=tuple(int(v) for v in s["shape"]),
+                      spacing=float(s["spacing"]), seed=int(s["seed"]), progress=True)
+
+    def prepare_data(self) -> None:
+        """Prepare every case into the cache (once; later runs find it there)."""
+        cases = self.discover(generate=True)
+        out = self.prepared_dir
+        todo = [c for c in cases if not is_fresh(out / c.case_id, c)]
+        if not todo:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        log.info("Preparing %d of %d cases of %s into %s", len(todo), len(cases), self.dataset_root, out)
+        progress, task = _progress(f"Preparing {self.dataset_name}", len(todo))
+        with progress:
+            for c in todo:
+                prepare_case(c, out / c.case_id, self.convention, self.prep, self.symmetry)
+                progress.advance(task)
+
+    def _split_path(self, case_ids: list[str]) -> Path:
+        if self.split_file is not None:
+            return self.split_file
+        import hashlib
+
+        h = hashlib.sha1(
+            ("|".join(sorted(case_ids)) + f"|{self.seed}|{self.test_fraction}|{self.num_folds}").encode()
+        ).hexdigest()[:8]
+        return self.cache_dir / "splits" / f"{self.dataset_name}-{h}.json"
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the split and open the prepared cases of each part."""
+        if self.splits is not None:
+            return
+        cases = self.discover()
+        ids = [c.case_id for c in cases]
+        for c in cases:
+            if not is_fresh(self.prepared_dir / c.case_id, c):
+                raise DataError(f"case {c.case_id} is not prepared in {self.prepared_dir}; call prepare_data() first")
+        self.splits = load_or_create_splits(self._split_path(ids), ids, self.seed, self.test_fraction, self.num_folds)
+        train, val, test = fold_cases(self.splits, self.fold)
+        self.train_cases = [load_prepared(self.prepared_dir / c) for c in train]
+        self.val_cases = [load_prepared(self.prepared_dir / c) for c in val]
+        self.test_cases = [load_prepared(self.prepared_dir / c) for c in test]
+        log.info(
+            "Split %s fold %d: %d train, %d val, %d test cases",
+            self._split_path(ids), self.fold, len(train), len(val), len(test),
+        )
+
+    # -- loaders ------------------------------------------------------------------------------
+
+    def train_dataset(self) -> SliceDataset:
+        return SliceDataset(self.train_cases, self.crop_size, self.augment, self.augment_options, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.train_dataset()
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers, drop_last=len(ds) > self.batch_size,
+            persistent_workers=self.num_workers > 0, worker_init_fn=_worker_init if self.num_workers else None,
+        )
+
+    def _volume_loader(self, cases: list[PreparedCase]) -> DataLoader:
+        return DataLoader(VolumeDataset(cases), batch_size=1, shuffle=False, num_workers=min(self.num_workers, 2),
+                          collate_fn=first_item)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._volume_loader(self.val_cases)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._volume_loader(self.test_cases)
+
+    def label_frequencies(self) -> list[float]:
+        """Class frequencies inside the brain over the training cases (natural distribution)."""
+        import numpy as np
+
+        counts = np.zeros(self.num_classes)
+        for c in self.train_cases:
+            counts += np.asarray(c.meta["label_counts"])
+        return (counts / max(counts.sum(), 1)).tolist()
+
+
+def _worker_init(worker_id: int) -> None:
+    """Give every loader worker its own augmentation random state (MONAI transforms and crops)."""
+    import numpy as np
+    import torch
+    from monai.data.utils import worker_init_fn
+
+    worker_init_fn(worker_id)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "rng"):
+        info.dataset.rng = np.random.default_rng(info.seed % 2**32)
+
+
+def _tuples(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

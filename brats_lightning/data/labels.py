@@ -1,0 +1,198 @@
+"""Label conventions of every BraTS edition, their tumour regions and lossless mappings.
+
+This module is the single owner of label conventions: every other module asks it how file labels
+map to the network's internal classes and which classes make up a region. Mixing the conventions
+up (label 3 vs 4 for enhancing tumour) is the most reported bug in peer projects.
+
+* ``brats2013`` (BRATS 2012-2016, Menze et al. 2015): 0 background, 1 necrosis, 2 edema,
+  3 non-enhancing tumour, 4 enhancing tumour.
+* ``brats2017`` (BraTS 2017-2021): 0 background, 1 necrotic / non-enhancing tumour core (NCR/NET),
+  2 peritumoral edema, 4 enhancing tumour (label 3 unused).
+* ``brats2023`` (BraTS 2023+): 0 background, 1 NCR, 2 edema (SNFH), 3 enhancing tumour.
+
+Internal classes are ``0..K-1``: class ``i`` is the ``i``-th file label of the convention.
+Regions (Menze et al. 2015; both papers' evaluation): whole tumour (``wt``, "complete") = every
+tumour label; tumour core (``tc``) = all but edema; enhancing tumour (``et``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = [
+    "REGIONS",
+    "REGION_NAMES",
+    "LabelConvention",
+    "CONVENTIONS",
+    "get_convention",
+    "detect_convention",
+    "UnknownLabelError",
+]
+
+#: Region keys in the order every table and metric name uses.
+REGIONS: tuple[str, ...] = ("wt", "tc", "et")
+#: Human-readable region names (the papers' "complete / core / enhancing").
+REGION_NAMES: dict[str, str] = {"wt": "whole tumour", "tc": "tumour core", "et": "enhancing tumour"}
+
+# Colours of the papers' figures: necrosis red, edema green, non-enhancing blue, enhancing yellow.
+_COLOURS = {
+    "necrosis": (0.90, 0.10, 0.10),
+    "NCR/NET": (0.90, 0.10, 0.10),
+    "NCR": (0.90, 0.10, 0.10),
+    "edema": (0.10, 0.80, 0.20),
+    "non-enhancing": (0.15, 0.35, 0.95),
+    "enhancing": (1.00, 0.90, 0.10),
+}
+
+
+class UnknownLabelError(ValueError):
+    """A label volume holds values that its declared convention does not have."""
+
+
+@dataclass(frozen=True)
+class LabelConvention:
+    """One BraTS label convention.
+
+    Attributes:
+        name: convention key (``brats2013``, ``brats2017``, ``brats2023``).
+        labels: file label values; internal class ``i`` is ``labels[i]``.
+        names: a name per label.
+        regions: region key -> file label values belonging to it.
+    """
+
+    name: str
+    labels: tuple[int, ...]
+    names: tuple[str, ...]
+    regions: dict[str, tuple[int, ...]] = field(hash=False)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of internal classes (background included)."""
+        return len(self.labels)
+
+    def region_classes(self, region: str) -> tuple[int, ...]:
+        """Internal classes that make up ``region``."""
+        if region not in self.regions:
+            raise KeyError(f"unknown region {region!r}; expected one of {REGIONS}")
+        return tuple(self.labels.index(v) for v in self.regions[region])
+
+    @property
+    def colours(self) -> list[tuple[float, float, float]]:
+        """An RGB colour per internal class (background black), as in the papers' figures."""
+        return [(0.0, 0.0, 0.0)] + [_COLOURS[n] for n in self.names[1:]]
+
+    def _lut(self) -> np.ndarray:
+        lut = np.full(max(self.labels) + 1, 255, dtype=np.uint8)
+        for i, v in enumerate(self.labels):
+            lut[v] = i
+        return lut
+
+    def check(self, labels: np.ndarray, source: str = "<array>") -> None:
+        """Raise :class:`UnknownLabelError` if ``labels`` holds values outside the convention.
+
+        Args:
+            labels: label array (any integer or integral float dtype).
+            source: file name or description used in the error message.
+        """
+        values = np.unique(labels)
+        bad = [v for v in values.tolist() if v not in self.labels]
+        if bad:
+            raise UnknownLabelError(
+                f"{source}: label values {_fmt(bad)} are not in the {self.name} convention "
+                f"(allowed {list(self.labels)}; found {_fmt(values.tolist())}). "
+                f"Declare the right convention (data.convention=...) instead of remapping."
+            )
+
+    def to_internal(self, labels: np.ndarray, source: str = "<array>") -> np.ndarray:
+        """Map file labels to internal classes ``0..K-1`` (uint8); unknown values are an error."""
+        arr = np.asarray(labels)
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                raise UnknownLabelError(f"{source}: label volume holds non-integer or non-finite values")
+            arr = arr.astype(np.int64)
+        self.check(arr, source)
+        return self._lut()[arr]
+
+    def from_internal(self, classes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Map internal classes back to file labels (uint8), the inverse of :meth:`to_internal`."""
+        arr = classes.cpu().numpy() if isinstance(classes, torch.Tensor) else np.asarray(classes)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.num_classes):
+            raise ValueError(f"internal classes must be in 0..{self.num_classes - 1}, got {arr.min()}..{arr.max()}")
+        return np.asarray(self.labels, dtype=np.uint8)[arr]
+
+    def region_masks(self, classes: np.ndarray | torch.Tensor) -> dict[str, np.ndarray | torch.Tensor]:
+        """Boolean masks of every region from an internal class map (numpy or torch, any shape)."""
+        out = {}
+        for region in REGIONS:
+            cls = self.region_classes(region)
+            if isinstance(classes, torch.Tensor):
+                out[region] = torch.isin(classes, torch.tensor(cls, device=classes.device))
+            else:
+                out[region] = np.isin(classes, cls)
+        return out
+
+
+def _fmt(values: list) -> str:
+    return "[" + ", ".join(str(int(v)) if float(v).is_integer() else str(v) for v in values) + "]"
+
+
+CONVENTIONS: dict[str, LabelConvention] = {
+    "brats2013": LabelConvention(
+        "brats2013",
+        (0, 1, 2, 3, 4),
+        ("background", "necrosis", "edema", "non-enhancing", "enhancing"),
+        {"wt": (1, 2, 3, 4), "tc": (1, 3, 4), "et": (4,)},
+    ),
+    "brats2017": LabelConvention(
+        "brats2017",
+        (0, 1, 2, 4),
+        ("background", "NCR/NET", "edema", "enhancing"),
+        {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,)},
+    ),
+    "brats2023": LabelConvention(
+        "brats2023",
+        (0, 1, 2, 3),
+        ("background", "NCR", "edema", "enhancing"),
+        {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)},
+    ),
+}
+
+_ALIASES = {
+    "brats2012": "brats2013", "brats2014": "brats2013", "brats2015": "brats2013", "brats2016": "brats2013",
+    "brats2018": "brats2017", "brats2019": "brats2017", "brats2020": "brats2017", "brats2021": "brats2017",
+    "brats2024": "brats2023", "brats2025": "brats2023",
+}
+
+
+def get_convention(name: str | LabelConvention) -> LabelConvention:
+    """Look a convention up by name (edition years are accepted as aliases, e.g. ``brats2018``)."""
+    if isinstance(name, LabelConvention):
+        return name
+    key = str(name).lower().replace("-", "").replace("_", "")
+    key = _ALIASES.get(key, key)
+    if key not in CONVENTIONS:
+        raise KeyError(f"unknown label convention {name!r}; expected one of {sorted(CONVENTIONS)} or an edition year")
+    return CONVENTIONS[key]
+
+
+def detect_convention(values: set[int] | list[int] | np.ndarray, source: str = "<array>") -> LabelConvention:
+    """Guess the convention of a label volume from the values it holds.
+
+    Label 4 means BraTS 2017-2021 (or 2013 if 3 is present too); label 3 without 4 means BraTS
+    2023. A volume with only 0, 1 and 2 is ambiguous and resolved as ``brats2017`` (regions wt and
+    tc are then the same in every convention and et is empty in all of them).
+
+    Raises:
+        UnknownLabelError: values that no convention has (e.g. 5, or negative values).
+    """
+    vals = {int(v) for v in np.unique(np.asarray(values)).tolist()}
+    if not vals <= {0, 1, 2, 3, 4}:
+        raise UnknownLabelError(f"{source}: label values {sorted(vals)} fit no BraTS convention")
+    if 3 in vals and 4 in vals:
+        return CONVENTIONS["brats2013"]
+    if 3 in vals:
+        return CONVENTIONS["brats2023"]
+    return CONVENTIONS["brats2017"]

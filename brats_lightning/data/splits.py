@@ -1,0 +1,79 @@
+"""Seeded train/validation/test splits and cross-validation folds, written once and re-read.
+
+A split file holds the held-out test cases and ``num_folds`` folds of the remaining cases. Fold
+``k`` validates on ``folds[k]`` and trains on the others (Shen et al. Sec. 3.2: 5-fold CV on the
+training cases). The file is created on first use and re-read afterwards, so every run, fold and
+model sees the same cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from brats_lightning.data.io import DataError
+
+__all__ = ["make_splits", "load_or_create_splits", "fold_cases"]
+
+
+def make_splits(case_ids: Sequence[str], seed: int = 0, test_fraction: float = 0.2, num_folds: int = 5) -> dict:
+    """Split case ids into test cases and ``num_folds`` folds (seeded, order-independent).
+
+    Raises:
+        DataError: too few cases for the requested folds.
+    """
+    ids = sorted(set(case_ids))
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if num_folds < 2:
+        raise ValueError(f"num_folds must be >= 2, got {num_folds}")
+    rng = random.Random(seed)
+    shuffled = ids[:]
+    rng.shuffle(shuffled)
+    n_test = int(round(test_fraction * len(ids)))
+    test, rest = sorted(shuffled[:n_test]), shuffled[n_test:]
+    if len(rest) < num_folds:
+        raise DataError(
+            f"{len(ids)} cases leave {len(rest)} for training and validation, fewer than num_folds={num_folds}"
+        )
+    folds = [sorted(rest[i::num_folds]) for i in range(num_folds)]
+    return {"seed": seed, "test_fraction": test_fraction, "num_folds": num_folds, "test": test, "folds": folds}
+
+
+def load_or_create_splits(
+    path: str | Path, case_ids: Sequence[str], seed: int = 0, test_fraction: float = 0.2, num_folds: int = 5
+) -> dict:
+    """Read the split file at ``path``, creating it (atomically) if it does not exist.
+
+    Raises:
+        DataError: an existing file names cases that are not in ``case_ids``.
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            splits = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: unreadable split file ({e})") from e
+        listed = set(splits["test"]).union(*map(set, splits["folds"]))
+        missing = sorted(listed - set(case_ids))
+        if missing:
+            raise DataError(f"{path}: the split names cases that are not in the data: {missing[:5]}")
+        return splits
+    splits = make_splits(case_ids, seed, test_fraction, num_folds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(splits, indent=1))
+    os.replace(tmp, path)
+    return splits
+
+
+def fold_cases(splits: dict, fold: int) -> tuple[list[str], list[str], list[str]]:
+    """``(train, val, test)`` case ids of ``fold``."""
+    folds = splits["folds"]
+    if not 0 <= fold < len(folds):
+        raise ValueError(f"fold must be in 0..{len(folds) - 1}, got {fold}")
+    train = sorted(c for i, f in enumerate(folds) if i != fold for c in f)
+    return train, list(folds[fold]), list(splits["test"])

@@ -1,0 +1,81 @@
+"""LightningModule for Shen et al.'s (symmetry-driven) FCN."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from brats_lightning.inference import pad_to_multiple
+from brats_lightning.modules.segmentation import SegmentationModule
+from brats_lightning.nets.fcn import ShenFCN, load_vgg16_weights
+
+__all__ = ["FCNModule"]
+
+
+class FCNModule(SegmentationModule):
+    """Trains :class:`~brats_lightning.nets.fcn.ShenFCN` on 2D axial slices.
+
+    Shen et al. Sec. 2.1 and 3.1: per-pixel categorical cross entropy, Adam with a constant learning
+    rate of 1e-3, downsampling path initialised from VGG-16 (when ``vgg_weights`` names a local
+    torchvision state dict; otherwise He initialisation). Inference pads each slice to a multiple
+    of ``2 ** (n_blocks - 1)`` and runs it whole.
+
+    Args:
+        in_channels: 4 images, or 8 with symmetry maps (set by the data config).
+        num_classes: number of classes of the label convention.
+        n_blocks: 3 or 4 VGG blocks.
+        up_channels: width of the upsampling paths' convolutions.
+        width: channel multiplier (1.0 = paper).
+        upsample_mode: ``"nearest"`` (Keras ``UpSampling2D``) or ``"bilinear"``.
+        lr: Adam learning rate.
+        vgg_weights: path of a torchvision-format VGG-16 state dict, or ``None``.
+        convention: label convention (regions of the metrics).
+        inference_batch_size: slices per forward pass at inference.
+        test_hd95: compute HD95 at test time.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        num_classes: int = 4,
+        n_blocks: int = 3,
+        up_channels: int = 64,
+        width: float = 1.0,
+        upsample_mode: str = "nearest",
+        lr: float = 1e-3,
+        vgg_weights: str | None = None,
+        convention: str = "brats2017",
+        inference_batch_size: int = 16,
+        test_hd95: bool = True,
+    ) -> None:
+        super().__init__(convention, inference_batch_size, test_hd95)
+        self.save_hyperparameters()
+        if num_classes != self.convention.num_classes:
+            raise ValueError(f"num_classes={num_classes} but convention {convention} has {self.convention.num_classes}")
+        self.net = ShenFCN(in_channels, num_classes, n_blocks, up_channels, width, upsample_mode)
+        self.lr = lr
+        self.vgg_weights = vgg_weights
+
+    def setup(self, stage: str) -> None:
+        # VGG-16 initialisation is part of training from scratch, not of restoring a checkpoint.
+        if stage == "fit" and self.vgg_weights and getattr(self.trainer, "ckpt_path", None) is None:
+            n = load_vgg16_weights(self.net, self.vgg_weights)
+            self.print(f"Initialised {n} downsampling convolutions from {self.vgg_weights}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        xp, (left, _, top, _) = pad_to_multiple(x, self.net.divisor)
+        probs = torch.softmax(self.net(xp), dim=1)
+        return probs[..., top : top + h, left : left + w]
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.lr)

@@ -1,0 +1,117 @@
+"""Shared LightningModule logic: whole-volume validation and test with BraTS-region metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from brats_lightning.data.labels import REGIONS, get_convention
+from brats_lightning.data.preprocess import uncrop
+from brats_lightning.inference import predict_volume
+from brats_lightning.metrics import dice_torch, region_metrics
+
+__all__ = ["SegmentationModule"]
+
+
+class SegmentationModule(pl.LightningModule):
+    """Base class: subclasses build ``self.net`` and implement :meth:`predict_slices` and training.
+
+    Validation and test run on whole cases (every slice, fully convolutional) and report, per BraTS
+    region (whole tumour, tumour core, enhancing tumour), ``val/dice_wt``, ``val/dice_tc``,
+    ``val/dice_et`` and their mean ``val/dice_mean``; the test adds sensitivity, specificity, PPV
+    and HD95 on the full original grid (:mod:`brats_lightning.metrics`). Under DDP every case is
+    counted once, whatever the sampler padded.
+
+    Args:
+        convention: label convention of the data (defines the regions).
+        inference_batch_size: slices per forward pass at inference.
+        test_hd95: compute HD95 at test time (the slowest metric).
+    """
+
+    def __init__(self, convention: str = "brats2017", inference_batch_size: int = 16, test_hd95: bool = True) -> None:
+        super().__init__()
+        self.convention = get_convention(convention)
+        self.inference_batch_size = inference_batch_size
+        self.test_hd95 = test_hd95
+        self._val_rows: list[torch.Tensor] = []
+        self._test_rows: list[torch.Tensor] = []
+        self.test_results: list[dict] = []
+
+    # -- to implement ------------------------------------------------------------------------
+
+    def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``(N, K, H, W)`` of every pixel of slices ``(N, C, H, W)``."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def predict_case(self, batch: dict) -> torch.Tensor:
+        """``(Z, K, X, Y)`` probabilities of a volume batch from :class:`~brats_lightning.data.datasets.VolumeDataset`."""
+        return predict_volume(self.predict_slices, batch["image"], self.inference_batch_size, batch.get("mask"))
+
+    def _region_dice(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        p, g = self.convention.region_masks(pred), self.convention.region_masks(label)
+        return torch.stack([dice_torch(p[r][None], g[r][None])[0] for r in REGIONS])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self.predict_case(batch).argmax(1)
+        d = self._region_dice(pred, batch["label"])
+        self._val_rows.append(torch.cat([torch.tensor([float(batch["index"])], device=d.device), d]))
+
+    def _gather_unique(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Rows ``[index, values...]`` of all ranks, each case index once."""
+        if not rows:
+            return torch.zeros((0, 1 + len(REGIONS)), device=self.device)
+        local = torch.stack(rows)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            local = self.all_gather(local).reshape(-1, local.shape[-1])
+        _, first = np.unique(local[:, 0].cpu().numpy(), return_index=True)
+        return local[torch.as_tensor(first, device=local.device)]
+
+    def on_validation_epoch_end(self) -> None:
+        rows = self._gather_unique(self._val_rows)
+        self._val_rows.clear()
+        if rows.shape[0] == 0:
+            return
+        means = rows[:, 1:].mean(0)
+        for r, v in zip(REGIONS, means):
+            self.log(f"val/dice_{r}", v, sync_dist=False, rank_zero_only=False)
+        self.log("val/dice_mean", means.mean(), prog_bar=True, sync_dist=False, rank_zero_only=False)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self.predict_case(batch).argmax(1)
+        d = self._region_dice(pred, batch["label"])
+        self._test_rows.append(torch.cat([torch.tensor([float(batch["index"])], device=d.device), d]))
+        # Full metrics on the original (RAS) grid: specificity counts every voxel of the scan.
+        box = batch["box"]
+        shape = tuple(batch["ras_shape"])
+        p = uncrop(pred.permute(1, 2, 0).cpu().numpy().astype(np.uint8), box, shape)
+        g = uncrop(batch["label"].permute(1, 2, 0).cpu().numpy().astype(np.uint8), box, shape)
+        pm, gm = self.convention.region_masks(p), self.convention.region_masks(g)
+        for r in REGIONS:
+            m = region_metrics(pm[r], gm[r], spacing=batch["spacing"], include_hd95=self.test_hd95)
+            self.test_results.append({"case": batch["case_id"], "region": r, **m})
+
+    def on_test_epoch_start(self) -> None:
+        self.test_results = []
+
+    def on_test_epoch_end(self) -> None:
+        rows = self._gather_unique(self._test_rows)
+        self._test_rows.clear()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, self.test_results)
+            seen, merged = set(), []
+            for part in gathered:
+                for row in part:  # type: ignore[union-attr]
+                    if (row["case"], row["region"]) not in seen:
+                        seen.add((row["case"], row["region"]))
+                        merged.append(row)
+            self.test_results = merged
+        if rows.shape[0] == 0:
+            return
+        means = rows[:, 1:].mean(0)
+        for r, v in zip(REGIONS, means):
+            self.log(f"test/dice_{r}", v, sync_dist=False, rank_zero_only=False)
+        self.log("test/dice_mean", means.mean(), sync_dist=False, rank_zero_only=False)

@@ -1,0 +1,146 @@
+"""Training entry point: ``python -m brats_lightning [overrides]``.
+
+``train(cfg)`` is a plain function (tests call it with a composed config); :func:`main` is the thin
+Hydra wrapper around it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from brats_lightning.config import config_dir, register_resolvers
+from brats_lightning.data.labels import REGIONS
+
+__all__ = ["train", "main"]
+
+log = logging.getLogger("brats_lightning")
+
+
+def _instantiate_dict(node: DictConfig | None) -> list:
+    """Instantiate every entry of a config dict that has a ``_target_`` (callbacks, loggers)."""
+    if not node:
+        return []
+    return [instantiate(v, _convert_="all") for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
+    """Write ``per_case.csv`` and ``metrics.json`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rows:
+        cols = ["case", "region", "dice", "hd95", "sensitivity", "specificity", "ppv"]
+        cols = [c for c in cols if c in rows[0]]
+        lines = [",".join(cols)] + [
+            ",".join(str(r[c]) if isinstance(r[c], str) else f"{r[c]:.6g}" for c in cols) for r in rows
+        ]
+        write_atomic(out_dir / "per_case.csv", "\n".join(lines) + "\n")
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def summarise(rows: list[dict]) -> dict[str, float]:
+    """Mean of every metric per region over cases: ``test/<metric>_<region>`` (+ ``test/dice_mean``)."""
+    out: dict[str, float] = {}
+    metrics = [k for k in (rows[0] if rows else {}) if k not in ("case", "region")]
+    for r in REGIONS:
+        sel = [row for row in rows if row["region"] == r]
+        for m in metrics:
+            out[f"test/{m}_{r}"] = float(sum(row[m] for row in sel) / max(len(sel), 1))
+    if rows:
+        out["test/dice_mean"] = sum(out[f"test/dice_{r}"] for r in REGIONS) / len(REGIONS)
+    return out
+
+
+def print_table(metrics: dict[str, float], title: str) -> None:
+    """A small rich table of per-region test metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    for r in REGIONS:
+        table.add_column({"wt": "whole (WT)", "tc": "core (TC)", "et": "enhancing (ET)"}[r], justify="right")
+    for m in ("dice", "sensitivity", "specificity", "ppv", "hd95"):
+        if f"test/{m}_wt" in metrics:
+            fmt = "{:.2f}" if m == "hd95" else "{:.3f}"
+            table.add_row(m if m != "hd95" else "hd95 (mm)", *[fmt.format(metrics[f"test/{m}_{r}"]) for r in REGIONS])
+    Console().print(table)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (and test) the configured model on the configured data.
+
+    Writes checkpoints, ``metrics.json`` and ``per_case.csv`` into ``cfg.paths.output_dir``.
+
+    Returns:
+        The test metrics (``test/dice_wt`` ...), empty when ``cfg.test`` is false.
+    """
+    register_resolvers()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    t0 = time.perf_counter()
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    loggers = _instantiate_dict(cfg.get("logger"))
+    run_config = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+                  for k, v in cfg.items() if k != "hydra"}
+    for lg in loggers:
+        lg.log_hyperparams(run_config)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    results: dict[str, float] = {}
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if cfg.get("test", True):
+            ckpt = None
+            if cfg.get("train", True):
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+                ckpt = best or None
+                log.info("Testing %s", ckpt or "the last weights")
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            rows = model.test_results
+            results = summarise(rows)
+            results["time/total_s"] = time.perf_counter() - t0
+            if trainer.is_global_zero:
+                write_results(out_dir, rows, results)
+                print_table(results, f"Test set ({len(rows) // len(REGIONS)} cases) - {out_dir}")
+    finally:
+        _finish_wandb(loggers)
+    return results
+
+
+def _finish_wandb(loggers: list) -> None:
+    """Close W&B runs at the end of each job (one run per job of a multirun)."""
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+
+
+register_resolvers()
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``test/dice_mean`` (for sweepers)."""
+    results = train(cfg)
+    return results.get("test/dice_mean")

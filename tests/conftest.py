@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny synthetic data sets, real-data locations, quiet logging."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).parent / "data"))  # symmetry_reference for the tests
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def shared(name: str) -> Path:
+    """Path of a folder of ../shared/data; skips the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} is absent")
+    return path
+
+
+TINY_SYNTHETIC = {"n_cases": 8, "shape": [48, 56, 32], "spacing": 2.5, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the whole session (synthetic data and prepared cases are reused)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_dm_kwargs(cache_dir: Path) -> dict:
+    """Keyword arguments of a BratsDataModule over a tiny synthetic data set."""
+    return {"synthetic": TINY_SYNTHETIC, "cache_dir": str(cache_dir), "crop_size": (48, 56), "batch_size": 4}

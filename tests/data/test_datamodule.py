@@ -1,0 +1,86 @@
+"""The data module on tiny synthetic data: cache, splits, loaders, symmetry channels."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from brats_lightning.data.datamodule import BratsDataModule
+
+
+def test_prepare_setup_and_loaders(tiny_dm_kwargs: dict) -> None:
+    dm = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_cases) + len(dm.val_cases) + len(dm.test_cases) == 8
+    assert not set(c.case_id for c in dm.train_cases) & set(c.case_id for c in dm.val_cases + dm.test_cases)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 8, 48, 56) and x.dtype == torch.float32
+    assert y.shape == (4, 48, 56) and y.dtype == torch.int64
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2, 3}
+    # symmetry channels are stored centred: map - 0.5 in [-0.5, 0.5]
+    assert float(x[:, 4:].abs().max()) <= 0.5 + 1e-3
+    vol = next(iter(dm.val_dataloader()))
+    z, c, h, w = vol["image"].shape
+    assert c == 8 and vol["label"].shape == (z, h, w) and vol["mask"].shape == (z, h, w)
+    # the crop box lies inside the RAS grid
+    for (a, b), n in zip(vol["box"], vol["ras_shape"]):
+        assert 0 <= a < b <= n
+
+
+def test_second_run_does_no_work_and_split_is_reread(tiny_dm_kwargs: dict) -> None:
+    dm = BratsDataModule(**tiny_dm_kwargs)
+    dm.prepare_data()
+    dm.setup()
+    folder = dm.prepared_dir / dm.train_cases[0].case_id
+    stamp = os.stat(folder / "image.npy").st_mtime_ns
+    dm2 = BratsDataModule(**tiny_dm_kwargs)
+    dm2.prepare_data()
+    dm2.setup()
+    assert os.stat(folder / "image.npy").st_mtime_ns == stamp
+    assert [c.case_id for c in dm2.test_cases] == [c.case_id for c in dm.test_cases]
+    split_file = dm._split_path([c.case_id for c in dm.discover()])
+    saved = json.loads(split_file.read_text())
+    assert saved["test"] == [c.case_id for c in dm.test_cases]
+
+
+def test_folds_partition_the_non_test_cases(tiny_dm_kwargs: dict) -> None:
+    vals, tests = [], set()
+    for fold in range(3):
+        dm = BratsDataModule(num_folds=3, fold=fold, **tiny_dm_kwargs)
+        dm.prepare_data()
+        dm.setup()
+        vals += [c.case_id for c in dm.val_cases]
+        tests |= {c.case_id for c in dm.test_cases}
+        assert len(dm.train_cases) + len(dm.val_cases) == 8 - len(dm.test_cases)
+    assert len(vals) == len(set(vals)) == 8 - len(tests)
+
+
+def test_symmetry_off_and_on_use_separate_caches(tiny_dm_kwargs: dict) -> None:
+    a = BratsDataModule(symmetry=False, **tiny_dm_kwargs)
+    b = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
+    assert a.prepared_dir != b.prepared_dir
+    assert (a.in_channels, b.in_channels) == (4, 8)
+
+
+def test_inconsistent_channels_are_rejected(tiny_dm_kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="in_channels=4 but 4 modalities with symmetry maps give 8"):
+        BratsDataModule(symmetry=True, in_channels=4, **tiny_dm_kwargs)
+    with pytest.raises(ValueError, match="num_classes=5"):
+        BratsDataModule(num_classes=5, **tiny_dm_kwargs)
+
+
+def test_zscore_inside_brain(tiny_dm_kwargs: dict) -> None:
+    dm = BratsDataModule(**tiny_dm_kwargs)
+    dm.prepare_data()
+    dm.setup()
+    c = dm.train_cases[0]
+    img = np.asarray(c.image, dtype=np.float32)
+    inside = img.transpose(1, 0, 2, 3)[:, np.asarray(c.mask)]
+    np.testing.assert_allclose(inside.mean(1), 0, atol=0.02)
+    np.testing.assert_allclose(inside.std(1), 1, atol=0.02)
+    assert np.all(img.transpose(1, 0, 2, 3)[:, ~np.asarray(c.mask)] == 0)
