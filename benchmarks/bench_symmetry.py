@@ -79,7 +79,7 @@ def main() -> None:
     for _ in range(args.repeats):
         sync()
         t0 = time.perf_counter()
-        maps = symmetry_maps(x, m)
+        symmetry_maps(x, m)
         sync()
         times.append(time.perf_counter() - t0)
     t_vec = min(times)
@@ -101,15 +101,18 @@ def main() -> None:
     agree = np.abs(vec - ref).max()
     n_slices = x.shape[0]
 
-    print(f"\nSymmetry maps, {name}, {tuple(image.shape)} (C, X, Y, Z), device {dev}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"\nSymmetry maps, {name}, {tuple(image.shape)} (C, X, Y, Z), device {dev}, {torch.get_num_threads()} threads"
+    )
     print(f"axis: angle {axis.angle:.1f} deg, row {axis.center_h} (estimated in {t_axis:.2f} s)")
     print(f"{'method':<40} {'per slice':>12} {'per volume':>12}")
     print(f"{'vectorised torch (this package)':<40} {t_vec / n_slices * 1e3:>10.1f}ms {t_vec:>11.2f}s")
     print(f"{'per-pixel loop (tests reference)':<40} {t_loop * 1e3:>10.0f}ms {t_loop * n_slices:>10.0f}s*")
     print(f"{'Shen et al. 2017 (95% of 2 min)':<40} {'':>12} {114:>11.0f}s")
-    print(f"speed-up vs loop: {t_loop * n_slices / t_vec:.0f}x; max |difference| vs loop on "
-          f"{args.loop_slices} slices: {agree:.2e}   (* extrapolated from {args.loop_slices} slices)")
+    print(
+        f"speed-up vs loop: {t_loop * n_slices / t_vec:.0f}x; max |difference| vs loop on "
+        f"{args.loop_slices} slices: {agree:.2e}   (* extrapolated from {args.loop_slices} slices)"
+    )
 
 
 if __name__ == "__main__":

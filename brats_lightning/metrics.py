@@ -253,9 +253,7 @@ def dice_torch(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         both masks of an element are empty, 0.0 when exactly one is.
     """
     if pred.shape != gt.shape:
-        raise ValueError(
-            f"shape mismatch: pred has shape {tuple(pred.shape)}, gt has shape {tuple(gt.shape)}"
-        )
+        raise ValueError(f"shape mismatch: pred has shape {tuple(pred.shape)}, gt has shape {tuple(gt.shape)}")
     if pred.dtype != torch.bool or gt.dtype != torch.bool:
         raise TypeError(f"dice_torch expects boolean tensors, got {pred.dtype} and {gt.dtype}")
     if pred.ndim < 1:

@@ -6,7 +6,6 @@ Hydra wrapper around it.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -100,8 +99,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model, _convert_="all")
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
-    run_config = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
-                  for k, v in cfg.items() if k != "hydra"}
+    run_config = {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+        for k, v in cfg.items()
+        if k != "hydra"
+    }
     for lg in loggers:
         lg.log_hyperparams(run_config)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
@@ -112,7 +114,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.get("test", True):
             ckpt = None
             if cfg.get("train", True):
-                best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+                best = (
+                    getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+                )
                 ckpt = best or None
                 log.info("Testing %s", ckpt or "the last weights")
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)

@@ -202,8 +202,15 @@ def prepare_case(
         m = torch.from_numpy(mask).to(dev).permute(2, 0, 1)
         ax = estimate_axis(x[:, ref], m)
         maps = symmetry_maps(
-            x, m, ref_channel=ref, axis=ax, window=sym.window, kernel_size=sym.kernel_size, sigma=sym.sigma,
-            scale=sym.scale, min_angle=sym.min_angle,
+            x,
+            m,
+            ref_channel=ref,
+            axis=ax,
+            window=sym.window,
+            kernel_size=sym.kernel_size,
+            sigma=sym.sigma,
+            scale=sym.scale,
+            min_angle=sym.min_angle,
         )
         # Stored centred (map - 0.5): 0 = symmetric, like the zero background; see datasets.
         sym_maps = (maps - 0.5).permute(1, 2, 3, 0).cpu().numpy()

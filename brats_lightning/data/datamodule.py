@@ -41,7 +41,10 @@ def _progress(description: str, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
         transient=False,
     )
     return progress, progress.add_task(description, total=total)
@@ -104,7 +107,9 @@ class BratsDataModule(pl.LightningDataModule):
         super().__init__()
         self.root = None if root in (None, "", "null") else Path(root)
         if self.root is None and synthetic is None:
-            raise ValueError("data.root is not set: give the folder of your BraTS cases, e.g. data.root=/data/BraTS2021")
+            raise ValueError(
+                "data.root is not set: give the folder of your BraTS cases, e.g. data.root=/data/BraTS2021"
+            )
         self.layout = layout
         self.modalities = tuple(modalities)
         unknown = [m for m in self.modalities if m not in MODALITIES]
@@ -132,7 +137,9 @@ class BratsDataModule(pl.LightningDataModule):
                 f"{' with symmetry maps' if self.symmetry.enabled else ''} give {self.in_channels}"
             )
         if num_classes is not None and num_classes != self.num_classes:
-            raise ValueError(f"data.num_classes={num_classes} but convention {self.convention.name} has {self.num_classes}")
+            raise ValueError(
+                f"data.num_classes={num_classes} but convention {self.convention.name} has {self.num_classes}"
+            )
         self.train_cases: list[PreparedCase] = []
         self.val_cases: list[PreparedCase] = []
         self.test_cases: list[PreparedCase] = []
@@ -168,7 +175,12 @@ class BratsDataModule(pl.LightningDataModule):
     def prepared_dir(self) -> Path:
         """Cache folder of this data set under this preprocessing configuration."""
         key = cache_key(
-            self.dataset_root, self._layout_name(), self.modalities, self.convention.name, self.prep, self.symmetry
+            self.dataset_root,
+            self._layout_name(),
+            self.modalities,
+            self.convention.name,
+            self.prep,
+            self.symmetry,
         )
         return self.cache_dir / "prepared" / f"{self.dataset_name}-{key}"
 
@@ -187,8 +199,14 @@ class BratsDataModule(pl.LightningDataModule):
         from brats_lightning.data.synthetic import write_dataset
 
         s = {"n_cases": 24, "shape": (80, 96, 64), "spacing": 2.5, "seed": 0} | self.synthetic
-        write_dataset(self.dataset_root, n_cases=int(s["n_cases"]), shape=tuple(int(v) for v in s["shape"]),
-                      spacing=float(s["spacing"]), seed=int(s["seed"]), progress=True)
+        write_dataset(
+            self.dataset_root,
+            n_cases=int(s["n_cases"]),
+            shape=tuple(int(v) for v in s["shape"]),
+            spacing=float(s["spacing"]),
+            seed=int(s["seed"]),
+            progress=True,
+        )
 
     def prepare_data(self) -> None:
         """Prepare every case into the cache (once; later runs find it there)."""
@@ -231,7 +249,11 @@ class BratsDataModule(pl.LightningDataModule):
         self.test_cases = [load_prepared(self.prepared_dir / c) for c in test]
         log.info(
             "Split %s fold %d: %d train, %d val, %d test cases",
-            self._split_path(ids), self.fold, len(train), len(val), len(test),
+            self._split_path(ids),
+            self.fold,
+            len(train),
+            len(val),
+            len(test),
         )
 
     # -- loaders ------------------------------------------------------------------------------
@@ -242,13 +264,23 @@ class BratsDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self.train_dataset()
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers, drop_last=len(ds) > self.batch_size,
-            persistent_workers=self.num_workers > 0, worker_init_fn=_worker_init if self.num_workers else None,
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            drop_last=len(ds) > self.batch_size,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=_worker_init if self.num_workers else None,
         )
 
     def _volume_loader(self, cases: list[PreparedCase]) -> DataLoader:
-        return DataLoader(VolumeDataset(cases), batch_size=1, shuffle=False, num_workers=min(self.num_workers, 2),
-                          collate_fn=first_item)
+        return DataLoader(
+            VolumeDataset(cases),
+            batch_size=1,
+            shuffle=False,
+            num_workers=min(self.num_workers, 2),
+            collate_fn=first_item,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._volume_loader(self.val_cases)

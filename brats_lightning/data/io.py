@@ -182,9 +182,7 @@ LAYOUTS: dict[str, Layout] = {
     "brats2018": Layout(
         "brats2018", "_", {"flair": "flair", "t1": "t1", "t1c": "t1ce", "t2": "t2"}, "seg", "brats2017"
     ),
-    "brats2023": Layout(
-        "brats2023", "-", {"flair": "t2f", "t1": "t1n", "t1c": "t1c", "t2": "t2w"}, "seg", "brats2023"
-    ),
+    "brats2023": Layout("brats2023", "-", {"flair": "t2f", "t1": "t1n", "t1c": "t1c", "t2": "t2w"}, "seg", "brats2023"),
 }
 
 
@@ -224,9 +222,7 @@ def detect_layout(root: str | Path) -> Layout:
     raise DataError(f"{root} is ambiguous: folders match layouts {matched} ({hits}); set data.layout explicitly")
 
 
-def discover_cases(
-    root: str | Path, layout: str = "auto", modalities: Sequence[str] = MODALITIES
-) -> list[CaseFiles]:
+def discover_cases(root: str | Path, layout: str = "auto", modalities: Sequence[str] = MODALITIES) -> list[CaseFiles]:
     """Find every case under ``root``.
 
     Args:
@@ -319,4 +315,3 @@ def _check_same_grid(path, shape, affine, ref_path, ref_shape, ref_affine, atol)
         raise DataError(
             f"{path}: affine differs from {Path(ref_path).name}:\n{np.round(affine, 4)}\nvs\n{np.round(ref_affine, 4)}"
         )
-

@@ -161,9 +161,16 @@ CONVENTIONS: dict[str, LabelConvention] = {
 }
 
 _ALIASES = {
-    "brats2012": "brats2013", "brats2014": "brats2013", "brats2015": "brats2013", "brats2016": "brats2013",
-    "brats2018": "brats2017", "brats2019": "brats2017", "brats2020": "brats2017", "brats2021": "brats2017",
-    "brats2024": "brats2023", "brats2025": "brats2023",
+    "brats2012": "brats2013",
+    "brats2014": "brats2013",
+    "brats2015": "brats2013",
+    "brats2016": "brats2013",
+    "brats2018": "brats2017",
+    "brats2019": "brats2017",
+    "brats2020": "brats2017",
+    "brats2021": "brats2017",
+    "brats2024": "brats2023",
+    "brats2025": "brats2023",
 }
 
 

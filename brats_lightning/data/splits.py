@@ -40,7 +40,13 @@ def make_splits(case_ids: Sequence[str], seed: int = 0, test_fraction: float = 0
             f"{len(ids)} cases leave {len(rest)} for training and validation, fewer than num_folds={num_folds}"
         )
     folds = [sorted(rest[i::num_folds]) for i in range(num_folds)]
-    return {"seed": seed, "test_fraction": test_fraction, "num_folds": num_folds, "test": test, "folds": folds}
+    return {
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "num_folds": num_folds,
+        "test": test,
+        "folds": folds,
+    }
 
 
 def load_or_create_splits(

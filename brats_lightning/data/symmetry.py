@@ -96,8 +96,14 @@ def gaussian_smooth(x: torch.Tensor, kernel_size: int = 5, sigma: float = 1.1) -
     return y
 
 
-def _rotate(x: torch.Tensor, angle: float, center_h: float, center_w: float, inverse: bool = False,
-            mode: str = "bilinear") -> torch.Tensor:
+def _rotate(
+    x: torch.Tensor,
+    angle: float,
+    center_h: float,
+    center_w: float,
+    inverse: bool = False,
+    mode: str = "bilinear",
+) -> torch.Tensor:
     """Rotate ``(N, C, H, W)`` about ``(center_h, center_w)``.
 
     With ``inverse=False`` the output at offset ``(dh, dw)`` from the centre samples the input at
@@ -148,7 +154,9 @@ def estimate_axis(
     # bright voxels (vessels, fat) cannot drag the axis through themselves.
     vals = ref[mask].float()
     if vals.numel() > 1_000_000:
-        vals = vals[torch.randperm(vals.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000].to(vals.device)]
+        vals = vals[
+            torch.randperm(vals.numel(), generator=torch.Generator().manual_seed(0))[:1_000_000].to(vals.device)
+        ]
     lo, hi = torch.quantile(vals, torch.tensor([0.01, 0.99], device=vals.device)).tolist()
     img = torch.where(mask, ref.float().clamp(lo, hi) - lo, torch.zeros((), device=ref.device))
     if not bool(has.any()):

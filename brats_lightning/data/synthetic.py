@@ -167,9 +167,7 @@ def _kernel_matrix(n: int, sigma: float) -> np.ndarray:
     return mat.astype(np.float32)
 
 
-def _smooth_noise(
-    rng: np.random.Generator, shape: Sequence[int], sigma: float, mirror: bool = False
-) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float, mirror: bool = False) -> np.ndarray:
     """Smooth Gaussian random field of zero mean and (about) unit variance.
 
     White noise convolved with a Gaussian kernel. Wide kernels use a lattice of nodes 0.8 sigma
@@ -432,9 +430,7 @@ def _healthy(fr: _Frame, rng: np.random.Generator) -> dict[str, np.ndarray]:
     nuclei: np.ndarray | None = None
     for (cu, cv, cw), (ru, rv, rw) in _NUCLEI:
         one = _soft(
-            _ellipsoid_depth(
-                bx, by, bz, (cu * fr.A, cv * fr.B, cw * fr.C), (ru * fr.A, rv * fr.B, rw * fr.C)
-            ),
+            _ellipsoid_depth(bx, by, bz, (cu * fr.A, cv * fr.B, cw * fr.C), (ru * fr.A, rv * fr.B, rw * fr.C)),
             pv,
         )
         nuclei = one if nuclei is None else np.maximum(nuclei, one)
@@ -731,8 +727,7 @@ def generate_case(
 def _case_complete(folder: Path) -> bool:
     """Whether all five files of a case are present and non-empty."""
     return all(
-        (folder / f"{folder.name}_{k}.nii.gz").is_file()
-        and (folder / f"{folder.name}_{k}.nii.gz").stat().st_size > 0
+        (folder / f"{folder.name}_{k}.nii.gz").is_file() and (folder / f"{folder.name}_{k}.nii.gz").stat().st_size > 0
         for k in FILE_KEYS
     )
 
@@ -849,9 +844,7 @@ def save_montage(root: str | Path, out_png: str | Path, cases: int = 4) -> Path:
     from matplotlib.patches import Patch
 
     root = Path(root)
-    folders = sorted(
-        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _case_complete(p)
-    )
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _case_complete(p))
     folders = folders[: int(cases)]
     if not folders:
         raise FileNotFoundError(f"no complete case folder in {root}")
@@ -910,13 +903,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar=("X", "Y", "Z"),
         help="volume shape (default 80 96 64)",
     )
-    parser.add_argument(
-        "--spacing", type=float, default=DEFAULT_SPACING, help="voxel size in mm (default 2.5)"
-    )
+    parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING, help="voxel size in mm (default 2.5)")
     parser.add_argument("--seed", type=int, default=0, help="data-set seed (default 0)")
-    parser.add_argument(
-        "--montage", type=Path, default=None, help="also save a PNG montage of the first 4 cases"
-    )
+    parser.add_argument("--montage", type=Path, default=None, help="also save a PNG montage of the first 4 cases")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     folders = write_dataset(

@@ -47,7 +47,7 @@ class SegmentationModule(pl.LightningModule):
     # -- shared ------------------------------------------------------------------------------
 
     def predict_case(self, batch: dict) -> torch.Tensor:
-        """``(Z, K, X, Y)`` probabilities of a volume batch from :class:`~brats_lightning.data.datasets.VolumeDataset`."""
+        """``(Z, K, X, Y)`` probabilities of one volume item (see ``data.datasets.VolumeDataset``)."""
         return predict_volume(self.predict_slices, batch["image"], self.inference_batch_size, batch.get("mask"))
 
     def _region_dice(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

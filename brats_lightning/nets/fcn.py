@@ -143,8 +143,11 @@ class ShenFCN(nn.Module):
 def _vgg_conv_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Prefixes ``features.<i>`` of the convolutions of a torchvision VGG state dict, in order."""
     idx = sorted(
-        {int(k.split(".")[1]) for k in state if k.startswith("features.") and k.endswith(".weight")
-         and state[k].dim() == 4}
+        {
+            int(k.split(".")[1])
+            for k in state
+            if k.startswith("features.") and k.endswith(".weight") and state[k].dim() == 4
+        }
     )
     return [f"features.{i}" for i in idx]
 

@@ -15,15 +15,26 @@ from brats_lightning.data.io import MODALITIES, DataError, detect_layout, discov
 LPS = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 
 
-def _write_case(root: Path, case: str, shape=(12, 10, 6), affine=LPS, skip: tuple[str, ...] = (),
-                label: bool = True, sep: str = "_", suffixes=("flair", "t1", "t1ce", "t2")) -> Path:
+def _write_case(
+    root: Path,
+    case: str,
+    shape=(12, 10, 6),
+    affine=LPS,
+    skip: tuple[str, ...] = (),
+    label: bool = True,
+    sep: str = "_",
+    suffixes=("flair", "t1", "t1ce", "t2"),
+) -> Path:
     d = root / case
     d.mkdir(parents=True)
     rng = np.random.default_rng(len(case))
     for s in suffixes:
         if s in skip:
             continue
-        nib.save(nib.Nifti1Image(rng.integers(0, 500, shape).astype(np.int16), affine), d / f"{case}{sep}{s}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(rng.integers(0, 500, shape).astype(np.int16), affine),
+            d / f"{case}{sep}{s}.nii.gz",
+        )
     if label:
         seg = np.zeros(shape, np.uint8)
         seg[3:6, 3:6, 2:4] = 2

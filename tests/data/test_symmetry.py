@@ -96,8 +96,18 @@ def test_tilted_axis_maps_flag_only_the_lesion() -> None:
     tilted = _rotate(x[None], angle, ch, cw, inverse=True)[0]
     tmask = _rotate(mask[None, None].float(), angle, ch, cw, inverse=True, mode="nearest")[0, 0] > 0.5
     maps = symmetry_maps(tilted[None], tmask[None], ref_channel=1)[0]
-    lesion = _rotate(torch.zeros_like(img).index_put_((torch.arange(20, 28)[:, None], torch.arange(30, 38)), torch.tensor(1.0))[None, None],
-                     angle, ch, cw, inverse=True)[0, 0] > 0.5
+    lesion = (
+        _rotate(
+            torch.zeros_like(img).index_put_((torch.arange(20, 28)[:, None], torch.arange(30, 38)), torch.tensor(1.0))[
+                None, None
+            ],
+            angle,
+            ch,
+            cw,
+            inverse=True,
+        )[0, 0]
+        > 0.5
+    )
     inner = tmask & (_rotate(mask[None, None].float(), angle, ch, cw, inverse=True)[0, 0] > 0.99)
     assert float(maps[0][lesion].mean()) > 0.8
     # Away from the lesion and its mirror, the tilted symmetric anatomy stays near neutral,
@@ -105,8 +115,7 @@ def test_tilted_axis_maps_flag_only_the_lesion() -> None:
     far = inner.clone()
     far[:, :48] = False
     assert float((maps[1][inner] - 0.5).abs().mean()) < 0.02
-    untilted = symmetry_maps(tilted[None], tmask[None], ref_channel=1,
-                             axis=SymmetryAxis(0.0, ch, cw))[0]
+    untilted = symmetry_maps(tilted[None], tmask[None], ref_channel=1, axis=SymmetryAxis(0.0, ch, cw))[0]
     assert float((untilted[1][inner] - 0.5).abs().mean()) > 2 * float((maps[1][inner] - 0.5).abs().mean())
 
 

@@ -117,9 +117,7 @@ def test_skull_stripped_background(cases: list[dict[str, np.ndarray]]) -> None:
             assert ((case[key] > 0) == brain).all()  # one mask for all modalities, 0 outside
         frac = brain.mean()
         assert 0.08 < frac < 0.4
-        extent = [
-            np.ptp(np.nonzero(brain.any(axis=tuple(j for j in range(3) if j != i)))[0]) + 1 for i in range(3)
-        ]
+        extent = [np.ptp(np.nonzero(brain.any(axis=tuple(j for j in range(3) if j != i)))[0]) + 1 for i in range(3)]
         assert 0.5 < extent[0] / SHAPE[0] < 0.85 and 0.5 < extent[1] / SHAPE[1] < 0.85
         assert extent[2] / SHAPE[2] > 0.6  # most slices
         areas = brain.sum(axis=(0, 1))
@@ -263,9 +261,7 @@ def test_adding_cases_keeps_earlier_ones(tmp_path: Path) -> None:
     write_dataset(tmp_path / "a", n_cases=1, shape=SHAPE, seed=2, progress=False)
     write_dataset(tmp_path / "b", n_cases=2, shape=SHAPE, seed=2, progress=False)
     for fa, fb in zip(_files(tmp_path / "a" / case_id(0)), _files(tmp_path / "b" / case_id(0)), strict=True):
-        assert np.array_equal(
-            np.asanyarray(nib.load(str(fa)).dataobj), np.asanyarray(nib.load(str(fb)).dataobj)
-        )
+        assert np.array_equal(np.asanyarray(nib.load(str(fa)).dataobj), np.asanyarray(nib.load(str(fb)).dataobj))
 
 
 def test_skips_complete_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

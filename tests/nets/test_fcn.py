@@ -14,7 +14,11 @@ from brats_lightning.nets.fcn import VGG16_BLOCKS, ShenFCN, load_vgg16_weights
         ({"in_channels": 4, "num_classes": 4}, (2, 4, 64, 80), (2, 4, 64, 80)),
         ({"in_channels": 8, "num_classes": 4}, (1, 8, 144, 192), (1, 4, 144, 192)),
         ({"in_channels": 8, "num_classes": 5, "n_blocks": 4}, (2, 8, 48, 56), (2, 5, 48, 56)),
-        ({"in_channels": 2, "num_classes": 5, "upsample_mode": "bilinear", "width": 0.25}, (3, 2, 32, 24), (3, 5, 32, 24)),
+        (
+            {"in_channels": 2, "num_classes": 5, "upsample_mode": "bilinear", "width": 0.25},
+            (3, 2, 32, 24),
+            (3, 5, 32, 24),
+        ),
     ],
 )
 def test_output_shape(kwargs: dict, shape: tuple, expected: tuple) -> None:
