@@ -25,6 +25,7 @@ from brats_lightning.data.datasets import SliceDataset, VolumeDataset, first_ite
 from brats_lightning.data.io import MODALITIES, CaseFiles, DataError, detect_layout, discover_cases
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.preprocess import PreprocessConfig
+from brats_lightning.data.sampling import DISTRIBUTIONS, PatchBatchDataset, PatchSampler
 from brats_lightning.data.splits import fold_cases, load_or_create_splits
 
 __all__ = ["BratsDataModule", "in_channels_for"]
@@ -62,7 +63,8 @@ class BratsDataModule(pl.LightningDataModule):
         symmetry_options: keyword arguments of :class:`~brats_lightning.data.cache.SymmetryConfig`.
         preprocess: keyword arguments of :class:`~brats_lightning.data.preprocess.PreprocessConfig`.
         synthetic: options of :func:`brats_lightning.data.synthetic.write_dataset` (``n_cases``,
-            ``shape``, ``spacing``, ``seed``), used when ``root`` is ``None``.
+            ``shape``, ``spacing``, ``seed``), used when ``root`` is ``None``; ``False`` forbids the
+            synthetic fallback (``data=brats``: a missing root is then an error).
         cache_dir: where prepared cases, splits and synthetic data are stored.
         split_file: an explicit split file; default ``<cache_dir>/splits/<dataset>-<hash>.json``.
         seed: seed of the split and of the augmentation.
@@ -75,6 +77,11 @@ class BratsDataModule(pl.LightningDataModule):
         num_workers: data loader workers.
         augment: random crops, flips, rotations and scaling of training slices.
         augment_options: keyword arguments of :func:`~brats_lightning.data.datasets.slice_augmentation`.
+        mode: ``"slices"`` (whole 2D slices, Shen et al.) or ``"patches"`` (Havaei et al.'s patch CNNs).
+        patch_size: side of training patches (the model's input size: 33, or larger for cascades).
+        patches_per_epoch: training patches per epoch in patch mode.
+        patch_distribution: label distribution of patch centres, ``"balanced"`` (phase 1) or
+            ``"natural"`` (phase 2); the two-phase callback switches it.
         in_channels: expected input channels; checked against modalities and symmetry when given.
         num_classes: expected classes; checked against the convention when given.
     """
@@ -88,7 +95,7 @@ class BratsDataModule(pl.LightningDataModule):
         symmetry: bool = False,
         symmetry_options: dict | None = None,
         preprocess: dict | None = None,
-        synthetic: dict | None = None,
+        synthetic: dict | bool | None = None,
         cache_dir: str = "data/cache",
         split_file: str | None = None,
         seed: int = 0,
@@ -101,12 +108,16 @@ class BratsDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         augment: bool = True,
         augment_options: dict | None = None,
+        mode: str = "slices",
+        patch_size: int = 33,
+        patches_per_epoch: int = 20000,
+        patch_distribution: str = "balanced",
         in_channels: int | None = None,
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.root = None if root in (None, "", "null") else Path(root)
-        if self.root is None and synthetic is None:
+        if self.root is None and synthetic is False:
             raise ValueError(
                 "data.root is not set: give the folder of your BraTS cases, e.g. data.root=/data/BraTS2021"
             )
@@ -118,7 +129,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.convention = get_convention(convention)
         self.symmetry = SymmetryConfig(enabled=bool(symmetry), **(symmetry_options or {}))
         self.prep = PreprocessConfig(**_tuples(preprocess or {}))
-        self.synthetic = dict(synthetic or {})
+        self.synthetic = dict(synthetic) if isinstance(synthetic, dict) else {}
         self.cache_dir = Path(cache_dir)
         self.split_file = None if split_file in (None, "", "null") else Path(split_file)
         self.seed = seed
@@ -131,6 +142,14 @@ class BratsDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.augment_options = dict(augment_options or {})
+        if mode not in ("slices", "patches"):
+            raise ValueError(f"data.mode must be 'slices' or 'patches', got {mode!r}")
+        self.mode = mode
+        self.patch_size = int(patch_size)
+        self.patches_per_epoch = int(patches_per_epoch)
+        self.patch_state = {"distribution": patch_distribution}
+        self.set_patch_distribution(patch_distribution)
+        self._patch_sampler: PatchSampler | None = None
         if in_channels is not None and in_channels != self.in_channels:
             raise ValueError(
                 f"data.in_channels={in_channels} but {len(self.modalities)} modalities"
@@ -258,11 +277,35 @@ class BratsDataModule(pl.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------
 
-    def train_dataset(self) -> SliceDataset:
+    def set_patch_distribution(self, distribution: str) -> None:
+        """Label distribution of training patch centres: ``"balanced"`` or ``"natural"``."""
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown patch distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
+        self.patch_state["distribution"] = distribution
+
+    @property
+    def patch_distribution(self) -> str:
+        return self.patch_state["distribution"]
+
+    @property
+    def patch_sampler(self) -> PatchSampler:
+        """Class-indexed patch sampler over the training cases (built once)."""
+        if self._patch_sampler is None:
+            self._patch_sampler = PatchSampler(self.train_cases, self.num_classes, self.patch_size)
+        return self._patch_sampler
+
+    def train_dataset(self) -> SliceDataset | PatchBatchDataset:
+        if self.mode == "patches":
+            batches = max(1, self.patches_per_epoch // self.batch_size)
+            seed = self.seed + (self.trainer.current_epoch if self.trainer is not None else 0)
+            return PatchBatchDataset(self.patch_sampler, self.batch_size, batches, self.patch_state, seed)
         return SliceDataset(self.train_cases, self.crop_size, self.augment, self.augment_options, self.seed)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.train_dataset()
+        init = _worker_init if self.num_workers else None
+        if isinstance(ds, PatchBatchDataset):
+            return DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers, worker_init_fn=init)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -270,7 +313,7 @@ class BratsDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             drop_last=len(ds) > self.batch_size,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_worker_init if self.num_workers else None,
+            worker_init_fn=init,
         )
 
     def _volume_loader(self, cases: list[PreparedCase]) -> DataLoader:

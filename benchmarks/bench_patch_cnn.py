@@ -1,0 +1,127 @@
+"""Benchmark Havaei et al.'s patch CNNs: whole-slice vs patch-by-patch inference, training throughput.
+
+Usage::
+
+    python benchmarks/bench_patch_cnn.py [--device cpu|cuda] [--threads N] [--size 240]
+
+Prints, in one run:
+
+* time per 240x240 slice of fully convolutional whole-slice inference (the slice padded by 16 and
+  passed once) and of patch-by-patch inference (every pixel's 33x33 patch, in batches, timed on a
+  sample of patches and scaled to the slice), and their ratio (Havaei et al. report 45x);
+* training throughput (forward, backward, SGD step) in patches per second, and the data pipeline's
+  throughput (balanced sampling + patch extraction from a prepared synthetic data set), which must
+  exceed it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from brats_lightning.nets.twopath import GlobalPathCNN, LocalPathCNN, TwoPathCNN
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timeit(fn, dev: torch.device, repeats: int = 3) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@torch.no_grad()
+def inference_times(net: torch.nn.Module, size: int, dev: torch.device, sample: int, batch: int) -> tuple[float, float]:
+    """Seconds per ``size x size`` slice: whole-slice and patch-by-patch (extrapolated from ``sample`` patches)."""
+    x = torch.randn(1, 4, size, size, device=dev)
+    padded = F.pad(x, (16, 16, 16, 16))
+    t_whole = _timeit(lambda: torch.softmax(net(padded), 1), dev)
+    patches = padded.unfold(2, 33, 1).unfold(3, 33, 1)[0].permute(1, 2, 0, 3, 4).reshape(-1, 4, 33, 33)
+    sub = patches[:sample].contiguous()
+
+    def run() -> None:
+        for i in range(0, sub.shape[0], batch):
+            torch.softmax(net(sub[i : i + batch]), 1)
+
+    t_sample = _timeit(run, dev, repeats=1)
+    return t_whole, t_sample * (size * size) / sample
+
+
+def training_throughput(net: torch.nn.Module, dev: torch.device, batch: int, steps: int) -> float:
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.005, momentum=0.9)
+    x = torch.randn(batch, 4, 33, 33, device=dev)
+    y = torch.randint(0, 4, (batch,), device=dev)
+
+    def step() -> None:
+        loss = F.cross_entropy(net(x)[:, :, 0, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(dev)
+    net.eval()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def pipeline_throughput(batch: int, batches: int) -> float:
+    from brats_lightning.data.datamodule import BratsDataModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dm = BratsDataModule(cache_dir=tmp, mode="patches", batch_size=batch, patches_per_epoch=batch * batches)
+        dm.prepare_data()
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        next(iter(loader))
+        t0 = time.perf_counter()
+        n = sum(b[0].shape[0] for b in loader)
+        return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=240)
+    parser.add_argument("--sample", type=int, default=1024, help="patches timed for the patch-by-patch estimate")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"\nHavaei et al. patch CNNs on {where}, {args.size}x{args.size} slices, torch {torch.__version__}")
+    print(f"{'net':<15}{'whole slice':>14}{'patch by patch':>17}{'ratio':>8}{'train patches/s':>18}")
+    for cls in (TwoPathCNN, LocalPathCNN, GlobalPathCNN):
+        net = cls(4, 5).to(dev).eval()
+        whole, patchwise = inference_times(net, args.size, dev, args.sample, args.batch)
+        thr = training_throughput(net, dev, args.batch, args.steps)
+        print(f"{cls.__name__:<15}{whole * 1e3:>12.0f}ms{patchwise:>16.1f}s{patchwise / whole:>7.0f}x{thr:>18.0f}")
+    print(
+        f"(patch by patch: {args.sample} patches timed in batches of {args.batch}, scaled to "
+        f"{args.size * args.size} pixels; Havaei et al.: whole slice 45x faster)"
+    )
+    pipe = pipeline_throughput(args.batch, 50)
+    print(f"data pipeline (balanced sampling + extraction, 1 process): {pipe:,.0f} patches/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Havaei et al.'s two-phase training as a Lightning callback (Sec. 3.2, "Two-phase training").
+
+Phase 1 trains the whole net on patches whose labels are equiprobable. Phase 2 re-trains only the
+output layer on the natural label distribution, which calibrates the output probabilities and
+removes the false positives of phase 1 (the starred rows of Havaei Tables 1-3).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+__all__ = ["TwoPhaseTraining"]
+
+log = logging.getLogger(__name__)
+
+
+class TwoPhaseTraining(Callback):
+    """Switch from balanced to natural patch sampling and freeze all but the output layer.
+
+    The switch happens after ``phase1_epochs`` epochs, or earlier when the monitored validation
+    metric has not improved for ``patience`` epochs (early stopping of phase 1). Phase 2 lasts
+    ``phase2_epochs`` epochs, then training stops. With ``phase1_epochs=None`` phase 1 takes every
+    epoch but the last ``phase2_epochs`` of ``trainer.max_epochs``.
+
+    The phase is part of the checkpoint (:meth:`state_dict`), and the freeze and the sampling are
+    re-applied when a run resumes and at every epoch start, so a resumed run continues in the
+    phase it was in. At the switch the checkpoint callback forgets phase-1 scores (the phase-1
+    best is moved to ``phase1_best.ckpt``), so "best" means the best phase-2 epoch, as the paper
+    reports its two-phase models.
+
+    The module must expose ``net.output_layer()``; the data module ``set_patch_distribution()``.
+
+    Args:
+        phase1_epochs: epochs of phase 1 (``None``: derived from ``max_epochs``).
+        phase2_epochs: epochs of phase 2.
+        patience: end phase 1 after this many epochs without improvement (``None``: never).
+        monitor: validation metric for ``patience``.
+        mode: ``"max"`` or ``"min"``.
+    """
+
+    def __init__(
+        self,
+        phase1_epochs: int | None = None,
+        phase2_epochs: int = 1,
+        patience: int | None = None,
+        monitor: str = "val/dice_mean",
+        mode: str = "max",
+    ) -> None:
+        if phase2_epochs < 1:
+            raise ValueError(f"phase2_epochs must be >= 1, got {phase2_epochs}")
+        self.phase1_epochs = phase1_epochs
+        self.phase2_epochs = phase2_epochs
+        self.patience = patience
+        self.monitor = monitor
+        self.mode = mode
+        self.phase = 1
+        self.switch_epoch: int | None = None
+        self.best: float | None = None
+        self.stale = 0
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"phase": self.phase, "switch_epoch": self.switch_epoch, "best": self.best, "stale": self.stale}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.phase = int(state_dict["phase"])
+        self.switch_epoch = state_dict["switch_epoch"]
+        self.best = state_dict["best"]
+        self.stale = int(state_dict["stale"])
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _phase1_length(self, trainer: pl.Trainer) -> int:
+        if self.phase1_epochs is not None:
+            return self.phase1_epochs
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            raise ValueError("TwoPhaseTraining needs phase1_epochs when trainer.max_epochs is unbounded")
+        return max(1, trainer.max_epochs - self.phase2_epochs)
+
+    def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Freeze and sample according to the current phase."""
+        output = pl_module.net.output_layer()
+        keep = {id(p) for p in output.parameters()}
+        for p in pl_module.parameters():
+            p.requires_grad_(self.phase == 1 or id(p) in keep)
+        dm = trainer.datamodule
+        if dm is not None and hasattr(dm, "set_patch_distribution"):
+            dm.set_patch_distribution("balanced" if self.phase == 1 else "natural")
+
+    def _switch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str) -> None:
+        """End phase 1 (at the end of its last epoch; the checkpoint written next records phase 2)."""
+        self.phase = 2
+        self.switch_epoch = trainer.current_epoch + 1
+        self._apply(trainer, pl_module)
+        msg = (
+            f"Two-phase training: phase 1 ended after epoch {trainer.current_epoch} ({reason}); phase 2 trains only "
+            f"the output layer on the natural label distribution for {self.phase2_epochs} epoch(s)"
+        )
+        log.info(msg)
+
+    def _forget_phase1_scores(self, trainer: pl.Trainer) -> None:
+        """At the first phase-2 epoch: "best" from now on means best of phase 2."""
+        for cb in trainer.checkpoint_callbacks:
+            if not isinstance(cb, ModelCheckpoint) or cb.monitor is None or not cb.best_model_path:
+                continue
+            best = Path(cb.best_model_path)
+            if best.is_file() and trainer.is_global_zero:
+                shutil.move(best, best.with_name("phase1_best.ckpt"))
+            cb.best_k_models = {}
+            cb.best_model_score = None
+            cb.best_model_path = ""
+            cb.kth_best_model_path = ""
+            cb.kth_value = cb.kth_value.new_tensor(float("-inf") if cb.mode == "max" else float("inf"))
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not hasattr(getattr(pl_module, "net", None), "output_layer"):
+            raise TypeError("TwoPhaseTraining needs a module whose net has output_layer() (a Havaei patch CNN)")
+        # Loader workers copy the data set: rebuild loaders every epoch so that they see the switch.
+        trainer.reload_dataloaders_every_n_epochs = 1
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._apply(trainer, pl_module)  # after a resume: back into the saved phase
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Checkpoint callbacks run after this one at epoch end, so phase 1's last checkpoint is
+        # written after the switch; its score is forgotten here, at the first phase-2 epoch.
+        if self.phase == 2 and trainer.current_epoch == self.switch_epoch:
+            self._forget_phase1_scores(trainer)
+        self._apply(trainer, pl_module)
+        pl_module.log("train/phase", float(self.phase), on_step=False, on_epoch=True)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if self.phase == 1:
+            reason = None
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None and self.patience is not None:
+                v = float(value)
+                better = self.best is None or (v > self.best if self.mode == "max" else v < self.best)
+                if better:
+                    self.best, self.stale = v, 0
+                else:
+                    self.stale += 1
+                if self.stale >= self.patience:
+                    reason = f"no improvement of {self.monitor} for {self.stale} epochs"
+            if epoch + 1 >= self._phase1_length(trainer):
+                reason = reason or f"{epoch + 1} epochs"
+            if reason:
+                self._switch(trainer, pl_module, reason)
+        elif self.switch_epoch is not None and epoch + 1 >= self.switch_epoch + self.phase2_epochs:
+            trainer.should_stop = True

@@ -1,0 +1,79 @@
+"""Class-balanced patch sampling: distributions, patch contents, vectorised extraction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brats_lightning.data.datamodule import BratsDataModule
+from brats_lightning.data.sampling import PatchSampler
+
+
+@pytest.fixture(scope="module")
+def dm(tiny_dm_kwargs: dict) -> BratsDataModule:
+    d = BratsDataModule(mode="patches", **tiny_dm_kwargs)
+    d.prepare_data()
+    d.setup("fit")
+    return d
+
+
+def test_balanced_and_natural_distributions(dm: BratsDataModule) -> None:
+    s = dm.patch_sampler
+    rng = np.random.default_rng(0)
+    _, _, lab = s.sample(40_000, "balanced", rng)
+    freq = np.bincount(lab, minlength=s.num_classes) / lab.size
+    np.testing.assert_allclose(freq[s.present], 1 / s.present.size, atol=0.01)
+    _, _, lab = s.sample(40_000, "natural", rng)
+    freq = np.bincount(lab, minlength=s.num_classes) / lab.size
+    np.testing.assert_allclose(freq, s.frequencies, atol=0.01)
+    assert s.frequencies[0] > 0.8  # background dominates the brain, as in real data
+
+
+def test_patches_are_centred_on_a_voxel_of_their_label(dm: BratsDataModule) -> None:
+    s = dm.patch_sampler
+    case, flat, lab = s.sample(300, "balanced", np.random.default_rng(1))
+    patches = s.extract(case, flat)
+    assert patches.shape == (300, 4, 33, 33) and patches.dtype == np.float32
+    for i in range(0, 300, 7):  # compare with a direct read of the volume
+        c = s.cases[case[i]]
+        z, x, y = np.unravel_index(flat[i], c.mask.shape)
+        assert c.label[z, x, y] == lab[i] and c.mask[z, x, y]
+        np.testing.assert_array_equal(patches[i, :, 16, 16], np.asarray(c.image[z, :, x, y], np.float32))
+        x0, y0 = max(x - 16, 0), max(y - 16, 0)
+        window = np.asarray(c.image[z, :, x0 : x + 17, y0 : y + 17], np.float32)
+        np.testing.assert_array_equal(
+            patches[
+                i, :, 16 - (x - x0) : 16 - (x - x0) + window.shape[1], 16 - (y - y0) : 16 - (y - y0) + window.shape[2]
+            ],
+            window,
+        )
+
+
+def test_patches_zero_outside_the_volume(dm: BratsDataModule) -> None:
+    s = dm.patch_sampler
+    c = s.cases[0]
+    nz, nx, ny = c.mask.shape
+    flat = np.array([np.ravel_multi_index((nz // 2, 0, 0), (nz, nx, ny))])
+    p = s.extract(np.array([0], dtype=np.int32), flat)
+    assert np.all(p[0, :, :16, :] == 0) and np.all(p[0, :, :, :16] == 0)
+
+
+def test_loader_yields_batches_and_follows_the_distribution_switch(dm: BratsDataModule) -> None:
+    dm.batch_size, dm.patches_per_epoch = 64, 640
+    loader = dm.train_dataloader()
+    assert len(loader) == 10
+    x, y = next(iter(loader))
+    assert x.shape == (64, 4, 33, 33) and y.shape == (64,)
+    dm.set_patch_distribution("natural")
+    ys = np.concatenate([b[1].numpy() for b in loader])
+    assert np.mean(ys == 0) > 0.7
+    dm.set_patch_distribution("balanced")
+    ys = np.concatenate([b[1].numpy() for b in loader])
+    assert np.mean(ys == 0) < 0.4
+    with pytest.raises(ValueError, match="unknown patch distribution"):
+        dm.set_patch_distribution("uniform")
+
+
+def test_bad_patch_size(dm: BratsDataModule) -> None:
+    with pytest.raises(ValueError, match="odd"):
+        PatchSampler(dm.train_cases, 4, 32)
