@@ -136,7 +136,11 @@ class TwoPhaseTraining(Callback):
         if self.phase == 2 and trainer.current_epoch == self.switch_epoch:
             self._forget_phase1_scores(trainer)
         self._apply(trainer, pl_module)
+        trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         pl_module.log("train/phase", float(self.phase), on_step=False, on_epoch=True)
+        pl_module.log("train/trainable_params", float(trainable), on_step=False, on_epoch=True)
+        if self.phase == 2:
+            log.info("Epoch %d: phase 2, %d trainable parameters (the output layer)", trainer.current_epoch, trainable)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
