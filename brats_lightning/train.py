@@ -81,13 +81,14 @@ def print_table(metrics: dict[str, float], title: str) -> None:
     Console().print(table)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig) -> dict:
     """Train (and test) the configured model on the configured data.
 
     Writes checkpoints, ``metrics.json`` and ``per_case.csv`` into ``cfg.paths.output_dir``.
 
     Returns:
-        The test metrics (``test/dice_wt`` ...), empty when ``cfg.test`` is false.
+        The test metrics (``test/dice_wt`` ...; empty when ``cfg.test`` is false) and ``best_ckpt``,
+        the checkpoint tested (best on ``val/dice_mean``, else the last one).
     """
     register_resolvers()
     out_dir = Path(cfg.paths.output_dir)
@@ -107,24 +108,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for lg in loggers:
         lg.log_hyperparams(run_config)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
-    results: dict[str, float] = {}
+    results: dict = {}
+    ckpt = None
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            cb = trainer.checkpoint_callback
+            if cb is not None:
+                ckpt = getattr(cb, "best_model_path", "") or getattr(cb, "last_model_path", "") or None
+            results["best_ckpt"] = ckpt
         if cfg.get("test", True):
-            ckpt = None
-            if cfg.get("train", True):
-                best = (
-                    getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-                )
-                ckpt = best or None
-                log.info("Testing %s", ckpt or "the last weights")
+            log.info("Testing %s", ckpt or "the model's current weights")
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             rows = model.test_results
-            results = summarise(rows)
+            results.update(summarise(rows))
             results["time/total_s"] = time.perf_counter() - t0
             if trainer.is_global_zero:
-                write_results(out_dir, rows, results)
+                write_results(out_dir, rows, {k: v for k, v in results.items() if k != "best_ckpt"})
                 print_table(results, f"Test set ({len(rows) // len(REGIONS)} cases) - {out_dir}")
     finally:
         _finish_wandb(loggers)
@@ -146,5 +146,10 @@ register_resolvers()
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``test/dice_mean`` (for sweepers)."""
-    results = train(cfg)
+    if cfg.get("pipeline"):
+        from brats_lightning.pipeline import run_pipeline
+
+        results = run_pipeline(cfg)
+    else:
+        results = train(cfg)
     return results.get("test/dice_mean")

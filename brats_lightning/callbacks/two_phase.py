@@ -63,6 +63,7 @@ class TwoPhaseTraining(Callback):
         self.switch_epoch: int | None = None
         self.best: float | None = None
         self.stale = 0
+        self._trainable: set[int] = set()
 
     # -- state -------------------------------------------------------------------------------
 
@@ -86,10 +87,10 @@ class TwoPhaseTraining(Callback):
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Freeze and sample according to the current phase."""
-        output = pl_module.net.output_layer()
-        keep = {id(p) for p in output.parameters()}
+        output = {id(p) for p in pl_module.net.output_layer().parameters()}
         for p in pl_module.parameters():
-            p.requires_grad_(self.phase == 1 or id(p) in keep)
+            # Parameters the model froze itself (a cascade's first stage) stay frozen in both phases.
+            p.requires_grad_(id(p) in self._trainable and (self.phase == 1 or id(p) in output))
         dm = trainer.datamodule
         if dm is not None and hasattr(dm, "set_patch_distribution"):
             dm.set_patch_distribution("balanced" if self.phase == 1 else "natural")
@@ -126,6 +127,7 @@ class TwoPhaseTraining(Callback):
             raise TypeError("TwoPhaseTraining needs a module whose net has output_layer() (a Havaei patch CNN)")
         # Loader workers copy the data set: rebuild loaders every epoch so that they see the switch.
         trainer.reload_dataloaders_every_n_epochs = 1
+        self._trainable = {id(p) for p in pl_module.parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply(trainer, pl_module)  # after a resume: back into the saved phase

@@ -294,6 +294,13 @@ class BratsDataModule(pl.LightningDataModule):
             self._patch_sampler = PatchSampler(self.train_cases, self.num_classes, self.patch_size)
         return self._patch_sampler
 
+    def set_aux_maps(self, maps: list, margin: int, size: int, before: int) -> None:
+        """Attach per-training-case maps to the patch batches (a cascade's cached first-stage output).
+
+        See :meth:`brats_lightning.data.sampling.PatchSampler.set_aux`.
+        """
+        self.patch_sampler.set_aux(maps, margin, size, before)
+
     def train_dataset(self) -> SliceDataset | PatchBatchDataset:
         if self.mode == "patches":
             batches = max(1, self.patches_per_epoch // self.batch_size)

@@ -29,6 +29,12 @@ DISTRIBUTIONS = ("balanced", "natural")
 class PatchSampler:
     """Draws patch centres over a set of labelled cases and extracts the patches.
 
+    A patch of side ``P`` centred on voxel ``p`` covers ``p - P//2 .. p + P - 1 - P//2`` (for an
+    even side such as LocalCascadeCNN's 56, one more pixel before the centre than after).
+
+    Cascades with a cached first stage also hand, for every patch, the aligned window of a
+    per-case auxiliary map (:meth:`set_aux`), e.g. the first CNN's output probabilities.
+
     Args:
         cases: prepared, labelled training cases.
         num_classes: number of internal classes.
@@ -36,8 +42,8 @@ class PatchSampler:
     """
 
     def __init__(self, cases: Sequence[PreparedCase], num_classes: int, patch_size: int) -> None:
-        if patch_size % 2 != 1:
-            raise ValueError(f"patch_size must be odd (a centre pixel), got {patch_size}")
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be positive, got {patch_size}")
         if not cases:
             raise ValueError("no training cases to sample patches from")
         self.cases = list(cases)
@@ -62,6 +68,27 @@ class PatchSampler:
         if self.counts.sum() == 0:
             raise ValueError("the training cases contain no brain voxel")
         self.present = np.flatnonzero(self.counts)
+        self.aux: list[np.ndarray] | None = None
+        self.aux_margin = self.aux_size = self.aux_before = 0
+
+    def set_aux(self, maps: Sequence[np.ndarray], margin: int, size: int, before: int) -> None:
+        """Attach per-case maps ``(Z, A, X + 2*margin, Y + 2*margin)`` (index ``margin + x`` is voxel ``x``).
+
+        Each patch then comes with the ``size x size`` window of its case's map starting ``before``
+        pixels before the patch centre.
+        """
+        if len(maps) != len(self.cases):
+            raise ValueError(f"{len(maps)} auxiliary maps for {len(self.cases)} cases")
+        for m, c in zip(maps, self.cases):
+            z, _, nx, ny = c.image.shape
+            if m.shape[0] != z or m.shape[2:] != (nx + 2 * margin, ny + 2 * margin):
+                raise ValueError(
+                    f"auxiliary map of {c.case_id} has shape {m.shape}, expected ({z}, A, {nx + 2 * margin}, "
+                    f"{ny + 2 * margin})"
+                )
+        if not 0 <= margin - before and margin - before + size <= 2 * margin + 1:
+            raise ValueError(f"window of {size} starting {before} before the centre does not fit a margin of {margin}")
+        self.aux, self.aux_margin, self.aux_size, self.aux_before = list(maps), margin, size, before
 
     @property
     def frequencies(self) -> np.ndarray:
@@ -91,30 +118,52 @@ class PatchSampler:
 
     def extract(self, case: np.ndarray, flat: np.ndarray) -> np.ndarray:
         """``(n, C, P, P)`` float32 patches centred on the given voxels (zero outside the volume)."""
-        n = case.size
         p = self.patch_size
-        r = p // 2
-        c0 = self.cases[0].image.shape[1]
-        out = np.empty((n, c0, p, p), dtype=np.float32)
-        offs = np.arange(p)
-        for i in np.unique(case):
-            sel = np.flatnonzero(case == i)
-            img = self.cases[i].image  # (Z, C, X, Y), memory-mapped
-            _, _, nx, ny = img.shape
-            z, rem = np.divmod(flat[sel], nx * ny)
-            x, y = np.divmod(rem, ny)
+        before, after = p // 2, p - 1 - p // 2
+        out = np.empty((case.size, self.cases[0].image.shape[1], p, p), dtype=np.float32)
+        for i, sel, z, x, y in self._by_case(case, flat):
             zu, zi = np.unique(z, return_inverse=True)
-            slabs = np.pad(np.asarray(img[zu], dtype=np.float32), ((0, 0), (0, 0), (r, r), (r, r)))
-            rows = x[:, None] + offs  # window rows in padded coordinates
-            cols = y[:, None] + offs
-            patches = slabs[zi[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (m, P, P, C)
-            out[sel] = patches.transpose(0, 3, 1, 2)
+            slabs = np.pad(
+                np.asarray(self.cases[i].image[zu], dtype=np.float32),
+                ((0, 0), (0, 0), (before, after), (before, after)),
+            )
+            out[sel] = _windows(slabs, zi, x, y, p)  # padded index x + j = voxel x - before + j
         return out
 
-    def batch(self, n: int, distribution: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A batch of ``n`` patches and their centre labels."""
+    def extract_aux(self, case: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        """``(n, A, S, S)`` windows of the auxiliary maps aligned with :meth:`extract`'s patches."""
+        if self.aux is None:
+            raise ValueError("no auxiliary maps attached (set_aux)")
+        s = self.aux_size
+        out = np.empty((case.size, self.aux[0].shape[1], s, s), dtype=self.aux[0].dtype)
+        start = self.aux_margin - self.aux_before
+        for i, sel, z, x, y in self._by_case(case, flat):
+            out[sel] = _windows(self.aux[i], z, x + start, y + start, s)
+        return out
+
+    def _by_case(self, case: np.ndarray, flat: np.ndarray):
+        """Per case in the batch: (case index, batch positions, z, x, y)."""
+        for i in np.unique(case):
+            sel = np.flatnonzero(case == i)
+            _, _, nx, ny = self.cases[i].image.shape
+            z, rem = np.divmod(flat[sel], nx * ny)
+            x, y = np.divmod(rem, ny)
+            yield int(i), sel, z, x, y
+
+    def batch(self, n: int, distribution: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """A batch: ``(patches, labels)``, or ``(patches, aux windows, labels)`` with maps attached."""
         case, flat, label = self.sample(n, distribution, rng)
+        if self.aux is not None:
+            return self.extract(case, flat), self.extract_aux(case, flat), label
         return self.extract(case, flat), label
+
+
+def _windows(arr: np.ndarray, idx: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+    """``(n, C, size, size)`` windows ``arr[idx[k], :, x[k]:x[k]+size, y[k]:y[k]+size]`` in one gather."""
+    offs = np.arange(size)
+    rows = x[:, None] + offs
+    cols = y[:, None] + offs
+    return arr[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]].transpose(0, 3, 1, 2)
 
 
 class PatchBatchDataset(Dataset):
@@ -135,6 +184,6 @@ class PatchBatchDataset(Dataset):
     def __len__(self) -> int:
         return self.batches
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.sampler.batch(self.batch_size, self.state["distribution"], self.rng)
-        return torch.from_numpy(x), torch.from_numpy(y)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        arrays = self.sampler.batch(self.batch_size, self.state["distribution"], self.rng)
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)

@@ -1,14 +1,16 @@
-"""LightningModule for Havaei et al.'s patch CNNs (LocalPath, GlobalPath, TwoPath, Average)."""
+"""LightningModule for Havaei et al.'s patch CNNs (LocalPath, GlobalPath, TwoPath, Average, cascades)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from brats_lightning.modules.segmentation import SegmentationModule
+from brats_lightning.nets.cascade import CASCADES, CascadeCNN
 from brats_lightning.nets.twopath import (
     AverageCNN,
     GlobalPathCNN,
@@ -20,7 +22,7 @@ from brats_lightning.nets.twopath import (
 
 __all__ = ["ARCHS", "PatchCNNModule", "build_patch_net", "load_patch_net"]
 
-ARCHS = ("localpath", "globalpath", "twopath", "average")
+ARCHS = ("localpath", "globalpath", "twopath", "average", *CASCADES)
 
 
 def build_patch_net(arch: str, in_channels: int, num_classes: int, dropout: float = 0.5, k: int = 2) -> PatchCNN:
@@ -31,7 +33,12 @@ def build_patch_net(arch: str, in_channels: int, num_classes: int, dropout: floa
     return nets[arch](in_channels, num_classes, dropout, k)
 
 
-def load_patch_net(path: str | Path, expect_arch: str | None = None) -> tuple[PatchCNN, dict]:
+def load_patch_net(
+    path: str | Path,
+    expect_arch: str | None = None,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+) -> tuple[PatchCNN, dict]:
     """Rebuild a trained patch CNN from a Lightning checkpoint of :class:`PatchCNNModule`.
 
     Checkpoints hold plain hyper-parameters and tensors; they load with ``weights_only=True``.
@@ -53,6 +60,9 @@ def load_patch_net(path: str | Path, expect_arch: str | None = None) -> tuple[Pa
         raise ValueError(f"{path}: not a LocalPath/GlobalPath/TwoPath CNN checkpoint (arch={arch!r})")
     if expect_arch is not None and arch != expect_arch:
         raise ValueError(f"{path}: holds a {arch} CNN, expected {expect_arch}")
+    for name, want in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if want is not None and hp.get(name) != want:
+            raise ValueError(f"{path}: the {arch} CNN has {name}={hp.get(name)}, this model needs {want}")
     net = build_patch_net(arch, hp["in_channels"], hp["num_classes"], hp.get("dropout", 0.5), hp.get("k", 2))
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
@@ -94,6 +104,11 @@ class PatchCNNModule(SegmentationModule):
         l1, l2: regularisation weights on kernels.
         max_norm: bound on each kernel's L2 norm (``None``: no bound).
         local_ckpt, global_ckpt: checkpoints of a LocalPathCNN and a GlobalPathCNN (``arch=average``).
+        first_stage_ckpt: checkpoint of the trained TwoPathCNN that a cascade freezes as its first stage.
+        first_stage_cache: cascades: precompute the frozen first stage's output over every training
+            slice once and sample 33x33 patches with the aligned map (exactly what running it on the
+            larger patch gives, much faster); ``False`` samples the larger patch and runs the first
+            stage on every batch (then ``data.patch_size`` must be the cascade's 65/56/53).
         convention, inference_batch_size, test_hd95: see :class:`SegmentationModule`.
     """
 
@@ -117,6 +132,8 @@ class PatchCNNModule(SegmentationModule):
         max_norm: float | None = 1.9365,
         local_ckpt: str | None = None,
         global_ckpt: str | None = None,
+        first_stage_ckpt: str | None = None,
+        first_stage_cache: bool = True,
         convention: str = "brats2017",
         inference_batch_size: int = 4,
         test_hd95: bool = True,
@@ -127,27 +144,99 @@ class PatchCNNModule(SegmentationModule):
             raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
         if lr_schedule not in ("linear", "exponential", "constant"):
             raise ValueError(f"lr_schedule must be linear, exponential or constant, got {lr_schedule!r}")
+        # Stage weights come from their checkpoints when given; otherwise the nets are built empty
+        # and must be filled by a checkpoint of this module (checked in setup()).
+        self._stages_loaded = True
         if arch == "average":
-            if not local_ckpt or not global_ckpt:
-                raise ValueError("arch=average needs model.local_ckpt and model.global_ckpt (trained checkpoints)")
-            local, _ = load_patch_net(local_ckpt, "localpath")
-            glob, _ = load_patch_net(global_ckpt, "globalpath")
+            if local_ckpt and global_ckpt:
+                local, _ = load_patch_net(local_ckpt, "localpath", in_channels, num_classes)
+                glob, _ = load_patch_net(global_ckpt, "globalpath", in_channels, num_classes)
+            else:
+                local, glob = (
+                    LocalPathCNN(in_channels, num_classes, dropout, k),
+                    GlobalPathCNN(in_channels, num_classes, dropout, k),
+                )
+                self._stages_loaded = False
             self.net: PatchCNN = AverageCNN(local, glob)
+        elif arch in CASCADES:
+            if first_stage_ckpt:
+                first, _ = load_patch_net(first_stage_ckpt, "twopath", in_channels, num_classes)
+            else:
+                first = TwoPathCNN(in_channels, num_classes, dropout, k)
+                self._stages_loaded = False
+            self.net = CASCADES[arch](first, in_channels, num_classes, dropout, k)
         else:
             self.net = build_patch_net(arch, in_channels, num_classes, dropout, k)
-        if patch_size != self.net.patch_size:
-            raise ValueError(
-                f"patch_size={patch_size} but {arch} takes {self.net.patch_size}x{self.net.patch_size} patches"
-            )
+        want = self.train_patch_size
+        if patch_size != want:
+            hint = " (or model.first_stage_cache=false with the larger patch)" if arch in CASCADES else ""
+            raise ValueError(f"patch_size={patch_size} but {arch} trains on {want}x{want} patches{hint}")
+
+    @property
+    def is_cascade(self) -> bool:
+        return isinstance(self.net, CascadeCNN)
+
+    @property
+    def train_patch_size(self) -> int:
+        """Side of the image patches the data module must sample."""
+        if self.is_cascade and self.hparams.first_stage_cache:
+            return 33
+        return self.net.patch_size
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._stages_loaded = True  # the state dict holds every stage
 
     # -- training ----------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        resuming = getattr(self.trainer, "ckpt_path", None) is not None
+        if not self._stages_loaded and not resuming:
+            need = (
+                "model.local_ckpt and model.global_ckpt" if self.hparams.arch == "average" else "model.first_stage_ckpt"
+            )
+            raise ValueError(f"{self.hparams.arch} needs {need} (trained checkpoints) to {stage}")
         if stage != "fit" or self.hparams.arch == "average":
             return
         dm = getattr(self.trainer, "datamodule", None)
-        if getattr(self.trainer, "ckpt_path", None) is None and dm is not None and hasattr(dm, "label_frequencies"):
+        if not resuming and dm is not None and hasattr(dm, "label_frequencies"):
             set_output_bias_(self.net.output, dm.label_frequencies())
+
+    def on_fit_start(self) -> None:
+        # After the module is on its device, before the first training loader is built.
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.is_cascade and self.hparams.first_stage_cache and dm is not None:
+            self._cache_first_stage(dm)
+
+    @torch.no_grad()
+    def _cache_first_stage(self, dm) -> None:
+        """Run the frozen first stage over every training slice once and hand the maps to the data module."""
+        from rich.progress import Progress
+
+        net: CascadeCNN = self.net  # type: ignore[assignment]
+        margin = 16
+        device = self.device
+        first = net.first.eval()
+        maps = []
+        cases = dm.train_cases
+        with Progress(transient=False) as bar:
+            task = bar.add_task("First-stage maps", total=sum(c.image.shape[0] for c in cases))
+            for c in cases:
+                img = torch.from_numpy(np.asarray(c.image, dtype=np.float32))
+                out = np.zeros(
+                    (img.shape[0], net.num_classes, img.shape[2] + 2 * margin, img.shape[3] + 2 * margin),
+                    dtype=np.float32,
+                )
+                brain = np.flatnonzero(np.asarray(c.mask).any(axis=(1, 2)))
+                for s in range(0, brain.size, self.inference_batch_size):
+                    idx = brain[s : s + self.inference_batch_size]
+                    x = img[idx].to(device)
+                    m = margin + 16
+                    probs = torch.softmax(first(F.pad(x, (m, m, m, m))), dim=1)
+                    out[idx] = probs.cpu().numpy()
+                    bar.advance(task, idx.size)
+                bar.advance(task, img.shape[0] - brain.size)
+                maps.append(out)
+        dm.set_aux_maps(maps, margin=margin, size=net.aux_size, before=net.aux_before)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -156,9 +245,13 @@ class PatchCNNModule(SegmentationModule):
         """Convolution kernels (the weights that L1/L2 and max-norm act on)."""
         return [m.weight for m in self.net.modules() if isinstance(m, nn.Conv2d)]
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self.net(x)[:, :, 0, 0]
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        if len(batch) == 3:  # cascade with cached first-stage maps: (33x33 patches, aligned maps, labels)
+            x, aux, y = batch
+            logits = self.net.second_stage(x, aux.float())[:, :, 0, 0]
+        else:
+            x, y = batch
+            logits = self.net(x)[:, :, 0, 0]
         nll = F.cross_entropy(logits, y)
         loss = nll
         ws = [w for w in self.kernels() if w.requires_grad]
@@ -200,12 +293,16 @@ class PatchCNNModule(SegmentationModule):
         self.log("train/momentum", self.momentum_at(self.current_epoch), on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.SGD(self.net.parameters(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        params = [p for p in self.net.parameters() if p.requires_grad]  # a cascade's first stage is frozen
+        opt = torch.optim.SGD(params, lr=self.hparams.lr, momentum=self.hparams.momentum)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: self.lr_factor(epoch))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # -- inference ---------------------------------------------------------------------------
 
     def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_cascade:
+            before, after = self.net.first_pad  # type: ignore[union-attr]
+            return torch.softmax(self.net(F.pad(x, (before, after, before, after))), dim=1)
         m = self.net.margin
         return torch.softmax(self.net(F.pad(x, (m, m, m, m))), dim=1)

@@ -75,5 +75,38 @@ def test_loader_yields_batches_and_follows_the_distribution_switch(dm: BratsData
 
 
 def test_bad_patch_size(dm: BratsDataModule) -> None:
-    with pytest.raises(ValueError, match="odd"):
-        PatchSampler(dm.train_cases, 4, 32)
+    with pytest.raises(ValueError, match="positive"):
+        PatchSampler(dm.train_cases, 4, 0)
+
+
+def test_even_patches_have_one_more_pixel_before_the_centre(dm: BratsDataModule) -> None:
+    odd, even = PatchSampler(dm.train_cases, 4, 33), PatchSampler(dm.train_cases, 4, 56)
+    case, flat, _ = odd.sample(50, "balanced", np.random.default_rng(3))
+    a, b = odd.extract(case, flat), even.extract(case, flat)
+    assert b.shape[-2:] == (56, 56)
+    # voxel p is at index 16 of a 33 patch and at index 28 of a 56 patch (covering p-28 .. p+27)
+    np.testing.assert_array_equal(b[:, :, 28 - 16 : 28 + 17, 28 - 16 : 28 + 17], a)
+
+
+def test_aux_windows_are_aligned_with_the_patches(dm: BratsDataModule) -> None:
+    s = PatchSampler(dm.train_cases, 4, 33)
+    margin = 16
+    # an auxiliary map that stores the voxel coordinates, so alignment can be read off
+    maps = []
+    for c in s.cases:
+        z, _, nx, ny = c.image.shape
+        zz, xx, yy = np.meshgrid(
+            np.arange(z), np.arange(-margin, nx + margin), np.arange(-margin, ny + margin), indexing="ij"
+        )
+        maps.append(np.stack([zz, xx, yy], axis=1).astype(np.float32))
+    s.set_aux(maps, margin=margin, size=24, before=12)
+    x, aux, y = s.batch(40, "balanced", np.random.default_rng(4))
+    assert x.shape == (40, 4, 33, 33) and aux.shape == (40, 3, 24, 24) and y.shape == (40,)
+    case, flat, _ = s.sample(40, "balanced", np.random.default_rng(4))
+    for k in range(40):
+        z, cx, cy = np.unravel_index(flat[k], s.cases[case[k]].mask.shape)
+        assert (aux[k, 0] == z).all()
+        np.testing.assert_array_equal(aux[k, 1, :, 0], np.arange(cx - 12, cx + 12))
+        np.testing.assert_array_equal(aux[k, 2, 0, :], np.arange(cy - 12, cy + 12))
+    with pytest.raises(ValueError, match="auxiliary maps for"):
+        s.set_aux(maps[:1], margin=margin, size=24, before=12)
