@@ -11,7 +11,10 @@ Prints, in one run:
   sample of patches and scaled to the slice), and their ratio (Havaei et al. report 45x);
 * training throughput (forward, backward, SGD step) in patches per second, and the data pipeline's
   throughput (balanced sampling + patch extraction from a prepared synthetic data set), which must
-  exceed it.
+  exceed it;
+* whole-slice inference time of the three cascades next to TwoPathCNN, per slice and per
+  240x240x155 volume (155 slices; Havaei et al. on a Titan Black: 25 s TwoPathCNN, 1.5 / 1.7 / 3 min
+  MF / Local / Input cascade per brain).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from brats_lightning.nets.cascade import InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN
 from brats_lightning.nets.twopath import GlobalPathCNN, LocalPathCNN, TwoPathCNN
 
 
@@ -121,6 +125,20 @@ def main() -> None:
     )
     pipe = pipeline_throughput(args.batch, 50)
     print(f"data pipeline (balanced sampling + extraction, 1 process): {pipe:,.0f} patches/s")
+
+    print(f"\nWhole-slice inference per {args.size}x{args.size} slice and per 155-slice volume")
+    print(f"{'net':<18}{'per slice':>12}{'per volume':>13}{'Havaei et al. (GPU)':>22}")
+    paper = {"TwoPathCNN": "25 s", "MFCascadeCNN": "1.5 min", "LocalCascadeCNN": "1.7 min", "InputCascadeCNN": "3 min"}
+    x = torch.randn(1, 4, args.size, args.size, device=dev)
+    with torch.no_grad():
+        two = TwoPathCNN(4, 5).to(dev).eval()
+        t = _timeit(lambda: two(F.pad(x, (16, 16, 16, 16))), dev)
+        print(f"{'TwoPathCNN':<18}{t:>11.2f}s{t * 155:>12.0f}s{paper['TwoPathCNN']:>22}")
+        for cls in (MFCascadeCNN, LocalCascadeCNN, InputCascadeCNN):
+            net = cls(TwoPathCNN(4, 5), 4, 5).to(dev).eval()
+            b, a = net.first_pad
+            t = _timeit(lambda net=net, b=b, a=a: net(F.pad(x, (b, a, b, a))), dev)
+            print(f"{cls.__name__:<18}{t:>11.2f}s{t * 155:>12.0f}s{paper[cls.__name__]:>22}")
 
 
 if __name__ == "__main__":

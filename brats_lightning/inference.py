@@ -36,7 +36,8 @@ def predict_volume(
         predict_slices: maps ``(N, C, H, W)`` slices to ``(N, K, H, W)`` probabilities.
         image: ``(Z, C, H, W)`` slices of one case.
         batch_size: slices per forward pass.
-        mask: optional ``(Z, H, W)`` brain mask: slices without brain are not run (background).
+        mask: optional ``(Z, H, W)`` brain mask: slices without brain are not run, and every voxel
+            outside the brain is background (the scans are skull-stripped: no tumour there).
 
     Returns:
         ``(Z, K, H, W)`` probabilities (float32, on ``image``'s device).
@@ -55,4 +56,8 @@ def predict_volume(
         out[idx] = probs
     if out is None:
         raise ValueError("nothing to predict: the volume has no slices")
+    if mask is not None and bool(mask.any()):
+        background = torch.zeros(out.shape[1], device=out.device)
+        background[0] = 1.0
+        out = torch.where(mask[:, None], out, background.view(1, -1, 1, 1))
     return out

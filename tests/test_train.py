@@ -59,3 +59,31 @@ def test_real_data_config_requires_a_root(tmp_path: Path) -> None:
     cfg = compose(["data=brats"], output_dir=str(tmp_path))
     with pytest.raises(InstantiationException, match="data.root is not set"):
         instantiate(cfg.data)
+
+
+@pytest.mark.parametrize("model", ["fcn", "fcn_sym", "fcn4_sym", "localpath", "globalpath", "twopath"])
+def test_subset_of_modalities_sets_the_input_channels(tmp_path: Path, model: str) -> None:
+    cfg = compose([f"model={model}", "data.modalities=[flair,t1c]"], output_dir=str(tmp_path))
+    assert cfg.model.in_channels == (4 if "sym" in model else 2)
+    cfg = compose([f"model={model}", "data=deepmedic", "data.root=x"], output_dir=str(tmp_path))
+    assert cfg.model.num_classes == 5 and cfg.data.files.mask == "brainmask.nii.gz"
+
+
+@pytest.mark.parametrize("model", ["fcn_sym", "twopath"])
+def test_two_modalities_train_end_to_end(tmp_path: Path, cache_dir: Path, model: str) -> None:
+    cfg = compose(
+        _overrides(
+            cache_dir,
+            f"model={model}",
+            "data.modalities=[flair,t1c]",
+            "data.patches_per_epoch=64",
+            "logger=none",
+            "trainer.limit_train_batches=2",
+        )
+        + (["model.width=0.25"] if model == "fcn_sym" else []),
+        output_dir=str(tmp_path),
+    )
+    results = train(cfg)
+    assert 0.0 <= results["test/dice_wt"] <= 1.0
+    state = torch.load(results["best_ckpt"], map_location="cpu", weights_only=True)
+    assert state["data_config"]["modalities"] == ["flair", "t1c"]

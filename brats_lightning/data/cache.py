@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats_lightning.data.io import CaseFiles, DataError, load_case
+from brats_lightning.data.io import CaseFiles, DataError, Volume, load_case
 from brats_lightning.data.labels import LabelConvention
 from brats_lightning.data.preprocess import (
     PreprocessConfig,
@@ -41,7 +41,16 @@ from brats_lightning.data.preprocess import (
     zscore,
 )
 
-__all__ = ["SymmetryConfig", "PreparedCase", "cache_key", "prepare_case", "load_prepared", "is_fresh"]
+__all__ = [
+    "SymmetryConfig",
+    "Preprocessed",
+    "PreparedCase",
+    "cache_key",
+    "preprocess_case",
+    "prepare_case",
+    "load_prepared",
+    "is_fresh",
+]
 
 CACHE_VERSION = 1
 
@@ -161,14 +170,31 @@ def _symmetry_device(name: str) -> str:
     return name
 
 
-def prepare_case(
-    case: CaseFiles,
-    folder: Path,
-    convention: LabelConvention,
-    prep: PreprocessConfig,
-    sym: SymmetryConfig,
-) -> Path:
-    """Load, preprocess and store one case in ``folder`` (written atomically).
+@dataclass
+class Preprocessed:
+    """A case after preprocessing, in RAS order and full size (before cropping).
+
+    Attributes:
+        volume: the loaded case (original geometry and header).
+        image: ``(C, X, Y, Z)`` float32 channels (images, then centred symmetry maps if enabled).
+        mask: ``(X, Y, Z)`` brain mask.
+        label: ``(X, Y, Z)`` internal classes, or ``None``.
+        box: the crop box around the brain (RAS indices).
+        meta: geometry, channels, label counts (see the module docstring).
+    """
+
+    volume: Volume
+    image: np.ndarray
+    mask: np.ndarray
+    label: np.ndarray | None
+    box: tuple[tuple[int, int], ...]
+    meta: dict
+
+
+def preprocess_case(
+    case: CaseFiles, convention: LabelConvention, prep: PreprocessConfig, sym: SymmetryConfig
+) -> Preprocessed:
+    """Load and preprocess one case in memory (used for the cache and for prediction).
 
     Raises:
         DataError: unreadable or inconsistent files, an empty image, unknown label values.
@@ -239,14 +265,30 @@ def prepare_case(
         "label_counts": counts,
         "sources": _sources(case),
     }
+    return Preprocessed(vol, img, mask, label, box, meta)
+
+
+def prepare_case(
+    case: CaseFiles,
+    folder: Path,
+    convention: LabelConvention,
+    prep: PreprocessConfig,
+    sym: SymmetryConfig,
+) -> Path:
+    """Preprocess one case and store it, cropped, in ``folder`` (written atomically).
+
+    Raises:
+        DataError: unreadable or inconsistent files, an empty image, unknown label values.
+    """
+    p = preprocess_case(case, convention, prep, sym)
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        np.save(tmp / "image.npy", np.ascontiguousarray(crop(img, box).transpose(3, 0, 1, 2)).astype(np.float16))
-        np.save(tmp / "mask.npy", np.ascontiguousarray(crop(mask, box).transpose(2, 0, 1)))
-        if label is not None:
-            np.save(tmp / "label.npy", np.ascontiguousarray(crop(label, box).transpose(2, 0, 1)))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        np.save(tmp / "image.npy", np.ascontiguousarray(crop(p.image, p.box).transpose(3, 0, 1, 2)).astype(np.float16))
+        np.save(tmp / "mask.npy", np.ascontiguousarray(crop(p.mask, p.box).transpose(2, 0, 1)))
+        if p.label is not None:
+            np.save(tmp / "label.npy", np.ascontiguousarray(crop(p.label, p.box).transpose(2, 0, 1)))
+        (tmp / "meta.json").write_text(json.dumps(p.meta, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -56,7 +56,9 @@ class BratsDataModule(pl.LightningDataModule):
 
     Args:
         root: folder of BraTS cases; ``None`` for the built-in synthetic data set.
-        layout: file layout (``"auto"`` detects it; see :data:`brats_lightning.data.io.LAYOUTS`).
+        layout: file layout (``"auto"`` detects it; ``"generic"`` uses ``files``; see
+            :data:`brats_lightning.data.io.LAYOUTS`).
+        files: the generic layout's filename pattern per modality (and ``label``, ``mask``).
         modalities: canonical modalities stacked as channels, in this order.
         convention: label convention of the files (:mod:`brats_lightning.data.labels`).
         symmetry: append Shen et al.'s symmetry maps as extra channels (the one switch for them).
@@ -90,6 +92,7 @@ class BratsDataModule(pl.LightningDataModule):
         self,
         root: str | None = None,
         layout: str = "auto",
+        files: dict | None = None,
         modalities: Sequence[str] = MODALITIES,
         convention: str = "brats2017",
         symmetry: bool = False,
@@ -122,6 +125,7 @@ class BratsDataModule(pl.LightningDataModule):
                 "data.root is not set: give the folder of your BraTS cases, e.g. data.root=/data/BraTS2021"
             )
         self.layout = layout
+        self.files = dict(files) if files else None
         self.modalities = tuple(modalities)
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
@@ -188,6 +192,8 @@ class BratsDataModule(pl.LightningDataModule):
         return self.dataset_root.name
 
     def _layout_name(self) -> str:
+        if self.files:
+            return "generic:" + ",".join(f"{k}={v}" for k, v in sorted(self.files.items()))
         return detect_layout(self.dataset_root).name if self.layout == "auto" else self.layout
 
     @property
@@ -209,7 +215,7 @@ class BratsDataModule(pl.LightningDataModule):
         """The cases of the data set (``generate``: write the synthetic data first if needed)."""
         if self.root is None and generate:
             self._write_synthetic()
-        cases = discover_cases(self.dataset_root, self.layout, self.modalities)
+        cases = discover_cases(self.dataset_root, self.layout, self.modalities, self.files)
         if self.max_cases is not None:
             cases = cases[: self.max_cases]
         return cases
@@ -337,6 +343,17 @@ class BratsDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._volume_loader(self.test_cases)
+
+    def describe(self) -> dict:
+        """What a model needs to know of its data to predict new cases (stored in checkpoints)."""
+        return {
+            "modalities": list(self.modalities),
+            "convention": self.convention.name,
+            "symmetry": self.symmetry.__dict__ | {"device": "auto"},
+            "preprocess": self.prep.to_dict(),
+            "layout": self.layout,
+            "files": self.files,
+        }
 
     def label_frequencies(self) -> list[float]:
         """Class frequencies inside the brain over the training cases (natural distribution)."""

@@ -25,7 +25,10 @@ __all__ = [
     "DataError",
     "CaseFiles",
     "Volume",
+    "Layout",
+    "PatternLayout",
     "LAYOUTS",
+    "get_layout",
     "discover_cases",
     "detect_layout",
     "load_case",
@@ -107,11 +110,15 @@ def _apply_ornt(arr: np.ndarray, ornt: np.ndarray) -> np.ndarray:
 def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header | None]:
     """Read one image file fully into memory.
 
+    NIfTI files are read with nibabel; MetaImage (``.mha``/``.mhd``) and NRRD files with SimpleITK,
+    their LPS physical geometry turned into an equivalent RAS affine.
+
     Args:
-        path: a NIfTI file (``.nii`` / ``.nii.gz``).
+        path: the image file.
 
     Returns:
-        ``(data, affine, header)`` with ``data`` in the file's voxel order.
+        ``(data, affine, header)`` with ``data`` in the file's voxel order (``header`` is None for
+        non-NIfTI files).
 
     Raises:
         DataError: the file is missing, corrupt or truncated, or not 3D.
@@ -119,6 +126,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.suffix.lower() in (".mha", ".mhd", ".nrrd", ".nhdr"):
+        return _read_itk(path)
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
@@ -131,67 +140,187 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
     return data, np.asarray(img.affine, dtype=np.float64), getattr(img, "header", None)
 
 
+def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, None]:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise DataError(f"{path}: cannot read image ({str(e).strip().splitlines()[-1]})") from e
+    if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(f"{path}: expected a 3D scalar image, got {img.GetDimension()}D")
+    data = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    return data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, None
+
+
 # --------------------------------------------------------------------------------------------
 # Layouts
 
 
-@dataclass(frozen=True)
 class Layout:
-    """File naming of one BraTS edition: ``<case>/<case><sep><suffix>.nii.gz``.
+    """How one kind of data set names its files. Subclasses implement :meth:`files`."""
 
-    Attributes:
-        name: layout key.
-        sep: separator between case id and suffix (``_`` or ``-``).
-        suffixes: canonical modality -> file suffix.
-        label_suffix: suffix of the segmentation.
-        convention: the edition's label convention (see :mod:`brats_lightning.data.labels`).
-    """
+    name: str = ""
+    #: default label convention of the layout's segmentations
+    convention: str = "brats2017"
+    #: how the expected files are described in error messages
+    example: str = ""
 
-    name: str
-    sep: str
-    suffixes: dict[str, str]
-    label_suffix: str
-    convention: str
+    def files(self, case_dir: Path) -> dict[str, Path]:
+        """The recognised files of ``case_dir``: modality names, ``"label"`` and ``"mask"`` -> path."""
+        raise NotImplementedError
 
-    def file(self, case_dir: Path, suffix: str) -> Path | None:
-        for ext in _NIFTI_EXT:
-            p = case_dir / f"{case_dir.name}{self.sep}{suffix}{ext}"
-            if p.is_file():
-                return p
-        return None
+    def expected(self, case_dir: Path, key: str) -> str:
+        """The file name expected for ``key`` (for error messages)."""
+        return key
 
     def matches(self, case_dir: Path) -> bool:
         """Whether ``case_dir`` holds at least one file named in this layout."""
-        return any(self.file(case_dir, s) is not None for s in (*self.suffixes.values(), self.label_suffix))
+        return bool(self.files(case_dir))
 
     def case(self, case_dir: Path, modalities: Sequence[str]) -> CaseFiles:
+        """The case's files; every modality must be there (the label and mask are optional)."""
+        found = self.files(case_dir)
         images = {}
         for m in modalities:
-            if m not in self.suffixes:
-                raise DataError(f"{case_dir}: the {self.name} layout has no modality {m!r} (has {list(self.suffixes)})")
-            p = self.file(case_dir, self.suffixes[m])
-            if p is None:
-                raise DataError(
-                    f"{case_dir}: missing {m} image (expected {case_dir.name}{self.sep}{self.suffixes[m]}.nii.gz)"
-                )
-            images[m] = p
-        return CaseFiles(case_dir.name, images, self.file(case_dir, self.label_suffix), self.name)
+            if m not in found:
+                raise DataError(f"{case_dir}: missing {m} image (expected {self.expected(case_dir, m)})")
+            images[m] = found[m]
+        return CaseFiles(case_dir.name, images, found.get("label"), self.name, found.get("mask"))
+
+
+class _SuffixLayout(Layout):
+    """``<case>/<case><sep><suffix>.nii.gz`` (BraTS 2017-2021 and 2023+)."""
+
+    def __init__(self, name: str, sep: str, suffixes: dict[str, str], convention: str, example: str) -> None:
+        self.name, self.sep, self.suffixes, self.convention, self.example = name, sep, suffixes, convention, example
+
+    def files(self, case_dir: Path) -> dict[str, Path]:
+        out = {}
+        for key, suffix in self.suffixes.items():
+            for ext in _NIFTI_EXT:
+                p = case_dir / f"{case_dir.name}{self.sep}{suffix}{ext}"
+                if p.is_file():
+                    out[key] = p
+                    break
+        return out
+
+    def expected(self, case_dir: Path, key: str) -> str:
+        return f"{case_dir.name}{self.sep}{self.suffixes.get(key, key)}.nii.gz"
+
+
+class _VSDLayout(Layout):
+    """BRATS 2012-2015 (VSD): ``<case>/VSD.Brain.XX.O.MR_Flair.<id>/VSD.Brain.XX.O.MR_Flair.<id>.mha``.
+
+    Modalities are recognised by their tag (``MR_Flair``, ``MR_T1``, ``MR_T1c``, ``MR_T2``; ground
+    truth ``OT``), ``.mha`` files directly in the case folder or one level below it.
+    """
+
+    name = "brats2013"
+    convention = "brats2013"
+    example = "<case>/VSD.Brain.XX.O.MR_Flair.<id>/VSD.Brain.XX.O.MR_Flair.<id>.mha"
+    _tags = {"mr_flair": "flair", "mr_t1": "t1", "mr_t1c": "t1c", "mr_t2": "t2", "ot": "label"}
+
+    def files(self, case_dir: Path) -> dict[str, Path]:
+        out = {}
+        for p in sorted([*case_dir.glob("*.mha"), *case_dir.glob("*/*.mha")]):
+            for part in p.stem.split("."):
+                key = self._tags.get(part.lower())
+                if key is not None:
+                    out.setdefault(key, p)
+                    break
+        return out
+
+    def expected(self, case_dir: Path, key: str) -> str:
+        tag = {v: k for k, v in self._tags.items()}.get(key, key)
+        return f"a VSD.*.{tag.upper().replace('MR_T1C', 'MR_T1c').replace('MR_FLAIR', 'MR_Flair')}.*.mha file"
+
+
+class PatternLayout(Layout):
+    """A generic layout: each modality (and ``label``, ``mask``) is a glob pattern in the case folder.
+
+    Patterns may use ``{case}`` for the folder name, e.g.
+    ``{"flair": "Flair_*.nii.gz", "t1c": "T1c_*.nii.gz", "label": "OTMultiClass.nii.gz",
+    "mask": "brainmask.nii.gz"}`` for DeepMedic's BraTS 2015 examples.
+    """
+
+    name = "generic"
+
+    def __init__(self, patterns: dict[str, str], convention: str = "brats2017") -> None:
+        if not patterns:
+            raise DataError("the generic layout needs data.files: a filename pattern per modality")
+        self.patterns = dict(patterns)
+        self.convention = convention
+        self.example = ", ".join(f"{k}: {v}" for k, v in self.patterns.items())
+
+    def files(self, case_dir: Path) -> dict[str, Path]:
+        out = {}
+        for key, pattern in self.patterns.items():
+            hits = sorted(case_dir.glob(pattern.replace("{case}", case_dir.name)))
+            if len(hits) > 1:
+                raise DataError(f"{case_dir}: pattern {pattern!r} for {key} matches {len(hits)} files: {hits[:3]}")
+            if hits:
+                out[key] = hits[0]
+        return out
+
+    def expected(self, case_dir: Path, key: str) -> str:
+        return self.patterns.get(key, f"a pattern for {key} in data.files").replace("{case}", case_dir.name)
 
 
 LAYOUTS: dict[str, Layout] = {
-    "brats2018": Layout(
-        "brats2018", "_", {"flair": "flair", "t1": "t1", "t1c": "t1ce", "t2": "t2"}, "seg", "brats2017"
+    "brats2018": _SuffixLayout(
+        "brats2018",
+        "_",
+        {"flair": "flair", "t1": "t1", "t1c": "t1ce", "t2": "t2", "label": "seg"},
+        "brats2017",
+        "<case>/<case>_flair.nii.gz",
     ),
-    "brats2023": Layout("brats2023", "-", {"flair": "t2f", "t1": "t1n", "t1c": "t1c", "t2": "t2w"}, "seg", "brats2023"),
+    "brats2023": _SuffixLayout(
+        "brats2023",
+        "-",
+        {"flair": "t2f", "t1": "t1n", "t1c": "t1c", "t2": "t2w", "label": "seg"},
+        "brats2023",
+        "<case>/<case>-t2f.nii.gz",
+    ),
+    "brats2013": _VSDLayout(),
 }
 
 
-def _case_dirs(root: Path) -> list[Path]:
+def _check_root(root: Path) -> None:
     if not root.exists():
         raise DataError(f"data root {root} does not exist")
     if not root.is_dir():
         raise DataError(f"data root {root} is not a folder")
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _subdirs(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _case_dirs(root: Path, layout: Layout, depth: int = 3) -> list[Path]:
+    """Folders under ``root`` (down to ``depth`` levels, e.g. ``HGG/<case>``) that hold this layout's files."""
+    out, level = [], _subdirs(root)
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            (out if layout.matches(d) else nxt).append(d)
+        level = [s for d in nxt for s in _subdirs(d)]
+        if not level:
+            break
+    return sorted(out, key=lambda p: p.name)
+
+
+def get_layout(name: str, files: dict[str, str] | None = None, convention: str = "brats2017") -> Layout:
+    """A layout by name (``generic`` is built from ``files``)."""
+    if name == "generic":
+        return PatternLayout(files or {}, convention)
+    if name not in LAYOUTS:
+        raise DataError(f"unknown layout {name!r}; expected 'auto', 'generic' or one of {sorted(LAYOUTS)}")
+    return LAYOUTS[name]
 
 
 def detect_layout(root: str | Path) -> Layout:
@@ -201,48 +330,68 @@ def detect_layout(root: str | Path) -> Layout:
         DataError: the folder is empty, matches no layout, or matches several.
     """
     root = Path(root)
-    dirs = _case_dirs(root)
-    if not dirs:
+    _check_root(root)
+    top = _subdirs(root)
+    if not top:
         found = sorted(p.name for p in root.iterdir())[:10]
         raise DataError(
-            f"no case folders in {root} (found {found or 'nothing'}); expected one folder per case, "
-            f"e.g. <case>/<case>_flair.nii.gz (BraTS 2018-2021) or <case>/<case>-t2f.nii.gz (BraTS 2023)"
+            f"no case folders in {root} (found {found or 'nothing'}); expected one folder per case: "
+            + "; ".join(f"{lay.example} ({n})" for n, lay in LAYOUTS.items())
         )
-    hits = {name: sum(layout.matches(d) for d in dirs) for name, layout in LAYOUTS.items()}
+    hits = {name: len(_case_dirs(root, layout)) for name, layout in LAYOUTS.items()}
     matched = [n for n, h in hits.items() if h]
     if len(matched) == 1:
         return LAYOUTS[matched[0]]
     if not matched:
-        example = sorted(f.name for f in dirs[0].iterdir())[:8]
+        example = sorted(f.name for f in top[0].iterdir())[:8]
         raise DataError(
-            f"cannot detect the layout of {root}: no folder matches a known layout {sorted(LAYOUTS)}. "
-            f"First case folder {dirs[0].name} holds {example}; expected e.g. "
-            f"{dirs[0].name}_flair.nii.gz (brats2018) or {dirs[0].name}-t2f.nii.gz (brats2023)"
+            f"cannot detect the layout of {root}: no folder matches a known layout. First folder {top[0].name} "
+            f"holds {example}; expected "
+            + "; ".join(f"{lay.example} ({n})" for n, lay in LAYOUTS.items())
+            + ", or data.layout=generic with data.files patterns"
         )
     raise DataError(f"{root} is ambiguous: folders match layouts {matched} ({hits}); set data.layout explicitly")
 
 
-def discover_cases(root: str | Path, layout: str = "auto", modalities: Sequence[str] = MODALITIES) -> list[CaseFiles]:
-    """Find every case under ``root``.
+def discover_cases(
+    root: str | Path,
+    layout: str | Layout = "auto",
+    modalities: Sequence[str] = MODALITIES,
+    files: dict[str, str] | None = None,
+) -> list[CaseFiles]:
+    """Find every case under ``root`` (case folders may sit in sub-folders such as ``HGG/``, ``LGG/``).
 
     Args:
-        root: folder holding one sub-folder per case.
-        layout: a key of :data:`LAYOUTS` or ``"auto"`` to detect it.
+        root: folder holding the case folders.
+        layout: a key of :data:`LAYOUTS`, ``"generic"`` (with ``files``), ``"auto"`` to detect it
+            (``generic`` when ``files`` is given), or a :class:`Layout`.
         modalities: canonical modalities every case must have.
+        files: the generic layout's patterns.
 
     Returns:
         The cases sorted by id.
 
     Raises:
-        DataError: missing or empty root, unknown layout, a case missing a modality.
+        DataError: missing or empty root, unknown layout, a case missing a modality, duplicate ids.
     """
     root = Path(root)
-    lay = detect_layout(root) if layout == "auto" else LAYOUTS.get(layout)
-    if lay is None:
-        raise DataError(f"unknown layout {layout!r}; expected 'auto' or one of {sorted(LAYOUTS)}")
-    cases = [lay.case(d, modalities) for d in _case_dirs(root) if lay.matches(d)]
-    if not cases:
-        raise DataError(f"no {lay.name} cases found in {root}")
+    _check_root(root)
+    if isinstance(layout, Layout):
+        lay = layout
+    elif layout == "auto":
+        lay = PatternLayout(files) if files else detect_layout(root)
+    else:
+        lay = get_layout(layout, files)
+    dirs = _case_dirs(root, lay)
+    if not dirs:
+        if not _subdirs(root):
+            detect_layout(root)  # raises the "no case folders" error
+        raise DataError(f"no {lay.name} cases found in {root} (expected {lay.example})")
+    cases = [lay.case(d, modalities) for d in dirs]
+    ids = [c.case_id for c in cases]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise DataError(f"{root}: case ids {dup[:5]} appear in several folders")
     return cases
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "get_convention",
     "detect_convention",
     "UnknownLabelError",
+    "convert",
 ]
 
 #: Region keys in the order every table and metric name uses.
@@ -203,3 +204,26 @@ def detect_convention(values: set[int] | list[int] | np.ndarray, source: str = "
     if 3 in vals:
         return CONVENTIONS["brats2023"]
     return CONVENTIONS["brats2017"]
+
+
+# Tissue of each internal class, to translate between conventions. 2013's necrosis and
+# non-enhancing tumour both became 2017's NCR/NET (and 2023's NCR).
+_TISSUE = {
+    "brats2013": ("background", "core", "edema", "core", "enhancing"),
+    "brats2017": ("background", "core", "edema", "enhancing"),
+    "brats2023": ("background", "core", "edema", "enhancing"),
+}
+
+
+def convert(classes: np.ndarray, src: str | LabelConvention, dst: str | LabelConvention) -> np.ndarray:
+    """Translate internal classes from one convention to another; the three regions are preserved.
+
+    2017 <-> 2023 is lossless. 2013 -> 2017/2023 merges necrosis and non-enhancing tumour into
+    NCR/NET; the way back cannot split them and writes necrosis (label 1).
+    """
+    s, d = get_convention(src), get_convention(dst)
+    if s.name == d.name:
+        return np.asarray(classes)
+    target = {t: _TISSUE[d.name].index(t) for t in set(_TISSUE[d.name])}
+    lut = np.array([target[t] for t in _TISSUE[s.name]], dtype=np.uint8)
+    return lut[np.asarray(classes)]

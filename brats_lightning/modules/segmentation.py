@@ -46,6 +46,14 @@ class SegmentationModule(pl.LightningModule):
 
     # -- shared ------------------------------------------------------------------------------
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The data configuration travels with the weights, so that prediction preprocesses new
+        # scans exactly as training did (channels, clipping, N4, z-score, symmetry maps).
+        checkpoint["module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "describe"):
+            checkpoint["data_config"] = dm.describe()
+
     def predict_case(self, batch: dict) -> torch.Tensor:
         """``(Z, K, X, Y)`` probabilities of one volume item (see ``data.datasets.VolumeDataset``)."""
         return predict_volume(self.predict_slices, batch["image"], self.inference_batch_size, batch.get("mask"))

@@ -67,3 +67,39 @@ def test_torch_region_masks() -> None:
     m = conv.region_masks(t)
     assert m["tc"].tolist() == [False, True, False, True]
     assert m["et"].tolist() == [False, False, False, True]
+
+
+@pytest.mark.parametrize("src", sorted(CONVENTIONS))
+@pytest.mark.parametrize("dst", sorted(CONVENTIONS))
+def test_convert_preserves_every_region(src: str, dst: str) -> None:
+    from brats_lightning.data.labels import convert
+
+    s, d = CONVENTIONS[src], CONVENTIONS[dst]
+    classes = np.random.default_rng(1).integers(0, s.num_classes, size=(6, 7, 5))
+    out = convert(classes, s, d)
+    assert out.max() < d.num_classes
+    ms, md = s.region_masks(classes), d.region_masks(out)
+    for r in ("wt", "tc", "et"):
+        np.testing.assert_array_equal(ms[r], md[r])
+
+
+def test_convert_2017_2023_is_lossless_and_2013_merges_the_core() -> None:
+    from brats_lightning.data.labels import convert
+
+    c = np.arange(4)
+    np.testing.assert_array_equal(convert(convert(c, "brats2017", "brats2023"), "brats2023", "brats2017"), c)
+    # 2013 necrosis (1) and non-enhancing (3) both become NCR/NET; enhancing 4 -> label 4 (2017) or 3 (2023)
+    assert CONVENTIONS["brats2017"].from_internal(convert(np.arange(5), "brats2013", "brats2017")).tolist() == [
+        0,
+        1,
+        2,
+        1,
+        4,
+    ]
+    assert CONVENTIONS["brats2023"].from_internal(convert(np.arange(5), "brats2013", "brats2023")).tolist() == [
+        0,
+        1,
+        2,
+        1,
+        3,
+    ]

@@ -1,0 +1,237 @@
+"""BraTS-region evaluation: ``python -m brats_lightning.evaluate pred_dir=... gt_dir=... out_dir=...``.
+
+For every ground-truth case, the prediction ``<pred_dir>/<case>.nii.gz`` is compared with the
+truth on the whole tumour, tumour core and enhancing tumour (:mod:`brats_lightning.metrics`:
+Dice, HD95, sensitivity, specificity, PPV, BraTS scorer conventions). Label conventions are given
+(``pred_convention``, ``gt_convention``) or detected per file: label 4 means BraTS 2017-2021 (or
+2013 with label 3 too), label 3 alone means BraTS 2023. A missing prediction counts as a failure
+with the scorer's penalties (Dice 0, HD95 373.13, sensitivity 0, PPV 0, specificity 1) and is listed.
+
+Writes into ``out_dir``: ``per_case.csv`` (``case,region,dice,hd95,sensitivity,specificity,ppv``),
+``summary.json`` (mean, median, std per region and metric; missing cases; conventions used) and
+``summary.md`` (the papers' table layout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from brats_lightning.config import config_dir, register_resolvers
+from brats_lightning.data.io import DataError, discover_cases, read_image
+from brats_lightning.data.labels import REGIONS, LabelConvention, detect_convention, get_convention
+from brats_lightning.metrics import HD95_EMPTY_PENALTY, region_metrics
+
+__all__ = ["METRICS", "ground_truth_files", "evaluate_case", "evaluate_dirs", "main"]
+
+log = logging.getLogger("brats_lightning.evaluate")
+
+METRICS = ("dice", "hd95", "sensitivity", "specificity", "ppv")
+_MISSING = {"dice": 0.0, "hd95": HD95_EMPTY_PENALTY, "sensitivity": 0.0, "specificity": 1.0, "ppv": 0.0}
+
+
+def ground_truth_files(gt_dir: str | Path) -> dict[str, Path]:
+    """Case id -> label file: a BraTS data set folder (any layout), or a flat folder of ``<case>.nii.gz``.
+
+    Raises:
+        DataError: missing or empty folder, no labels found.
+    """
+    root = Path(gt_dir)
+    if not root.is_dir():
+        raise DataError(f"ground-truth folder {root} does not exist")
+    flat = sorted(root.glob("*.nii.gz")) + sorted(root.glob("*.nii"))
+    if flat:
+        return {p.name.split(".nii")[0]: p for p in flat}
+    cases = discover_cases(root, modalities=())
+    labels = {c.case_id: c.label for c in cases if c.label is not None}
+    if not labels:
+        raise DataError(f"no ground-truth segmentations in {root} ({len(cases)} case folders without a label file)")
+    return labels  # type: ignore[return-value]
+
+
+def _convention(arr: np.ndarray, name: str, source: str) -> LabelConvention:
+    if name == "auto":
+        return detect_convention(arr, source)
+    conv = get_convention(name)
+    conv.check(arr, source)
+    return conv
+
+
+def evaluate_case(
+    pred_file: Path, gt_file: Path, pred_convention: str = "auto", gt_convention: str = "auto", hd95: bool = True
+) -> tuple[list[dict], dict]:
+    """Metrics of one case for every region; returns the rows and the conventions used.
+
+    Raises:
+        DataError: unreadable files, different grids, unknown label values.
+    """
+    pred, p_aff, _ = read_image(pred_file)
+    gt, g_aff, _ = read_image(gt_file)
+    if pred.shape != gt.shape:
+        raise DataError(f"{pred_file}: shape {pred.shape} differs from the ground truth {gt_file} {gt.shape}")
+    if not np.allclose(p_aff, g_aff, atol=1e-3):
+        raise DataError(f"{pred_file}: affine differs from the ground truth {gt_file}")
+    pc = _convention(pred, pred_convention, str(pred_file))
+    gc = _convention(gt, gt_convention, str(gt_file))
+    pm = pc.region_masks(pc.to_internal(pred, str(pred_file)))
+    gm = gc.region_masks(gc.to_internal(gt, str(gt_file)))
+    spacing = tuple(float(s) for s in np.sqrt((g_aff[:3, :3] ** 2).sum(axis=0)))
+    rows = []
+    for r in REGIONS:
+        m = region_metrics(pm[r], gm[r], spacing=spacing, include_hd95=hd95)
+        rows.append({"region": r, **m})
+    return rows, {"prediction": pc.name, "ground_truth": gc.name}
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": float(np.mean(values)),
+        "median": float(np.median(values)),
+        "std": float(np.std(values)),
+        "n": len(values),
+    }
+
+
+def markdown_table(summary: dict, name: str = "prediction") -> str:
+    """Two markdown tables: the papers' layout (one row, Dice / sensitivity / specificity / PPV per
+    region, as Havaei Table 1 and Shen Table 1), then mean ± std and median per metric and region."""
+    metrics = [m for m in ("dice", "sensitivity", "specificity", "ppv", "hd95") if m in summary["metrics"]["wt"]]
+    labels = {
+        "dice": "Dice",
+        "hd95": "HD95 (mm)",
+        "sensitivity": "Sensitivity",
+        "specificity": "Specificity",
+        "ppv": "PPV",
+    }
+    regions = ("Complete", "Core", "Enhancing")
+    paper = [m for m in metrics if m != "hd95"]
+    lines = [
+        "| Method | " + " | ".join(f"{labels[m]} {r}" for m in paper for r in regions) + " |",
+        "|---|" + "---:|" * (3 * len(paper)),
+        f"| {name} | " + " | ".join(f"{summary['metrics'][r][m]['mean']:.2f}" for m in paper for r in REGIONS) + " |",
+        "",
+        "| Metric | "
+        + " | ".join(f"{r} (mean ± std)" for r in regions)
+        + " | "
+        + " | ".join(f"{r} (median)" for r in regions)
+        + " |",
+        "|---|" + "---:|" * 6,
+    ]
+    for m in metrics:
+        fmt = "{:.2f}" if m == "hd95" else "{:.3f}"
+        st = [summary["metrics"][r][m] for r in REGIONS]
+        lines.append(
+            f"| {labels[m]} | "
+            + " | ".join(f"{fmt.format(x['mean'])} ± {fmt.format(x['std'])}" for x in st)
+            + " | "
+            + " | ".join(fmt.format(x["median"]) for x in st)
+            + " |"
+        )
+    lines += [
+        "",
+        f"{summary['n_cases']} cases. Regions: complete = whole tumour, core = tumour core, "
+        "enhancing = enhancing tumour.",
+    ]
+    if summary["missing"]:
+        lines.append(f"Missing predictions (scored as failures): {', '.join(summary['missing'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def evaluate_dirs(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    out_dir: str | Path,
+    pred_convention: str = "auto",
+    gt_convention: str = "auto",
+    hd95: bool = True,
+    name: str | None = None,
+) -> dict:
+    """Evaluate every case of ``gt_dir`` against ``pred_dir``; writes and returns the summary."""
+    t0 = time.perf_counter()
+    gts = ground_truth_files(gt_dir)
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise DataError(f"prediction folder {pred_dir} does not exist")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, missing, conventions = [], [], {}
+    from rich.progress import Progress
+
+    with Progress() as bar:
+        task = bar.add_task("Evaluating", total=len(gts))
+        for case_id, gt_file in sorted(gts.items()):
+            pred_file = pred_dir / f"{case_id}.nii.gz"
+            if not pred_file.is_file():
+                missing.append(case_id)
+                rows += [{"case": case_id, "region": r, **_MISSING} for r in REGIONS]
+            else:
+                case_rows, conventions[case_id] = evaluate_case(
+                    pred_file, gt_file, pred_convention, gt_convention, hd95
+                )
+                rows += [{"case": case_id, **r} for r in case_rows]
+            bar.advance(task)
+    metrics = [m for m in METRICS if m in rows[0]]
+    summary = {
+        "pred_dir": str(pred_dir),
+        "gt_dir": str(gt_dir),
+        "n_cases": len(gts),
+        "missing": missing,
+        "conventions": conventions,
+        "metrics": {r: {m: _stats([row[m] for row in rows if row["region"] == r]) for m in metrics} for r in REGIONS},
+        "time_s": round(time.perf_counter() - t0, 2),
+    }
+    lines = [",".join(["case", "region", *metrics])]
+    lines += [",".join([row["case"], row["region"], *(f"{row[m]:.6g}" for m in metrics)]) for row in rows]
+    _write(out / "per_case.csv", "\n".join(lines) + "\n")
+    _write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _write(out / "summary.md", markdown_table(summary, name or pred_dir.name))
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['n_cases']} cases ({len(summary['missing'])} missing)")
+    table.add_column("metric")
+    for r in ("whole (WT)", "core (TC)", "enhancing (ET)"):
+        table.add_column(r, justify="right")
+    for m in METRICS:
+        if m in summary["metrics"]["wt"]:
+            fmt = "{:.2f}" if m == "hd95" else "{:.3f}"
+            table.add_row(
+                m,
+                *[
+                    f"{fmt.format(summary['metrics'][r][m]['mean'])} ± {fmt.format(summary['metrics'][r][m]['std'])}"
+                    for r in REGIONS
+                ],
+            )
+    Console().print(table)
+
+
+@hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point (see ``conf/evaluate.yaml``)."""
+    register_resolvers()
+    summary = evaluate_dirs(
+        cfg.pred_dir, cfg.gt_dir, cfg.out_dir, cfg.pred_convention, cfg.gt_convention, cfg.hd95, cfg.get("name")
+    )
+    _print_summary(summary)
+    log.info("Wrote per_case.csv, summary.json and summary.md into %s", cfg.out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Segment new scans: ``python -m brats_lightning.predict ckpt_path=... input_dir=... output_dir=...``.
+
+For every case of ``input_dir`` (any supported layout) the scan is preprocessed exactly as during
+training (the data configuration is stored in the checkpoint), segmented slice by slice with
+whole-slice (fully convolutional) inference, optionally cleaned of small or flat blobs
+(Havaei et al. Sec. 4), and written as ``<output_dir>/<case>.nii.gz`` in the input's exact grid
+(shape, affine, orientation, header) and in the input's label convention (``output_convention``).
+Optional ``<case>_probs.nii.gz`` holds the class probabilities (4D, last axis = class).
+
+Files are written atomically (a temporary file renamed into place); existing results are skipped
+unless ``overwrite=true``; a case that cannot be read is reported and skipped. A report of every
+case lands in ``<output_dir>/predict_report.json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import hydra
+import nibabel as nib
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from brats_lightning.config import config_dir, register_resolvers
+from brats_lightning.data.cache import SymmetryConfig, preprocess_case
+from brats_lightning.data.io import CaseFiles, DataError, discover_cases, get_layout
+from brats_lightning.data.labels import convert, get_convention
+from brats_lightning.data.preprocess import PreprocessConfig, crop, uncrop
+from brats_lightning.inference import predict_volume
+from brats_lightning.modules.segmentation import SegmentationModule
+from brats_lightning.postprocess import remove_small_components
+
+__all__ = ["load_model", "predict_case", "predict_dir", "main"]
+
+log = logging.getLogger("brats_lightning.predict")
+
+
+def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModule, dict]:
+    """Rebuild a trained module from its checkpoint (``weights_only=True``) and its data configuration.
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        ValueError: the file is not a brats_lightning checkpoint.
+    """
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or "module_class" not in ckpt or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a brats_lightning checkpoint (no module class / state dict)")
+    module_name, _, cls_name = ckpt["module_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    # Every stage's weights are in the state dict: do not reload them from their own files.
+    for key in ("first_stage_ckpt", "local_ckpt", "global_ckpt", "vgg_weights"):
+        if key in hp:
+            hp[key] = None
+    model = cls(**hp)
+    model.load_state_dict(ckpt["state_dict"])
+    model.on_load_checkpoint(ckpt)
+    return model.to(device).eval(), ckpt.get("data_config") or {}
+
+
+def _write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None:
+    """Save ``arr`` next to ``path`` under a temporary name, then rename it into place (atomic)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
+    img = nib.Nifti1Image(arr, affine, header)
+    img.set_data_dtype(arr.dtype)
+    img.header.set_xyzt_units("mm")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@torch.no_grad()
+def predict_case(
+    model: SegmentationModule,
+    case: CaseFiles,
+    data_config: dict,
+    output_convention: str,
+    batch_size: int = 8,
+    postprocess: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, object]:
+    """Segment one case.
+
+    Returns:
+        ``(labels, probabilities, volume)``: labels in the files' voxel order and ``output_convention``,
+        probabilities ``(X, Y, Z, K)`` in the files' voxel order, and the loaded volume (geometry).
+    """
+    conv = get_convention(data_config.get("convention", model.convention.name))
+    prep = PreprocessConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.get("preprocess", {}).items()}
+    )
+    sym = SymmetryConfig(**data_config.get("symmetry", {"enabled": False}))
+    pre = preprocess_case(replace(case, label=None), conv, prep, sym)
+    device = model.device
+    image = torch.from_numpy(np.ascontiguousarray(crop(pre.image, pre.box).transpose(3, 0, 1, 2))).to(device)
+    mask = torch.from_numpy(np.ascontiguousarray(crop(pre.mask, pre.box).transpose(2, 0, 1))).to(device)
+    probs = predict_volume(model.predict_slices, image, batch_size, mask)  # (Z, K, X, Y)
+    classes = probs.argmax(1).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+    classes = uncrop(classes, pre.box, pre.mask.shape)
+    if postprocess:
+        classes = remove_small_components(classes, pre.volume.spacing, **postprocess)
+    out_conv = get_convention(output_convention)
+    labels = out_conv.from_internal(convert(classes, conv, out_conv))
+    p = probs.permute(1, 2, 3, 0).cpu().numpy()  # (K, X, Y, Z) cropped
+    full = np.zeros((p.shape[0], *pre.mask.shape), dtype=np.float32)
+    full[0] = 1.0
+    full[(slice(None), *[slice(a, b) for a, b in pre.box])] = p
+    vol = pre.volume
+    return vol.to_original(labels), np.moveaxis(vol.to_original(full), 0, -1), vol
+
+
+def predict_dir(cfg: DictConfig | dict) -> dict:
+    """Predict every case of ``cfg.input_dir``; returns the report (done, skipped, failed)."""
+    t0 = time.perf_counter()
+    device = cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, data_config = load_model(cfg["ckpt_path"], device)
+    modalities = data_config.get("modalities") or ["flair", "t1", "t1c", "t2"]
+    layout = cfg.get("layout") or "auto"
+    files = cfg.get("files") or None
+    cases = discover_cases(cfg["input_dir"], layout, modalities, files)
+    out_dir = Path(cfg["output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"done": [], "skipped": [], "failed": {}, "times_s": {}}
+    post = dict(cfg.get("postprocess_options") or {}) if cfg.get("postprocess") else None
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]Predicting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[case]}"),
+    ) as bar:
+        task = bar.add_task("predict", total=len(cases), case="")
+        for case in cases:
+            bar.update(task, case=case.case_id)
+            target = out_dir / f"{case.case_id}.nii.gz"
+            if target.exists() and not cfg.get("overwrite", False):
+                report["skipped"].append(case.case_id)
+                bar.advance(task)
+                continue
+            t = time.perf_counter()
+            try:
+                out_conv = cfg.get("output_convention") or "auto"
+                if out_conv == "auto":
+                    out_conv = _layout_convention(case, files, data_config)
+                labels, probs, vol = predict_case(model, case, data_config, out_conv, cfg.get("batch_size", 8), post)
+                _write_nifti(labels.astype(np.uint8), vol.affine, vol.header, target)
+                if cfg.get("probabilities", False):
+                    _write_nifti(
+                        probs.astype(np.float32), vol.affine, vol.header, out_dir / f"{case.case_id}_probs.nii.gz"
+                    )
+                report["done"].append(case.case_id)
+                report["times_s"][case.case_id] = round(time.perf_counter() - t, 3)
+            except (DataError, ValueError, OSError) as e:
+                report["failed"][case.case_id] = str(e)
+                log.error("%s: skipped (%s)", case.case_id, e)
+            bar.advance(task)
+    report["total_s"] = round(time.perf_counter() - t0, 3)
+    tmp = out_dir / f".predict_report.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out_dir / "predict_report.json")
+    log.info(
+        "Predicted %d cases, skipped %d existing, %d failed, into %s (%.1f s)",
+        len(report["done"]),
+        len(report["skipped"]),
+        len(report["failed"]),
+        out_dir,
+        report["total_s"],
+    )
+    return report
+
+
+def _layout_convention(case: CaseFiles, files: dict | None, data_config: dict) -> str:
+    """The label convention of the input's layout (generic layouts keep the training convention)."""
+    if case.layout in ("generic", ""):
+        return data_config.get("convention", "brats2017")
+    return get_layout(case.layout, files).convention
+
+
+@hydra.main(config_path=config_dir(), config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point (see ``conf/predict.yaml``)."""
+    register_resolvers()
+    report = predict_dir(cfg)
+    if report["failed"]:
+        for case_id, why in report["failed"].items():
+            print(f"FAILED {case_id}: {why}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
