@@ -49,12 +49,24 @@ def _wandb_offline() -> bool:
         return True
 
 
+def _run_name(task: str) -> str:
+    """``task`` plus the job's overrides inside a Hydra job (one W&B run name per multirun job)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        extra = HydraConfig.get().job.override_dirname
+    except (ValueError, AttributeError):
+        extra = ""
+    return f"{task}/{extra}" if extra else task
+
+
 def register_resolvers() -> None:
     """Register the ``bl.*`` resolvers used by the configs (idempotent)."""
     for name, fn in (
         ("bl.in_channels", _in_channels),
         ("bl.num_classes", _num_classes),
         ("bl.wandb_offline", _wandb_offline),
+        ("bl.run_name", _run_name),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -13,7 +13,7 @@ An experiment config declares ``pipeline``::
           inputs: {model.first_stage_ckpt: twopath}   # config key <- best checkpoint of a stage
 
 Every stage is composed afresh from ``conf/train.yaml`` with the pipeline's overrides, its own, and
-the command line's (minus ``experiment=`` and the pipeline's own ``args``; they come last and win), then
+the command line's (minus the pipeline's own ``args``; they come last and win) and ``pipeline=null``, then
 trained and tested into ``<run dir>/<stage name>/``. The run's ``metrics.json`` is the last stage's;
 ``pipeline.json`` lists every stage, its folder, best checkpoint and test metrics.
 """
@@ -37,8 +37,12 @@ def _key(override: str) -> str:
 
 
 def stage_overrides(cli: Sequence[str], args: Sequence[str]) -> list[str]:
-    """Command-line overrides that every stage inherits (not ``experiment``, ``hydra.*``, ``pipeline.*``, args)."""
-    drop = {"experiment", *args}
+    """Command-line overrides that every stage inherits (not ``hydra.*``, ``pipeline.*``, nor the pipeline's args).
+
+    ``experiment=...`` is kept, so that the experiment's settings apply to the stages too; the
+    stages then run with ``pipeline=null``.
+    """
+    drop = set(args)
     return [o for o in cli if _key(o) not in drop and not _key(o).startswith(("hydra.", "pipeline"))]
 
 
@@ -79,7 +83,7 @@ def run_pipeline(cfg: DictConfig, cli_overrides: Sequence[str] | None = None) ->
     for stage in pipe.stages:
         name = str(stage.name)
         # the command line comes last, so that the user's values win over the experiment's
-        overrides = [*common, *map(str, stage.get("overrides", [])), *base]
+        overrides = [*common, *map(str, stage.get("overrides", [])), *base, "pipeline=null"]
         for key, source in (stage.get("inputs") or {}).items():
             if source not in done or not done[source].get("best_ckpt"):
                 raise ValueError(f"stage {name!r} needs the checkpoint of stage {source!r}, which did not produce one")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -52,6 +53,30 @@ def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
     write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
+def write_curve(path: Path, history: list[dict]) -> None:
+    """Validation Dice per epoch as CSV (written whatever the logger)."""
+    if not history:
+        return
+    cols = list(history[0])
+    lines = [",".join(cols)] + [",".join(str(h[c]) for c in cols) for h in sorted(history, key=lambda h: h["epoch"])]
+    write_atomic(path, "\n".join(lines) + "\n")
+
+
+def write_slices(path: Path, slices: list[dict]) -> None:
+    """Save the test cases' display slices (image, truth, prediction) for reports (atomic)."""
+    if not slices:
+        return
+    arrays = {}
+    for s in slices:
+        for k in ("image", "label", "pred"):
+            arrays[f"{s['case']}/{k}"] = s[k]
+    arrays["channels"] = np.array(slices[0]["channels"])
+    arrays["convention"] = np.array(slices[0]["convention"])
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def summarise(rows: list[dict]) -> dict[str, float]:
     """Mean of every metric per region over cases: ``test/<metric>_<region>`` (+ ``test/dice_mean``)."""
     out: dict[str, float] = {}
@@ -84,7 +109,9 @@ def print_table(metrics: dict[str, float], title: str) -> None:
 def train(cfg: DictConfig) -> dict:
     """Train (and test) the configured model on the configured data.
 
-    Writes checkpoints, ``metrics.json`` and ``per_case.csv`` into ``cfg.paths.output_dir``.
+    Writes checkpoints, ``val_curve.csv``, ``metrics.json``, ``per_case.csv`` and ``test_slices.npz`` (a display slice
+    per test case, for reports) into ``cfg.paths.output_dir``. With ``train=false`` and
+    ``ckpt_path=...`` it tests that checkpoint.
 
     Returns:
         The test metrics (``test/dice_wt`` ...; empty when ``cfg.test`` is false) and ``best_ckpt``,
@@ -113,10 +140,14 @@ def train(cfg: DictConfig) -> dict:
     try:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            if trainer.is_global_zero:
+                write_curve(out_dir / "val_curve.csv", model.val_history)
             cb = trainer.checkpoint_callback
             if cb is not None:
                 ckpt = getattr(cb, "best_model_path", "") or getattr(cb, "last_model_path", "") or None
             results["best_ckpt"] = ckpt
+        elif cfg.get("ckpt_path"):
+            ckpt = str(cfg.ckpt_path)  # test a trained checkpoint: train=false ckpt_path=...
         if cfg.get("test", True):
             log.info("Testing %s", ckpt or "the model's current weights")
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
@@ -125,6 +156,7 @@ def train(cfg: DictConfig) -> dict:
             results["time/total_s"] = time.perf_counter() - t0
             if trainer.is_global_zero:
                 write_results(out_dir, rows, {k: v for k, v in results.items() if k != "best_ckpt"})
+                write_slices(out_dir / "test_slices.npz", model.test_slices)
                 print_table(results, f"Test set ({len(rows) // len(REGIONS)} cases) - {out_dir}")
     finally:
         _finish_wandb(loggers)

@@ -136,6 +136,7 @@ class VolumeDataset(Dataset):
             "box": c.box,
             "ras_shape": c.ras_shape,
             "spacing": c.spacing,
+            "channels": c.meta.get("channels", []),
         }
         if c.label is not None:
             item["label"] = torch.from_numpy(np.array(c.label, dtype=np.int64))

@@ -184,6 +184,7 @@ class PatchCNNModule(SegmentationModule):
         return self.net.patch_size
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self._stages_loaded = True  # the state dict holds every stage
 
     # -- training ----------------------------------------------------------------------------

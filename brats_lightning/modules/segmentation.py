@@ -37,6 +37,9 @@ class SegmentationModule(pl.LightningModule):
         self._val_rows: list[torch.Tensor] = []
         self._test_rows: list[torch.Tensor] = []
         self.test_results: list[dict] = []
+        self.test_slices: list[dict] = []
+        #: validation Dice per epoch (kept in checkpoints; written as val_curve.csv by train())
+        self.val_history: list[dict] = []
 
     # -- to implement ------------------------------------------------------------------------
 
@@ -46,10 +49,14 @@ class SegmentationModule(pl.LightningModule):
 
     # -- shared ------------------------------------------------------------------------------
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.val_history = list(checkpoint.get("val_history", []))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The data configuration travels with the weights, so that prediction preprocesses new
         # scans exactly as training did (channels, clipping, N4, z-score, symmetry maps).
         checkpoint["module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["val_history"] = list(self.val_history)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "describe"):
             checkpoint["data_config"] = dm.describe()
@@ -86,6 +93,10 @@ class SegmentationModule(pl.LightningModule):
         for r, v in zip(REGIONS, means):
             self.log(f"val/dice_{r}", v, sync_dist=False, rank_zero_only=False)
         self.log("val/dice_mean", means.mean(), prog_bar=True, sync_dist=False, rank_zero_only=False)
+        if not self.trainer.sanity_checking:
+            entry = {"epoch": self.current_epoch, **{f"val/dice_{r}": float(v) for r, v in zip(REGIONS, means)}}
+            entry["val/dice_mean"] = float(means.mean())
+            self.val_history = [h for h in self.val_history if h["epoch"] != self.current_epoch] + [entry]
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         pred = self.predict_case(batch).argmax(1)
@@ -100,9 +111,22 @@ class SegmentationModule(pl.LightningModule):
         for r in REGIONS:
             m = region_metrics(pm[r], gm[r], spacing=batch["spacing"], include_hd95=self.test_hd95)
             self.test_results.append({"case": batch["case_id"], "region": r, **m})
+        # The axial slice with the most tumour, for overlays in reports and W&B.
+        z = int((batch["label"] > 0).flatten(1).sum(1).argmax())
+        self.test_slices.append(
+            {
+                "case": batch["case_id"],
+                "image": batch["image"][z].cpu().numpy().astype(np.float16),
+                "label": batch["label"][z].cpu().numpy().astype(np.uint8),
+                "pred": pred[z].cpu().numpy().astype(np.uint8),
+                "channels": list(batch.get("channels", [])),
+                "convention": self.convention.name,
+            }
+        )
 
     def on_test_epoch_start(self) -> None:
         self.test_results = []
+        self.test_slices = []
 
     def on_test_epoch_end(self) -> None:
         rows = self._gather_unique(self._test_rows)
@@ -117,6 +141,13 @@ class SegmentationModule(pl.LightningModule):
                         seen.add((row["case"], row["region"]))
                         merged.append(row)
             self.test_results = merged
+            parts: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, self.test_slices)
+            unique = {s["case"]: s for part in parts for s in part}  # type: ignore[union-attr]
+            self.test_slices = [unique[k] for k in sorted(unique)]
+        order = {r: i for i, r in enumerate(REGIONS)}
+        self.test_results.sort(key=lambda row: (row["case"], order[row["region"]]))
+        self.test_slices.sort(key=lambda s: s["case"])
         if rows.shape[0] == 0:
             return
         means = rows[:, 1:].mean(0)

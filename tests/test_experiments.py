@@ -1,0 +1,159 @@
+"""Paper experiments: every experiment config composes; DDP counts each case once; W&B multirun; report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from brats_lightning.config import compose, config_dir
+from brats_lightning.report import collect_runs, write_report
+
+EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
+
+
+def _run(args: list[str], env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_there_are_paper_experiments() -> None:
+    assert {"shen_blocks", "shen_symmetry", "havaei_table1", "havaei_table2", "havaei_cascade"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(tmp_path: Path, name: str) -> None:
+    cfg = compose([f"experiment={name}"], output_dir=str(tmp_path))
+    assert cfg.task_name == name
+    params = cfg.hydra.sweeper.params or {}
+    # every swept value (and every pipeline stage) composes too
+    for key, values in params.items():
+        for value in str(values).split(","):
+            sub = compose([f"experiment={name}", f"{key}={value}"], output_dir=str(tmp_path))
+            if sub.pipeline:
+                for stage in sub.pipeline.stages:
+                    stage_cfg = compose(
+                        [f"experiment={name}", *stage.overrides, "pipeline=null"]
+                        + [f"{k}=/tmp/x.ckpt" for k in (stage.get("inputs") or {})],
+                        output_dir=str(tmp_path),
+                    )
+                    assert stage_cfg.model.in_channels == stage_cfg.data.in_channels
+            else:
+                assert sub.model.in_channels == sub.data.in_channels
+    if cfg.pipeline:
+        for stage in cfg.pipeline.stages:
+            stage_cfg = compose(
+                [f"experiment={name}", *stage.overrides, "pipeline=null"]
+                + [f"{k}=/tmp/x.ckpt" for k in (stage.get("inputs") or {})],
+                output_dir=str(tmp_path),
+            )
+            assert stage_cfg.model._target_
+    GlobalHydra.instance().clear()
+
+
+def test_shen_experiments_sweep_folds_and_settings(tmp_path: Path) -> None:
+    blocks = compose(["experiment=shen_blocks"], output_dir=str(tmp_path)).hydra
+    assert blocks.mode.name == "MULTIRUN"
+    assert blocks.sweeper.params == {"model": "fcn,fcn4", "data.fold": "0,1,2,3,4"}
+    sym = compose(["experiment=shen_symmetry"], output_dir=str(tmp_path)).hydra
+    assert sym.sweeper.params["model"] == "fcn,fcn_sym"
+
+
+SMALL = ["debug=default", "model.width=0.25", "data.test_fraction=0.4"]
+
+
+def test_ddp_counts_every_case_once(tmp_path: Path, cache_dir: Path) -> None:
+    """Test metrics with 2 CPU processes (gloo) equal the single-process ones, each case once."""
+    common = [*SMALL, f"paths.cache_dir={cache_dir}", "logger=none"]
+    _run(["brats_lightning", *common, f"hydra.run.dir={tmp_path / 'train'}"])
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    test = [*common, "train=false", f"ckpt_path={ckpt}"]
+    _run(["brats_lightning", *test, f"hydra.run.dir={tmp_path / 'single'}"])
+    proc = _run(
+        [
+            "brats_lightning",
+            *test,
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.precision=32",
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+        ]
+    )
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    single = list(csv.DictReader((tmp_path / "single" / "per_case.csv").open()))
+    ddp = list(csv.DictReader((tmp_path / "ddp" / "per_case.csv").open()))
+    assert len(single) == 9  # 3 test cases: the distributed sampler pads them to 4 over 2 ranks
+    assert [(r["case"], r["region"]) for r in ddp] == [(r["case"], r["region"]) for r in single]
+    for a, b in zip(single, ddp):
+        for m in ("dice", "sensitivity", "specificity", "ppv"):
+            assert float(a[m]) == pytest.approx(float(b[m]), abs=1e-6)
+    ms, md = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("single", "ddp"))
+    assert md["test/dice_mean"] == pytest.approx(ms["test/dice_mean"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def wandb_multirun(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A two-job offline W&B multirun (FCN without and with symmetry maps)."""
+    sweep = tmp_path_factory.mktemp("multirun")
+    _run(
+        [
+            "brats_lightning",
+            "-m",
+            "experiment=shen_symmetry",
+            "data.fold=0",
+            *SMALL,
+            "trainer.max_epochs=2",
+            f"paths.cache_dir={cache_dir}",
+            "logger=wandb",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        env_extra={"WANDB_API_KEY": ""},
+    )
+    return sweep
+
+
+def test_wandb_offline_multirun_makes_one_run_per_job(wandb_multirun: Path) -> None:
+    jobs = sorted(p for p in wandb_multirun.iterdir() if p.is_dir() and (p / ".hydra").is_dir())
+    assert len(jobs) == 2
+    run_ids = set()
+    for job in jobs:
+        runs = list((job / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, job
+        assert list(runs[0].glob("run-*.wandb"))  # the run's data file, closed by wandb.finish()
+        run_ids.add(runs[0].name.rsplit("-", 1)[-1])
+        assert (job / "metrics.json").is_file()
+    assert len(run_ids) == 2
+
+
+def test_report_writes_tables_and_figures(wandb_multirun: Path) -> None:
+    paths = write_report(wandb_multirun)
+    assert {"results.md", "results.csv", "runs.csv", "val_dice.png", "overlays.png"} <= set(paths)
+    for p in paths.values():
+        assert p.is_file() and p.stat().st_size > 0 and p.parent == wandb_multirun / "report"
+    runs = collect_runs(wandb_multirun)
+    assert sorted(r.setting for r in runs) == ["FCN (3 blocks)", "FCN + symmetry (3 blocks)"]
+    assert all(len(r.curves["wt"]) == 2 for r in runs)  # two epochs of validation Dice
+    md = paths["results.md"].read_text()
+    sym = next(r for r in runs if "symmetry" in r.setting)
+    assert f"{sym.metrics['test/dice_wt']:.2f} ± 0.00" in md  # one fold: std 0
+    rows = list(csv.DictReader(paths["results.csv"].open()))
+    assert {r["setting"] for r in rows} == {"FCN (3 blocks)", "FCN + symmetry (3 blocks)"}
+    from matplotlib.image import imread
+
+    assert imread(paths["val_dice.png"]).shape[1] > 3 * imread(paths["val_dice.png"]).shape[0]  # 4 panels in a row
+
+
+def test_report_cli_errors_on_an_empty_folder(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "brats_lightning.report", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "no finished job" in proc.stderr
