@@ -37,3 +37,17 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_dm_kwargs(cache_dir: Path) -> dict:
     """Keyword arguments of a BratsDataModule over a tiny synthetic data set."""
     return {"synthetic": TINY_SYNTHETIC, "cache_dir": str(cache_dir), "crop_size": (48, 56), "batch_size": 4}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(cache_dir: Path) -> Path:
+    """The tiny synthetic data set on disk (the same folder the data module generates)."""
+    from brats_lightning.data.synthetic import write_dataset
+
+    s = TINY_SYNTHETIC
+    shape = "x".join(str(v) for v in s["shape"])
+    root = cache_dir / f"synthetic-n{s['n_cases']}-{shape}-sp{s['spacing']}-seed{s['seed']}"
+    write_dataset(
+        root, n_cases=s["n_cases"], shape=tuple(s["shape"]), spacing=s["spacing"], seed=s["seed"], progress=False
+    )
+    return root

@@ -69,8 +69,8 @@ def test_checkpoint_carries_the_data_configuration(trained_ckpt: Path) -> None:
     assert dc["convention"] == "brats2017" and not model.training
 
 
-def test_predict_writes_labels_in_the_input_grid(tmp_path: Path, trained_ckpt: Path, cache_dir: Path) -> None:
-    src = next(cache_dir.glob("synthetic-n8-*"))
+def test_predict_writes_labels_in_the_input_grid(tmp_path: Path, trained_ckpt: Path, synthetic_root: Path) -> None:
+    src = synthetic_root
     out = tmp_path / "pred"
     report = predict_dir(_cfg(ckpt_path=str(trained_ckpt), input_dir=str(src), output_dir=str(out), probabilities=True))
     cases = discover_cases(src)
@@ -96,9 +96,9 @@ def test_predict_writes_labels_in_the_input_grid(tmp_path: Path, trained_ckpt: P
 
 
 def test_predict_skips_existing_and_reports_unreadable_cases(
-    tmp_path: Path, trained_ckpt: Path, cache_dir: Path
+    tmp_path: Path, trained_ckpt: Path, synthetic_root: Path
 ) -> None:
-    src = next(cache_dir.glob("synthetic-n8-*"))
+    src = synthetic_root
     inp = tmp_path / "in"
     inp.mkdir()
     cases = discover_cases(src)
@@ -124,8 +124,10 @@ def test_predict_skips_existing_and_reports_unreadable_cases(
     assert len(forced["done"]) == 3
 
 
-def test_interrupted_write_leaves_no_file(tmp_path: Path, trained_ckpt: Path, cache_dir: Path, monkeypatch) -> None:
-    src = next(cache_dir.glob("synthetic-n8-*"))
+def test_interrupted_write_leaves_no_file(
+    tmp_path: Path, trained_ckpt: Path, synthetic_root: Path, monkeypatch
+) -> None:
+    src = synthetic_root
     inp = tmp_path / "in"
     inp.mkdir()
     case = discover_cases(src)[0]
@@ -144,8 +146,8 @@ def test_interrupted_write_leaves_no_file(tmp_path: Path, trained_ckpt: Path, ca
     assert [p.name for p in out.iterdir()] == ["predict_report.json"]
 
 
-def test_evaluate_synthetic_predictions_and_missing_cases(tmp_path: Path, cache_dir: Path) -> None:
-    src = next(cache_dir.glob("synthetic-n8-*"))
+def test_evaluate_synthetic_predictions_and_missing_cases(tmp_path: Path, synthetic_root: Path) -> None:
+    src = synthetic_root
     cases = discover_cases(src)
     pred = tmp_path / "pred"
     pred.mkdir()
@@ -248,3 +250,57 @@ def test_predict_round_trip_on_real_cases(tmp_path: Path, trained_ckpt: Path) ->
         assert pred.shape == ref.shape
         np.testing.assert_allclose(pred.affine, ref.affine)
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= allowed
+
+
+def test_predict_reports_inconsistent_cases_and_does_the_rest(
+    tmp_path: Path, trained_ckpt: Path, synthetic_root: Path
+) -> None:
+    src = synthetic_root
+    cases = discover_cases(src)
+    inp = tmp_path / "in"
+    for k, c in enumerate(cases[:3]):
+        d = inp / c.case_id
+        d.mkdir(parents=True)
+        for f in Path(c.images["flair"]).parent.iterdir():
+            (d / f.name).write_bytes(f.read_bytes())
+        t2 = d / f"{c.case_id}_t2.nii.gz"
+        img = nib.load(t2)
+        if k == 1:  # NaN voxels
+            arr = np.asarray(img.dataobj).astype(np.float32)
+            arr[3, 3, 3] = np.nan
+            nib.save(nib.Nifti1Image(arr, img.affine), t2)
+        elif k == 2:  # a modality with a different shape
+            nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), img.affine), t2)
+    out = tmp_path / "out"
+    report = predict_dir(_cfg(ckpt_path=str(trained_ckpt), input_dir=str(inp), output_dir=str(out)))
+    assert report["done"] == [cases[0].case_id]
+    assert "NaN or infinite voxels" in report["failed"][cases[1].case_id]
+    assert "shape (10, 10, 10) differs" in report["failed"][cases[2].case_id]
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{cases[0].case_id}.nii.gz", "predict_report.json"])
+
+
+def test_evaluate_rejects_unknown_labels_and_other_grids(tmp_path: Path, synthetic_root: Path) -> None:
+    from brats_lightning.data.io import DataError
+
+    src = synthetic_root
+    case = discover_cases(src)[0]
+    img = nib.load(case.label)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    seg = np.asarray(img.dataobj).copy()
+    seg[0, 0, 0] = 5
+    nib.save(nib.Nifti1Image(seg, img.affine), pred / f"{case.case_id}.nii.gz")
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    (gt / f"{case.case_id}.nii.gz").write_bytes(Path(case.label).read_bytes())
+    from brats_lightning.data.labels import UnknownLabelError
+
+    with pytest.raises(
+        UnknownLabelError, match=rf"{case.case_id}\.nii\.gz: label values \[.*5\] fit no BraTS convention"
+    ):
+        evaluate_dirs(pred, gt, tmp_path / "e1")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), img.affine), pred / f"{case.case_id}.nii.gz")
+    with pytest.raises(DataError, match="differs from the ground truth"):
+        evaluate_dirs(pred, gt, tmp_path / "e2")
+    with pytest.raises(DataError, match="does not exist"):
+        evaluate_dirs(tmp_path / "nope", gt, tmp_path / "e3")
