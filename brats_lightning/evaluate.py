@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.io import DataError, discover_cases, read_image
 from brats_lightning.data.labels import REGIONS, LabelConvention, detect_convention, get_convention
 from brats_lightning.metrics import HD95_EMPTY_PENALTY, region_metrics
+from brats_lightning.utils import write_text_atomic
 
 __all__ = ["METRICS", "ground_truth_files", "evaluate_case", "evaluate_dirs", "main"]
 
@@ -144,12 +144,6 @@ def markdown_table(summary: dict, name: str = "prediction") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def evaluate_dirs(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -195,9 +189,9 @@ def evaluate_dirs(
     }
     lines = [",".join(["case", "region", *metrics])]
     lines += [",".join([row["case"], row["region"], *(f"{row[m]:.6g}" for m in metrics)]) for row in rows]
-    _write(out / "per_case.csv", "\n".join(lines) + "\n")
-    _write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write(out / "summary.md", markdown_table(summary, name or pred_dir.name))
+    write_text_atomic(out / "per_case.csv", "\n".join(lines) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.md", markdown_table(summary, name or pred_dir.name))
     return summary
 
 

@@ -68,7 +68,8 @@ def run_pipeline(cfg: DictConfig, cli_overrides: Sequence[str] | None = None) ->
         cfg: the composed experiment config.
         cli_overrides: the command line's overrides (default: read from the running Hydra job).
     """
-    from brats_lightning.train import train, write_atomic
+    from brats_lightning.train import train
+    from brats_lightning.utils import write_text_atomic
 
     if cli_overrides is None:
         from hydra.core.hydra_config import HydraConfig
@@ -92,7 +93,7 @@ def run_pipeline(cfg: DictConfig, cli_overrides: Sequence[str] | None = None) ->
         stage_cfg = _compose(overrides, out_dir / name)
         results = train(stage_cfg)
         done[name] = {"dir": str(out_dir / name), "overrides": overrides, **results}
-        write_atomic(out_dir / "pipeline.json", json.dumps(done, indent=2, default=str) + "\n")
+        write_text_atomic(out_dir / "pipeline.json", json.dumps(done, indent=2, default=str) + "\n")
     metrics = {k: v for k, v in results.items() if k.startswith("test/")}
-    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return results

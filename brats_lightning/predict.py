@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import replace
@@ -37,6 +36,7 @@ from brats_lightning.data.preprocess import PreprocessConfig, crop, uncrop
 from brats_lightning.inference import predict_volume
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.postprocess import remove_small_components
+from brats_lightning.utils import atomic_path, load_torch_file, write_text_atomic
 
 __all__ = ["load_model", "predict_case", "predict_dir", "main"]
 
@@ -51,12 +51,7 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tup
         ValueError: the file is not a brats_lightning checkpoint.
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
+    ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or "module_class" not in ckpt or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not a brats_lightning checkpoint (no module class / state dict)")
     module_name, _, cls_name = ckpt["module_class"].rpartition(".")
@@ -74,16 +69,11 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tup
 
 def _write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None:
     """Save ``arr`` next to ``path`` under a temporary name, then rename it into place (atomic)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
     img = nib.Nifti1Image(arr, affine, header)
     img.set_data_dtype(arr.dtype)
     img.header.set_xyzt_units("mm")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @torch.no_grad()
@@ -176,9 +166,7 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
                 log.error("%s: skipped (%s)", case.case_id, e)
             bar.advance(task)
     report["total_s"] = round(time.perf_counter() - t0, 3)
-    tmp = out_dir / f".predict_report.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out_dir / "predict_report.json")
+    write_text_atomic(out_dir / "predict_report.json", json.dumps(report, indent=2) + "\n")
     log.info(
         "Predicted %d cases, skipped %d existing, %d failed, into %s (%.1f s)",
         len(report["done"]),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import yaml
 
 from brats_lightning.data.labels import REGIONS, get_convention
+from brats_lightning.utils import atomic_path, write_text_atomic
 
 __all__ = ["Run", "collect_runs", "write_report", "main"]
 
@@ -221,7 +221,8 @@ def plot_curves(runs: list[Run], out: Path, title: str) -> Path:
             ax.text(0.5, 0.5, "no validation curves", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     path = out / "val_dice.png"
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -292,7 +293,8 @@ def plot_overlays(runs: list[Run], out: Path, cases: int = 3) -> Path | None:
     )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     path = out / "overlays.png"
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -306,12 +308,6 @@ def _task_name(root: Path) -> str:
         return root.name
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(multirun: str | Path, out: str | Path | None = None) -> dict[str, Path]:
     """Collect the runs of ``multirun`` and write the tables and figures; returns their paths."""
     runs = collect_runs(multirun)
@@ -319,9 +315,9 @@ def write_report(multirun: str | Path, out: str | Path | None = None) -> dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, md = _table(runs)
     title = _task_name(Path(multirun))
-    _write(out_dir / "results.md", f"# {title}\n\n" + md)
+    write_text_atomic(out_dir / "results.md", f"# {title}\n\n" + md)
     cols = list(rows[0])
-    _write(
+    write_text_atomic(
         out_dir / "results.csv",
         "\n".join(
             [",".join(cols)]
@@ -338,7 +334,7 @@ def write_report(multirun: str | Path, out: str | Path | None = None) -> dict[st
         + "\n",
     )
     run_cols = ["folder", "setting", "fold"] + [f"test/{m}_{r}" for m in METRICS for r in REGIONS]
-    _write(
+    write_text_atomic(
         out_dir / "runs.csv",
         "\n".join(
             [",".join(run_cols)]

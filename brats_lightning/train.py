@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.labels import REGIONS
+from brats_lightning.utils import atomic_path, write_text_atomic
 
 __all__ = ["train", "main"]
 
@@ -33,13 +33,6 @@ def _instantiate_dict(node: DictConfig | None) -> list:
     return [instantiate(v, _convert_="all") for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
     """Write ``per_case.csv`` and ``metrics.json`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,8 +42,8 @@ def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
         lines = [",".join(cols)] + [
             ",".join(str(r[c]) if isinstance(r[c], str) else f"{r[c]:.6g}" for c in cols) for r in rows
         ]
-        write_atomic(out_dir / "per_case.csv", "\n".join(lines) + "\n")
-    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(out_dir / "per_case.csv", "\n".join(lines) + "\n")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def write_curve(path: Path, history: list[dict]) -> None:
@@ -59,7 +52,7 @@ def write_curve(path: Path, history: list[dict]) -> None:
         return
     cols = list(history[0])
     lines = [",".join(cols)] + [",".join(str(h[c]) for c in cols) for h in sorted(history, key=lambda h: h["epoch"])]
-    write_atomic(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_slices(path: Path, slices: list[dict]) -> None:
@@ -72,9 +65,8 @@ def write_slices(path: Path, slices: list[dict]) -> None:
             arrays[f"{s['case']}/{k}"] = s[k]
     arrays["channels"] = np.array(slices[0]["channels"])
     arrays["convention"] = np.array(slices[0]["convention"])
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:

@@ -9,12 +9,12 @@ model sees the same cases.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 from brats_lightning.data.io import DataError
+from brats_lightning.utils import write_text_atomic
 
 __all__ = ["make_splits", "load_or_create_splits", "fold_cases"]
 
@@ -70,9 +70,7 @@ def load_or_create_splits(
         return splits
     splits = make_splits(case_ids, seed, test_fraction, num_folds)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(splits, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(splits, indent=1))
     return splits
 
 

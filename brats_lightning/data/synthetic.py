@@ -72,6 +72,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from brats_lightning.utils import atomic_path
+
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 """Image keys, in the BraTS file-name spelling."""
 FILE_KEYS: tuple[str, ...] = (*MODALITIES, "seg")
@@ -883,7 +885,8 @@ def save_montage(root: str | Path, out_png: str | Path, cases: int = 4) -> Path:
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
     return out
 
 

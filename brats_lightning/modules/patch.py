@@ -19,6 +19,7 @@ from brats_lightning.nets.twopath import (
     TwoPathCNN,
     set_output_bias_,
 )
+from brats_lightning.utils import load_torch_file
 
 __all__ = ["ARCHS", "PatchCNNModule", "build_patch_net", "load_patch_net"]
 
@@ -48,12 +49,7 @@ def load_patch_net(
         ValueError: not a patch-CNN checkpoint, or not of the expected architecture.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{path}: cannot read the checkpoint ({e})") from e
+    ckpt = load_torch_file(path)
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     arch = hp.get("arch")
     if arch not in ("localpath", "globalpath", "twopath"):

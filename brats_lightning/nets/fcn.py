@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from brats_lightning.utils import load_torch_file
+
 __all__ = ["VGG16_BLOCKS", "ShenFCN", "load_vgg16_weights"]
 
 #: Channel widths of the convolutions of the first four VGG-16 blocks (Simonyan & Zisserman 2015).
@@ -173,14 +175,7 @@ def load_vgg16_weights(net: ShenFCN, source: str | Path | Mapping[str, torch.Ten
         ValueError: the state dict is not a VGG-16 layout or its shapes do not match.
     """
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"VGG-16 weights file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
-            raise ValueError(f"cannot read VGG-16 state dict {path}: {e}") from e
-        name = str(path)
+        state, name = load_torch_file(source, "VGG-16 weights file"), str(source)
     else:
         state, name = source, "<state dict>"
     if isinstance(state, Mapping) and "state_dict" in state:
