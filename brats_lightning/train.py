@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -24,6 +25,9 @@ from brats_lightning.utils import atomic_path, write_text_atomic
 __all__ = ["train", "main"]
 
 log = logging.getLogger("brats_lightning")
+
+# Lightning 2.6 with torch >= 2.10 warns on every fit about its own use of a deprecated torch API.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def _instantiate_dict(node: DictConfig | None) -> list:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +27,30 @@ def shared(name: str) -> Path:
 
 
 TINY_SYNTHETIC = {"n_cases": 8, "shape": [48, 56, 32], "spacing": 2.5, "seed": 0}
+
+
+def _tiny_trainer(root: Path, epochs: int = 1, callbacks: Sequence = (), **overrides: Any):
+    """A real CPU Lightning Trainer for tests: no logger, no progress bar, one validation batch."""
+    import pytorch_lightning as pl
+
+    kwargs = {
+        "accelerator": "cpu",
+        "max_epochs": epochs,
+        "limit_val_batches": 1,
+        "num_sanity_val_steps": 0,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": root,
+        "callbacks": list(callbacks),
+    }
+    return pl.Trainer(**{**kwargs, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_trainer() -> Callable[..., Any]:
+    """``tiny_trainer(root, epochs=1, callbacks=(), **trainer_overrides)`` builds a small CPU Trainer."""
+    return _tiny_trainer
 
 
 @pytest.fixture(scope="session")

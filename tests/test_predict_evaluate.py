@@ -23,24 +23,13 @@ from brats_lightning.predict import load_model, predict_dir
 
 
 @pytest.fixture(scope="module")
-def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict) -> Path:
+def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict, tiny_trainer) -> Path:
     """A small FCN (with symmetry maps) trained for a few steps on the tiny synthetic data."""
     out = tmp_path_factory.mktemp("trained")
     dm = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
     model = FCNModule(8, 4, width=0.25, test_hd95=False)
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=6,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[ckpt_cb],
-        default_root_dir=out,
-    )
+    trainer = tiny_trainer(out, 1, [ckpt_cb], limit_train_batches=6)
     trainer.fit(model, datamodule=dm)
     return out / "last.ckpt"
 

@@ -32,21 +32,8 @@ def _dm(kwargs: dict) -> BratsDataModule:
     return BratsDataModule(mode="patches", patches_per_epoch=48, **{**kwargs, "batch_size": 16})
 
 
-def _trainer(tmp_path: Path, max_epochs: int, callbacks: list) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_epochs=max_epochs,
-        callbacks=[
-            pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, monitor="val/dice_mean", mode="max"),
-            *callbacks,
-        ],
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+def _ckpt(dirpath: Path) -> pl.callbacks.ModelCheckpoint:
+    return pl.callbacks.ModelCheckpoint(dirpath=dirpath, save_last=True, monitor="val/dice_mean", mode="max")
 
 
 def _changed(a: dict, b: dict) -> set[str]:
@@ -56,11 +43,13 @@ def _changed(a: dict, b: dict) -> set[str]:
 OUTPUT = {"output.weight", "output.bias"}
 
 
-def test_phase2_trains_only_the_output_layer_on_natural_sampling(tmp_path: Path, tiny_dm_kwargs: dict) -> None:
+def test_phase2_trains_only_the_output_layer_on_natural_sampling(
+    tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer
+) -> None:
     snaps = Snapshots()
     two = TwoPhaseTraining(phase1_epochs=1, phase2_epochs=1)
     model = PatchCNNModule("twopath", 4, 4, inference_batch_size=8, test_hd95=False)
-    trainer = _trainer(tmp_path, 5, [two, snaps])
+    trainer = tiny_trainer(tmp_path, 5, [_ckpt(tmp_path), two, snaps])
     trainer.fit(model, datamodule=_dm(tiny_dm_kwargs))
     assert trainer.current_epoch == 2  # stopped after one phase-2 epoch although max_epochs=5
     assert snaps.distribution == {0: "balanced", 1: "natural"}
@@ -72,10 +61,10 @@ def test_phase2_trains_only_the_output_layer_on_natural_sampling(tmp_path: Path,
     assert Path(trainer.checkpoint_callback.best_model_path).name.startswith("epoch=1")  # best of phase 2
 
 
-def test_resume_in_phase2_stays_frozen(tmp_path: Path, tiny_dm_kwargs: dict) -> None:
+def test_resume_in_phase2_stays_frozen(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
     # A run "killed" after its first phase-2 epoch (max_epochs cuts it), resumed from last.ckpt.
     model = PatchCNNModule("localpath", 4, 4, inference_batch_size=8, test_hd95=False)
-    _trainer(tmp_path, 2, [TwoPhaseTraining(phase1_epochs=1, phase2_epochs=3)]).fit(
+    tiny_trainer(tmp_path, 2, [_ckpt(tmp_path), TwoPhaseTraining(phase1_epochs=1, phase2_epochs=3)]).fit(
         model, datamodule=_dm(tiny_dm_kwargs)
     )
     state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
@@ -86,7 +75,7 @@ def test_resume_in_phase2_stays_frozen(tmp_path: Path, tiny_dm_kwargs: dict) -> 
     two = TwoPhaseTraining(phase1_epochs=1, phase2_epochs=3)
     fresh = PatchCNNModule("localpath", 4, 4, inference_batch_size=8, test_hd95=False)
     dm = _dm(tiny_dm_kwargs)
-    trainer = _trainer(tmp_path / "resumed", 3, [two, snaps])
+    trainer = tiny_trainer(tmp_path / "resumed", 3, [_ckpt(tmp_path / "resumed"), two, snaps])
     trainer.fit(fresh, datamodule=dm, ckpt_path=tmp_path / "last.ckpt")
     assert two.phase == 2 and list(snaps.start) == [2]
     assert snaps.distribution[2] == "natural"
@@ -97,14 +86,14 @@ def test_resume_in_phase2_stays_frozen(tmp_path: Path, tiny_dm_kwargs: dict) -> 
     )
 
 
-def test_resume_in_phase1_switches_later(tmp_path: Path, tiny_dm_kwargs: dict) -> None:
+def test_resume_in_phase1_switches_later(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
     model = PatchCNNModule("globalpath", 4, 4, inference_batch_size=8, test_hd95=False)
-    _trainer(tmp_path, 1, [TwoPhaseTraining(phase1_epochs=2, phase2_epochs=1)]).fit(
+    tiny_trainer(tmp_path, 1, [_ckpt(tmp_path), TwoPhaseTraining(phase1_epochs=2, phase2_epochs=1)]).fit(
         model, datamodule=_dm(tiny_dm_kwargs)
     )
     snaps = Snapshots()
     two = TwoPhaseTraining(phase1_epochs=2, phase2_epochs=1)
-    trainer = _trainer(tmp_path / "resumed", 5, [two, snaps])
+    trainer = tiny_trainer(tmp_path / "resumed", 5, [_ckpt(tmp_path / "resumed"), two, snaps])
     trainer.fit(
         PatchCNNModule("globalpath", 4, 4, inference_batch_size=8, test_hd95=False),
         datamodule=_dm(tiny_dm_kwargs),

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
@@ -40,21 +39,6 @@ def _dm(kwargs: dict, patch_size: int = 33) -> BratsDataModule:
     return dm
 
 
-def _trainer(tmp_path: Path, epochs: int, callbacks=()) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        enable_checkpointing=True,
-        callbacks=list(callbacks),
-    )
-
-
 @pytest.mark.parametrize("arch", ["input_cascade", "local_cascade", "mf_cascade"])
 def test_cached_first_stage_equals_running_it_on_the_large_patch(
     arch: str, first_ckpt: Path, tiny_dm_kwargs: dict
@@ -75,14 +59,16 @@ def test_cached_first_stage_equals_running_it_on_the_large_patch(
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_training_leaves_the_first_stage_bit_identical(tmp_path: Path, first_ckpt: Path, tiny_dm_kwargs: dict) -> None:
+def test_training_leaves_the_first_stage_bit_identical(
+    tmp_path: Path, first_ckpt: Path, tiny_dm_kwargs: dict, tiny_trainer
+) -> None:
     model = PatchCNNModule(
         "mf_cascade", 4, 4, first_stage_ckpt=str(first_ckpt), inference_batch_size=8, test_hd95=False
     )
     first_before = {k: v.clone() for k, v in model.net.first.state_dict().items()}
     second_before = {k: v.clone() for k, v in model.net.second.state_dict().items()}
     dm = BratsDataModule(mode="patches", patches_per_epoch=32, **{**tiny_dm_kwargs, **SMALL, "batch_size": 16})
-    trainer = _trainer(tmp_path, 2, [TwoPhaseTraining(phase1_epochs=1, phase2_epochs=1)])
+    trainer = tiny_trainer(tmp_path, 2, [TwoPhaseTraining(phase1_epochs=1, phase2_epochs=1)])
     trainer.fit(model, datamodule=dm)
     for k, v in model.net.first.state_dict().items():
         assert torch.equal(v, first_before[k]), k
@@ -91,7 +77,9 @@ def test_training_leaves_the_first_stage_bit_identical(tmp_path: Path, first_ckp
     assert "val/dice_mean" in trainer.callback_metrics
 
 
-def test_uncached_training_on_large_patches(tmp_path: Path, first_ckpt: Path, tiny_dm_kwargs: dict) -> None:
+def test_uncached_training_on_large_patches(
+    tmp_path: Path, first_ckpt: Path, tiny_dm_kwargs: dict, tiny_trainer
+) -> None:
     model = PatchCNNModule(
         "local_cascade",
         4,
@@ -106,11 +94,13 @@ def test_uncached_training_on_large_patches(tmp_path: Path, first_ckpt: Path, ti
         mode="patches", patch_size=56, patches_per_epoch=32, **{**tiny_dm_kwargs, **SMALL, "batch_size": 16}
     )
     before = model.net.second.output.weight.clone()
-    _trainer(tmp_path, 1).fit(model, datamodule=dm)
+    tiny_trainer(tmp_path, 1).fit(model, datamodule=dm)
     assert not torch.equal(before, model.net.second.output.weight)
 
 
-def test_missing_or_incompatible_first_stage(tmp_path: Path, first_ckpt: Path, tiny_dm_kwargs: dict) -> None:
+def test_missing_or_incompatible_first_stage(
+    tmp_path: Path, first_ckpt: Path, tiny_dm_kwargs: dict, tiny_trainer
+) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         PatchCNNModule("input_cascade", 4, 4, first_stage_ckpt=str(tmp_path / "missing.ckpt"))
     with pytest.raises(ValueError, match="in_channels=4, this model needs 8"):
@@ -125,4 +115,4 @@ def test_missing_or_incompatible_first_stage(tmp_path: Path, first_ckpt: Path, t
     model = PatchCNNModule("input_cascade", 4, 4)
     dm = BratsDataModule(mode="patches", patches_per_epoch=16, **{**tiny_dm_kwargs, "batch_size": 16})
     with pytest.raises(ValueError, match="input_cascade needs model.first_stage_ckpt"):
-        _trainer(tmp_path, 1).fit(model, datamodule=dm)
+        tiny_trainer(tmp_path, 1).fit(model, datamodule=dm)

@@ -38,7 +38,7 @@ def test_predict_slices_is_per_pixel_and_a_distribution() -> None:
     torch.testing.assert_close(p[0, :, 5, 7], torch.softmax(m.net(patch), 1)[0, :, 0, 0], atol=1e-5, rtol=0)
 
 
-def test_training_regularisation_max_norm_and_output_bias(tmp_path: Path, tiny_dm_kwargs: dict) -> None:
+def test_training_regularisation_max_norm_and_output_bias(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
     dm = BratsDataModule(mode="patches", patches_per_epoch=64, **{**tiny_dm_kwargs, "batch_size": 32})
     model = PatchCNNModule("localpath", 4, 4, max_norm=0.05, l1=1e-4, l2=1e-3, inference_batch_size=8, test_hd95=False)
     seen = {}
@@ -48,18 +48,7 @@ def test_training_regularisation_max_norm_and_output_bias(tmp_path: Path, tiny_d
             seen["bias"] = pl_module.net.output.bias.detach().clone()
             seen["momentum"] = trainer.optimizers[0].param_groups[0]["momentum"]
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[Peek()],
-        enable_checkpointing=False,
-    )
+    trainer = tiny_trainer(tmp_path, 1, [Peek()], enable_checkpointing=False)
     trainer.fit(model, datamodule=dm)
     freqs = torch.tensor(dm.label_frequencies())
     torch.testing.assert_close(torch.softmax(seen["bias"], 0), freqs / freqs.sum(), atol=1e-5, rtol=0)
@@ -90,7 +79,7 @@ def test_average_cnn_from_checkpoints(tmp_path: Path) -> None:
     torch.testing.assert_close(avg.predict_slices(x), want)
 
 
-def test_checkpoint_errors(tmp_path: Path, tiny_dm_kwargs: dict) -> None:
+def test_checkpoint_errors(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
     _save_ckpt(tmp_path / "local.ckpt", "localpath", 0)
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_patch_net(tmp_path / "none.ckpt")
@@ -99,9 +88,7 @@ def test_checkpoint_errors(tmp_path: Path, tiny_dm_kwargs: dict) -> None:
     # without the two checkpoints the module can still be built (to load its own checkpoint into),
     # but fitting it is refused with a message naming the missing options
     dm = BratsDataModule(mode="patches", patches_per_epoch=16, **{**tiny_dm_kwargs, "batch_size": 16})
-    trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, default_root_dir=tmp_path
-    )
+    trainer = tiny_trainer(tmp_path)
     with pytest.raises(ValueError, match="average needs model.local_ckpt and model.global_ckpt"):
         trainer.fit(PatchCNNModule("average"), datamodule=dm)
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
