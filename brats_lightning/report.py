@@ -146,13 +146,18 @@ def _table(runs: list[Run]) -> tuple[list[dict], str]:
     ]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for row in rows:
-        cells = [f"{row[f'{m}_{r}_mean']:.2f} ± {row[f'{m}_{r}_std']:.2f}" for m in METRICS for r in REGIONS]
+        # a standard deviation over one fold says nothing: leave it out rather than print ± 0.00
+        cells = [
+            f"{row[f'{m}_{r}_mean']:.2f}" + (f" ± {row[f'{m}_{r}_std']:.2f}" if row["folds"] > 1 else "")
+            for m in METRICS
+            for r in REGIONS
+        ]
         lines.append(f"| {row['setting']} | " + " | ".join(cells) + " |")
     folds = sorted({r["folds"] for r in rows})
+    what = "one fold per setting" if folds == [1] else f"mean ± std over {'/'.join(map(str, folds))} folds per setting"
     lines += [
         "",
-        f"Test metrics, mean ± std over {'/'.join(map(str, folds))} fold(s) per setting. "
-        "Complete = whole tumour, Core = tumour core, Enhancing = enhancing tumour.",
+        f"Test metrics, {what}. Complete = whole tumour, Core = tumour core, Enhancing = enhancing tumour.",
     ]
     return rows, "\n".join(lines) + "\n"
 

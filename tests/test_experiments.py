@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from brats_lightning.config import compose, config_dir
+from brats_lightning.data.labels import REGIONS
 from brats_lightning.report import collect_runs, write_report
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
@@ -144,12 +146,35 @@ def test_report_writes_tables_and_figures(wandb_multirun: Path) -> None:
     assert all(len(r.curves["wt"]) == 2 for r in runs)  # two epochs of validation Dice
     md = paths["results.md"].read_text()
     sym = next(r for r in runs if "symmetry" in r.setting)
-    assert f"{sym.metrics['test/dice_wt']:.2f} ± 0.00" in md  # one fold: std 0
+    # one fold per setting: the mean alone (a standard deviation over one fold would be a fake 0.00)
+    assert f"| {sym.setting} | {sym.metrics['test/dice_wt']:.2f} | " in md and "±" not in md.split("\n\n")[1]
     rows = list(csv.DictReader(paths["results.csv"].open()))
     assert {r["setting"] for r in rows} == {"FCN (3 blocks)", "FCN + symmetry (3 blocks)"}
     from matplotlib.image import imread
 
     assert imread(paths["val_dice.png"]).shape[1] > 3 * imread(paths["val_dice.png"]).shape[0]  # 4 panels in a row
+
+
+def test_report_averages_folds(tmp_path: Path) -> None:
+    """Two settings x three folds written by hand: the table holds each setting's mean ± std over folds."""
+    dice = {"fcn": [0.70, 0.80, 0.90], "fcn_sym": [0.75, 0.85, 0.80]}
+    for i, (model, fold) in enumerate((m, f) for m in dice for f in range(3)):
+        job = tmp_path / f"{i}_job"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- data.fold={fold}\n")
+        metrics = {f"test/{m}_{r}": 0.5 for m in ("dice", "sensitivity", "specificity", "ppv") for r in REGIONS}
+        metrics["test/dice_wt"] = dice[model][fold]
+        (job / "metrics.json").write_text(json.dumps(metrics))
+        (job / "val_curve.csv").write_text("epoch,val/dice_wt\n0,0.5\n1,0.6\n")
+    paths = write_report(tmp_path, tmp_path / "out")
+    rows = {r["setting"]: r for r in csv.DictReader(paths["results.csv"].open())}
+    assert set(rows) == {"FCN (3 blocks)", "FCN + symmetry (3 blocks)"}
+    for model, name in (("fcn", "FCN (3 blocks)"), ("fcn_sym", "FCN + symmetry (3 blocks)")):
+        assert int(rows[name]["folds"]) == 3
+        assert float(rows[name]["dice_wt_mean"]) == pytest.approx(sum(dice[model]) / 3)
+        assert float(rows[name]["dice_wt_std"]) == pytest.approx(float(np.std(dice[model])))
+    md = paths["results.md"].read_text()
+    assert "| FCN (3 blocks) | 0.80 ± 0.08 |" in md and "over 3 folds" in md
 
 
 def test_report_cli_errors_on_an_empty_folder(tmp_path: Path) -> None:
