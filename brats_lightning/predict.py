@@ -84,12 +84,14 @@ def predict_case(
     output_convention: str,
     batch_size: int = 8,
     postprocess: dict | None = None,
-) -> tuple[np.ndarray, np.ndarray, object]:
+    probabilities: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, object]:
     """Segment one case.
 
     Returns:
         ``(labels, probabilities, volume)``: labels in the files' voxel order and ``output_convention``,
-        probabilities ``(X, Y, Z, K)`` in the files' voxel order, and the loaded volume (geometry).
+        probabilities ``(X, Y, Z, K)`` in the files' voxel order (``None`` unless asked for: the full-grid
+        map is K float32 volumes), and the loaded volume (geometry).
     """
     conv = get_convention(data_config.get("convention", model.convention.name))
     prep = PreprocessConfig(
@@ -107,11 +109,13 @@ def predict_case(
         classes = remove_small_components(classes, pre.volume.spacing, **postprocess)
     out_conv = get_convention(output_convention)
     labels = out_conv.from_internal(convert(classes, conv, out_conv))
+    vol = pre.volume
+    if not probabilities:
+        return vol.to_original(labels), None, vol
     p = probs.permute(1, 2, 3, 0).cpu().numpy()  # (K, X, Y, Z) cropped
     full = np.zeros((p.shape[0], *pre.mask.shape), dtype=np.float32)
-    full[0] = 1.0
+    full[0] = 1.0  # background outside the brain's box
     full[(slice(None), *[slice(a, b) for a, b in pre.box])] = p
-    vol = pre.volume
     return vol.to_original(labels), np.moveaxis(vol.to_original(full), 0, -1), vol
 
 
@@ -153,9 +157,12 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
                 out_conv = cfg.get("output_convention") or "auto"
                 if out_conv == "auto":
                     out_conv = _layout_convention(case, files, data_config)
-                labels, probs, vol = predict_case(model, case, data_config, out_conv, cfg.get("batch_size", 8), post)
+                want_probs = bool(cfg.get("probabilities", False))
+                labels, probs, vol = predict_case(
+                    model, case, data_config, out_conv, cfg.get("batch_size", 8), post, want_probs
+                )
                 _write_nifti(labels.astype(np.uint8), vol.affine, vol.header, target)
-                if cfg.get("probabilities", False):
+                if want_probs:
                     _write_nifti(
                         probs.astype(np.float32), vol.affine, vol.header, out_dir / f"{case.case_id}_probs.nii.gz"
                     )

@@ -31,6 +31,18 @@ def test_there_are_paper_experiments() -> None:
     assert {"shen_blocks", "shen_symmetry", "havaei_table1", "havaei_table2", "havaei_cascade"} <= set(EXPERIMENTS)
 
 
+def _stage_configs(name: str, cfg, tmp_path: Path) -> list:
+    """Each pipeline stage of ``cfg`` composed as the pipeline would (stage inputs as dummy checkpoints)."""
+    return [
+        compose(
+            [f"experiment={name}", *stage.overrides, "pipeline=null"]
+            + [f"{k}=/tmp/x.ckpt" for k in (stage.get("inputs") or {})],
+            output_dir=str(tmp_path),
+        )
+        for stage in cfg.pipeline.stages
+    ]
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_composes(tmp_path: Path, name: str) -> None:
     cfg = compose([f"experiment={name}"], output_dir=str(tmp_path))
@@ -41,22 +53,12 @@ def test_every_experiment_composes(tmp_path: Path, name: str) -> None:
         for value in str(values).split(","):
             sub = compose([f"experiment={name}", f"{key}={value}"], output_dir=str(tmp_path))
             if sub.pipeline:
-                for stage in sub.pipeline.stages:
-                    stage_cfg = compose(
-                        [f"experiment={name}", *stage.overrides, "pipeline=null"]
-                        + [f"{k}=/tmp/x.ckpt" for k in (stage.get("inputs") or {})],
-                        output_dir=str(tmp_path),
-                    )
+                for stage_cfg in _stage_configs(name, sub, tmp_path):
                     assert stage_cfg.model.in_channels == stage_cfg.data.in_channels
             else:
                 assert sub.model.in_channels == sub.data.in_channels
     if cfg.pipeline:
-        for stage in cfg.pipeline.stages:
-            stage_cfg = compose(
-                [f"experiment={name}", *stage.overrides, "pipeline=null"]
-                + [f"{k}=/tmp/x.ckpt" for k in (stage.get("inputs") or {})],
-                output_dir=str(tmp_path),
-            )
+        for stage_cfg in _stage_configs(name, cfg, tmp_path):
             assert stage_cfg.model._target_
     GlobalHydra.instance().clear()
 
