@@ -4,8 +4,11 @@ For every ground-truth case, the prediction ``<pred_dir>/<case>.nii.gz`` is comp
 truth on the whole tumour, tumour core and enhancing tumour (:mod:`brats_lightning.metrics`:
 Dice, HD95, sensitivity, specificity, PPV, BraTS scorer conventions). Label conventions are given
 (``pred_convention``, ``gt_convention``) or detected per file: label 4 means BraTS 2017-2021 (or
-2013 with label 3 too), label 3 alone means BraTS 2023. A missing prediction counts as a failure
-with the scorer's penalties (Dice 0, HD95 373.13, sensitivity 0, PPV 0, specificity 1) and is listed.
+2013 with label 3 too), label 3 alone means BraTS 2023. A missing prediction, or one that cannot be
+read or is on another grid, counts as a failure with the scorer's penalties (Dice 0, HD95 373.13,
+sensitivity 0, PPV 0, specificity 1) and is listed with the reason; a case whose ground truth cannot
+be read, or a case folder without a label file, is listed as not scored. One bad file never stops
+the others; the command exits with status 1 when a file could not be scored as given.
 
 Writes into ``out_dir``: ``per_case.csv`` (``case,region,dice,hd95,sensitivity,specificity,ppv``),
 ``summary.json`` (mean, median, std per region and metric; missing cases; conventions used) and
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +28,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from brats_lightning.config import config_dir, register_resolvers
-from brats_lightning.data.io import DataError, discover_cases, read_image
+from brats_lightning.data.io import BadCase, detect_layout, discover_cases, read_label
 from brats_lightning.data.labels import REGIONS, LabelConvention, detect_convention, get_convention
+from brats_lightning.errors import DataError, UserError, cli
 from brats_lightning.metrics import HD95_EMPTY_PENALTY, region_metrics
 from brats_lightning.utils import write_text_atomic
 
@@ -37,11 +42,17 @@ METRICS = ("dice", "hd95", "sensitivity", "specificity", "ppv")
 _MISSING = {"dice": 0.0, "hd95": HD95_EMPTY_PENALTY, "sensitivity": 0.0, "specificity": 1.0, "ppv": 0.0}
 
 
-def ground_truth_files(gt_dir: str | Path) -> dict[str, Path]:
+def ground_truth_files(gt_dir: str | Path, problems: list[BadCase] | None = None) -> dict[str, Path]:
     """Case id -> label file: a BraTS data set folder (any layout), or a flat folder of ``<case>.nii.gz``.
 
+    Args:
+        gt_dir: the folder.
+        problems: where case folders without a usable label file are reported (with the file
+            expected); without it they are an error.
+
     Raises:
-        DataError: missing or empty folder, no labels found.
+        DataError: missing or empty folder, no labels found, or (without ``problems``) a case
+            folder without a usable label file.
     """
     root = Path(gt_dir)
     if not root.is_dir():
@@ -49,10 +60,20 @@ def ground_truth_files(gt_dir: str | Path) -> dict[str, Path]:
     flat = sorted(root.glob("*.nii.gz")) + sorted(root.glob("*.nii"))
     if flat:
         return {p.name.split(".nii")[0]: p for p in flat}
-    cases = discover_cases(root, modalities=())
+    layout = detect_layout(root)
+    bad: list[BadCase] = []
+    cases = discover_cases(root, layout, modalities=(), problems=bad)
     labels = {c.case_id: c.label for c in cases if c.label is not None}
+    for c in cases:
+        if c.label is None:
+            folder = c.folder or root / c.case_id
+            bad.append(BadCase(c.case_id, f"{folder}: no label file (expected {layout.expected(folder, 'label')})"))
     if not labels:
         raise DataError(f"no ground-truth segmentations in {root} ({len(cases)} case folders without a label file)")
+    if problems is None and bad:
+        raise DataError("; ".join(b.reason for b in bad))
+    if problems is not None:
+        problems.extend(sorted(bad, key=lambda b: b.case_id))
     return labels  # type: ignore[return-value]
 
 
@@ -64,6 +85,17 @@ def _convention(arr: np.ndarray, name: str, source: str) -> LabelConvention:
     return conv
 
 
+def _read_regions(path: Path, convention: str) -> tuple[dict[str, np.ndarray], LabelConvention, np.ndarray]:
+    """Region masks, convention and affine of one label file.
+
+    Raises:
+        DataError: unreadable file, NaN or non-integer values, labels of no (or not the given) convention.
+    """
+    arr, affine, _ = read_label(path)
+    conv = _convention(arr, convention, str(path))
+    return conv.region_masks(conv.to_internal(arr, str(path))), conv, affine
+
+
 def evaluate_case(
     pred_file: Path, gt_file: Path, pred_convention: str = "auto", gt_convention: str = "auto", hd95: bool = True
 ) -> tuple[list[dict], dict]:
@@ -72,16 +104,26 @@ def evaluate_case(
     Raises:
         DataError: unreadable files, different grids, unknown label values.
     """
-    pred, p_aff, _ = read_image(pred_file)
-    gt, g_aff, _ = read_image(gt_file)
-    if pred.shape != gt.shape:
-        raise DataError(f"{pred_file}: shape {pred.shape} differs from the ground truth {gt_file} {gt.shape}")
+    gm, gc, g_aff = _read_regions(gt_file, gt_convention)
+    return _score(pred_file, gm, gc, g_aff, gt_file, pred_convention, hd95)
+
+
+def _score(
+    pred_file: Path,
+    gm: dict[str, np.ndarray],
+    gc: LabelConvention,
+    g_aff: np.ndarray,
+    gt_file: Path,
+    pred_convention: str,
+    hd95: bool,
+) -> tuple[list[dict], dict]:
+    pm, pc, p_aff = _read_regions(pred_file, pred_convention)
+    shape = next(iter(gm.values())).shape
+    pshape = next(iter(pm.values())).shape
+    if pshape != shape:
+        raise DataError(f"{pred_file}: shape {pshape} differs from the ground truth {gt_file} {shape}")
     if not np.allclose(p_aff, g_aff, atol=1e-3):
         raise DataError(f"{pred_file}: affine differs from the ground truth {gt_file}")
-    pc = _convention(pred, pred_convention, str(pred_file))
-    gc = _convention(gt, gt_convention, str(gt_file))
-    pm = pc.region_masks(pc.to_internal(pred, str(pred_file)))
-    gm = gc.region_masks(gc.to_internal(gt, str(gt_file)))
     spacing = tuple(float(s) for s in np.sqrt((g_aff[:3, :3] ** 2).sum(axis=0)))
     rows = []
     for r in REGIONS:
@@ -141,6 +183,9 @@ def markdown_table(summary: dict, name: str = "prediction") -> str:
     ]
     if summary["missing"]:
         lines.append(f"Missing predictions (scored as failures): {', '.join(summary['missing'])}.")
+    for key, what in (("invalid", "Invalid predictions (scored as failures)"), ("not_scored", "Not scored")):
+        for case_id, why in summary.get(key, {}).items():
+            lines.append(f"{what}: {case_id}: {why}")
     return "\n".join(lines) + "\n"
 
 
@@ -153,36 +198,63 @@ def evaluate_dirs(
     hd95: bool = True,
     name: str | None = None,
 ) -> dict:
-    """Evaluate every case of ``gt_dir`` against ``pred_dir``; writes and returns the summary."""
+    """Evaluate every case of ``gt_dir`` against ``pred_dir``; writes and returns the summary.
+
+    One bad file never stops the others. A missing prediction, or one that cannot be read or does
+    not fit the ground truth's grid, is scored as a failure (Dice 0, HD95 373.13) and listed
+    (``missing``, ``invalid``); a ground truth that cannot be read, or a case folder without a label
+    file, cannot be scored and is listed under ``not_scored``. Every listing gives the file and the reason.
+    """
     t0 = time.perf_counter()
-    gts = ground_truth_files(gt_dir)
+    bad_gt: list[BadCase] = []
+    gts = ground_truth_files(gt_dir, bad_gt)
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise DataError(f"prediction folder {pred_dir} does not exist")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, missing, conventions = [], [], {}
+    rows: list[dict] = []
+    missing: list[str] = []
+    invalid: dict[str, str] = {}
+    not_scored: dict[str, str] = {b.case_id: b.reason for b in bad_gt}
+    conventions: dict[str, dict] = {}
     from rich.progress import Progress
 
     with Progress() as bar:
         task = bar.add_task("Evaluating", total=len(gts))
         for case_id, gt_file in sorted(gts.items()):
+            bar.advance(task)
+            try:
+                gm, gc, g_aff = _read_regions(gt_file, gt_convention)
+            except UserError as e:
+                not_scored[case_id] = str(e)
+                log.error("%s: not scored (%s)", case_id, e)
+                continue
             pred_file = pred_dir / f"{case_id}.nii.gz"
-            if not pred_file.is_file():
+            if not pred_file.exists() and not pred_file.is_symlink():
                 missing.append(case_id)
                 rows += [{"case": case_id, "region": r, **_MISSING} for r in REGIONS]
-            else:
-                case_rows, conventions[case_id] = evaluate_case(
-                    pred_file, gt_file, pred_convention, gt_convention, hd95
-                )
-                rows += [{"case": case_id, **r} for r in case_rows]
-            bar.advance(task)
-    metrics = [m for m in METRICS if m in rows[0]]
+                continue
+            try:
+                case_rows, conventions[case_id] = _score(pred_file, gm, gc, g_aff, gt_file, pred_convention, hd95)
+            except UserError as e:
+                invalid[case_id] = str(e)
+                log.error("%s: prediction scored as a failure (%s)", case_id, e)
+                rows += [{"case": case_id, "region": r, **_MISSING} for r in REGIONS]
+                continue
+            rows += [{"case": case_id, **r} for r in case_rows]
+    if not rows:
+        raise DataError(
+            f"no case of {gt_dir} could be scored:\n" + "\n".join(f"  - {why}" for why in not_scored.values())
+        )
+    metrics = [m for m in METRICS if m != "hd95" or hd95]
     summary = {
         "pred_dir": str(pred_dir),
         "gt_dir": str(gt_dir),
-        "n_cases": len(gts),
+        "n_cases": len({r["case"] for r in rows}),
         "missing": missing,
+        "invalid": dict(sorted(invalid.items())),
+        "not_scored": dict(sorted(not_scored.items())),
         "conventions": conventions,
         "metrics": {r: {m: _stats([row[m] for row in rows if row["region"] == r]) for m in metrics} for r in REGIONS},
         "time_s": round(time.perf_counter() - t0, 2),
@@ -199,7 +271,10 @@ def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{summary['n_cases']} cases ({len(summary['missing'])} missing)")
+    bad = len(summary["missing"]) + len(summary.get("invalid", {}))
+    table = Table(
+        title=f"{summary['n_cases']} cases ({bad} missing or invalid, {len(summary.get('not_scored', {}))} not scored)"
+    )
     table.add_column("metric")
     for r in ("whole (WT)", "core (TC)", "enhancing (ET)"):
         table.add_column(r, justify="right")
@@ -217,14 +292,21 @@ def _print_summary(summary: dict) -> None:
 
 
 @hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
+@cli
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point (see ``conf/evaluate.yaml``)."""
+    """Hydra entry point (see ``conf/evaluate.yaml``); exit status 1 when a file could not be scored."""
     register_resolvers()
     summary = evaluate_dirs(
         cfg.pred_dir, cfg.gt_dir, cfg.out_dir, cfg.pred_convention, cfg.gt_convention, cfg.hd95, cfg.get("name")
     )
     _print_summary(summary)
     log.info("Wrote per_case.csv, summary.json and summary.md into %s", cfg.out_dir)
+    failed = {**summary["invalid"], **summary["not_scored"]}
+    if failed:
+        print(f"{len(failed)} case(s) could not be scored as given (see summary.json):", file=sys.stderr)
+        for case_id, why in failed.items():
+            print(f"FAILED {case_id}: {why}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -5,21 +5,25 @@ training (the data configuration is stored in the checkpoint), segmented slice b
 whole-slice (fully convolutional) inference, optionally cleaned of small or flat blobs
 (Havaei et al. Sec. 4), and written as ``<output_dir>/<case>.nii.gz`` in the input's exact grid
 (shape, affine, orientation, header) and in the input's label convention (``output_convention``).
-Optional ``<case>_probs.nii.gz`` holds the class probabilities (4D, last axis = class).
+With ``probabilities=true``, ``<output_dir>/probabilities/<case>.nii.gz`` holds the class
+probabilities (4D, last axis = class): a folder of its own, so that no case name can collide with
+another case's output.
 
-Files are written atomically (a temporary file renamed into place); existing results are skipped
-unless ``overwrite=true``; a case that cannot be read is reported and skipped. A report of every
-case lands in ``<output_dir>/predict_report.json``.
+Files are written atomically (a temporary file renamed into place) and temporary files left by a
+killed run are removed. A case counts as done only when every output asked for is there, so a rerun
+after a kill, or with ``probabilities=true`` added, completes what is missing; ``overwrite=true``
+redoes everything. A case that cannot be read (or whose folder is incomplete) is reported with its
+reason and skipped, the others are still done, and the exit status is 1. A report of every case
+lands in ``<output_dir>/predict_report.json``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra
@@ -28,43 +32,86 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from brats_lightning.checkpoint import load_module
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.cache import SymmetryConfig, preprocess_case
-from brats_lightning.data.io import CaseFiles, DataError, discover_cases, get_layout
-from brats_lightning.data.labels import convert, get_convention
+from brats_lightning.data.io import BadCase, CaseFiles, discover_cases, get_layout
+from brats_lightning.data.labels import CONVENTIONS, convert, get_convention
 from brats_lightning.data.preprocess import PreprocessConfig, crop, uncrop
+from brats_lightning.errors import ConfigError, UserError, cli
 from brats_lightning.inference import predict_volume
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.postprocess import remove_small_components
-from brats_lightning.utils import atomic_path, load_torch_file, write_text_atomic
+from brats_lightning.utils import atomic_path, remove_stale_temporaries, write_text_atomic
 
-__all__ = ["load_model", "predict_case", "predict_dir", "main"]
+__all__ = ["load_model", "CaseOutputs", "predict_case", "predict_dir", "main"]
 
 log = logging.getLogger("brats_lightning.predict")
 
 
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModule, dict]:
-    """Rebuild a trained module from its checkpoint (``weights_only=True``) and its data configuration.
+    """Rebuild a trained model (eval mode, on ``device``) and its data configuration from a checkpoint.
+
+    Only brats_lightning's own model classes can be rebuilt (see :mod:`brats_lightning.checkpoint`).
 
     Raises:
-        FileNotFoundError: no such checkpoint.
-        ValueError: the file is not a brats_lightning checkpoint.
+        CheckpointError: missing, unreadable or foreign checkpoint, or weights that do not fit.
     """
-    path = Path(ckpt_path)
-    ckpt = load_torch_file(path)
-    if not isinstance(ckpt, dict) or "module_class" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a brats_lightning checkpoint (no module class / state dict)")
-    module_name, _, cls_name = ckpt["module_class"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    hp = dict(ckpt.get("hyper_parameters", {}))
-    # Every stage's weights are in the state dict: do not reload them from their own files.
-    for key in ("first_stage_ckpt", "local_ckpt", "global_ckpt", "vgg_weights"):
-        if key in hp:
-            hp[key] = None
-    model = cls(**hp)
-    model.load_state_dict(ckpt["state_dict"])
-    model.on_load_checkpoint(ckpt)
-    return model.to(device).eval(), ckpt.get("data_config") or {}
+    model, data_config = load_module(ckpt_path)
+    return model.to(device).eval(), data_config
+
+
+@dataclass(frozen=True)
+class CaseOutputs:
+    """Where the outputs of one case go, and whether they are all there.
+
+    Attributes:
+        labels: ``<output_dir>/<case>.nii.gz``.
+        probabilities: ``<output_dir>/probabilities/<case>.nii.gz`` when asked for, else ``None``.
+    """
+
+    labels: Path
+    probabilities: Path | None
+
+    @classmethod
+    def of(cls, out_dir: Path, case_id: str, probabilities: bool) -> CaseOutputs:
+        probs = out_dir / "probabilities" / f"{case_id}.nii.gz" if probabilities else None
+        return cls(out_dir / f"{case_id}.nii.gz", probs)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [p for p in (self.labels, self.probabilities) if p is not None]
+
+    def done(self) -> bool:
+        """Every output asked for exists."""
+        return all(p.is_file() for p in self.paths)
+
+
+def check_predict_options(cfg: DictConfig | dict) -> None:
+    """Reject options that cannot work before the model is loaded or any case read.
+
+    Raises:
+        ConfigError: the message names the option.
+        MissingMandatoryValue: ``ckpt_path``, ``input_dir`` or ``output_dir`` was not given.
+    """
+    for key in ("ckpt_path", "input_dir", "output_dir"):
+        _ = cfg[key]  # a missing ??? option raises here, before anything is loaded
+    conv = cfg.get("output_convention") or "auto"
+    if conv != "auto":
+        try:
+            get_convention(conv)
+        except KeyError:
+            raise ConfigError(
+                f"output_convention={conv!r}: expected auto or one of {sorted(CONVENTIONS)} (or an edition year)"
+            ) from None
+    bs = cfg.get("batch_size", 8)
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {bs!r}")
+    device = str(cfg.get("device", "auto"))
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device}, but no CUDA device is available here (use device=auto or cpu)")
 
 
 def _write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None:
@@ -120,8 +167,14 @@ def predict_case(
 
 
 def predict_dir(cfg: DictConfig | dict) -> dict:
-    """Predict every case of ``cfg.input_dir``; returns the report (done, skipped, failed)."""
+    """Predict every case of ``cfg.input_dir``.
+
+    Returns:
+        The report: ``done``, ``skipped`` (complete from an earlier run), ``failed`` (case id ->
+        reason, bad case folders included) and ``times_s``.
+    """
     t0 = time.perf_counter()
+    check_predict_options(cfg)
     device = cfg["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -129,10 +182,19 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     modalities = data_config.get("modalities") or ["flair", "t1", "t1c", "t2"]
     layout = cfg.get("layout") or "auto"
     files = cfg.get("files") or None
-    cases = discover_cases(cfg["input_dir"], layout, modalities, files)
+    bad: list[BadCase] = []
+    cases = discover_cases(cfg["input_dir"], layout, modalities, files, problems=bad)
     out_dir = Path(cfg["output_dir"])
+    want_probs = bool(cfg.get("probabilities", False))
+    report: dict = {"done": [], "skipped": [], "failed": {b.case_id: b.reason for b in bad}, "times_s": {}}
+    for b in bad:
+        log.error("%s: skipped (%s)", b.case_id, b.reason)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {"done": [], "skipped": [], "failed": {}, "times_s": {}}
+    if want_probs:
+        (out_dir / "probabilities").mkdir(exist_ok=True)
+    for folder in (out_dir, out_dir / "probabilities"):
+        for p in remove_stale_temporaries(folder):
+            log.info("Removed %s, left by a run that was stopped while writing it", p)
     post = dict(cfg.get("postprocess_options") or {}) if cfg.get("postprocess") else None
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -147,8 +209,8 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
         task = bar.add_task("predict", total=len(cases), case="")
         for case in cases:
             bar.update(task, case=case.case_id)
-            target = out_dir / f"{case.case_id}.nii.gz"
-            if target.exists() and not cfg.get("overwrite", False):
+            outputs = CaseOutputs.of(out_dir, case.case_id, want_probs)
+            if outputs.done() and not cfg.get("overwrite", False):
                 report["skipped"].append(case.case_id)
                 bar.advance(task)
                 continue
@@ -157,25 +219,24 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
                 out_conv = cfg.get("output_convention") or "auto"
                 if out_conv == "auto":
                     out_conv = _layout_convention(case, files, data_config)
-                want_probs = bool(cfg.get("probabilities", False))
                 labels, probs, vol = predict_case(
                     model, case, data_config, out_conv, cfg.get("batch_size", 8), post, want_probs
                 )
-                _write_nifti(labels.astype(np.uint8), vol.affine, vol.header, target)
-                if want_probs:
-                    _write_nifti(
-                        probs.astype(np.float32), vol.affine, vol.header, out_dir / f"{case.case_id}_probs.nii.gz"
-                    )
+                # probabilities first: a case is done when its label map exists with everything asked for
+                if outputs.probabilities is not None:
+                    _write_nifti(probs.astype(np.float32), vol.affine, vol.header, outputs.probabilities)
+                _write_nifti(labels.astype(np.uint8), vol.affine, vol.header, outputs.labels)
                 report["done"].append(case.case_id)
                 report["times_s"][case.case_id] = round(time.perf_counter() - t, 3)
-            except (DataError, ValueError, OSError) as e:
+            except (UserError, OSError) as e:
                 report["failed"][case.case_id] = str(e)
                 log.error("%s: skipped (%s)", case.case_id, e)
             bar.advance(task)
+    report["failed"] = dict(sorted(report["failed"].items()))
     report["total_s"] = round(time.perf_counter() - t0, 3)
     write_text_atomic(out_dir / "predict_report.json", json.dumps(report, indent=2) + "\n")
     log.info(
-        "Predicted %d cases, skipped %d existing, %d failed, into %s (%.1f s)",
+        "Predicted %d cases, skipped %d complete, %d failed, into %s (%.1f s)",
         len(report["done"]),
         len(report["skipped"]),
         len(report["failed"]),
@@ -193,11 +254,13 @@ def _layout_convention(case: CaseFiles, files: dict | None, data_config: dict) -
 
 
 @hydra.main(config_path=config_dir(), config_name="predict", version_base="1.3")
+@cli
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point (see ``conf/predict.yaml``)."""
+    """Hydra entry point (see ``conf/predict.yaml``); exit status 1 when a case failed."""
     register_resolvers()
     report = predict_dir(cfg)
     if report["failed"]:
+        print(f"{len(report['failed'])} case(s) failed (see predict_report.json):", file=sys.stderr)
         for case_id, why in report["failed"].items():
             print(f"FAILED {case_id}: {why}", file=sys.stderr)
         raise SystemExit(1)

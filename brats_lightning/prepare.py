@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from brats_lightning.config import config_dir, register_resolvers
+from brats_lightning.errors import cli
 
 __all__ = ["main"]
 
@@ -21,6 +22,7 @@ log = logging.getLogger("brats_lightning.prepare")
 
 
 @hydra.main(config_path=config_dir(), config_name="prepare", version_base="1.3")
+@cli
 def main(cfg: DictConfig) -> None:
     """Prepare every case of ``cfg.data`` (skipping those already in the cache)."""
     register_resolvers()

@@ -18,11 +18,14 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from brats_lightning.callbacks.checkpoint import final_best_checkpoint
+from brats_lightning.checkpoint import check_fits
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.labels import REGIONS
+from brats_lightning.errors import CheckpointError, ConfigError, cli
 from brats_lightning.utils import atomic_path, write_text_atomic
 
-__all__ = ["train", "main"]
+__all__ = ["check_run_options", "train", "main"]
 
 log = logging.getLogger("brats_lightning")
 
@@ -102,6 +105,36 @@ def print_table(metrics: dict[str, float], title: str) -> None:
     Console().print(table)
 
 
+def check_run_options(cfg: DictConfig) -> None:
+    """Reject run options that cannot work, before anything is built or any data prepared.
+
+    Raises:
+        ConfigError: the message names the option and what would work.
+        CheckpointError: ``ckpt_path`` is not a readable file.
+    """
+    t = cfg.trainer
+    max_epochs = t.get("max_epochs")
+    if max_epochs is None or max_epochs == -1:
+        has_stop = t.get("max_time") not in (None, "") or (t.get("max_steps") or -1) > 0
+        callbacks = (cfg.get("callbacks") or {}).values()
+        has_stop = has_stop or any("EarlyStopping" in str(v.get("_target_", "")) for v in callbacks)
+        if not has_stop:
+            raise ConfigError(
+                f"trainer.max_epochs={max_epochs} trains without end: give a positive trainer.max_epochs, or ask for "
+                "an open-ended run explicitly with a stop: trainer.max_time=DD:HH:MM:SS, trainer.max_steps=N or "
+                "callbacks=early_stopping"
+            )
+    elif not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs must be a positive integer (or -1 with a stop), got {max_epochs!r}")
+    ckpt = cfg.get("ckpt_path")
+    if ckpt:
+        path = Path(str(ckpt))
+        if not path.is_file():
+            raise CheckpointError(f"ckpt_path={ckpt}: {'is a directory' if path.is_dir() else 'no such file'}")
+    elif not cfg.get("train", True) and cfg.get("test", True):
+        raise ConfigError("train=false tests a trained model: give its checkpoint with ckpt_path=...")
+
+
 def train(cfg: DictConfig) -> dict:
     """Train (and test) the configured model on the configured data.
 
@@ -114,6 +147,7 @@ def train(cfg: DictConfig) -> dict:
         the checkpoint tested (best on ``val/dice_mean``, else the last one).
     """
     register_resolvers()
+    check_run_options(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
@@ -121,6 +155,11 @@ def train(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
+    # everything that can be checked before the data are prepared: stage checkpoints, crop sizes,
+    # and that the checkpoint to resume from (or to test) holds weights for this model
+    model.preflight(datamodule)
+    if cfg.get("ckpt_path"):
+        check_fits(cfg.ckpt_path, model, "resume from" if cfg.get("train", True) else "test")
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
     run_config = {
@@ -135,18 +174,17 @@ def train(cfg: DictConfig) -> dict:
     ckpt = None
     try:
         if cfg.get("train", True):
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            # weights_only=True explicitly: a resumed checkpoint cannot run code, whatever the environment says
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             if trainer.is_global_zero:
                 write_curve(out_dir / "val_curve.csv", model.val_history)
-            cb = trainer.checkpoint_callback
-            if cb is not None:
-                ckpt = getattr(cb, "best_model_path", "") or getattr(cb, "last_model_path", "") or None
+            ckpt = final_best_checkpoint(trainer)
             results["best_ckpt"] = ckpt
         elif cfg.get("ckpt_path"):
             ckpt = str(cfg.ckpt_path)  # test a trained checkpoint: train=false ckpt_path=...
         if cfg.get("test", True):
             log.info("Testing %s", ckpt or "the model's current weights")
-            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+            trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
             rows = model.test_results
             results.update(summarise(rows))
             results["time/total_s"] = time.perf_counter() - t0
@@ -172,6 +210,7 @@ register_resolvers()
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+@cli
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``test/dice_mean`` (for sweepers)."""
     if cfg.get("pipeline"):

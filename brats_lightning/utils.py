@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_text_atomic", "load_torch_file"]
+__all__ = ["atomic_path", "remove_stale_temporaries", "write_text_atomic", "load_torch_file"]
+
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
+_TMP_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<host>.+)-(?P<pid>\d+)\.tmp(\..*)?$")
 
 
 @contextmanager
@@ -21,13 +26,54 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     stem, dot, suffix = path.name.partition(".")
-    tmp = path.with_name(f".{stem}.{os.getpid()}.tmp{dot}{suffix}")
+    tmp = path.with_name(f".{stem}.{_HOST}-{os.getpid()}.tmp{dot}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(folder: str | Path, max_age_s: float = 86400.0) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_path` left in ``folder`` when its writer was killed.
+
+    A temporary file is stale when its writer (host and process id are in its name) is no longer
+    running on this host, or, for another host's, when it is older than ``max_age_s``.
+
+    Returns:
+        The files removed.
+    """
+    import time
+
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TMP_NAME.match(p.name)
+        if m is None or not p.is_file():
+            continue
+        if m["host"] == _HOST:
+            stale = not _pid_alive(int(m["pid"]))
+        else:
+            stale = time.time() - p.stat().st_mtime > max_age_s
+        if stale:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -37,18 +83,44 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
-    """``torch.load`` a file on the CPU with ``weights_only=True``, with errors that name the file.
+    """``torch.load`` a file on the CPU with ``weights_only=True`` (whatever the environment says).
+
+    Only tensors and plain values can be read back, so a file cannot run code. Errors name the
+    file and say what is wrong with it.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file cannot be read (corrupt, not a torch file, or holding arbitrary objects).
+        CheckpointError: the file is missing, empty, truncated or corrupt, not a torch file, or
+            holding Python objects other than tensors and plain values.
     """
+    import pickle
+
     import torch  # here, so that the file helpers above stay light to import
+
+    from brats_lightning.errors import CheckpointError
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        kind = "is a directory" if path.is_dir() else "not found"
+        raise CheckpointError(f"{path}: {what} {kind}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the {what} is empty (0 bytes; was its run killed while saving it?)")
     try:
+        # weights_only=True passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"{path}: cannot read the {what} ({e})") from e
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+            raise CheckpointError(
+                f"{path}: the {what} holds Python objects other than tensors and plain values; it is not loaded "
+                "(loading it could run code). brats_lightning checkpoints hold only tensors and plain values."
+            ) from e
+        raise CheckpointError(f"{path}: cannot read the {what}: not a torch file, or a corrupt one") from e
+    except Exception as e:  # noqa: BLE001 - whatever torch raises on a bad file, the message names it
+        msg = _first_line(e).split(". ")[0]
+        if "central directory" in msg or "zip archive" in msg or isinstance(e, EOFError):
+            raise CheckpointError(f"{path}: the {what} is truncated or corrupt ({msg})") from e
+        raise CheckpointError(f"{path}: cannot read the {what}: not a torch file ({type(e).__name__}: {msg})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -43,6 +43,8 @@ def _tiny_trainer(root: Path, epochs: int = 1, callbacks: Sequence = (), **overr
         "enable_model_summary": False,
         "default_root_dir": root,
         "callbacks": list(callbacks),
+        # as conf/trainer: training loaders rebuilt every epoch (seeded by epoch; two-phase switches)
+        "reload_dataloaders_every_n_epochs": 1,
     }
     return pl.Trainer(**{**kwargs, **overrides})
 
@@ -77,3 +79,20 @@ def synthetic_root(cache_dir: Path) -> Path:
         root, n_cases=s["n_cases"], shape=tuple(s["shape"]), spacing=s["spacing"], seed=s["seed"], progress=False
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict) -> Path:
+    """A small FCN (with symmetry maps) trained for a few steps on the tiny synthetic data."""
+    import pytorch_lightning as pl
+
+    from brats_lightning.data.datamodule import BratsDataModule
+    from brats_lightning.modules.fcn import FCNModule
+
+    out = tmp_path_factory.mktemp("trained")
+    dm = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
+    model = FCNModule(8, 4, width=0.25, test_hd95=False)
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
+    trainer = _tiny_trainer(out, 1, [ckpt_cb], limit_train_batches=6)
+    trainer.fit(model, datamodule=dm)
+    return out / "last.ckpt"

@@ -5,33 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from conftest import shared
 from omegaconf import OmegaConf
 
-from brats_lightning.data.datamodule import BratsDataModule
 from brats_lightning.data.io import discover_cases
+from brats_lightning.errors import DataError
 from brats_lightning.evaluate import evaluate_dirs
-from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.predict import load_model, predict_dir
-
-
-@pytest.fixture(scope="module")
-def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict, tiny_trainer) -> Path:
-    """A small FCN (with symmetry maps) trained for a few steps on the tiny synthetic data."""
-    out = tmp_path_factory.mktemp("trained")
-    dm = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
-    model = FCNModule(8, 4, width=0.25, test_hd95=False)
-    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
-    trainer = tiny_trainer(out, 1, [ckpt_cb], limit_train_batches=6)
-    trainer.fit(model, datamodule=dm)
-    return out / "last.ckpt"
 
 
 def _cfg(**kw) -> dict:
@@ -72,7 +59,7 @@ def test_predict_writes_labels_in_the_input_grid(tmp_path: Path, trained_ckpt: P
         assert nib.aff2axcodes(pred.affine) == nib.aff2axcodes(ref.affine)
         labels = np.asarray(pred.dataobj)
         assert labels.dtype == np.uint8 and set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
-        probs = nib.load(out / f"{c.case_id}_probs.nii.gz").get_fdata()
+        probs = nib.load(out / "probabilities" / f"{c.case_id}.nii.gz").get_fdata()
         assert probs.shape == (*ref.shape, 4)
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-4)
         # the label map is the argmax of the probabilities, in file labels
@@ -81,7 +68,7 @@ def test_predict_writes_labels_in_the_input_grid(tmp_path: Path, trained_ckpt: P
         brain = np.asarray(ref.dataobj) != 0
         assert not labels[~brain].any()
     assert json.loads((out / "predict_report.json").read_text())["done"]
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert not [p for p in out.rglob(".*")]  # no temporary files left
 
 
 def test_predict_skips_existing_and_reports_unreadable_cases(
@@ -268,28 +255,29 @@ def test_predict_reports_inconsistent_cases_and_does_the_rest(
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{cases[0].case_id}.nii.gz", "predict_report.json"])
 
 
-def test_evaluate_rejects_unknown_labels_and_other_grids(tmp_path: Path, synthetic_root: Path) -> None:
-    from brats_lightning.data.io import DataError
-
+def test_evaluate_reports_unknown_labels_and_other_grids(tmp_path: Path, synthetic_root: Path) -> None:
     src = synthetic_root
-    case = discover_cases(src)[0]
-    img = nib.load(case.label)
-    pred = tmp_path / "pred"
+    cases = discover_cases(src)[:3]
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
     pred.mkdir()
+    gt.mkdir()
+    for c in cases:
+        (gt / f"{c.case_id}.nii.gz").write_bytes(Path(c.label).read_bytes())
+        (pred / f"{c.case_id}.nii.gz").write_bytes(Path(c.label).read_bytes())
+    img = nib.load(cases[0].label)
     seg = np.asarray(img.dataobj).copy()
     seg[0, 0, 0] = 5
-    nib.save(nib.Nifti1Image(seg, img.affine), pred / f"{case.case_id}.nii.gz")
-    gt = tmp_path / "gt"
-    gt.mkdir()
-    (gt / f"{case.case_id}.nii.gz").write_bytes(Path(case.label).read_bytes())
-    from brats_lightning.data.labels import UnknownLabelError
-
-    with pytest.raises(
-        UnknownLabelError, match=rf"{case.case_id}\.nii\.gz: label values \[.*5\] fit no BraTS convention"
-    ):
-        evaluate_dirs(pred, gt, tmp_path / "e1")
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), img.affine), pred / f"{case.case_id}.nii.gz")
-    with pytest.raises(DataError, match="differs from the ground truth"):
-        evaluate_dirs(pred, gt, tmp_path / "e2")
+    nib.save(nib.Nifti1Image(seg, img.affine), pred / f"{cases[0].case_id}.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), img.affine), pred / f"{cases[1].case_id}.nii.gz")
+    summary = evaluate_dirs(pred, gt, tmp_path / "e1")
+    # both bad predictions are scored as failures and listed with their reasons; the third case is scored
+    assert re.search(
+        rf"{cases[0].case_id}\.nii\.gz: label values \[.*5\] fit no BraTS convention",
+        summary["invalid"][cases[0].case_id],
+    )
+    assert "differs from the ground truth" in summary["invalid"][cases[1].case_id]
+    rows = list(csv.DictReader((tmp_path / "e1" / "per_case.csv").open()))
+    dice = {(r["case"], r["region"]): float(r["dice"]) for r in rows}
+    assert dice[(cases[0].case_id, "wt")] == 0.0 and dice[(cases[2].case_id, "wt")] == 1.0
     with pytest.raises(DataError, match="does not exist"):
         evaluate_dirs(tmp_path / "nope", gt, tmp_path / "e3")

@@ -8,12 +8,10 @@ removes the false positives of phase 1 (the starred rows of Havaei Tables 1-3).
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 
 __all__ = ["TwoPhaseTraining"]
 
@@ -30,9 +28,16 @@ class TwoPhaseTraining(Callback):
 
     The phase is part of the checkpoint (:meth:`state_dict`), and the freeze and the sampling are
     re-applied when a run resumes and at every epoch start, so a resumed run continues in the
-    phase it was in. At the switch the checkpoint callback forgets phase-1 scores (the phase-1
-    best is moved to ``phase1_best.ckpt``), so "best" means the best phase-2 epoch, as the paper
-    reports its two-phase models.
+    phase it was in. "Best" checkpoints are kept per phase by
+    :class:`~brats_lightning.callbacks.checkpoint.PhaseCheckpoint` (``callbacks=two_phase``), so the
+    reported model is the best phase-2 epoch, as the paper reports its two-phase models.
+
+    The switch reaches the training data at the next epoch: the data module builds the training
+    loader afresh every epoch (``trainer.reload_dataloaders_every_n_epochs=1``, the default of
+    ``conf/trainer``), reading the distribution set here.
+
+    Under DDP, phase 2 leaves parameters without gradients: the strategy must allow unused
+    parameters (:attr:`freezes_parameters` tells ``train()`` to choose it).
 
     The module must expose ``net.output_layer()``; the data module ``set_patch_distribution()``.
 
@@ -43,6 +48,9 @@ class TwoPhaseTraining(Callback):
         monitor: validation metric for ``patience``.
         mode: ``"max"`` or ``"min"``.
     """
+
+    #: parameters stop receiving gradients during training (DDP must be told; see ``train()``)
+    freezes_parameters = True
 
     def __init__(
         self,
@@ -76,6 +84,10 @@ class TwoPhaseTraining(Callback):
         self.best = state_dict["best"]
         self.stale = int(state_dict["stale"])
 
+    def phase_of(self, epoch: int) -> int:
+        """The phase in which ``epoch`` trained (the switch happens at the end of phase 1's last epoch)."""
+        return 1 if self.switch_epoch is None or epoch < self.switch_epoch else 2
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _phase1_length(self, trainer: pl.Trainer) -> int:
@@ -106,37 +118,22 @@ class TwoPhaseTraining(Callback):
         )
         log.info(msg)
 
-    def _forget_phase1_scores(self, trainer: pl.Trainer) -> None:
-        """At the first phase-2 epoch: "best" from now on means best of phase 2."""
-        for cb in trainer.checkpoint_callbacks:
-            if not isinstance(cb, ModelCheckpoint) or cb.monitor is None or not cb.best_model_path:
-                continue
-            best = Path(cb.best_model_path)
-            if best.is_file() and trainer.is_global_zero:
-                shutil.move(best, best.with_name("phase1_best.ckpt"))
-            cb.best_k_models = {}
-            cb.best_model_score = None
-            cb.best_model_path = ""
-            cb.kth_best_model_path = ""
-            cb.kth_value = cb.kth_value.new_tensor(float("-inf") if cb.mode == "max" else float("inf"))
-
     # -- hooks -------------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not hasattr(getattr(pl_module, "net", None), "output_layer"):
             raise TypeError("TwoPhaseTraining needs a module whose net has output_layer() (a Havaei patch CNN)")
-        # Loader workers copy the data set: rebuild loaders every epoch so that they see the switch.
-        trainer.reload_dataloaders_every_n_epochs = 1
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError(
+                "two-phase training switches the patch sampling between epochs: it needs "
+                "trainer.reload_dataloaders_every_n_epochs=1"
+            )
         self._trainable = {id(p) for p in pl_module.parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply(trainer, pl_module)  # after a resume: back into the saved phase
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Checkpoint callbacks run after this one at epoch end, so phase 1's last checkpoint is
-        # written after the switch; its score is forgotten here, at the first phase-2 epoch.
-        if self.phase == 2 and trainer.current_epoch == self.switch_epoch:
-            self._forget_phase1_scores(trainer)
         self._apply(trainer, pl_module)
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         pl_module.log("train/phase", float(self.phase), on_step=False, on_epoch=True)

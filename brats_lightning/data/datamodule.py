@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
@@ -21,12 +22,13 @@ from brats_lightning.data.cache import (
     load_prepared,
     prepare_case,
 )
-from brats_lightning.data.datasets import SliceDataset, VolumeDataset, first_item
-from brats_lightning.data.io import MODALITIES, CaseFiles, DataError, detect_layout, discover_cases
+from brats_lightning.data.datasets import EpochSampler, SliceDataset, VolumeDataset, first_item
+from brats_lightning.data.io import MODALITIES, CaseFiles, detect_layout, discover_cases
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.preprocess import PreprocessConfig
 from brats_lightning.data.sampling import DISTRIBUTIONS, PatchBatchDataset, PatchSampler
 from brats_lightning.data.splits import fold_cases, load_or_create_splits
+from brats_lightning.errors import ConfigError, DataError
 
 __all__ = ["BratsDataModule", "in_channels_for"]
 
@@ -121,7 +123,7 @@ class BratsDataModule(pl.LightningDataModule):
         super().__init__()
         self.root = None if root in (None, "", "null") else Path(root)
         if self.root is None and synthetic is False:
-            raise ValueError(
+            raise ConfigError(
                 "data.root is not set: give the folder of your BraTS cases, e.g. data.root=/data/BraTS2021"
             )
         self.layout = layout
@@ -129,7 +131,8 @@ class BratsDataModule(pl.LightningDataModule):
         self.modalities = tuple(modalities)
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
-            raise ValueError(f"unknown modalities {unknown}; expected names from {MODALITIES}")
+            raise ConfigError(f"data.modalities: unknown {unknown}; expected names from {MODALITIES}")
+        _check_options(num_folds, fold, test_fraction, crop_size, batch_size, patch_size, patches_per_epoch)
         self.convention = get_convention(convention)
         self.symmetry = SymmetryConfig(enabled=bool(symmetry), **(symmetry_options or {}))
         self.prep = PreprocessConfig(**_tuples(preprocess or {}))
@@ -147,20 +150,20 @@ class BratsDataModule(pl.LightningDataModule):
         self.augment = augment
         self.augment_options = dict(augment_options or {})
         if mode not in ("slices", "patches"):
-            raise ValueError(f"data.mode must be 'slices' or 'patches', got {mode!r}")
+            raise ConfigError(f"data.mode must be 'slices' or 'patches', got {mode!r}")
         self.mode = mode
         self.patch_size = int(patch_size)
         self.patches_per_epoch = int(patches_per_epoch)
-        self.patch_state = {"distribution": patch_distribution}
+        self.patch_distribution = "balanced"
         self.set_patch_distribution(patch_distribution)
         self._patch_sampler: PatchSampler | None = None
         if in_channels is not None and in_channels != self.in_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"data.in_channels={in_channels} but {len(self.modalities)} modalities"
                 f"{' with symmetry maps' if self.symmetry.enabled else ''} give {self.in_channels}"
             )
         if num_classes is not None and num_classes != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"data.num_classes={num_classes} but convention {self.convention.name} has {self.num_classes}"
             )
         self.train_cases: list[PreparedCase] = []
@@ -212,12 +215,26 @@ class BratsDataModule(pl.LightningDataModule):
     # -- data preparation ---------------------------------------------------------------------
 
     def discover(self, generate: bool = False) -> list[CaseFiles]:
-        """The cases of the data set (``generate``: write the synthetic data first if needed)."""
+        """The cases of the data set (``generate``: write the synthetic data first if needed).
+
+        Raises:
+            DataError: the folder cannot be read, a case folder cannot be used, or a case has no
+                label file (training and testing need labelled cases); every bad case is listed.
+        """
         if self.root is None and generate:
             self._write_synthetic()
         cases = discover_cases(self.dataset_root, self.layout, self.modalities, self.files)
         if self.max_cases is not None:
             cases = cases[: self.max_cases]
+        unlabelled = [c for c in cases if c.label is None]
+        if unlabelled:
+            shown = ", ".join(c.case_id for c in unlabelled[:5]) + (", ..." if len(unlabelled) > 5 else "")
+            raise DataError(
+                f"{len(unlabelled)} case(s) of {self.dataset_root} have no label file ({shown}; e.g. "
+                f"{Path(next(iter(unlabelled[0].images.values()))).parent}): training and testing need labelled "
+                "cases. Move unlabelled cases out of the training folder; segment them with "
+                "python -m brats_lightning.predict."
+            )
         return cases
 
     def _write_synthetic(self) -> None:
@@ -234,7 +251,13 @@ class BratsDataModule(pl.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Prepare every case into the cache (once; later runs find it there)."""
+        """Prepare every case into the cache (once; later runs find it there).
+
+        A case that fails does not stop the others; the failures are listed together at the end.
+
+        Raises:
+            DataError: some cases could not be prepared (every one named with its reason).
+        """
         cases = self.discover(generate=True)
         out = self.prepared_dir
         todo = [c for c in cases if not is_fresh(out / c.case_id, c)]
@@ -242,11 +265,21 @@ class BratsDataModule(pl.LightningDataModule):
             return
         out.mkdir(parents=True, exist_ok=True)
         log.info("Preparing %d of %d cases of %s into %s", len(todo), len(cases), self.dataset_root, out)
+        failed: dict[str, str] = {}
         progress, task = _progress(f"Preparing {self.dataset_name}", len(todo))
         with progress:
             for c in todo:
-                prepare_case(c, out / c.case_id, self.convention, self.prep, self.symmetry)
+                try:
+                    prepare_case(c, out / c.case_id, self.convention, self.prep, self.symmetry)
+                except DataError as e:
+                    failed[c.case_id] = str(e)
+                    log.error("%s: not prepared (%s)", c.case_id, e)
                 progress.advance(task)
+        if failed:
+            raise DataError(
+                f"{len(failed)} of {len(cases)} cases could not be prepared (the others are in {out}):\n"
+                + "\n".join(f"  - {why}" for why in failed.values())
+            )
 
     def _split_path(self, case_ids: list[str]) -> Path:
         if self.split_file is not None:
@@ -268,6 +301,11 @@ class BratsDataModule(pl.LightningDataModule):
             if not is_fresh(self.prepared_dir / c.case_id, c):
                 raise DataError(f"case {c.case_id} is not prepared in {self.prepared_dir}; call prepare_data() first")
         self.splits = load_or_create_splits(self._split_path(ids), ids, self.seed, self.test_fraction, self.num_folds)
+        if self.fold >= len(self.splits["folds"]):
+            raise ConfigError(
+                f"data.fold={self.fold}, but the split file {self._split_path(ids)} has "
+                f"{len(self.splits['folds'])} folds (0..{len(self.splits['folds']) - 1})"
+            )
         train, val, test = fold_cases(self.splits, self.fold)
         self.train_cases = [load_prepared(self.prepared_dir / c) for c in train]
         self.val_cases = [load_prepared(self.prepared_dir / c) for c in val]
@@ -284,14 +322,11 @@ class BratsDataModule(pl.LightningDataModule):
     # -- loaders ------------------------------------------------------------------------------
 
     def set_patch_distribution(self, distribution: str) -> None:
-        """Label distribution of training patch centres: ``"balanced"`` or ``"natural"``."""
+        """Label distribution of training patch centres from the next training loader on: ``"balanced"`` or
+        ``"natural"`` (the two-phase callback switches it)."""
         if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"unknown patch distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
-        self.patch_state["distribution"] = distribution
-
-    @property
-    def patch_distribution(self) -> str:
-        return self.patch_state["distribution"]
+            raise ConfigError(f"unknown patch distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
+        self.patch_distribution = distribution
 
     @property
     def patch_sampler(self) -> PatchSampler:
@@ -307,26 +342,32 @@ class BratsDataModule(pl.LightningDataModule):
         """
         self.patch_sampler.set_aux(maps, margin, size, before)
 
+    @property
+    def _epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
     def train_dataset(self) -> SliceDataset | PatchBatchDataset:
+        """This epoch's training data (random streams seeded by ``(seed, epoch, index)``)."""
         if self.mode == "patches":
             batches = max(1, self.patches_per_epoch // self.batch_size)
-            seed = self.seed + (self.trainer.current_epoch if self.trainer is not None else 0)
-            return PatchBatchDataset(self.patch_sampler, self.batch_size, batches, self.patch_state, seed)
-        return SliceDataset(self.train_cases, self.crop_size, self.augment, self.augment_options, self.seed)
+            return PatchBatchDataset(
+                self.patch_sampler, self.batch_size, batches, self.patch_distribution, self.seed, self._epoch
+            )
+        return SliceDataset(
+            self.train_cases, self.crop_size, self.augment, self.augment_options, self.seed, self._epoch
+        )
 
     def train_dataloader(self) -> DataLoader:
         ds = self.train_dataset()
-        init = _worker_init if self.num_workers else None
         if isinstance(ds, PatchBatchDataset):
-            return DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers, worker_init_fn=init)
+            return DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers)
+        # the shuffle is a function of (seed, epoch) too (under DDP Lightning shards it per rank)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=EpochSampler(len(ds), self.seed, self._epoch),
             num_workers=self.num_workers,
             drop_last=len(ds) > self.batch_size,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=init,
         )
 
     def _volume_loader(self, cases: list[PreparedCase]) -> DataLoader:
@@ -357,24 +398,39 @@ class BratsDataModule(pl.LightningDataModule):
 
     def label_frequencies(self) -> list[float]:
         """Class frequencies inside the brain over the training cases (natural distribution)."""
-        import numpy as np
-
         counts = np.zeros(self.num_classes)
         for c in self.train_cases:
             counts += np.asarray(c.meta["label_counts"])
         return (counts / max(counts.sum(), 1)).tolist()
 
 
-def _worker_init(worker_id: int) -> None:
-    """Give every loader worker its own augmentation random state (MONAI transforms and crops)."""
-    import numpy as np
-    import torch
-    from monai.data.utils import worker_init_fn
-
-    worker_init_fn(worker_id)
-    info = torch.utils.data.get_worker_info()
-    if info is not None and hasattr(info.dataset, "rng"):
-        info.dataset.rng = np.random.default_rng(info.seed % 2**32)
+def _check_options(
+    num_folds: int,
+    fold: int,
+    test_fraction: float,
+    crop_size: Sequence[int],
+    batch_size: int,
+    patch_size: int,
+    patches_per_epoch: int,
+) -> None:
+    """Reject option values that cannot work, before any data is read (each message names the option)."""
+    if not isinstance(num_folds, int) or num_folds < 2:
+        raise ConfigError(f"data.num_folds must be an integer >= 2, got {num_folds!r}")
+    if not isinstance(fold, int) or not 0 <= fold < num_folds:
+        raise ConfigError(f"data.fold must be one of 0..{num_folds - 1} (data.num_folds={num_folds}), got {fold!r}")
+    if not 0 <= test_fraction < 1:
+        raise ConfigError(f"data.test_fraction must be in [0, 1), got {test_fraction!r}")
+    sizes = list(crop_size) if isinstance(crop_size, (list, tuple)) else []
+    if len(sizes) != 2 or not all(isinstance(v, int) and v > 0 for v in sizes):
+        raise ConfigError(f"data.crop_size must be two positive integers [X, Y], got {crop_size!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(patch_size, int) or patch_size < 1:
+        raise ConfigError(f"data.patch_size must be a positive integer, got {patch_size!r}")
+    if not isinstance(patches_per_epoch, int) or patches_per_epoch < batch_size:
+        raise ConfigError(
+            f"data.patches_per_epoch must be an integer >= data.batch_size ({batch_size}), got {patches_per_epoch!r}"
+        )
 
 
 def _tuples(d: dict) -> dict:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from brats_lightning.data.cache import PreparedCase
+from brats_lightning.errors import DataError
 
-__all__ = ["SliceDataset", "VolumeDataset", "crop_or_pad", "first_item", "slice_augmentation"]
+__all__ = ["EpochSampler", "SliceDataset", "VolumeDataset", "crop_or_pad", "first_item", "slice_augmentation"]
 
 
 def slice_augmentation(rotate_deg: float = 10.0, scale: float = 0.1, prob: float = 0.5, flip_prob: float = 0.5):
@@ -63,17 +64,38 @@ def crop_or_pad(
     return res
 
 
+class EpochSampler(Sampler[int]):
+    """A random permutation of ``range(n)`` that is a pure function of ``(seed, epoch)``.
+
+    Unlike a ``RandomSampler`` with a generator, iterating it again gives the same order, so the
+    order of an epoch does not depend on how often the loader was iterated before (a resumed run
+    sees what an uninterrupted run saw). Under DDP Lightning wraps it and shards it per rank.
+    """
+
+    def __init__(self, n: int, seed: int = 0, epoch: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(np.random.default_rng((self.seed, self.epoch, 1)).permutation(self.n).tolist())
+
+
 class SliceDataset(Dataset):
     """Every axial slice that contains brain, cropped or padded to a fixed in-plane size.
 
-    Items are ``(image, label)``: ``(C, X, Y)`` float32 and ``(X, Y)`` int64.
+    Items are ``(image, label)``: ``(C, X, Y)`` float32 and ``(X, Y)`` int64. The random crop and
+    augmentation of item ``i`` are seeded by ``(seed, epoch, i)``: reproducible whatever the number
+    of loader workers or ranks, and the same after a resume.
 
     Args:
         cases: prepared (labelled) cases.
         crop_size: ``(X, Y)`` in-plane size (Shen et al.: 144 x 192).
         augment: random crop offset, flip, rotation and scaling.
         augment_options: keyword arguments of :func:`slice_augmentation`.
-        seed: seed of the augmentation random state.
+        seed: seed of the augmentation.
+        epoch: the training epoch (part of the seed).
     """
 
     def __init__(
@@ -83,18 +105,18 @@ class SliceDataset(Dataset):
         augment: bool = False,
         augment_options: dict | None = None,
         seed: int = 0,
+        epoch: int = 0,
     ) -> None:
         for c in cases:
             if c.label is None:
-                raise ValueError(f"{c.folder}: case {c.case_id} has no label; it cannot be used for training")
+                raise DataError(f"{c.folder}: case {c.case_id} has no label; it cannot be used for training")
         self.cases = list(cases)
         self.crop_size = tuple(int(s) for s in crop_size)
         self.index = [(i, z) for i, c in enumerate(self.cases) for z in np.nonzero(c.mask.any(axis=(1, 2)))[0]]
         self.augment = augment
         self.transform = slice_augmentation(**(augment_options or {})) if augment else None
-        self.rng = np.random.default_rng(seed)
-        if self.transform is not None:
-            self.transform.set_random_state(seed=seed)
+        self.seed = seed
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.index)
@@ -104,8 +126,10 @@ class SliceDataset(Dataset):
         case = self.cases[ci]
         image = np.asarray(case.image[z], dtype=np.float32)
         label = np.asarray(case.label[z], dtype=np.int64)  # type: ignore[index]
-        image, label = crop_or_pad([image, label], self.crop_size, self.rng if self.augment else None)
-        if self.transform is not None:
+        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.augment else None
+        image, label = crop_or_pad([image, label], self.crop_size, rng)
+        if self.transform is not None and rng is not None:
+            self.transform.set_random_state(seed=int(rng.integers(2**31)))
             out = self.transform({"image": image, "label": label[None].astype(np.float32)})
             image = np.asarray(out["image"], dtype=np.float32)
             label = np.asarray(out["label"])[0].round().astype(np.int64)

@@ -11,6 +11,7 @@ Modalities are keyed by canonical name, stacked in a fixed order (:data:`MODALIT
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,9 +21,12 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from brats_lightning.errors import DataError
+
 __all__ = [
     "MODALITIES",
     "DataError",
+    "BadCase",
     "CaseFiles",
     "Volume",
     "Layout",
@@ -33,16 +37,27 @@ __all__ = [
     "detect_layout",
     "load_case",
     "read_image",
+    "read_label",
 ]
 
 #: Canonical modality names in the order channels are stacked (Shen et al. Fig. 1 order).
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1c", "t2")
 
 _NIFTI_EXT = (".nii.gz", ".nii")
+_IMAGE_EXT = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 
-class DataError(ValueError):
-    """A data folder or file is missing, unreadable or inconsistent; the message names the path."""
+@dataclass(frozen=True)
+class BadCase:
+    """A case folder that cannot be used, and why (reported by the commands, never skipped silently).
+
+    Attributes:
+        case_id: the folder's name.
+        reason: what is wrong, naming the file.
+    """
+
+    case_id: str
+    reason: str
 
 
 @dataclass
@@ -55,6 +70,7 @@ class CaseFiles:
         label: segmentation file, or ``None`` for unlabelled cases.
         layout: name of the layout that found the case.
         mask: optional brain-mask file (layouts whose images have no zero background).
+        folder: the case folder.
     """
 
     case_id: str
@@ -62,6 +78,7 @@ class CaseFiles:
     label: Path | None
     layout: str
     mask: Path | None = None
+    folder: Path | None = None
 
 
 @dataclass
@@ -124,8 +141,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
         DataError: the file is missing, corrupt or truncated, or not 3D.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    problem = file_problem(path)
+    if problem:
+        raise DataError(problem)
     if path.suffix.lower() in (".mha", ".mhd", ".nrrd", ".nhdr"):
         return _read_itk(path)
     try:
@@ -138,6 +156,36 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
     if data.ndim != 3:
         raise DataError(f"{path}: expected a 3D image, got shape {data.shape}")
     return data, np.asarray(img.affine, dtype=np.float64), getattr(img, "header", None)
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a directory, a broken link), or ``None``."""
+    if path.is_file():
+        return None
+    if path.is_symlink() and not path.exists():
+        return f"{path}: broken symbolic link (to {os.readlink(path)})"
+    if path.is_dir():
+        return f"{path}: is a directory, expected an image file"
+    if path.exists():
+        return f"{path}: is not a regular file"
+    return f"{path}: file not found"
+
+
+def read_label(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header | None]:
+    """Read a segmentation like :func:`read_image`, checking that every value is a finite integer.
+
+    Raises:
+        DataError: unreadable file, NaN or infinite values, non-integer values.
+    """
+    data, affine, header = read_image(path)
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            raise DataError(f"{path}: {int(data.size - finite.sum())} NaN or infinite values in the label volume")
+        if np.any(data != np.round(data)):
+            raise DataError(f"{path}: non-integer values in the label volume (is this a probability map?)")
+        data = data.astype(np.int16)
+    return data, affine, header
 
 
 def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, None]:
@@ -183,14 +231,22 @@ class Layout:
         return bool(self.files(case_dir))
 
     def case(self, case_dir: Path, modalities: Sequence[str]) -> CaseFiles:
-        """The case's files; every modality must be there (the label and mask are optional)."""
+        """The case's files; every modality must be there (the label and mask are optional).
+
+        Raises:
+            DataError: a modality is missing, or a file is a directory or a broken symbolic link.
+        """
         found = self.files(case_dir)
         images = {}
         for m in modalities:
             if m not in found:
                 raise DataError(f"{case_dir}: missing {m} image (expected {self.expected(case_dir, m)})")
             images[m] = found[m]
-        return CaseFiles(case_dir.name, images, found.get("label"), self.name, found.get("mask"))
+        for p in (*images.values(), found.get("label"), found.get("mask")):
+            problem = file_problem(p) if p is not None else None
+            if problem:
+                raise DataError(problem)
+        return CaseFiles(case_dir.name, images, found.get("label"), self.name, found.get("mask"), case_dir)
 
 
 class _SuffixLayout(Layout):
@@ -204,7 +260,7 @@ class _SuffixLayout(Layout):
         for key, suffix in self.suffixes.items():
             for ext in _NIFTI_EXT:
                 p = case_dir / f"{case_dir.name}{self.sep}{suffix}{ext}"
-                if p.is_file():
+                if p.exists() or p.is_symlink():  # a directory or broken link is reported by case()
                     out[key] = p
                     break
         return out
@@ -301,17 +357,46 @@ def _subdirs(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _case_dirs(root: Path, layout: Layout, depth: int = 3) -> list[Path]:
-    """Folders under ``root`` (down to ``depth`` levels, e.g. ``HGG/<case>``) that hold this layout's files."""
-    out, level = [], _subdirs(root)
+def _images_in(d: Path) -> list[str]:
+    """Names of the image files directly in ``d``."""
+    return sorted(p.name for p in d.iterdir() if p.name.lower().endswith(_IMAGE_EXT) and not p.name.startswith("."))
+
+
+def _case_dirs(root: Path, layout: Layout, depth: int = 3) -> tuple[list[Path], list[BadCase]]:
+    """Folders under ``root`` (down to ``depth`` levels, e.g. ``HGG/<case>``) that hold this layout's files.
+
+    Returns:
+        The case folders, and the folders that hold image files named otherwise (reported, not skipped
+        silently: e.g. a folder renamed without renaming its files).
+    """
+    out, bad, level = [], [], _subdirs(root)
     for _ in range(depth):
         nxt = []
         for d in level:
-            (out if layout.matches(d) else nxt).append(d)
+            try:
+                matched = layout.matches(d)
+            except DataError as e:  # e.g. a generic pattern matching several files
+                bad.append(BadCase(d.name, str(e)))
+                continue
+            if matched:
+                out.append(d)
+                continue
+            images = _images_in(d)
+            if images:
+                shown = ", ".join(images[:4]) + (", ..." if len(images) > 4 else "")
+                bad.append(
+                    BadCase(
+                        d.name,
+                        f"{d}: holds {shown} but no file named as the {layout.name} layout expects "
+                        f"({layout.expected(d, 'flair') if layout.name != 'generic' else layout.example})",
+                    )
+                )
+            else:
+                nxt.append(d)
         level = [s for d in nxt for s in _subdirs(d)]
         if not level:
             break
-    return sorted(out, key=lambda p: p.name)
+    return sorted(out, key=lambda p: p.name), bad
 
 
 def get_layout(name: str, files: dict[str, str] | None = None, convention: str = "brats2017") -> Layout:
@@ -338,7 +423,7 @@ def detect_layout(root: str | Path) -> Layout:
             f"no case folders in {root} (found {found or 'nothing'}); expected one folder per case: "
             + "; ".join(f"{lay.example} ({n})" for n, lay in LAYOUTS.items())
         )
-    hits = {name: len(_case_dirs(root, layout)) for name, layout in LAYOUTS.items()}
+    hits = {name: len(_case_dirs(root, layout)[0]) for name, layout in LAYOUTS.items()}
     matched = [n for n, h in hits.items() if h]
     if len(matched) == 1:
         return LAYOUTS[matched[0]]
@@ -358,8 +443,14 @@ def discover_cases(
     layout: str | Layout = "auto",
     modalities: Sequence[str] = MODALITIES,
     files: dict[str, str] | None = None,
+    problems: list[BadCase] | None = None,
 ) -> list[CaseFiles]:
     """Find every case under ``root`` (case folders may sit in sub-folders such as ``HGG/``, ``LGG/``).
+
+    A case folder that cannot be used (a missing modality, a directory or broken symbolic link where
+    a file should be, image files named for another case) is a *bad case*. With ``problems`` given,
+    bad cases are appended to it and the good ones returned (prediction and evaluation do every case
+    they can); without it, any bad case is an error that lists them all.
 
     Args:
         root: folder holding the case folders.
@@ -367,12 +458,14 @@ def discover_cases(
             (``generic`` when ``files`` is given), or a :class:`Layout`.
         modalities: canonical modalities every case must have.
         files: the generic layout's patterns.
+        problems: where to collect bad cases instead of raising.
 
     Returns:
-        The cases sorted by id.
+        The usable cases sorted by id.
 
     Raises:
-        DataError: missing or empty root, unknown layout, a case missing a modality, duplicate ids.
+        DataError: missing or empty root, unknown layout, no usable case, duplicate ids, or (without
+            ``problems``) any bad case.
     """
     root = Path(root)
     _check_root(root)
@@ -382,16 +475,32 @@ def discover_cases(
         lay = PatternLayout(files) if files else detect_layout(root)
     else:
         lay = get_layout(layout, files)
-    dirs = _case_dirs(root, lay)
-    if not dirs:
+    dirs, bad = _case_dirs(root, lay)
+    if not dirs and not bad:
         if not _subdirs(root):
             detect_layout(root)  # raises the "no case folders" error
         raise DataError(f"no {lay.name} cases found in {root} (expected {lay.example})")
-    cases = [lay.case(d, modalities) for d in dirs]
+    cases = []
+    for d in dirs:
+        try:
+            cases.append(lay.case(d, modalities))
+        except DataError as e:
+            bad.append(BadCase(d.name, str(e)))
     ids = [c.case_id for c in cases]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise DataError(f"{root}: case ids {dup[:5]} appear in several folders")
+    bad.sort(key=lambda b: b.case_id)
+    if problems is None and bad:
+        raise DataError(
+            f"{len(bad)} case folder(s) of {root} cannot be used:\n"
+            + "\n".join(f"  - {b.reason}" for b in bad)
+            + "\nFix or move them, then run again."
+        )
+    if problems is not None:
+        problems.extend(bad)
+    if not cases:
+        raise DataError(f"no usable {lay.name} case in {root} ({len(bad)} bad: {bad[0].reason})")
     return cases
 
 
@@ -423,10 +532,8 @@ def load_case(case: CaseFiles, atol: float = 1e-3) -> Volume:
     image = _apply_ornt(np.stack(arrays), to_ras)
     label = None
     if case.label is not None:
-        data, affine, _ = read_image(case.label)
+        data, affine, _ = read_label(case.label)
         _check_same_grid(case.label, data.shape, affine, ref_file, ref_shape, ref_affine, atol)
-        if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
-            raise DataError(f"{case.label}: NaN or infinite values in the label volume")
         label = _apply_ornt(np.asarray(data), to_ras)
     mask = None
     if case.mask is not None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from brats_lightning.errors import DataError
+
 __all__ = [
     "REGIONS",
     "REGION_NAMES",
@@ -49,7 +51,7 @@ _COLOURS = {
 }
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(DataError):
     """A label volume holds values that its declared convention does not have."""
 
 

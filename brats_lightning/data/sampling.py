@@ -169,21 +169,41 @@ def _windows(arr: np.ndarray, idx: np.ndarray, x: np.ndarray, y: np.ndarray, siz
 class PatchBatchDataset(Dataset):
     """An epoch of ``batches`` patch batches; item ``i`` is a whole batch ``(x, y)``.
 
-    Use with ``DataLoader(batch_size=None)``. The label distribution is read from ``state`` at
-    every batch (a dict shared with the data module), so a phase switch takes effect at once in
-    the main process; loader workers see it when the loader is rebuilt at the next epoch.
+    Use with ``DataLoader(batch_size=None)``. Batch ``i`` is drawn with a random generator seeded by
+    ``(seed, epoch, i)``: reproducible whatever the number of workers, the same after a resume, and
+    different on every DDP rank (Lightning's distributed sampler gives each rank other indices).
+
+    Args:
+        sampler: the patch sampler of the training cases.
+        batch_size: patches per batch.
+        batches: batches per epoch.
+        distribution: label distribution of the patch centres (``"balanced"`` or ``"natural"``).
+        seed: seed of the run.
+        epoch: the training epoch (part of the seed).
     """
 
-    def __init__(self, sampler: PatchSampler, batch_size: int, batches: int, state: dict, seed: int = 0) -> None:
+    def __init__(
+        self,
+        sampler: PatchSampler,
+        batch_size: int,
+        batches: int,
+        distribution: str = "balanced",
+        seed: int = 0,
+        epoch: int = 0,
+    ) -> None:
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
         self.sampler = sampler
         self.batch_size = batch_size
         self.batches = batches
-        self.state = state
-        self.rng = np.random.default_rng(seed)
+        self.distribution = distribution
+        self.seed = seed
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.batches
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        arrays = self.sampler.batch(self.batch_size, self.state["distribution"], self.rng)
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        arrays = self.sampler.batch(self.batch_size, self.distribution, rng)
         return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)

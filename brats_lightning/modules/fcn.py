@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
+from brats_lightning.errors import ConfigError
 from brats_lightning.inference import pad_to_multiple
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN, load_vgg16_weights
@@ -51,10 +54,24 @@ class FCNModule(SegmentationModule):
         super().__init__(convention, inference_batch_size, test_hd95)
         self.save_hyperparameters()
         if num_classes != self.convention.num_classes:
-            raise ValueError(f"num_classes={num_classes} but convention {convention} has {self.convention.num_classes}")
+            raise ConfigError(
+                f"num_classes={num_classes} but convention {convention} has {self.convention.num_classes}"
+            )
         self.net = ShenFCN(in_channels, num_classes, n_blocks, up_channels, width, upsample_mode)
         self.lr = lr
         self.vgg_weights = vgg_weights
+
+    def preflight(self, datamodule: object | None = None) -> None:
+        """The training crop must suit the pooling; the VGG-16 file must exist."""
+        d = self.net.divisor
+        crop = getattr(datamodule, "crop_size", None)
+        if crop is not None and getattr(datamodule, "mode", "slices") == "slices" and any(int(c) % d for c in crop):
+            raise ConfigError(
+                f"data.crop_size={list(crop)}: the {self.net.n_blocks}-block FCN needs multiples of {d} "
+                f"(e.g. {[max(d, int(c) // d * d) for c in crop]})"
+            )
+        if self.vgg_weights and not Path(self.vgg_weights).is_file():
+            raise ConfigError(f"model.vgg_weights: {self.vgg_weights} is not a file")
 
     def setup(self, stage: str) -> None:
         # VGG-16 initialisation is part of training from scratch, not of restoring a checkpoint.

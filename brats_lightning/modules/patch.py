@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brats_lightning.errors import CheckpointError, ConfigError
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.cascade import CASCADES, CascadeCNN
 from brats_lightning.nets.twopath import (
@@ -19,7 +20,6 @@ from brats_lightning.nets.twopath import (
     TwoPathCNN,
     set_output_bias_,
 )
-from brats_lightning.utils import load_torch_file
 
 __all__ = ["ARCHS", "PatchCNNModule", "build_patch_net", "load_patch_net"]
 
@@ -39,32 +39,44 @@ def load_patch_net(
     expect_arch: str | None = None,
     in_channels: int | None = None,
     num_classes: int | None = None,
+    into: PatchCNN | None = None,
 ) -> tuple[PatchCNN, dict]:
     """Rebuild a trained patch CNN from a Lightning checkpoint of :class:`PatchCNNModule`.
 
     Checkpoints hold plain hyper-parameters and tensors; they load with ``weights_only=True``.
 
+    Args:
+        path: the checkpoint.
+        expect_arch: the architecture it must hold (``localpath``, ``globalpath``, ``twopath``).
+        in_channels, num_classes: what the net must take and give.
+        into: load the weights into this net instead of building a new one.
+
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a patch-CNN checkpoint, or not of the expected architecture.
+        CheckpointError: unreadable, not a patch-CNN checkpoint, not of the expected architecture or size.
     """
+    from brats_lightning.checkpoint import read_checkpoint
+
     path = Path(path)
-    ckpt = load_torch_file(path)
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    ckpt = read_checkpoint(path, "stage checkpoint")
+    hp = ckpt.get("hyper_parameters") or {}
     arch = hp.get("arch")
     if arch not in ("localpath", "globalpath", "twopath"):
-        raise ValueError(f"{path}: not a LocalPath/GlobalPath/TwoPath CNN checkpoint (arch={arch!r})")
+        raise CheckpointError(f"{path}: not a LocalPath/GlobalPath/TwoPath CNN checkpoint (arch={arch!r})")
     if expect_arch is not None and arch != expect_arch:
-        raise ValueError(f"{path}: holds a {arch} CNN, expected {expect_arch}")
+        raise CheckpointError(f"{path}: holds a {arch} CNN, expected {expect_arch}")
     for name, want in (("in_channels", in_channels), ("num_classes", num_classes)):
         if want is not None and hp.get(name) != want:
-            raise ValueError(f"{path}: the {arch} CNN has {name}={hp.get(name)}, this model needs {want}")
-    net = build_patch_net(arch, hp["in_channels"], hp["num_classes"], hp.get("dropout", 0.5), hp.get("k", 2))
+            raise CheckpointError(f"{path}: the {arch} CNN has {name}={hp.get(name)}, this model needs {want}")
+    net = (
+        into
+        if into is not None
+        else build_patch_net(arch, hp["in_channels"], hp["num_classes"], hp.get("dropout", 0.5), hp.get("k", 2))
+    )
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit a {arch} CNN: {e}") from e
+        raise CheckpointError(f"{path}: weights do not fit a {arch} CNN: {str(e).splitlines()[-1].strip()}") from e
     return net, hp
 
 
@@ -137,36 +149,26 @@ class PatchCNNModule(SegmentationModule):
         super().__init__(convention, inference_batch_size, test_hd95)
         self.save_hyperparameters()
         if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+            raise ConfigError(f"unknown arch {arch!r}; expected one of {ARCHS}")
         if lr_schedule not in ("linear", "exponential", "constant"):
-            raise ValueError(f"lr_schedule must be linear, exponential or constant, got {lr_schedule!r}")
-        # Stage weights come from their checkpoints when given; otherwise the nets are built empty
-        # and must be filled by a checkpoint of this module (checked in setup()).
-        self._stages_loaded = True
+            raise ConfigError(f"lr_schedule must be linear, exponential or constant, got {lr_schedule!r}")
+        # The nets are built here; stage weights (a cascade's first stage, AverageCNN's two nets) are
+        # read from their checkpoints in setup(), so that rebuilding a trained model from its own
+        # checkpoint never reads other files.
         if arch == "average":
-            if local_ckpt and global_ckpt:
-                local, _ = load_patch_net(local_ckpt, "localpath", in_channels, num_classes)
-                glob, _ = load_patch_net(global_ckpt, "globalpath", in_channels, num_classes)
-            else:
-                local, glob = (
-                    LocalPathCNN(in_channels, num_classes, dropout, k),
-                    GlobalPathCNN(in_channels, num_classes, dropout, k),
-                )
-                self._stages_loaded = False
-            self.net: PatchCNN = AverageCNN(local, glob)
+            self.net: PatchCNN = AverageCNN(
+                LocalPathCNN(in_channels, num_classes, dropout, k), GlobalPathCNN(in_channels, num_classes, dropout, k)
+            )
         elif arch in CASCADES:
-            if first_stage_ckpt:
-                first, _ = load_patch_net(first_stage_ckpt, "twopath", in_channels, num_classes)
-            else:
-                first = TwoPathCNN(in_channels, num_classes, dropout, k)
-                self._stages_loaded = False
+            first = TwoPathCNN(in_channels, num_classes, dropout, k)
             self.net = CASCADES[arch](first, in_channels, num_classes, dropout, k)
         else:
             self.net = build_patch_net(arch, in_channels, num_classes, dropout, k)
+        self._stages_ready = False  # stage weights in place (read from their checkpoints, or restored)
         want = self.train_patch_size
         if patch_size != want:
             hint = " (or model.first_stage_cache=false with the larger patch)" if arch in CASCADES else ""
-            raise ValueError(f"patch_size={patch_size} but {arch} trains on {want}x{want} patches{hint}")
+            raise ConfigError(f"patch_size={patch_size} but {arch} trains on {want}x{want} patches{hint}")
 
     @property
     def is_cascade(self) -> bool:
@@ -181,17 +183,48 @@ class PatchCNNModule(SegmentationModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        self._stages_loaded = True  # the state dict holds every stage
+        self._stages_ready = True  # the state dict holds every stage
 
     # -- training ----------------------------------------------------------------------------
 
+    def stage_checkpoints(self) -> dict[str, str | None]:
+        """The checkpoints this model's frozen stages come from (config key -> path)."""
+        hp = self.hparams
+        if hp.arch == "average":
+            return {"model.local_ckpt": hp.local_ckpt, "model.global_ckpt": hp.global_ckpt}
+        if hp.arch in CASCADES:
+            return {"model.first_stage_ckpt": hp.first_stage_ckpt}
+        return {}
+
+    def preflight(self, datamodule: object | None = None) -> None:
+        """Read the stage checkpoints (given, readable, the right nets) into the frozen stages, once.
+
+        Called by ``train()`` before any data is prepared, and by :meth:`setup` otherwise.
+
+        Raises:
+            ConfigError: a stage checkpoint is not given.
+            CheckpointError: it cannot be read or holds another net.
+        """
+        if self._stages_ready:
+            return
+        missing = [k for k, v in self.stage_checkpoints().items() if not v]
+        if missing:
+            raise ConfigError(f"{self.hparams.arch} needs {' and '.join(missing)} (trained checkpoints)")
+        self._load_stages()
+        self._stages_ready = True
+
+    def _load_stages(self) -> None:
+        hp = self.hparams
+        if hp.arch == "average":
+            load_patch_net(hp.local_ckpt, "localpath", hp.in_channels, hp.num_classes, into=self.net.local_net)
+            load_patch_net(hp.global_ckpt, "globalpath", hp.in_channels, hp.num_classes, into=self.net.global_net)
+        elif hp.arch in CASCADES:
+            load_patch_net(hp.first_stage_ckpt, "twopath", hp.in_channels, hp.num_classes, into=self.net.first)
+
     def setup(self, stage: str) -> None:
         resuming = getattr(self.trainer, "ckpt_path", None) is not None
-        if not self._stages_loaded and not resuming:
-            need = (
-                "model.local_ckpt and model.global_ckpt" if self.hparams.arch == "average" else "model.first_stage_ckpt"
-            )
-            raise ValueError(f"{self.hparams.arch} needs {need} (trained checkpoints) to {stage}")
+        if not resuming:
+            self.preflight()
         if stage != "fit" or self.hparams.arch == "average":
             return
         dm = getattr(self.trainer, "datamodule", None)

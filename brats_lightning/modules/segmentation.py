@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any, ClassVar
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -29,6 +32,13 @@ class SegmentationModule(pl.LightningModule):
         test_hd95: compute HD95 at test time (the slowest metric).
     """
 
+    #: Every subclass, by qualified name: the only classes a checkpoint may name (:mod:`brats_lightning.checkpoint`).
+    registry: ClassVar[dict[str, type[SegmentationModule]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        SegmentationModule.registry[f"{cls.__module__}.{cls.__qualname__}"] = cls
+
     def __init__(self, convention: str = "brats2017", inference_batch_size: int = 16, test_hd95: bool = True) -> None:
         super().__init__()
         self.convention = get_convention(convention)
@@ -47,10 +57,24 @@ class SegmentationModule(pl.LightningModule):
         """Class probabilities ``(N, K, H, W)`` of every pixel of slices ``(N, C, H, W)``."""
         raise NotImplementedError
 
+    def preflight(self, datamodule: object | None = None) -> None:
+        """Check what this model needs of its files and data options, before any data is prepared.
+
+        ``train()`` calls it right after building the model and the data module; it raises
+        :class:`~brats_lightning.errors.ConfigError` (or ``CheckpointError``) naming the option.
+        """
+
     # -- shared ------------------------------------------------------------------------------
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_history = list(checkpoint.get("val_history", []))
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The global random stream (dropout) is reseeded from (seed, epoch, batch, rank) at every step:
+        # a resumed run draws what an uninterrupted one would, and every DDP rank draws its own.
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        torch.manual_seed(int(np.random.SeedSequence((seed, self.current_epoch, batch_idx, rank)).generate_state(1)[0]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The data configuration travels with the weights, so that prediction preprocesses new

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 
+from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
+from brats_lightning.config import compose
 from brats_lightning.data.datamodule import BratsDataModule
 from brats_lightning.modules.patch import PatchCNNModule
 
@@ -32,8 +35,14 @@ def _dm(kwargs: dict) -> BratsDataModule:
     return BratsDataModule(mode="patches", patches_per_epoch=48, **{**kwargs, "batch_size": 16})
 
 
-def _ckpt(dirpath: Path) -> pl.callbacks.ModelCheckpoint:
-    return pl.callbacks.ModelCheckpoint(dirpath=dirpath, save_last=True, monitor="val/dice_mean", mode="max")
+def _ckpt(dirpath: Path) -> list[pl.Callback]:
+    """The checkpoint callbacks of ``callbacks=two_phase`` (the real config), writing into ``dirpath``."""
+    cfg = compose(["model=twopath"], output_dir=str(dirpath.parent))
+    return [
+        instantiate(v, dirpath=str(dirpath))
+        for k, v in cfg.callbacks.items()
+        if k in ("model_checkpoint", "phase1_checkpoint", "last_checkpoint")
+    ]
 
 
 def _changed(a: dict, b: dict) -> set[str]:
@@ -49,7 +58,7 @@ def test_phase2_trains_only_the_output_layer_on_natural_sampling(
     snaps = Snapshots()
     two = TwoPhaseTraining(phase1_epochs=1, phase2_epochs=1)
     model = PatchCNNModule("twopath", 4, 4, inference_batch_size=8, test_hd95=False)
-    trainer = tiny_trainer(tmp_path, 5, [_ckpt(tmp_path), two, snaps])
+    trainer = tiny_trainer(tmp_path, 5, [*_ckpt(tmp_path), two, snaps])
     trainer.fit(model, datamodule=_dm(tiny_dm_kwargs))
     assert trainer.current_epoch == 2  # stopped after one phase-2 epoch although max_epochs=5
     assert snaps.distribution == {0: "balanced", 1: "natural"}
@@ -57,14 +66,16 @@ def test_phase2_trains_only_the_output_layer_on_natural_sampling(
     phase2 = _changed(snaps.start[1], snaps.end[1])
     assert phase1 > OUTPUT and len(phase1) == len(snaps.start[0])  # every layer trains in phase 1
     assert phase2 == OUTPUT
-    assert (tmp_path / "phase1_best.ckpt").is_file()
-    assert Path(trainer.checkpoint_callback.best_model_path).name.startswith("epoch=1")  # best of phase 2
+    phase1 = torch.load(tmp_path / "phase1_best.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(tmp_path / "best.ckpt", map_location="cpu", weights_only=True)
+    assert phase1["epoch"] == 0 and best["epoch"] == 1  # the best of each phase, whatever the scores
+    assert final_best_checkpoint(trainer) == str(tmp_path / "best.ckpt")
 
 
 def test_resume_in_phase2_stays_frozen(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
     # A run "killed" after its first phase-2 epoch (max_epochs cuts it), resumed from last.ckpt.
     model = PatchCNNModule("localpath", 4, 4, inference_batch_size=8, test_hd95=False)
-    tiny_trainer(tmp_path, 2, [_ckpt(tmp_path), TwoPhaseTraining(phase1_epochs=1, phase2_epochs=3)]).fit(
+    tiny_trainer(tmp_path, 2, [*_ckpt(tmp_path), TwoPhaseTraining(phase1_epochs=1, phase2_epochs=3)]).fit(
         model, datamodule=_dm(tiny_dm_kwargs)
     )
     state = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
@@ -75,7 +86,7 @@ def test_resume_in_phase2_stays_frozen(tmp_path: Path, tiny_dm_kwargs: dict, tin
     two = TwoPhaseTraining(phase1_epochs=1, phase2_epochs=3)
     fresh = PatchCNNModule("localpath", 4, 4, inference_batch_size=8, test_hd95=False)
     dm = _dm(tiny_dm_kwargs)
-    trainer = tiny_trainer(tmp_path / "resumed", 3, [_ckpt(tmp_path / "resumed"), two, snaps])
+    trainer = tiny_trainer(tmp_path / "resumed", 3, [*_ckpt(tmp_path / "resumed"), two, snaps])
     trainer.fit(fresh, datamodule=dm, ckpt_path=tmp_path / "last.ckpt")
     assert two.phase == 2 and list(snaps.start) == [2]
     assert snaps.distribution[2] == "natural"
@@ -88,12 +99,12 @@ def test_resume_in_phase2_stays_frozen(tmp_path: Path, tiny_dm_kwargs: dict, tin
 
 def test_resume_in_phase1_switches_later(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
     model = PatchCNNModule("globalpath", 4, 4, inference_batch_size=8, test_hd95=False)
-    tiny_trainer(tmp_path, 1, [_ckpt(tmp_path), TwoPhaseTraining(phase1_epochs=2, phase2_epochs=1)]).fit(
+    tiny_trainer(tmp_path, 1, [*_ckpt(tmp_path), TwoPhaseTraining(phase1_epochs=2, phase2_epochs=1)]).fit(
         model, datamodule=_dm(tiny_dm_kwargs)
     )
     snaps = Snapshots()
     two = TwoPhaseTraining(phase1_epochs=2, phase2_epochs=1)
-    trainer = tiny_trainer(tmp_path / "resumed", 5, [_ckpt(tmp_path / "resumed"), two, snaps])
+    trainer = tiny_trainer(tmp_path / "resumed", 5, [*_ckpt(tmp_path / "resumed"), two, snaps])
     trainer.fit(
         PatchCNNModule("globalpath", 4, 4, inference_batch_size=8, test_hd95=False),
         datamodule=_dm(tiny_dm_kwargs),

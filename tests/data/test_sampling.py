@@ -64,11 +64,12 @@ def test_loader_yields_batches_and_follows_the_distribution_switch(dm: BratsData
     assert len(loader) == 10
     x, y = next(iter(loader))
     assert x.shape == (64, 4, 33, 33) and y.shape == (64,)
+    # the switch reaches the next loader (Lightning rebuilds the training loader every epoch)
     dm.set_patch_distribution("natural")
-    ys = np.concatenate([b[1].numpy() for b in loader])
+    ys = np.concatenate([b[1].numpy() for b in dm.train_dataloader()])
     assert np.mean(ys == 0) > 0.7
     dm.set_patch_distribution("balanced")
-    ys = np.concatenate([b[1].numpy() for b in loader])
+    ys = np.concatenate([b[1].numpy() for b in dm.train_dataloader()])
     assert np.mean(ys == 0) < 0.4
     with pytest.raises(ValueError, match="unknown patch distribution"):
         dm.set_patch_distribution("uniform")

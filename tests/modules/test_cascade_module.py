@@ -11,6 +11,7 @@ import torch
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.data.datamodule import BratsDataModule
 from brats_lightning.data.sampling import PatchSampler
+from brats_lightning.errors import CheckpointError
 from brats_lightning.modules.patch import PatchCNNModule
 
 
@@ -44,6 +45,7 @@ def test_cached_first_stage_equals_running_it_on_the_large_patch(
     arch: str, first_ckpt: Path, tiny_dm_kwargs: dict
 ) -> None:
     model = PatchCNNModule(arch, 4, 4, first_stage_ckpt=str(first_ckpt)).eval()
+    model.preflight()  # reads the first stage's checkpoint (train() and setup() do it)
     dm = _dm(tiny_dm_kwargs)
     model._cache_first_stage(dm)
     cached = dm.patch_sampler
@@ -65,7 +67,11 @@ def test_training_leaves_the_first_stage_bit_identical(
     model = PatchCNNModule(
         "mf_cascade", 4, 4, first_stage_ckpt=str(first_ckpt), inference_batch_size=8, test_hd95=False
     )
+    model.preflight()
     first_before = {k: v.clone() for k, v in model.net.first.state_dict().items()}
+    # the first stage holds the checkpoint's weights, not a fresh initialisation
+    saved = torch.load(first_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    torch.testing.assert_close(first_before["local.conv1.conv.weight"], saved["net.local.conv1.conv.weight"])
     second_before = {k: v.clone() for k, v in model.net.second.state_dict().items()}
     dm = BratsDataModule(mode="patches", patches_per_epoch=32, **{**tiny_dm_kwargs, **SMALL, "batch_size": 16})
     trainer = tiny_trainer(tmp_path, 2, [TwoPhaseTraining(phase1_epochs=1, phase2_epochs=1)])
@@ -101,14 +107,14 @@ def test_uncached_training_on_large_patches(
 def test_missing_or_incompatible_first_stage(
     tmp_path: Path, first_ckpt: Path, tiny_dm_kwargs: dict, tiny_trainer
 ) -> None:
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        PatchCNNModule("input_cascade", 4, 4, first_stage_ckpt=str(tmp_path / "missing.ckpt"))
-    with pytest.raises(ValueError, match="in_channels=4, this model needs 8"):
-        PatchCNNModule("input_cascade", 8, 4, first_stage_ckpt=str(first_ckpt))
+    with pytest.raises(CheckpointError, match="missing.ckpt: stage checkpoint not found"):
+        PatchCNNModule("input_cascade", 4, 4, first_stage_ckpt=str(tmp_path / "missing.ckpt")).preflight()
+    with pytest.raises(CheckpointError, match="in_channels=4, this model needs 8"):
+        PatchCNNModule("input_cascade", 8, 4, first_stage_ckpt=str(first_ckpt)).preflight()
     local = PatchCNNModule("localpath", 4, 4)
     torch.save({"hyper_parameters": dict(local.hparams), "state_dict": local.state_dict()}, tmp_path / "local.ckpt")
-    with pytest.raises(ValueError, match="holds a localpath CNN, expected twopath"):
-        PatchCNNModule("input_cascade", 4, 4, first_stage_ckpt=str(tmp_path / "local.ckpt"))
+    with pytest.raises(CheckpointError, match="holds a localpath CNN, expected twopath"):
+        PatchCNNModule("input_cascade", 4, 4, first_stage_ckpt=str(tmp_path / "local.ckpt")).preflight()
     with pytest.raises(ValueError, match="patch_size=65 but input_cascade trains on 33x33"):
         PatchCNNModule("input_cascade", 4, 4, patch_size=65, first_stage_ckpt=str(first_ckpt))
     # without a first-stage checkpoint, training from scratch is refused with a clear message

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from brats_lightning.data.datamodule import BratsDataModule
+from brats_lightning.errors import CheckpointError
 from brats_lightning.modules.patch import PatchCNNModule, load_patch_net
 
 
@@ -74,6 +75,7 @@ def test_average_cnn_from_checkpoints(tmp_path: Path) -> None:
     avg = PatchCNNModule(
         "average", 4, 4, local_ckpt=str(tmp_path / "local.ckpt"), global_ckpt=str(tmp_path / "global.ckpt")
     ).eval()
+    avg.preflight()
     x = torch.randn(2, 4, 12, 10)
     want = (local.predict_slices(x) + glob.predict_slices(x)) / 2
     torch.testing.assert_close(avg.predict_slices(x), want)
@@ -81,10 +83,12 @@ def test_average_cnn_from_checkpoints(tmp_path: Path) -> None:
 
 def test_checkpoint_errors(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
     _save_ckpt(tmp_path / "local.ckpt", "localpath", 0)
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match="none.ckpt: stage checkpoint not found"):
         load_patch_net(tmp_path / "none.ckpt")
-    with pytest.raises(ValueError, match="holds a localpath CNN, expected globalpath"):
-        PatchCNNModule("average", local_ckpt=str(tmp_path / "local.ckpt"), global_ckpt=str(tmp_path / "local.ckpt"))
+    with pytest.raises(CheckpointError, match="holds a localpath CNN, expected globalpath"):
+        PatchCNNModule(
+            "average", local_ckpt=str(tmp_path / "local.ckpt"), global_ckpt=str(tmp_path / "local.ckpt")
+        ).preflight()
     # without the two checkpoints the module can still be built (to load its own checkpoint into),
     # but fitting it is refused with a message naming the missing options
     dm = BratsDataModule(mode="patches", patches_per_epoch=16, **{**tiny_dm_kwargs, "batch_size": 16})
@@ -92,5 +96,5 @@ def test_checkpoint_errors(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -
     with pytest.raises(ValueError, match="average needs model.local_ckpt and model.global_ckpt"):
         trainer.fit(PatchCNNModule("average"), datamodule=dm)
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="junk.ckpt: cannot read the stage checkpoint: not a torch file"):
         load_patch_net(tmp_path / "junk.ckpt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from brats_lightning.errors import CheckpointError
 from brats_lightning.nets.fcn import VGG16_BLOCKS, ShenFCN, load_vgg16_weights
 
 
@@ -107,7 +108,7 @@ def test_vgg16_initialisation_from_state_dict_file(tmp_path, bn: bool, n_blocks:
 
 
 def test_vgg16_initialisation_errors(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(CheckpointError, match="missing.pth: VGG-16 weights file not found"):
         load_vgg16_weights(ShenFCN(4, 4), tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a torch file")

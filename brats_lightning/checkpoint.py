@@ -1,0 +1,146 @@
+"""Checkpoints: read safely, rebuild only brats_lightning's own models, check that they fit a run.
+
+A checkpoint is data. It is read with ``torch.load(weights_only=True)`` (tensors and plain values
+only, so reading cannot run code), and the module class it names is looked up in
+:attr:`SegmentationModule.registry <brats_lightning.modules.segmentation.SegmentationModule.registry>`,
+the classes this package (or a user's code, by subclassing) has defined. A name is never imported:
+``{"module_class": "subprocess.run"}`` is refused, not called.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from brats_lightning.errors import CheckpointError
+from brats_lightning.utils import load_torch_file
+
+if TYPE_CHECKING:
+    from brats_lightning.modules.segmentation import SegmentationModule
+
+__all__ = ["read_checkpoint", "module_class", "describe", "load_module", "check_fits"]
+
+log = logging.getLogger(__name__)
+
+#: hyper-parameters that point at other files (stage checkpoints, VGG weights): never compared
+_PATH_PARAMS = ("first_stage_ckpt", "local_ckpt", "global_ckpt", "vgg_weights")
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """The checkpoint at ``path`` as a dict (``weights_only=True``); it must hold a state dict.
+
+    Raises:
+        CheckpointError: missing, empty, truncated or foreign file, or no state dict.
+    """
+    ckpt = load_torch_file(path, what)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (it holds no state_dict)")
+    return ckpt
+
+
+def module_class(ckpt: dict[str, Any], path: str | Path) -> type[SegmentationModule]:
+    """The registered module class a checkpoint names (an allow-list lookup, never an import).
+
+    Raises:
+        CheckpointError: the checkpoint names no class, or one that is not a brats_lightning model.
+    """
+    import brats_lightning.modules  # noqa: F401 - defines (and so registers) the package's modules
+    from brats_lightning.modules.segmentation import SegmentationModule
+
+    name = ckpt.get("module_class")
+    if not isinstance(name, str):
+        raise CheckpointError(
+            f"{path}: not a brats_lightning checkpoint (it names no module class; was it written by another program?)"
+        )
+    cls = SegmentationModule.registry.get(name)
+    if cls is None:
+        known = ", ".join(sorted(SegmentationModule.registry))
+        raise CheckpointError(
+            f"{path}: names the module class {name!r}, which is not a brats_lightning model; it is not loaded "
+            f"(known models: {known})"
+        )
+    return cls
+
+
+def describe(ckpt: dict[str, Any]) -> str:
+    """A short description of the model in a checkpoint, e.g. ``FCNModule (in_channels=8, n_blocks=3)``."""
+    name = str(ckpt.get("module_class", "?")).rpartition(".")[2]
+    hp = ckpt.get("hyper_parameters") or {}
+    keys = ("arch", "in_channels", "num_classes", "n_blocks", "width", "convention")
+    shown = ", ".join(f"{k}={hp[k]}" for k in keys if k in hp)
+    return f"{name} ({shown})" if shown else name
+
+
+def _mismatch(theirs: dict[str, Any], mine: dict[str, Any]) -> list[str]:
+    """Parameter names whose presence or shape differs between two state dicts (a few, for messages)."""
+    out = [f"{k} is missing" for k in mine if k not in theirs]
+    out += [f"{k} is unexpected" for k in theirs if k not in mine]
+    out += [
+        f"{k} has shape {tuple(theirs[k].shape)}, expected {tuple(v.shape)}"
+        for k, v in mine.items()
+        if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
+    return out
+
+
+def load_module(path: str | Path, map_location: str = "cpu") -> tuple[SegmentationModule, dict[str, Any]]:
+    """Rebuild a trained model from its checkpoint, in eval mode, with the data configuration it was trained on.
+
+    Uses Lightning's ``load_from_checkpoint`` (``weights_only=True``) on the registered class.
+
+    Raises:
+        CheckpointError: unreadable or foreign checkpoint, or weights that do not fit its hyper-parameters.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    cls = module_class(ckpt, path)
+    raw = io.BytesIO(path.read_bytes())
+    try:
+        model = cls.load_from_checkpoint(raw, map_location=map_location, weights_only=True)
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
+        probe_problems: list[str] = []
+        try:
+            probe = cls(**_init_kwargs(cls, ckpt.get("hyper_parameters") or {}))
+            probe_problems = _mismatch(ckpt["state_dict"], probe.state_dict())
+        except (TypeError, ValueError) as inner:
+            raise CheckpointError(f"{path}: its hyper-parameters do not build a {cls.__name__}: {inner}") from inner
+        detail = "; ".join(probe_problems[:4]) or str(e).splitlines()[0]
+        raise CheckpointError(f"{path}: its weights do not fit a {describe(ckpt)}: {detail}") from e
+    return model.eval(), dict(ckpt.get("data_config") or {})
+
+
+def _init_kwargs(cls: type, hp: dict[str, Any]) -> dict[str, Any]:
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in hp.items() if k in params}
+
+
+def check_fits(path: str | Path, model: SegmentationModule, purpose: str = "resume from") -> None:
+    """Check, before any data is prepared, that the checkpoint at ``path`` holds weights for ``model``.
+
+    Raises:
+        CheckpointError: unreadable or foreign checkpoint, another model class, or other shapes
+            (the message lists the hyper-parameters that differ).
+    """
+    ckpt = read_checkpoint(path)
+    cls = module_class(ckpt, path)
+    if cls is not type(model):
+        raise CheckpointError(
+            f"{path}: cannot {purpose} it: it holds a {describe(ckpt)}, this run's model is a {type(model).__name__}"
+        )
+    problems = _mismatch(ckpt["state_dict"], model.state_dict())
+    if problems:
+        theirs = ckpt.get("hyper_parameters") or {}
+        mine = dict(model.hparams)
+        differ = [
+            f"{k}={theirs[k]!r} in the checkpoint, {mine[k]!r} here"
+            for k in sorted(set(theirs) & set(mine))
+            if k not in _PATH_PARAMS and theirs[k] != mine[k]
+        ]
+        raise CheckpointError(
+            f"{path}: cannot {purpose} it: its weights do not fit this run's model "
+            f"({'; '.join(differ) if differ else '; '.join(problems[:3])})"
+        )

@@ -1,0 +1,67 @@
+"""User errors, and the command-line wrapper that shows them as one plain line.
+
+A :class:`UserError` is a problem with what the user gave (a file, a folder, an option, a
+checkpoint): its message names the file or option and says what is wrong, and the commands print it
+without a traceback and exit with status 2. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = ["UserError", "DataError", "ConfigError", "CheckpointError", "find_user_error", "cli"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(Exception):
+    """A problem with the user's input; the message names the file or option and the problem."""
+
+
+class DataError(UserError, ValueError):
+    """A data folder or file is missing, unreadable or inconsistent; the message names the path."""
+
+
+class ConfigError(UserError, ValueError):
+    """An option has a value that cannot work; the message names the option."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint is missing, unreadable, not ours, or does not fit the model; the message names the path."""
+
+
+def find_user_error(exc: BaseException | None) -> UserError | None:
+    """The :class:`UserError` behind ``exc`` (itself or a cause, e.g. inside Hydra's ``InstantiationException``)."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, UserError):
+            return exc
+        if isinstance(exc, MissingMandatoryValue):  # a required option (``???``) was not given
+            return ConfigError(f"missing option: {exc.full_key} must be given on the command line ({exc.full_key}=...)")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def cli(fn: F) -> F:
+    """Run a command's main function; a :class:`UserError` becomes ``error: <message>`` on stderr and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - user errors are shown plainly, anything else re-raised
+            user = find_user_error(e)
+            if user is None:
+                raise
+            logging.getLogger("brats_lightning").debug("user error", exc_info=True)
+            print(f"error: {user}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper  # type: ignore[return-value]
