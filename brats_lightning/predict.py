@@ -34,10 +34,9 @@ from omegaconf import DictConfig
 
 from brats_lightning.checkpoint import load_module
 from brats_lightning.config import config_dir, register_resolvers
-from brats_lightning.data.cache import SymmetryConfig, preprocess_case
 from brats_lightning.data.io import BadCase, CaseFiles, discover_cases, get_layout
 from brats_lightning.data.labels import CONVENTIONS, convert, get_convention
-from brats_lightning.data.preprocess import PreprocessConfig, crop, uncrop
+from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case, uncrop
 from brats_lightning.errors import ConfigError, UserError, cli
 from brats_lightning.inference import predict_volume
 from brats_lightning.modules.segmentation import SegmentationModule

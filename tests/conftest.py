@@ -43,8 +43,6 @@ def _tiny_trainer(root: Path, epochs: int = 1, callbacks: Sequence = (), **overr
         "enable_model_summary": False,
         "default_root_dir": root,
         "callbacks": list(callbacks),
-        # as conf/trainer: training loaders rebuilt every epoch (seeded by epoch; two-phase switches)
-        "reload_dataloaders_every_n_epochs": 1,
     }
     return pl.Trainer(**{**kwargs, **overrides})
 

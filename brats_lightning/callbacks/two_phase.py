@@ -32,9 +32,8 @@ class TwoPhaseTraining(Callback):
     :class:`~brats_lightning.callbacks.checkpoint.PhaseCheckpoint` (``callbacks=two_phase``), so the
     reported model is the best phase-2 epoch, as the paper reports its two-phase models.
 
-    The switch reaches the training data at the next epoch: the data module builds the training
-    loader afresh every epoch (``trainer.reload_dataloaders_every_n_epochs=1``, the default of
-    ``conf/trainer``), reading the distribution set here.
+    The switch reaches the training data at the next epoch: the data module's loader tells every
+    batch the distribution in force when the epoch starts (loader workers persist).
 
     Under DDP, phase 2 leaves parameters without gradients: the strategy must allow unused
     parameters (:attr:`freezes_parameters` tells ``train()`` to choose it).
@@ -123,11 +122,6 @@ class TwoPhaseTraining(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not hasattr(getattr(pl_module, "net", None), "output_layer"):
             raise TypeError("TwoPhaseTraining needs a module whose net has output_layer() (a Havaei patch CNN)")
-        if trainer.reload_dataloaders_every_n_epochs != 1:
-            raise ValueError(
-                "two-phase training switches the patch sampling between epochs: it needs "
-                "trainer.reload_dataloaders_every_n_epochs=1"
-            )
         self._trainable = {id(p) for p in pl_module.parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

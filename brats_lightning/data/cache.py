@@ -2,105 +2,145 @@
 
 Loading a BraTS case (four gzipped NIfTI files), clipping, z-scoring and computing symmetry maps
 takes seconds; training reads thousands of slices. So every case is prepared once per
-preprocessing configuration and stored as memory-mappable ``.npy`` arrays in slice-major layout:
+preprocessing configuration (:func:`~brats_lightning.data.preprocess.preprocess_case`) and stored
+as memory-mappable ``.npy`` arrays in slice-major layout:
 
 ``<cache_dir>/<dataset>-<key>/<case_id>/``
     ``image.npy``  ``(Z, C, X, Y)`` float16, cropped to the brain's bounding box
     ``label.npy``  ``(Z, X, Y)`` uint8 internal classes (labelled cases only)
     ``mask.npy``   ``(Z, X, Y)`` bool brain mask
-    ``meta.json``  geometry (box, shapes, affine, orientation, spacing), channels, label counts,
-                   and the size and mtime of every source file (a changed source is re-prepared)
+    ``index.npy``  int32 flat ``(Z, X, Y)`` offsets of the brain voxels, grouped by class (class 0
+                   first; ``meta["label_counts"]`` gives the group sizes): the compact patch index
+    ``meta.json``  geometry (box, shapes, affine, orientation, spacing), channels, label counts, the
+                   slices holding brain, and the size and mtime of every source file (a changed
+                   source is re-prepared)
 
 ``key`` hashes the data root, layout, modalities, convention and every preprocessing option, so a
 second run with the same configuration does no work, and a different one never reads stale data.
-Each case folder is written under a temporary name and renamed into place (atomic).
+Each case folder is written under a temporary name and renamed into place (atomic). Nothing per
+case is kept in memory: arrays are memory-mapped when first used (shared through the page cache by
+every process and rank of a machine), through a bounded cache of open files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from brats_lightning.data.io import CaseFiles, DataError, Volume, load_case
+from brats_lightning.data.io import CaseFiles
 from brats_lightning.data.labels import LabelConvention
-from brats_lightning.data.preprocess import (
-    PreprocessConfig,
-    brain_bbox,
-    brain_mask,
-    clip_percentiles,
-    crop,
-    n4_correct,
-    zscore,
-)
+from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case
+from brats_lightning.errors import DataError
 
 __all__ = [
-    "SymmetryConfig",
-    "Preprocessed",
+    "CACHE_VERSION",
     "PreparedCase",
     "cache_key",
-    "preprocess_case",
     "prepare_case",
+    "prepare_cases",
     "load_prepared",
     "is_fresh",
+    "open_array",
 ]
 
-CACHE_VERSION = 1
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 2
 
 
-@dataclass(frozen=True)
-class SymmetryConfig:
-    """Options of the symmetry channels (see :func:`brats_lightning.data.symmetry.symmetry_maps`).
+def _fd_budget() -> int:
+    """How many memory-mapped arrays may stay open (each holds a file descriptor).
 
-    Attributes:
-        enabled: append one symmetry map per modality (Shen et al. Sec. 2.2).
-        window: search window side.
-        kernel_size: Gaussian kernel side.
-        sigma: Gaussian sigma.
-        scale: sigmoid scale of the difference (z-scored intensity units).
-        min_angle: tilts below this many degrees are not resampled.
-        device: where to compute them (``"auto"``: CUDA when available).
+    The soft limit on open files is raised to the hard limit when that is possible (1,251 BraTS
+    cases need about 5,000 open arrays for patch sampling); a quarter of the limit is kept free.
     """
+    try:
+        import resource
 
-    enabled: bool = False
-    window: int = 11
-    kernel_size: int = 5
-    sigma: float = 1.1
-    scale: float = 1.0
-    min_angle: float = 1.0
-    device: str = "auto"
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        return max(64, int(soft * 3 // 4))
+    except (ImportError, ValueError, OSError):
+        return 768
 
-    def key_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "device"}
-        return d if self.enabled else {"enabled": False}
+
+@lru_cache(maxsize=_fd_budget())
+def open_array(path: str) -> np.ndarray:
+    """A read-only memory map of the ``.npy`` file at ``path`` (kept open, least recently used first out)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the prepared array ({e}); delete its case folder to rebuild it") from e
 
 
 @dataclass
 class PreparedCase:
-    """A preprocessed case, arrays memory-mapped from the cache.
+    """A preprocessed case in the cache; its arrays are memory-mapped on first use.
 
     Attributes:
         case_id: case identifier.
         folder: the case's cache folder.
-        image: ``(Z, C, X, Y)`` float16 (memory-mapped).
-        label: ``(Z, X, Y)`` uint8 internal classes, or ``None``.
-        mask: ``(Z, X, Y)`` bool brain mask.
-        meta: geometry and provenance (see module docstring).
+        meta: geometry and provenance (see the module docstring).
     """
 
     case_id: str
     folder: Path
-    image: np.ndarray
-    label: np.ndarray | None
-    mask: np.ndarray
     meta: dict = field(repr=False)
+
+    def _array(self, name: str) -> np.ndarray:
+        return open_array(str(self.folder / f"{name}.npy"))
+
+    @property
+    def image(self) -> np.ndarray:
+        """``(Z, C, X, Y)`` float16."""
+        return self._array("image")
+
+    @property
+    def has_label(self) -> bool:
+        return self.meta.get("label_counts") is not None
+
+    @property
+    def label(self) -> np.ndarray | None:
+        """``(Z, X, Y)`` uint8 internal classes, or ``None``."""
+        return self._array("label") if self.has_label else None
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(Z, X, Y)`` bool brain mask."""
+        return self._array("mask")
+
+    @property
+    def index(self) -> np.ndarray:
+        """int32 flat offsets of the brain voxels grouped by class (see :attr:`class_starts`)."""
+        return self._array("index")
+
+    @property
+    def class_starts(self) -> np.ndarray:
+        """``K + 1`` offsets into :attr:`index`: class ``k`` is ``index[starts[k]:starts[k + 1]]``."""
+        return np.concatenate([[0], np.cumsum(self.meta["label_counts"])]).astype(np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(Z, C, X, Y)`` of :attr:`image` (from the metadata, without opening it)."""
+        return tuple(self.meta["cached_shape"])  # type: ignore[return-value]
+
+    @property
+    def brain_slices(self) -> list[int]:
+        """Axial slices (indices into axis 0 of :attr:`image`) that hold brain."""
+        return list(self.meta["brain_slices"])
 
     @property
     def box(self) -> tuple[tuple[int, int], ...]:
@@ -151,121 +191,15 @@ def _sources(case: CaseFiles) -> dict[str, list]:
 
 
 def is_fresh(folder: Path, case: CaseFiles) -> bool:
-    """Whether ``folder`` holds a complete prepared case whose source files are unchanged."""
+    """Whether ``folder`` holds a complete prepared case of this cache version whose sources are unchanged."""
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         return False
     try:
         meta = json.loads(meta_file.read_text())
-        return meta.get("sources") == _sources(case)
+        return meta.get("cache_version") == CACHE_VERSION and meta.get("sources") == _sources(case)
     except (OSError, json.JSONDecodeError):
         return False
-
-
-def _symmetry_device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-@dataclass
-class Preprocessed:
-    """A case after preprocessing, in RAS order and full size (before cropping).
-
-    Attributes:
-        volume: the loaded case (original geometry and header).
-        image: ``(C, X, Y, Z)`` float32 channels (images, then centred symmetry maps if enabled).
-        mask: ``(X, Y, Z)`` brain mask.
-        label: ``(X, Y, Z)`` internal classes, or ``None``.
-        box: the crop box around the brain (RAS indices).
-        meta: geometry, channels, label counts (see the module docstring).
-    """
-
-    volume: Volume
-    image: np.ndarray
-    mask: np.ndarray
-    label: np.ndarray | None
-    box: tuple[tuple[int, int], ...]
-    meta: dict
-
-
-def preprocess_case(
-    case: CaseFiles, convention: LabelConvention, prep: PreprocessConfig, sym: SymmetryConfig
-) -> Preprocessed:
-    """Load and preprocess one case in memory (used for the cache and for prediction).
-
-    Raises:
-        DataError: unreadable or inconsistent files, an empty image, unknown label values.
-    """
-    vol = load_case(case)
-    mask = vol.mask if vol.mask is not None else brain_mask(vol.image)
-    first = next(iter(case.images.values()))
-    if not mask.any():
-        raise DataError(f"{first}: the image is empty (no non-zero voxel, no brain to segment)")
-    img = vol.image
-    if prep.clip_percentiles is not None:
-        img = clip_percentiles(img, mask, *prep.clip_percentiles)
-    for modality in prep.n4:
-        if modality in vol.modalities:
-            c = vol.modalities.index(modality)
-            img[c] = n4_correct(img[c], mask, prep.n4_shrink, prep.n4_iterations, vol.spacing)
-    if prep.zscore:
-        img = zscore(img, mask)
-    else:
-        img = np.where(mask, img, 0).astype(np.float32)
-    channels = list(vol.modalities)
-    axis = None
-    if sym.enabled:
-        import torch
-
-        from brats_lightning.data.symmetry import estimate_axis, symmetry_maps
-
-        ref = vol.modalities.index("t1") if "t1" in vol.modalities else 0
-        dev = _symmetry_device(sym.device)
-        x = torch.from_numpy(img).to(dev).permute(3, 0, 1, 2)
-        m = torch.from_numpy(mask).to(dev).permute(2, 0, 1)
-        ax = estimate_axis(x[:, ref], m)
-        maps = symmetry_maps(
-            x,
-            m,
-            ref_channel=ref,
-            axis=ax,
-            window=sym.window,
-            kernel_size=sym.kernel_size,
-            sigma=sym.sigma,
-            scale=sym.scale,
-            min_angle=sym.min_angle,
-        )
-        # Stored centred (map - 0.5): 0 = symmetric, like the zero background; see datasets.
-        sym_maps = (maps - 0.5).permute(1, 2, 3, 0).cpu().numpy()
-        img = np.concatenate([img, sym_maps], axis=0)
-        channels += [f"sym_{m}" for m in vol.modalities]
-        axis = {"angle": ax.angle, "center_h": ax.center_h, "center_w": ax.center_w}
-    label = None
-    counts = None
-    if vol.label is not None:
-        label = convention.to_internal(vol.label, source=str(case.label))
-        counts = np.bincount(label[mask].ravel(), minlength=convention.num_classes).tolist()
-    box = brain_bbox(mask, prep.margin)
-    meta = {
-        "case_id": case.case_id,
-        "layout": case.layout,
-        "convention": convention.name,
-        "modalities": list(vol.modalities),
-        "channels": channels,
-        "box": [list(b) for b in box],
-        "ras_shape": list(mask.shape),
-        "shape": list(vol.shape),
-        "affine": vol.affine.tolist(),
-        "ornt": vol.ornt.tolist(),
-        "spacing": list(vol.spacing),
-        "symmetry_axis": axis,
-        "label_counts": counts,
-        "sources": _sources(case),
-    }
-    return Preprocessed(vol, img, mask, label, box, meta)
 
 
 def prepare_case(
@@ -284,11 +218,25 @@ def prepare_case(
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        np.save(tmp / "image.npy", np.ascontiguousarray(crop(p.image, p.box).transpose(3, 0, 1, 2)).astype(np.float16))
-        np.save(tmp / "mask.npy", np.ascontiguousarray(crop(p.mask, p.box).transpose(2, 0, 1)))
+        image = np.ascontiguousarray(crop(p.image, p.box).transpose(3, 0, 1, 2)).astype(np.float16)
+        mask = np.ascontiguousarray(crop(p.mask, p.box).transpose(2, 0, 1))
+        np.save(tmp / "image.npy", image)
+        np.save(tmp / "mask.npy", mask)
+        meta = {
+            **p.meta,
+            "cache_version": CACHE_VERSION,
+            "sources": _sources(case),
+            "cached_shape": list(image.shape),
+            "brain_slices": np.flatnonzero(mask.any(axis=(1, 2))).tolist(),
+        }
         if p.label is not None:
-            np.save(tmp / "label.npy", np.ascontiguousarray(crop(p.label, p.box).transpose(2, 0, 1)))
-        (tmp / "meta.json").write_text(json.dumps(p.meta, indent=1))
+            label = np.ascontiguousarray(crop(p.label, p.box).transpose(2, 0, 1))
+            np.save(tmp / "label.npy", label)
+            brain = np.flatnonzero(mask.ravel())
+            # brain voxels grouped by class (a stable sort keeps them in scan order within a class)
+            index = brain[np.argsort(label.ravel()[brain], kind="stable")].astype(np.int32)
+            np.save(tmp / "index.npy", index)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -298,15 +246,86 @@ def prepare_case(
     return folder
 
 
-def load_prepared(folder: str | Path, mmap: bool = True) -> PreparedCase:
-    """Open a prepared case (arrays memory-mapped unless ``mmap=False``)."""
+def _init_worker(threads: int) -> None:
+    """A preparation worker: its share of the cores for torch (symmetry maps) and ITK (N4)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    except ImportError:  # pragma: no cover - SimpleITK is a dependency
+        pass
+
+
+def _prepare_one(args: tuple) -> tuple[str, str | None]:
+    case, folder, convention, prep, sym = args
+    try:
+        prepare_case(case, folder, convention, prep, sym)
+        return case.case_id, None
+    except DataError as e:
+        return case.case_id, str(e)
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def prepare_cases(
+    cases: Sequence[CaseFiles],
+    out_dir: Path,
+    convention: LabelConvention,
+    prep: PreprocessConfig,
+    sym: SymmetryConfig,
+    workers: int = 1,
+    advance: Callable[[], None] | None = None,
+) -> dict[str, str]:
+    """Prepare ``cases`` into ``out_dir/<case_id>`` with a pool of ``workers`` processes.
+
+    One worker runs in this process (with every thread); several are forked processes with one
+    thread each, as PyTorch's loader workers (forking is safe after torch has run only so, and it
+    does not re-import the caller's script the way ``spawn`` does). A case that fails does not stop
+    the others.
+
+    Returns:
+        case id -> reason, for the cases that could not be prepared.
+    """
+    jobs = [(c, out_dir / c.case_id, convention, prep, sym) for c in cases]
+    failed: dict[str, str] = {}
+    workers = max(1, min(int(workers), len(jobs)))
+    if workers == 1:
+        results = map(_prepare_one, jobs)
+        for case_id, error in results:
+            if error:
+                failed[case_id] = error
+            if advance:
+                advance()
+        return failed
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    threads = 1 if "fork" in methods else max(1, available_cores() // workers)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+        for case_id, error in pool.map(_prepare_one, jobs):
+            if error:
+                failed[case_id] = error
+            if advance:
+                advance()
+    return failed
+
+
+def load_prepared(folder: str | Path) -> PreparedCase:
+    """Open a prepared case (its metadata only; arrays are mapped on first use)."""
     folder = Path(folder)
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        mode = "r" if mmap else None
-        image = np.load(folder / "image.npy", mmap_mode=mode)
-        mask = np.load(folder / "mask.npy", mmap_mode=mode)
-        label = np.load(folder / "label.npy", mmap_mode=mode) if (folder / "label.npy").is_file() else None
-    except (OSError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{folder}: cannot read the prepared case ({e}); delete the folder to rebuild it") from e
-    return PreparedCase(meta["case_id"], folder, image, label, mask, meta)
+    return PreparedCase(meta["case_id"], folder, meta)

@@ -2,35 +2,50 @@
 
 With ``root=None`` it generates the built-in synthetic BraTS-like data set
 (:mod:`brats_lightning.data.synthetic`) into the cache folder, so that a new user can train at once.
+
+At scale (Havaei et al.'s and Shen et al.'s models on 1,251 BraTS 2021 cases, one or many GPUs):
+
+* cases are prepared by a pool of processes (``prepare_workers``); under DDP every rank prepares
+  its own share, so no case is prepared twice and no rank waits for the others' whole data set;
+* loader workers only cut from the memory-mapped cache; augmentation runs batched on the device
+  (:meth:`on_after_batch_transfer`); loaders persist across epochs (pinned memory on a GPU);
+* nothing per case stays in memory: patch indices, cascades' first-stage maps and the images are
+  memory-mapped files, shared by the ranks of a machine through the page cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
+from brats_lightning.data.augment import SliceAugment
 from brats_lightning.data.cache import (
     PreparedCase,
-    SymmetryConfig,
+    available_cores,
     cache_key,
     is_fresh,
     load_prepared,
-    prepare_case,
+    prepare_cases,
 )
-from brats_lightning.data.datasets import EpochSampler, SliceDataset, VolumeDataset, first_item
+from brats_lightning.data.datasets import EpochItems, SliceDataset, VolumeDataset, first_item
 from brats_lightning.data.io import MODALITIES, CaseFiles, detect_layout, discover_cases
 from brats_lightning.data.labels import get_convention
-from brats_lightning.data.preprocess import PreprocessConfig
+from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
 from brats_lightning.data.sampling import DISTRIBUTIONS, PatchBatchDataset, PatchSampler
 from brats_lightning.data.splits import fold_cases, load_or_create_splits
 from brats_lightning.errors import ConfigError, DataError
+from brats_lightning.seeding import stream_seed, training_epoch
 
-__all__ = ["BratsDataModule", "in_channels_for"]
+__all__ = ["BratsDataModule", "in_channels_for", "resolve_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +53,21 @@ log = logging.getLogger(__name__)
 def in_channels_for(modalities: Sequence[str], symmetry: bool) -> int:
     """Input channels of a model fed ``modalities`` (and one symmetry map per modality)."""
     return len(modalities) * (2 if symmetry else 1)
+
+
+def resolve_workers(value: int | str, ranks_per_node: int = 1, accelerator: str = "cpu") -> int:
+    """Loader workers for ``value`` (an integer, or ``"auto"``).
+
+    ``auto``: on a GPU, the cores of this rank's share of the machine minus one (for the training
+    process), at most 8; on the CPU, where the training process needs every core and the loader
+    only copies from memory maps, ``cores // 4`` (0 on a 2-core machine).
+    """
+    if value == "auto":
+        cores = max(1, available_cores() // max(1, ranks_per_node))
+        return min(8, max(1, cores - 1)) if accelerator != "cpu" else cores // 4
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"data.num_workers must be auto or an integer >= 0, got {value!r}")
+    return value
 
 
 def _progress(description: str, total: int):
@@ -64,26 +94,29 @@ class BratsDataModule(pl.LightningDataModule):
         modalities: canonical modalities stacked as channels, in this order.
         convention: label convention of the files (:mod:`brats_lightning.data.labels`).
         symmetry: append Shen et al.'s symmetry maps as extra channels (the one switch for them).
-        symmetry_options: keyword arguments of :class:`~brats_lightning.data.cache.SymmetryConfig`.
+        symmetry_options: keyword arguments of :class:`~brats_lightning.data.preprocess.SymmetryConfig`.
         preprocess: keyword arguments of :class:`~brats_lightning.data.preprocess.PreprocessConfig`.
         synthetic: options of :func:`brats_lightning.data.synthetic.write_dataset` (``n_cases``,
             ``shape``, ``spacing``, ``seed``), used when ``root`` is ``None``; ``False`` forbids the
             synthetic fallback (``data=brats``: a missing root is then an error).
         cache_dir: where prepared cases, splits and synthetic data are stored.
+        cache_shared: the cache folder is on storage shared by every node (prepared once in all,
+            split over the global ranks); otherwise every node prepares its own copy.
         split_file: an explicit split file; default ``<cache_dir>/splits/<dataset>-<hash>.json``.
-        seed: seed of the split and of the augmentation.
+        seed: seed of the split, the data order and the augmentation.
         test_fraction: share of the cases held out for testing.
         num_folds: cross-validation folds of the remaining cases.
         fold: the fold used for validation.
         max_cases: use only the first ``max_cases`` cases (quick runs).
         crop_size: in-plane ``(X, Y)`` training size (Shen et al.: 144 x 192).
-        batch_size: training slices per batch.
-        num_workers: data loader workers.
-        augment: random crops, flips, rotations and scaling of training slices.
-        augment_options: keyword arguments of :func:`~brats_lightning.data.datasets.slice_augmentation`.
+        batch_size: training slices (or patches) per batch.
+        num_workers: loader workers per rank, or ``"auto"`` (see :func:`resolve_workers`).
+        prepare_workers: processes preparing cases, or ``"auto"`` (the cores of this rank's share).
+        augment: random window positions, flips, rotations and scaling of training slices.
+        augment_options: keyword arguments of :class:`~brats_lightning.data.augment.SliceAugment`.
         mode: ``"slices"`` (whole 2D slices, Shen et al.) or ``"patches"`` (Havaei et al.'s patch CNNs).
         patch_size: side of training patches (the model's input size: 33, or larger for cascades).
-        patches_per_epoch: training patches per epoch in patch mode.
+        patches_per_epoch: training patches per epoch in patch mode (over all ranks).
         patch_distribution: label distribution of patch centres, ``"balanced"`` (phase 1) or
             ``"natural"`` (phase 2); the two-phase callback switches it.
         in_channels: expected input channels; checked against modalities and symmetry when given.
@@ -102,6 +135,7 @@ class BratsDataModule(pl.LightningDataModule):
         preprocess: dict | None = None,
         synthetic: dict | bool | None = None,
         cache_dir: str = "data/cache",
+        cache_shared: bool = False,
         split_file: str | None = None,
         seed: int = 0,
         test_fraction: float = 0.2,
@@ -110,7 +144,8 @@ class BratsDataModule(pl.LightningDataModule):
         max_cases: int | None = None,
         crop_size: Sequence[int] = (144, 192),
         batch_size: int = 8,
-        num_workers: int = 0,
+        num_workers: int | str = "auto",
+        prepare_workers: int | str = "auto",
         augment: bool = True,
         augment_options: dict | None = None,
         mode: str = "slices",
@@ -138,6 +173,8 @@ class BratsDataModule(pl.LightningDataModule):
         self.prep = PreprocessConfig(**_tuples(preprocess or {}))
         self.synthetic = dict(synthetic) if isinstance(synthetic, dict) else {}
         self.cache_dir = Path(cache_dir)
+        # Lightning calls prepare_data on every node's local rank 0 unless the storage is shared
+        self.prepare_data_per_node = not cache_shared
         self.split_file = None if split_file in (None, "", "null") else Path(split_file)
         self.seed = seed
         self.test_fraction = test_fraction
@@ -146,9 +183,16 @@ class BratsDataModule(pl.LightningDataModule):
         self.max_cases = max_cases
         self.crop_size = tuple(int(s) for s in crop_size)
         self.batch_size = batch_size
+        resolve_workers(num_workers)  # checks the value
         self.num_workers = num_workers
+        if prepare_workers != "auto" and (not isinstance(prepare_workers, int) or prepare_workers < 1):
+            raise ConfigError(f"data.prepare_workers must be auto or an integer >= 1, got {prepare_workers!r}")
+        self.prepare_workers = prepare_workers
         self.augment = augment
-        self.augment_options = dict(augment_options or {})
+        try:
+            self.augmenter = SliceAugment(**(augment_options or {}))
+        except TypeError as e:
+            raise ConfigError(f"data.augment_options: {e}") from None
         if mode not in ("slices", "patches"):
             raise ConfigError(f"data.mode must be 'slices' or 'patches', got {mode!r}")
         self.mode = mode
@@ -212,6 +256,21 @@ class BratsDataModule(pl.LightningDataModule):
         )
         return self.cache_dir / "prepared" / f"{self.dataset_name}-{key}"
 
+    # -- distribution helpers -----------------------------------------------------------------
+
+    def _dist(self) -> tuple[int, int, int]:
+        """``(rank, world size, ranks per node)`` of the preparation split (1 process without a trainer)."""
+        t = self.trainer
+        if t is None or t.world_size <= 1:
+            return 0, 1, 1
+        if self.prepare_data_per_node:  # node-local cache: the node's ranks share its cases
+            return t.local_rank, t.num_devices, t.num_devices
+        return t.global_rank, t.world_size, t.num_devices
+
+    def _barrier(self, name: str) -> None:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self.trainer.strategy.barrier(name)
+
     # -- data preparation ---------------------------------------------------------------------
 
     def discover(self, generate: bool = False) -> list[CaseFiles]:
@@ -253,28 +312,45 @@ class BratsDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Prepare every case into the cache (once; later runs find it there).
 
-        A case that fails does not stop the others; the failures are listed together at the end.
+        Lightning calls this on one process per node (or in all, with ``cache_shared``). Under DDP it
+        only writes the synthetic data set; the cases are prepared by :meth:`setup`, every rank its share.
 
         Raises:
             DataError: some cases could not be prepared (every one named with its reason).
         """
         cases = self.discover(generate=True)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            return
+        self._prepare(cases, 0, 1, 1)
+
+    def _prepare(self, cases: list[CaseFiles], rank: int, world: int, ranks_per_node: int) -> None:
+        """Prepare this rank's share of the cases that are not in the cache yet."""
         out = self.prepared_dir
-        todo = [c for c in cases if not is_fresh(out / c.case_id, c)]
+        todo = [c for c in cases if not is_fresh(out / c.case_id, c)][rank::world]
         if not todo:
             return
         out.mkdir(parents=True, exist_ok=True)
-        log.info("Preparing %d of %d cases of %s into %s", len(todo), len(cases), self.dataset_root, out)
-        failed: dict[str, str] = {}
+        workers = self.prepare_workers
+        if workers == "auto":
+            workers = max(1, available_cores() // ranks_per_node)
+        workers = min(int(workers), len(todo))
+        log.info(
+            "Preparing %d of %d cases of %s into %s (%d worker%s%s)",
+            len(todo),
+            len(cases),
+            self.dataset_root,
+            out,
+            workers,
+            "s" if workers > 1 else "",
+            f", rank {rank} of {world}" if world > 1 else "",
+        )
         progress, task = _progress(f"Preparing {self.dataset_name}", len(todo))
         with progress:
-            for c in todo:
-                try:
-                    prepare_case(c, out / c.case_id, self.convention, self.prep, self.symmetry)
-                except DataError as e:
-                    failed[c.case_id] = str(e)
-                    log.error("%s: not prepared (%s)", c.case_id, e)
-                progress.advance(task)
+            failed = prepare_cases(
+                todo, out, self.convention, self.prep, self.symmetry, workers, lambda: progress.advance(task)
+            )
+        for case_id, why in failed.items():
+            log.error("%s: not prepared (%s)", case_id, why)
         if failed:
             raise DataError(
                 f"{len(failed)} of {len(cases)} cases could not be prepared (the others are in {out}):\n"
@@ -284,17 +360,19 @@ class BratsDataModule(pl.LightningDataModule):
     def _split_path(self, case_ids: list[str]) -> Path:
         if self.split_file is not None:
             return self.split_file
-        import hashlib
-
         h = hashlib.sha1(
             ("|".join(sorted(case_ids)) + f"|{self.seed}|{self.test_fraction}|{self.num_folds}").encode()
         ).hexdigest()[:8]
         return self.cache_dir / "splits" / f"{self.dataset_name}-{h}.json"
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the split and open the prepared cases of each part."""
+        """Prepare this rank's share of the cases (under DDP), read the split and open the cases of each part."""
         if self.splits is not None:
             return
+        rank, world, per_node = self._dist()
+        if world > 1:  # prepare_data() wrote the synthetic data; Lightning synchronised the ranks since
+            self._prepare(self.discover(), rank, world, per_node)
+            self._barrier("prepared cases")
         cases = self.discover()
         ids = [c.case_id for c in cases]
         for c in cases:
@@ -322,7 +400,7 @@ class BratsDataModule(pl.LightningDataModule):
     # -- loaders ------------------------------------------------------------------------------
 
     def set_patch_distribution(self, distribution: str) -> None:
-        """Label distribution of training patch centres from the next training loader on: ``"balanced"`` or
+        """Label distribution of training patch centres from the next epoch on: ``"balanced"`` or
         ``"natural"`` (the two-phase callback switches it)."""
         if distribution not in DISTRIBUTIONS:
             raise ConfigError(f"unknown patch distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
@@ -335,55 +413,122 @@ class BratsDataModule(pl.LightningDataModule):
             self._patch_sampler = PatchSampler(self.train_cases, self.num_classes, self.patch_size)
         return self._patch_sampler
 
-    def set_aux_maps(self, maps: list, margin: int, size: int, before: int) -> None:
-        """Attach per-training-case maps to the patch batches (a cascade's cached first-stage output).
+    def cache_first_stage(
+        self,
+        first_stage: Callable[[torch.Tensor], torch.Tensor],
+        key: str,
+        margin: int,
+        size: int,
+        before: int,
+        device: torch.device | str = "cpu",
+        batch_slices: int = 8,
+    ) -> list[Path]:
+        """Compute a cascade's frozen first-stage maps over every training case once, on disk, and attach them.
 
-        See :meth:`brats_lightning.data.sampling.PatchSampler.set_aux`.
+        ``first_stage`` maps slices ``(N, C, X, Y)`` to ``(N, K, X + 2*margin, Y + 2*margin)``
+        probabilities. Maps are float16 ``.npy`` files under ``<cache_dir>/first_stage/<key>/``
+        (``key`` identifies the first stage's weights), written atomically, computed by every rank
+        for its share of the cases, then memory-mapped by the patch sampler (shared, never in RAM).
+
+        Returns:
+            The map files, in the order of :attr:`train_cases`.
         """
-        self.patch_sampler.set_aux(maps, margin, size, before)
-
-    @property
-    def _epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        folder = self.cache_dir / "first_stage" / f"{self.prepared_dir.name}-{key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [folder / f"{c.case_id}.npy" for c in self.train_cases]
+        rank, world, _ = self._dist()
+        if self.trainer is not None and self.trainer.world_size > 1 and not self.prepare_data_per_node:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        todo = [(c, p) for c, p in zip(self.train_cases, paths) if not p.is_file()][rank::world]
+        if todo:
+            progress, task = _progress("First-stage maps", sum(len(c.brain_slices) for c, _ in todo))
+            with progress, torch.no_grad():
+                for c, path in todo:
+                    z, _, nx, ny = c.shape
+                    probs = None
+                    brain = c.brain_slices
+                    for s in range(0, len(brain), batch_slices):
+                        idx = brain[s : s + batch_slices]
+                        x = torch.from_numpy(np.asarray(c.image[idx], dtype=np.float32)).to(device)
+                        p = first_stage(x).float().cpu().numpy().astype(np.float16)
+                        if probs is None:
+                            probs = np.zeros((z, p.shape[1], nx + 2 * margin, ny + 2 * margin), np.float16)
+                            probs[:, 0] = 1.0  # slices without brain: background
+                        probs[idx] = p
+                        progress.advance(task, len(idx))
+                    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npy")
+                    np.save(tmp, probs)
+                    tmp.replace(path)
+        self._barrier("first-stage maps")
+        self.patch_sampler.set_aux(paths, margin=margin, size=size, before=before)
+        return paths
 
     def train_dataset(self) -> SliceDataset | PatchBatchDataset:
-        """This epoch's training data (random streams seeded by ``(seed, epoch, index)``)."""
+        """The training data (items ``(epoch, i[, distribution])`` from :meth:`train_dataloader`'s sampler)."""
         if self.mode == "patches":
             batches = max(1, self.patches_per_epoch // self.batch_size)
-            return PatchBatchDataset(
-                self.patch_sampler, self.batch_size, batches, self.patch_distribution, self.seed, self._epoch
-            )
-        return SliceDataset(
-            self.train_cases, self.crop_size, self.augment, self.augment_options, self.seed, self._epoch
-        )
+            return PatchBatchDataset(self.patch_sampler, self.batch_size, batches, self.seed)
+        return SliceDataset(self.train_cases, self.crop_size, self.augment, self.seed)
+
+    def _epoch_state(self) -> tuple:
+        epoch = training_epoch(self.trainer)
+        return (epoch, self.patch_distribution) if self.mode == "patches" else (epoch,)
+
+    def _loader_options(self) -> dict[str, Any]:
+        t = self.trainer
+        accelerator = "cpu"
+        per_node = 1
+        if t is not None:
+            accelerator = "cpu" if type(t.accelerator).__name__ == "CPUAccelerator" else "gpu"
+            per_node = t.num_devices
+        workers = resolve_workers(self.num_workers, per_node, accelerator)
+        return {
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+            "pin_memory": accelerator == "gpu",
+        }
 
     def train_dataloader(self) -> DataLoader:
+        """Lightning builds it once per fit: its items carry the epoch and the patch distribution in
+        force (:class:`~brats_lightning.data.datasets.EpochItems`), so its workers persist."""
         ds = self.train_dataset()
+        opts = self._loader_options()
         if isinstance(ds, PatchBatchDataset):
-            return DataLoader(ds, batch_size=None, shuffle=False, num_workers=self.num_workers)
-        # the shuffle is a function of (seed, epoch) too (under DDP Lightning shards it per rank)
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            sampler=EpochSampler(len(ds), self.seed, self._epoch),
-            num_workers=self.num_workers,
-            drop_last=len(ds) > self.batch_size,
-        )
+            items = EpochItems(len(ds), self.seed, self._epoch_state, shuffle=False)
+            return DataLoader(ds, batch_size=None, sampler=items, **opts)
+        items = EpochItems(len(ds), self.seed, self._epoch_state, shuffle=True)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=items, drop_last=len(ds) > self.batch_size, **opts)
 
     def _volume_loader(self, cases: list[PreparedCase]) -> DataLoader:
-        return DataLoader(
-            VolumeDataset(cases),
-            batch_size=1,
-            shuffle=False,
-            num_workers=min(self.num_workers, 2),
-            collate_fn=first_item,
-        )
+        opts = self._loader_options()
+        opts["num_workers"] = min(opts["num_workers"], 2)
+        opts["persistent_workers"] = opts["num_workers"] > 0
+        return DataLoader(VolumeDataset(cases), batch_size=1, shuffle=False, collate_fn=first_item, **opts)
 
     def val_dataloader(self) -> DataLoader:
         return self._volume_loader(self.val_cases)
 
     def test_dataloader(self) -> DataLoader:
         return self._volume_loader(self.test_cases)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the device: float16/uint8 from the cache to float32/int64, and the training slices' augmentation.
+
+        The augmentation of a batch is seeded by ``(seed, epoch, global step, rank)``.
+        """
+        if isinstance(batch, dict):  # a whole volume
+            batch["image"] = batch["image"].float()
+            if "label" in batch:
+                batch["label"] = batch["label"].long()
+            return batch
+        *inputs, y = batch
+        inputs = [x.float() for x in inputs]
+        y = y.long()
+        t = self.trainer
+        if self.mode == "slices" and self.augment and t is not None and t.training:
+            seed = stream_seed(self.seed, training_epoch(t), t.global_step, t.global_rank)
+            inputs[0], y = self.augmenter(inputs[0], y, torch.Generator().manual_seed(seed))
+        return (*inputs, y)
 
     def describe(self) -> dict:
         """What a model needs to know of its data to predict new cases (stored in checkpoints)."""

@@ -1,9 +1,12 @@
-"""Torch datasets over prepared cases: 2D axial slices for training, whole volumes for evaluation."""
+"""Datasets over prepared cases: training slices, patch batches (:mod:`.sampling`) and whole volumes.
+
+Loader workers only read and cut from the memory-mapped cache (a copy per item); augmentation runs
+afterwards as one batched transform on the device (:mod:`brats_lightning.data.augment`).
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -12,135 +15,105 @@ from torch.utils.data import Dataset, Sampler
 from brats_lightning.data.cache import PreparedCase
 from brats_lightning.errors import DataError
 
-__all__ = ["EpochSampler", "SliceDataset", "VolumeDataset", "crop_or_pad", "first_item", "slice_augmentation"]
+__all__ = ["EpochItems", "SliceDataset", "VolumeDataset", "crop_offsets", "first_item"]
 
 
-def slice_augmentation(rotate_deg: float = 10.0, scale: float = 0.1, prob: float = 0.5, flip_prob: float = 0.5):
-    """MONAI transforms for Shen et al.'s augmentation (Sec. 3.1): scaling, rotation, flipping.
+class EpochItems(Sampler):
+    """Yields ``(epoch, i, *tags)`` for every ``i`` of an epoch, shuffled as a pure function of ``(seed, epoch)``.
 
-    Flipping is left-right (axis 0 of a ``(C, X, Y)`` slice), which keeps symmetry maps valid.
-    """
-    from monai.transforms import Compose, RandAffined, RandFlipd
+    ``state()`` is read when an epoch's iteration starts and gives ``(epoch, *tags)`` (the data
+    module's current epoch, and e.g. the patch distribution in force). Every item carries them to
+    the loader workers, so workers persist across epochs and phases while each epoch's randomness
+    stays a function of its number: a resumed run sees what an uninterrupted one saw, however many
+    times the loader was iterated before. Under DDP Lightning wraps this sampler and shards its items.
 
-    return Compose(
-        [
-            RandFlipd(keys=("image", "label"), prob=flip_prob, spatial_axis=0),
-            RandAffined(
-                keys=("image", "label"),
-                prob=prob,
-                rotate_range=(math.radians(rotate_deg),),
-                scale_range=(scale, scale),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
-        ]
-    )
-
-
-def crop_or_pad(
-    arrays: Sequence[np.ndarray], size: Sequence[int], rng: np.random.Generator | None = None
-) -> list[np.ndarray]:
-    """Crop or zero-pad the trailing two axes of every array to ``size``, all at the same offset.
-
-    Centred when ``rng`` is ``None``; otherwise at a random offset (translation augmentation).
-    """
-    h, w = arrays[0].shape[-2:]
-    out_slices, pads = [], []
-    for n, s in zip((h, w), size):
-        if n >= s:
-            start = (n - s) // 2 if rng is None else int(rng.integers(0, n - s + 1))
-            out_slices.append(slice(start, start + s))
-            pads.append((0, 0))
-        else:
-            before = (s - n) // 2 if rng is None else int(rng.integers(0, s - n + 1))
-            out_slices.append(slice(None))
-            pads.append((before, s - n - before))
-    res = []
-    for a in arrays:
-        a = a[(..., *out_slices)]
-        if any(p != (0, 0) for p in pads):
-            a = np.pad(a, [(0, 0)] * (a.ndim - 2) + pads)
-        res.append(a)
-    return res
-
-
-class EpochSampler(Sampler[int]):
-    """A random permutation of ``range(n)`` that is a pure function of ``(seed, epoch)``.
-
-    Unlike a ``RandomSampler`` with a generator, iterating it again gives the same order, so the
-    order of an epoch does not depend on how often the loader was iterated before (a resumed run
-    sees what an uninterrupted run saw). Under DDP Lightning wraps it and shards it per rank.
+    Args:
+        n: items per epoch.
+        seed: seed of the shuffle.
+        state: returns ``(epoch, *tags)``.
+        shuffle: permute the items (slices); ``False`` keeps ``0..n-1`` (patch batches, random anyway).
     """
 
-    def __init__(self, n: int, seed: int = 0, epoch: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, epoch
+    def __init__(self, n: int, seed: int, state: Callable[[], tuple], shuffle: bool = True) -> None:
+        self.n, self.seed, self.state, self.shuffle = n, seed, state, shuffle
 
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(np.random.default_rng((self.seed, self.epoch, 1)).permutation(self.n).tolist())
+    def __iter__(self) -> Iterator[tuple]:
+        epoch, *tags = self.state()
+        order = np.random.default_rng((self.seed, epoch, 1)).permutation(self.n) if self.shuffle else range(self.n)
+        return iter([(int(epoch), int(i), *tags) for i in order])
+
+
+def crop_offsets(size: Sequence[int], shape: Sequence[int], rng: np.random.Generator | None) -> list[int]:
+    """Offset of a ``size`` window in an axis of ``shape`` per axis: negative pads, centred without ``rng``."""
+    out = []
+    for n, s in zip(shape, size):
+        free = n - s  # >= 0: crop, < 0: pad
+        if rng is None:
+            out.append(free // 2 if free >= 0 else -((-free) // 2))
+        else:
+            out.append(int(rng.integers(0, free + 1)) if free >= 0 else -int(rng.integers(0, -free + 1)))
+    return out
+
+
+def _window(src: np.ndarray, out: np.ndarray, offsets: Sequence[int]) -> None:
+    """Copy the part of ``src``'s last two axes that falls in ``out`` (at ``offsets`` of ``src``) into ``out``."""
+    (ox, oy), (h, w) = offsets, out.shape[-2:]
+    nx, ny = src.shape[-2:]
+    sx0, sy0 = max(ox, 0), max(oy, 0)
+    sx1, sy1 = min(ox + h, nx), min(oy + w, ny)
+    out[..., sx0 - ox : sx1 - ox, sy0 - oy : sy1 - oy] = src[..., sx0:sx1, sy0:sy1]
 
 
 class SliceDataset(Dataset):
-    """Every axial slice that contains brain, cropped or padded to a fixed in-plane size.
+    """Every axial slice that holds brain, cut or zero-padded to a fixed in-plane size.
 
-    Items are ``(image, label)``: ``(C, X, Y)`` float32 and ``(X, Y)`` int64. The random crop and
-    augmentation of item ``i`` are seeded by ``(seed, epoch, i)``: reproducible whatever the number
-    of loader workers or ranks, and the same after a resume.
+    Items ``(epoch, i)`` (from :class:`EpochItems`) give ``(image, label)``: ``(C, X, Y)`` float16
+    (the cache's precision; converted on the device) and ``(X, Y)`` uint8. With ``augment`` the
+    window's position is random (translation), seeded by ``(seed, epoch, i)``; the other
+    augmentations run batched on the device.
 
     Args:
-        cases: prepared (labelled) cases.
+        cases: prepared, labelled cases.
         crop_size: ``(X, Y)`` in-plane size (Shen et al.: 144 x 192).
-        augment: random crop offset, flip, rotation and scaling.
-        augment_options: keyword arguments of :func:`slice_augmentation`.
-        seed: seed of the augmentation.
-        epoch: the training epoch (part of the seed).
+        augment: random window position.
+        seed: seed of the window positions.
     """
 
-    def __init__(
-        self,
-        cases: Sequence[PreparedCase],
-        crop_size: Sequence[int],
-        augment: bool = False,
-        augment_options: dict | None = None,
-        seed: int = 0,
-        epoch: int = 0,
-    ) -> None:
+    def __init__(self, cases: Sequence[PreparedCase], crop_size: Sequence[int], augment: bool = False, seed: int = 0):
         for c in cases:
-            if c.label is None:
+            if not c.has_label:
                 raise DataError(f"{c.folder}: case {c.case_id} has no label; it cannot be used for training")
         self.cases = list(cases)
         self.crop_size = tuple(int(s) for s in crop_size)
-        self.index = [(i, z) for i, c in enumerate(self.cases) for z in np.nonzero(c.mask.any(axis=(1, 2)))[0]]
+        self.index = [(i, z) for i, c in enumerate(self.cases) for z in c.brain_slices]
         self.augment = augment
-        self.transform = slice_augmentation(**(augment_options or {})) if augment else None
         self.seed = seed
-        self.epoch = epoch
+        self.channels = self.cases[0].shape[1] if self.cases else 0
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = item if isinstance(item, tuple) else (0, item)
         ci, z = self.index[i]
         case = self.cases[ci]
-        image = np.asarray(case.image[z], dtype=np.float32)
-        label = np.asarray(case.label[z], dtype=np.int64)  # type: ignore[index]
-        rng = np.random.default_rng((self.seed, self.epoch, i)) if self.augment else None
-        image, label = crop_or_pad([image, label], self.crop_size, rng)
-        if self.transform is not None and rng is not None:
-            self.transform.set_random_state(seed=int(rng.integers(2**31)))
-            out = self.transform({"image": image, "label": label[None].astype(np.float32)})
-            image = np.asarray(out["image"], dtype=np.float32)
-            label = np.asarray(out["label"])[0].round().astype(np.int64)
-        return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(np.ascontiguousarray(label))
+        rng = np.random.default_rng((self.seed, epoch, i)) if self.augment else None
+        offsets = crop_offsets(self.crop_size, case.shape[2:], rng)
+        image = np.zeros((self.channels, *self.crop_size), dtype=np.float16)
+        label = np.zeros(self.crop_size, dtype=np.uint8)
+        _window(case.image[z], image, offsets)
+        _window(case.label[z], label, offsets)  # type: ignore[index]
+        return torch.from_numpy(image), torch.from_numpy(label)
 
 
 class VolumeDataset(Dataset):
     """Whole prepared cases for validation, testing and prediction (one case per item).
 
-    Items are dicts with ``image`` ``(Z, C, X, Y)`` float32, ``mask`` ``(Z, X, Y)`` bool,
-    ``label`` ``(Z, X, Y)`` int64 (labelled cases only), ``index``, ``case_id`` and the geometry
+    Items are dicts with ``image`` ``(Z, C, X, Y)`` float16, ``mask`` ``(Z, X, Y)`` bool,
+    ``label`` ``(Z, X, Y)`` uint8 (labelled cases only), ``index``, ``case_id`` and the geometry
     needed to paste a prediction back into the full RAS grid (``box``, ``ras_shape``, ``spacing``).
     """
 
@@ -153,8 +126,8 @@ class VolumeDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         c = self.cases[i]
         item = {
-            "image": torch.from_numpy(np.array(c.image, dtype=np.float32)),
-            "mask": torch.from_numpy(np.array(c.mask, dtype=bool)),
+            "image": torch.from_numpy(np.array(c.image)),
+            "mask": torch.from_numpy(np.array(c.mask)),
             "index": i,
             "case_id": c.case_id,
             "box": c.box,
@@ -162,8 +135,8 @@ class VolumeDataset(Dataset):
             "spacing": c.spacing,
             "channels": c.meta.get("channels", []),
         }
-        if c.label is not None:
-            item["label"] = torch.from_numpy(np.array(c.label, dtype=np.int64))
+        if c.has_label:
+            item["label"] = torch.from_numpy(np.array(c.label))
         return item
 
 

@@ -7,17 +7,29 @@ Shen et al. Sec. 3.1: per-image zero mean, unit variance. Statistics are compute
 
 Cropping keeps the brain's bounding box plus a margin; the box is recorded (in RAS voxel indices)
 so that predictions go back to the original grid (:func:`uncrop`).
+
+:func:`preprocess_case` is the whole pipeline of one case in memory (read, clip, N4, z-score,
+symmetry maps): training stores its output in the cache (:mod:`brats_lightning.data.cache`) and
+prediction uses it directly, so both see exactly the same inputs.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from brats_lightning.data.io import CaseFiles, Volume, load_case
+from brats_lightning.data.labels import LabelConvention
+from brats_lightning.errors import DataError
+
 __all__ = [
     "PreprocessConfig",
+    "SymmetryConfig",
+    "Preprocessed",
+    "preprocess_case",
     "brain_mask",
     "clip_percentiles",
     "n4_correct",
@@ -145,3 +157,143 @@ def uncrop(arr: np.ndarray, box: Sequence[tuple[int, int]], shape: Sequence[int]
     out = np.full((*lead, *shape), fill, dtype=arr.dtype)
     out[(slice(None),) * len(lead) + tuple(slice(a, b) for a, b in box)] = arr
     return out
+
+
+@dataclass(frozen=True)
+class SymmetryConfig:
+    """Options of the symmetry channels (see :func:`brats_lightning.data.symmetry.symmetry_maps`).
+
+    Attributes:
+        enabled: append one symmetry map per modality (Shen et al. Sec. 2.2).
+        window: search window side.
+        kernel_size: Gaussian kernel side.
+        sigma: Gaussian sigma.
+        scale: sigmoid scale of the difference (z-scored intensity units).
+        min_angle: tilts below this many degrees are not resampled.
+        device: where to compute them (``"auto"``: CUDA when available).
+    """
+
+    enabled: bool = False
+    window: int = 11
+    kernel_size: int = 5
+    sigma: float = 1.1
+    scale: float = 1.0
+    min_angle: float = 1.0
+    device: str = "auto"
+
+    def key_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "device"}
+        return d if self.enabled else {"enabled": False}
+
+
+def _symmetry_device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@dataclass
+class Preprocessed:
+    """A case after preprocessing, in RAS order and full size (before cropping).
+
+    Attributes:
+        volume: the loaded case (original geometry and header).
+        image: ``(C, X, Y, Z)`` float32 channels (images, then centred symmetry maps if enabled).
+        mask: ``(X, Y, Z)`` brain mask.
+        label: ``(X, Y, Z)`` internal classes, or ``None``.
+        box: the crop box around the brain (RAS indices).
+        meta: geometry, channels, label counts (see :mod:`brats_lightning.data.cache`).
+        timings: seconds spent reading (``read``), preprocessing (``preprocess``: clipping, N4,
+            z-score) and computing symmetry maps (``symmetry``).
+    """
+
+    volume: Volume
+    image: np.ndarray
+    mask: np.ndarray
+    label: np.ndarray | None
+    box: tuple[tuple[int, int], ...]
+    meta: dict
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def preprocess_case(
+    case: CaseFiles, convention: LabelConvention, prep: PreprocessConfig, sym: SymmetryConfig
+) -> Preprocessed:
+    """Load and preprocess one case in memory (used for the cache and for prediction).
+
+    Raises:
+        DataError: unreadable or inconsistent files, an empty image, unknown label values.
+    """
+    t0 = time.perf_counter()
+    vol = load_case(case)
+    t1 = time.perf_counter()
+    mask = vol.mask if vol.mask is not None else brain_mask(vol.image)
+    first = next(iter(case.images.values()))
+    if not mask.any():
+        raise DataError(f"{first}: the image is empty (no non-zero voxel, no brain to segment)")
+    img = vol.image
+    if prep.clip_percentiles is not None:
+        img = clip_percentiles(img, mask, *prep.clip_percentiles)
+    for modality in prep.n4:
+        if modality in vol.modalities:
+            c = vol.modalities.index(modality)
+            img[c] = n4_correct(img[c], mask, prep.n4_shrink, prep.n4_iterations, vol.spacing)
+    if prep.zscore:
+        img = zscore(img, mask)
+    else:
+        img = np.where(mask, img, 0).astype(np.float32)
+    channels = list(vol.modalities)
+    axis = None
+    t2 = time.perf_counter()
+    if sym.enabled:
+        import torch
+
+        from brats_lightning.data.symmetry import estimate_axis, symmetry_maps
+
+        ref = vol.modalities.index("t1") if "t1" in vol.modalities else 0
+        dev = _symmetry_device(sym.device)
+        x = torch.from_numpy(img).to(dev).permute(3, 0, 1, 2)
+        m = torch.from_numpy(mask).to(dev).permute(2, 0, 1)
+        ax = estimate_axis(x[:, ref], m)
+        maps = symmetry_maps(
+            x,
+            m,
+            ref_channel=ref,
+            axis=ax,
+            window=sym.window,
+            kernel_size=sym.kernel_size,
+            sigma=sym.sigma,
+            scale=sym.scale,
+            min_angle=sym.min_angle,
+        )
+        # Stored centred (map - 0.5): 0 = symmetric, like the zero background; see datasets.
+        sym_maps = (maps - 0.5).permute(1, 2, 3, 0).cpu().numpy()
+        img = np.concatenate([img, sym_maps], axis=0)
+        channels += [f"sym_{m}" for m in vol.modalities]
+        axis = {"angle": ax.angle, "center_h": ax.center_h, "center_w": ax.center_w}
+    t3 = time.perf_counter()
+    label = None
+    counts = None
+    if vol.label is not None:
+        label = convention.to_internal(vol.label, source=str(case.label))
+        counts = np.bincount(label[mask].ravel(), minlength=convention.num_classes).tolist()
+    box = brain_bbox(mask, prep.margin)
+    meta = {
+        "case_id": case.case_id,
+        "layout": case.layout,
+        "convention": convention.name,
+        "modalities": list(vol.modalities),
+        "channels": channels,
+        "box": [list(b) for b in box],
+        "ras_shape": list(mask.shape),
+        "shape": list(vol.shape),
+        "affine": vol.affine.tolist(),
+        "ornt": vol.ornt.tolist(),
+        "spacing": list(vol.spacing),
+        "symmetry_axis": axis,
+        "label_counts": counts,
+    }
+    timings = {"read": t1 - t0, "preprocess": t2 - t1, "symmetry": t3 - t2}
+    return Preprocessed(vol, img, mask, label, box, meta, timings)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -235,38 +235,26 @@ class PatchCNNModule(SegmentationModule):
         # After the module is on its device, before the first training loader is built.
         dm = getattr(self.trainer, "datamodule", None)
         if self.is_cascade and self.hparams.first_stage_cache and dm is not None:
-            self._cache_first_stage(dm)
+            self.attach_first_stage(dm)
 
-    @torch.no_grad()
-    def _cache_first_stage(self, dm) -> None:
-        """Run the frozen first stage over every training slice once and hand the maps to the data module."""
-        from rich.progress import Progress
+    def attach_first_stage(self, datamodule) -> None:
+        """Have the data module cache this cascade's first-stage maps (once, on disk) and sample with them.
 
+        The data side owns the cache (files shared by the ranks, keyed by the first stage's weights);
+        the model supplies the function.
+        """
         net: CascadeCNN = self.net  # type: ignore[assignment]
-        margin = 16
-        device = self.device
         first = net.first.eval()
-        maps = []
-        cases = dm.train_cases
-        with Progress(transient=False) as bar:
-            task = bar.add_task("First-stage maps", total=sum(c.image.shape[0] for c in cases))
-            for c in cases:
-                img = torch.from_numpy(np.asarray(c.image, dtype=np.float32))
-                out = np.zeros(
-                    (img.shape[0], net.num_classes, img.shape[2] + 2 * margin, img.shape[3] + 2 * margin),
-                    dtype=np.float32,
-                )
-                brain = np.flatnonzero(np.asarray(c.mask).any(axis=(1, 2)))
-                for s in range(0, brain.size, self.inference_batch_size):
-                    idx = brain[s : s + self.inference_batch_size]
-                    x = img[idx].to(device)
-                    m = margin + 16
-                    probs = torch.softmax(first(F.pad(x, (m, m, m, m))), dim=1)
-                    out[idx] = probs.cpu().numpy()
-                    bar.advance(task, idx.size)
-                bar.advance(task, img.shape[0] - brain.size)
-                maps.append(out)
-        dm.set_aux_maps(maps, margin=margin, size=net.aux_size, before=net.aux_before)
+        weights = b"".join(t.detach().cpu().numpy().tobytes() for t in first.state_dict().values())
+        datamodule.cache_first_stage(
+            lambda x: net.first_stage_map(x, margin=16),
+            hashlib.sha1(weights).hexdigest()[:12],
+            margin=16,
+            size=net.aux_size,
+            before=net.aux_before,
+            device=self.device,
+            batch_slices=self.inference_batch_size,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -13,6 +13,7 @@ from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
 from brats_lightning.inference import predict_volume
 from brats_lightning.metrics import dice_torch, region_metrics
+from brats_lightning.seeding import stream_seed, training_epoch
 
 __all__ = ["SegmentationModule"]
 
@@ -73,8 +74,9 @@ class SegmentationModule(pl.LightningModule):
         # The global random stream (dropout) is reseeded from (seed, epoch, batch, rank) at every step:
         # a resumed run draws what an uninterrupted one would, and every DDP rank draws its own.
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        rank = self.trainer.global_rank if self._trainer is not None else 0
-        torch.manual_seed(int(np.random.SeedSequence((seed, self.current_epoch, batch_idx, rank)).generate_state(1)[0]))
+        trainer = self._trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        torch.manual_seed(stream_seed(seed, training_epoch(trainer), batch_idx, rank))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The data configuration travels with the weights, so that prediction preprocesses new

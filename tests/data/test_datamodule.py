@@ -19,12 +19,16 @@ def test_prepare_setup_and_loaders(tiny_dm_kwargs: dict) -> None:
     assert len(dm.train_cases) + len(dm.val_cases) + len(dm.test_cases) == 8
     assert not set(c.case_id for c in dm.train_cases) & set(c.case_id for c in dm.val_cases + dm.test_cases)
     x, y = next(iter(dm.train_dataloader()))
+    # the loader delivers the cache's compact types; the transfer hook converts them on the device
+    assert x.dtype == torch.float16 and y.dtype == torch.uint8
+    x, y = dm.on_after_batch_transfer((x, y), 0)
     assert x.shape == (4, 8, 48, 56) and x.dtype == torch.float32
     assert y.shape == (4, 48, 56) and y.dtype == torch.int64
     assert set(torch.unique(y).tolist()) <= {0, 1, 2, 3}
     # symmetry channels are stored centred: map - 0.5 in [-0.5, 0.5]
     assert float(x[:, 4:].abs().max()) <= 0.5 + 1e-3
-    vol = next(iter(dm.val_dataloader()))
+    vol = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    assert vol["image"].dtype == torch.float32 and vol["label"].dtype == torch.int64
     z, c, h, w = vol["image"].shape
     assert c == 8 and vol["label"].shape == (z, h, w) and vol["mask"].shape == (z, h, w)
     # the crop box lies inside the RAS grid

@@ -10,10 +10,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import shared
 
-from brats_lightning.data.cache import SymmetryConfig, preprocess_case
 from brats_lightning.data.io import DataError, PatternLayout, detect_layout, discover_cases, load_case
 from brats_lightning.data.labels import get_convention
-from brats_lightning.data.preprocess import PreprocessConfig, n4_correct
+from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, n4_correct, preprocess_case
 
 DEEPMEDIC_FILES = {
     "flair": "Flair_subtrMeanDivStd.nii.gz",

@@ -33,7 +33,7 @@ def test_patches_are_centred_on_a_voxel_of_their_label(dm: BratsDataModule) -> N
     s = dm.patch_sampler
     case, flat, lab = s.sample(300, "balanced", np.random.default_rng(1))
     patches = s.extract(case, flat)
-    assert patches.shape == (300, 4, 33, 33) and patches.dtype == np.float32
+    assert patches.shape == (300, 4, 33, 33) and patches.dtype == np.float16  # the cache's precision
     for i in range(0, 300, 7):  # compare with a direct read of the volume
         c = s.cases[case[i]]
         z, x, y = np.unravel_index(flat[i], c.mask.shape)
@@ -89,17 +89,18 @@ def test_even_patches_have_one_more_pixel_before_the_centre(dm: BratsDataModule)
     np.testing.assert_array_equal(b[:, :, 28 - 16 : 28 + 17, 28 - 16 : 28 + 17], a)
 
 
-def test_aux_windows_are_aligned_with_the_patches(dm: BratsDataModule) -> None:
+def test_aux_windows_are_aligned_with_the_patches(dm: BratsDataModule, tmp_path) -> None:
     s = PatchSampler(dm.train_cases, 4, 33)
     margin = 16
-    # an auxiliary map that stores the voxel coordinates, so alignment can be read off
+    # an auxiliary map that stores the voxel coordinates, so alignment can be read off (memory-mapped files)
     maps = []
-    for c in s.cases:
+    for i, c in enumerate(s.cases):
         z, _, nx, ny = c.image.shape
         zz, xx, yy = np.meshgrid(
             np.arange(z), np.arange(-margin, nx + margin), np.arange(-margin, ny + margin), indexing="ij"
         )
-        maps.append(np.stack([zz, xx, yy], axis=1).astype(np.float32))
+        np.save(tmp_path / f"{i}.npy", np.stack([zz, xx, yy], axis=1).astype(np.float32))
+        maps.append(tmp_path / f"{i}.npy")
     s.set_aux(maps, margin=margin, size=24, before=12)
     x, aux, y = s.batch(40, "balanced", np.random.default_rng(4))
     assert x.shape == (40, 4, 33, 33) and aux.shape == (40, 3, 24, 24) and y.shape == (40,)

@@ -47,18 +47,19 @@ def test_cached_first_stage_equals_running_it_on_the_large_patch(
     model = PatchCNNModule(arch, 4, 4, first_stage_ckpt=str(first_ckpt)).eval()
     model.preflight()  # reads the first stage's checkpoint (train() and setup() do it)
     dm = _dm(tiny_dm_kwargs)
-    model._cache_first_stage(dm)
+    model.attach_first_stage(dm)
     cached = dm.patch_sampler
     large = PatchSampler(dm.train_cases, 4, model.net.first_patch)
     case, flat, _ = cached.sample(24, "balanced", np.random.default_rng(0))
-    x33 = torch.from_numpy(cached.extract(case, flat))
-    aux = torch.from_numpy(cached.extract_aux(case, flat))
-    big = torch.from_numpy(large.extract(case, flat))
+    x33 = torch.from_numpy(cached.extract(case, flat)).float()
+    aux = torch.from_numpy(cached.extract_aux(case, flat)).float()
+    big = torch.from_numpy(large.extract(case, flat)).float()
     with torch.no_grad():
         a = model.net.second_stage(x33, aux)
         b = model.net(big)
-    assert float(aux.std()) > 0.01
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert float(aux.std()) > 0.005
+    # equal up to the float16 storage of the cached maps (probabilities to ~5e-4 relative)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
 def test_training_leaves_the_first_stage_bit_identical(
