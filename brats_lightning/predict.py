@@ -9,12 +9,18 @@ With ``probabilities=true``, ``<output_dir>/probabilities/<case>.nii.gz`` holds 
 probabilities (4D, last axis = class): a folder of its own, so that no case name can collide with
 another case's output.
 
+It runs on Lightning's machinery: loader workers read and preprocess the next cases while the
+current one is inferred, ``Trainer.predict`` runs the model (on every GPU of every node with
+``devices=N``, each case once), and a prediction writer writes each case as soon as it is done.
+Symmetry maps are computed on the inference device, on the whole volume as in training.
+``predict_report.json`` records, per case, the seconds spent reading, preprocessing, computing
+symmetry maps, inferring and writing, and their sums.
+
 Files are written atomically (a temporary file renamed into place) and temporary files left by a
 killed run are removed. A case counts as done only when every output asked for is there, so a rerun
 after a kill, or with ``probabilities=true`` added, completes what is missing; ``overwrite=true``
 redoes everything. A case that cannot be read (or whose folder is incomplete) is reported with its
-reason and skipped, the others are still done, and the exit status is 1. A report of every case
-lands in ``<output_dir>/predict_report.json``.
+reason and skipped, the others are still done, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -25,27 +31,41 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import hydra
 import nibabel as nib
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
 
 from brats_lightning.checkpoint import load_module
 from brats_lightning.config import config_dir, register_resolvers
+from brats_lightning.data.datasets import first_item
 from brats_lightning.data.io import BadCase, CaseFiles, discover_cases, get_layout
 from brats_lightning.data.labels import CONVENTIONS, convert, get_convention
-from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case, uncrop
+from brats_lightning.data.preprocess import (
+    PreprocessConfig,
+    SymmetryConfig,
+    preprocess_case,
+    symmetry_channels,
+    uncrop,
+)
 from brats_lightning.errors import ConfigError, UserError, cli
 from brats_lightning.inference import predict_volume
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.postprocess import remove_small_components
 from brats_lightning.utils import atomic_path, remove_stale_temporaries, write_text_atomic
 
-__all__ = ["load_model", "CaseOutputs", "predict_case", "predict_dir", "main"]
+__all__ = ["load_model", "CaseOutputs", "CaseDataset", "Predictor", "CaseWriter", "predict_dir", "main"]
 
 log = logging.getLogger("brats_lightning.predict")
+
+#: the stages of a case whose seconds ``predict_report.json`` records
+STAGES = ("read", "preprocess", "symmetry", "inference", "write")
 
 
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModule, dict]:
@@ -86,6 +106,184 @@ class CaseOutputs:
         return all(p.is_file() for p in self.paths)
 
 
+def _configs(data_config: dict) -> tuple[Any, PreprocessConfig, SymmetryConfig]:
+    conv = get_convention(data_config.get("convention", "brats2017"))
+    prep = PreprocessConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.get("preprocess", {}).items()}
+    )
+    sym = SymmetryConfig(**data_config.get("symmetry", {"enabled": False}))
+    return conv, prep, sym
+
+
+class CaseDataset(Dataset):
+    """The cases to predict, read and preprocessed (without symmetry maps) in loader workers.
+
+    An item is a dict: ``image`` ``(Z, C, X, Y)`` float32 of the whole RAS volume, ``mask``, the
+    geometry to write the result back (``volume``: affine, header, orientation), the crop ``box``,
+    ``timings`` of reading and preprocessing, or ``error`` when the case cannot be used.
+    """
+
+    def __init__(self, cases: list[CaseFiles], data_config: dict, output_conventions: list[str]) -> None:
+        self.cases = cases
+        self.data_config = data_config
+        self.output_conventions = output_conventions
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> dict:
+        case = self.cases[i]
+        conv, prep, sym = _configs(self.data_config)
+        item: dict[str, Any] = {"case_id": case.case_id, "output_convention": self.output_conventions[i]}
+        try:
+            pre = preprocess_case(replace(case, label=None), conv, prep, replace(sym, enabled=False))
+        except UserError as e:
+            return {**item, "error": str(e)}
+        vol = pre.volume
+        item.update(
+            image=torch.from_numpy(np.ascontiguousarray(pre.image.transpose(3, 0, 1, 2))),
+            mask=torch.from_numpy(np.ascontiguousarray(pre.mask.transpose(2, 0, 1))),
+            box=pre.box,
+            spacing=vol.spacing,
+            modalities=list(vol.modalities),
+            volume=replace(vol, image=np.empty(0, np.float32), label=None, mask=None),
+            timings=pre.timings,
+        )
+        return item
+
+
+class Predictor(pl.LightningModule):
+    """Whole-case inference of a trained model: symmetry maps on the device, then the net, slice batch by slice batch.
+
+    Args:
+        model: the trained model.
+        data_config: its data configuration (from the checkpoint).
+        batch_size: slices per forward pass.
+        probabilities: also return the class probabilities.
+    """
+
+    def __init__(
+        self, model: SegmentationModule, data_config: dict, batch_size: int = 8, probabilities: bool = False
+    ) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.data_config = data_config
+        self.batch_size = batch_size
+        self.probabilities = probabilities
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        if "error" in batch:
+            return batch
+        timings = dict(batch["timings"])
+        _, _, sym = _configs(self.data_config)
+        image, mask = batch["image"], batch["mask"]
+        t0 = time.perf_counter()
+        if sym.enabled:
+            with torch.autocast(self.device.type, enabled=False):
+                maps, _ = symmetry_channels(image.float(), mask, batch["modalities"], sym)
+            image = torch.cat([image, maps], dim=1)
+        _sync(self.device)
+        t1 = time.perf_counter()
+        (x0, x1), (y0, y1), (z0, z1) = batch["box"]
+        # the crop of training: the brain's box; (Z, C, X, Y) slices
+        probs = predict_volume(
+            self.model.predict_slices,
+            image[z0:z1, :, x0:x1, y0:y1],
+            self.batch_size,
+            mask[z0:z1, x0:x1, y0:y1],
+        )
+        classes = probs.argmax(1).to(torch.uint8)
+        out = {**batch, "classes": classes.cpu(), "image": None, "mask": mask.cpu()}
+        if self.probabilities:
+            out["probs"] = probs.float().cpu()
+        _sync(self.device)
+        timings.update(symmetry=t1 - t0, inference=time.perf_counter() - t1)
+        out["timings"] = timings
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class CaseWriter(BasePredictionWriter):
+    """Writes every predicted case (labels, and probabilities when asked for) and keeps this rank's report.
+
+    Args:
+        out_dir: the output folder.
+        data_config: the model's data configuration (label convention).
+        postprocess: Havaei et al.'s connected-component clean-up options, or ``None``.
+    """
+
+    def __init__(self, out_dir: Path, data_config: dict, postprocess: dict | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir = out_dir
+        self.data_config = data_config
+        self.postprocess = postprocess
+        self.done: list[str] = []
+        self.failed: dict[str, str] = {}
+        self.times: dict[str, dict[str, float]] = {}
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        case_id = prediction["case_id"]
+        if "error" in prediction:
+            self.failed[case_id] = prediction["error"]
+            log.error("%s: skipped (%s)", case_id, prediction["error"])
+            return
+        t0 = time.perf_counter()
+        try:
+            self._write(prediction)
+        except (UserError, OSError) as e:
+            self.failed[case_id] = str(e)
+            log.error("%s: skipped (%s)", case_id, e)
+            return
+        timings = {**prediction["timings"], "write": time.perf_counter() - t0}
+        timings["total"] = sum(timings[s] for s in STAGES if s in timings)
+        self.times[case_id] = {k: round(v, 3) for k, v in timings.items()}
+        self.done.append(case_id)
+
+    def _write(self, p: dict) -> None:
+        conv, _, _ = _configs(self.data_config)
+        vol, box = p["volume"], p["box"]
+        ras_shape = tuple(p["mask"].shape[1:]) + (p["mask"].shape[0],)  # (X, Y, Z)
+        classes = uncrop(p["classes"].permute(1, 2, 0).numpy(), box, ras_shape)
+        if self.postprocess:
+            classes = remove_small_components(classes, p["spacing"], **self.postprocess)
+        out_conv = get_convention(p["output_convention"])
+        labels = out_conv.from_internal(convert(classes, conv, out_conv))
+        outputs = CaseOutputs.of(self.out_dir, p["case_id"], "probs" in p)
+        # probabilities first: a case is done when its label map exists with everything asked for
+        if outputs.probabilities is not None:
+            probs = p["probs"].permute(1, 2, 3, 0).numpy()  # (K, X, Y, Z) in the box
+            full = np.zeros((probs.shape[0], *ras_shape), dtype=np.float32)
+            full[0] = 1.0  # background outside the brain's box
+            full[(slice(None), *[slice(a, b) for a, b in box])] = probs
+            _write_nifti(np.moveaxis(vol.to_original(full), 0, -1), vol.affine, vol.header, outputs.probabilities)
+        _write_nifti(vol.to_original(labels).astype(np.uint8), vol.affine, vol.header, outputs.labels)
+
+    def report(self) -> dict:
+        return {"done": self.done, "failed": self.failed, "times_s": self.times}
+
+
+def _write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None:
+    """Save ``arr`` next to ``path`` under a temporary name, then rename it into place (atomic)."""
+    img = nib.Nifti1Image(arr, affine, header)
+    img.set_data_dtype(arr.dtype)
+    img.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
 def check_predict_options(cfg: DictConfig | dict) -> None:
     """Reject options that cannot work before the model is loaded or any case read.
 
@@ -111,58 +309,24 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device}, but no CUDA device is available here (use device=auto or cpu)")
+    workers = cfg.get("num_workers", "auto")
+    if workers != "auto" and (not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"num_workers must be auto or an integer >= 0, got {workers!r}")
 
 
-def _write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None:
-    """Save ``arr`` next to ``path`` under a temporary name, then rename it into place (atomic)."""
-    img = nib.Nifti1Image(arr, affine, header)
-    img.set_data_dtype(arr.dtype)
-    img.header.set_xyzt_units("mm")
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-
-
-@torch.no_grad()
-def predict_case(
-    model: SegmentationModule,
-    case: CaseFiles,
-    data_config: dict,
-    output_convention: str,
-    batch_size: int = 8,
-    postprocess: dict | None = None,
-    probabilities: bool = False,
-) -> tuple[np.ndarray, np.ndarray | None, object]:
-    """Segment one case.
-
-    Returns:
-        ``(labels, probabilities, volume)``: labels in the files' voxel order and ``output_convention``,
-        probabilities ``(X, Y, Z, K)`` in the files' voxel order (``None`` unless asked for: the full-grid
-        map is K float32 volumes), and the loaded volume (geometry).
-    """
-    conv = get_convention(data_config.get("convention", model.convention.name))
-    prep = PreprocessConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.get("preprocess", {}).items()}
-    )
-    sym = SymmetryConfig(**data_config.get("symmetry", {"enabled": False}))
-    pre = preprocess_case(replace(case, label=None), conv, prep, sym)
-    device = model.device
-    image = torch.from_numpy(np.ascontiguousarray(crop(pre.image, pre.box).transpose(3, 0, 1, 2))).to(device)
-    mask = torch.from_numpy(np.ascontiguousarray(crop(pre.mask, pre.box).transpose(2, 0, 1))).to(device)
-    probs = predict_volume(model.predict_slices, image, batch_size, mask)  # (Z, K, X, Y)
-    classes = probs.argmax(1).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-    classes = uncrop(classes, pre.box, pre.mask.shape)
-    if postprocess:
-        classes = remove_small_components(classes, pre.volume.spacing, **postprocess)
-    out_conv = get_convention(output_convention)
-    labels = out_conv.from_internal(convert(classes, conv, out_conv))
-    vol = pre.volume
-    if not probabilities:
-        return vol.to_original(labels), None, vol
-    p = probs.permute(1, 2, 3, 0).cpu().numpy()  # (K, X, Y, Z) cropped
-    full = np.zeros((p.shape[0], *pre.mask.shape), dtype=np.float32)
-    full[0] = 1.0  # background outside the brain's box
-    full[(slice(None), *[slice(a, b) for a, b in pre.box])] = p
-    return vol.to_original(labels), np.moveaxis(vol.to_original(full), 0, -1), vol
+def _trainer_options(cfg: DictConfig | dict) -> dict:
+    device = str(cfg.get("device", "auto"))
+    devices = cfg.get("devices", 1)
+    if device == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda"):
+        accelerator = "gpu"
+        if ":" in device:
+            devices = [int(device.split(":")[1])]
+    else:
+        accelerator = "cpu"
+    strategy = "ddp" if isinstance(devices, int) and devices > 1 or devices == -1 else "auto"
+    return {"accelerator": accelerator, "devices": devices, "strategy": strategy}
 
 
 def predict_dir(cfg: DictConfig | dict) -> dict:
@@ -170,79 +334,102 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
 
     Returns:
         The report: ``done``, ``skipped`` (complete from an earlier run), ``failed`` (case id ->
-        reason, bad case folders included) and ``times_s``.
+        reason, bad case folders included), ``times_s`` (per case and stage) and ``totals_s``.
     """
     t0 = time.perf_counter()
     check_predict_options(cfg)
-    device = cfg["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, data_config = load_model(cfg["ckpt_path"], device)
+    model, data_config = load_model(cfg["ckpt_path"])
     modalities = data_config.get("modalities") or ["flair", "t1", "t1c", "t2"]
-    layout = cfg.get("layout") or "auto"
     files = cfg.get("files") or None
     bad: list[BadCase] = []
-    cases = discover_cases(cfg["input_dir"], layout, modalities, files, problems=bad)
+    cases = discover_cases(cfg["input_dir"], cfg.get("layout") or "auto", modalities, files, problems=bad)
     out_dir = Path(cfg["output_dir"])
     want_probs = bool(cfg.get("probabilities", False))
-    report: dict = {"done": [], "skipped": [], "failed": {b.case_id: b.reason for b in bad}, "times_s": {}}
-    for b in bad:
-        log.error("%s: skipped (%s)", b.case_id, b.reason)
     out_dir.mkdir(parents=True, exist_ok=True)
     if want_probs:
         (out_dir / "probabilities").mkdir(exist_ok=True)
     for folder in (out_dir, out_dir / "probabilities"):
         for p in remove_stale_temporaries(folder):
             log.info("Removed %s, left by a run that was stopped while writing it", p)
+    skipped = [c.case_id for c in cases if CaseOutputs.of(out_dir, c.case_id, want_probs).done()]
+    if cfg.get("overwrite", False):
+        skipped = []
+    todo = [c for c in cases if c.case_id not in skipped]
+    conventions = [
+        (cfg.get("output_convention") or "auto")
+        if (cfg.get("output_convention") or "auto") != "auto"
+        else _layout_convention(c, files, data_config)
+        for c in todo
+    ]
     post = dict(cfg.get("postprocess_options") or {}) if cfg.get("postprocess") else None
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(
-        TextColumn("[bold]Predicting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[case]}"),
-    ) as bar:
-        task = bar.add_task("predict", total=len(cases), case="")
-        for case in cases:
-            bar.update(task, case=case.case_id)
-            outputs = CaseOutputs.of(out_dir, case.case_id, want_probs)
-            if outputs.done() and not cfg.get("overwrite", False):
-                report["skipped"].append(case.case_id)
-                bar.advance(task)
-                continue
-            t = time.perf_counter()
-            try:
-                out_conv = cfg.get("output_convention") or "auto"
-                if out_conv == "auto":
-                    out_conv = _layout_convention(case, files, data_config)
-                labels, probs, vol = predict_case(
-                    model, case, data_config, out_conv, cfg.get("batch_size", 8), post, want_probs
-                )
-                # probabilities first: a case is done when its label map exists with everything asked for
-                if outputs.probabilities is not None:
-                    _write_nifti(probs.astype(np.float32), vol.affine, vol.header, outputs.probabilities)
-                _write_nifti(labels.astype(np.uint8), vol.affine, vol.header, outputs.labels)
-                report["done"].append(case.case_id)
-                report["times_s"][case.case_id] = round(time.perf_counter() - t, 3)
-            except (UserError, OSError) as e:
-                report["failed"][case.case_id] = str(e)
-                log.error("%s: skipped (%s)", case.case_id, e)
-            bar.advance(task)
-    report["failed"] = dict(sorted(report["failed"].items()))
+    writer = CaseWriter(out_dir, data_config, post)
+    options = _trainer_options(cfg)
+    workers = cfg.get("num_workers", "auto")
+    if workers == "auto":
+        workers = 1 if options["accelerator"] == "cpu" else 2
+    rank_zero = True
+    if todo:
+        loader = DataLoader(
+            CaseDataset(todo, data_config, conventions),
+            batch_size=1,
+            collate_fn=first_item,
+            num_workers=min(int(workers), len(todo)),
+            prefetch_factor=1 if workers else None,
+        )
+        trainer = pl.Trainer(
+            **options,
+            logger=False,
+            callbacks=[writer],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=True,
+            precision="32-true",
+        )
+        trainer.predict(
+            Predictor(model, data_config, cfg.get("batch_size", 8), want_probs), loader, return_predictions=False
+        )
+        rank_zero = trainer.is_global_zero
+        report = _merge_ranks(trainer, out_dir, writer.report())
+    else:
+        report = writer.report()
+    report["skipped"] = skipped
+    report["failed"] = dict(sorted({**{b.case_id: b.reason for b in bad}, **report["failed"]}.items()))
+    for b in bad:
+        log.error("%s: skipped (%s)", b.case_id, b.reason)
+    report["totals_s"] = {
+        s: round(sum(t.get(s, 0.0) for t in report["times_s"].values()), 3) for s in (*STAGES, "total")
+    }
     report["total_s"] = round(time.perf_counter() - t0, 3)
-    write_text_atomic(out_dir / "predict_report.json", json.dumps(report, indent=2) + "\n")
-    log.info(
-        "Predicted %d cases, skipped %d complete, %d failed, into %s (%.1f s)",
-        len(report["done"]),
-        len(report["skipped"]),
-        len(report["failed"]),
-        out_dir,
-        report["total_s"],
-    )
+    if rank_zero:
+        write_text_atomic(out_dir / "predict_report.json", json.dumps(report, indent=2) + "\n")
+        log.info(
+            "Predicted %d cases, skipped %d complete, %d failed, into %s (%.1f s)",
+            len(report["done"]),
+            len(report["skipped"]),
+            len(report["failed"]),
+            out_dir,
+            report["total_s"],
+        )
     return report
+
+
+def _merge_ranks(trainer: pl.Trainer, out_dir: Path, mine: dict) -> dict:
+    """Every rank's report, merged (each rank wrote the cases its sampler gave it)."""
+    if trainer.world_size <= 1:
+        return mine
+    part = out_dir / f".predict_report.rank{trainer.global_rank}.json"
+    write_text_atomic(part, json.dumps(mine))
+    trainer.strategy.barrier("predict reports")
+    merged: dict = {"done": [], "failed": {}, "times_s": {}}
+    for r in range(trainer.world_size):
+        other = json.loads((out_dir / f".predict_report.rank{r}.json").read_text())
+        merged["done"] += other["done"]
+        merged["failed"].update(other["failed"])
+        merged["times_s"].update(other["times_s"])
+    trainer.strategy.barrier("predict reports read")
+    part.unlink(missing_ok=True)
+    merged["done"].sort()
+    return merged
 
 
 def _layout_convention(case: CaseFiles, files: dict | None, data_config: dict) -> str:

@@ -105,6 +105,16 @@ def print_table(metrics: dict[str, float], title: str) -> None:
     Console().print(table)
 
 
+def _strategy(cfg: DictConfig, callbacks: list) -> dict:
+    """DDP must know when parameters stop receiving gradients during training (two-phase training's
+    phase 2 freezes all but the output layer after DDP has wrapped the model)."""
+    freezes = any(getattr(c, "freezes_parameters", False) for c in callbacks)
+    if str(cfg.trainer.get("strategy", "")) == "ddp" and freezes:
+        log.info("DDP with parameters frozen during training: strategy=ddp_find_unused_parameters_true")
+        return {"strategy": "ddp_find_unused_parameters_true"}
+    return {}
+
+
 def check_run_options(cfg: DictConfig) -> None:
     """Reject run options that cannot work, before anything is built or any data prepared.
 
@@ -169,7 +179,9 @@ def train(cfg: DictConfig) -> dict:
     }
     for lg in loggers:
         lg.log_hyperparams(run_config)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all", **_strategy(cfg, callbacks)
+    )
     results: dict = {}
     ckpt = None
     try:

@@ -184,3 +184,19 @@ def test_report_cli_errors_on_an_empty_folder(tmp_path: Path) -> None:
         [sys.executable, "-m", "brats_lightning.report", str(tmp_path)], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "no finished job" in proc.stderr
+
+
+def test_havaei_run_sizes_follow_the_hardware(tmp_path: Path) -> None:
+    """CPU runs are short; trainer=gpu/ddp train the paper's ~3-minute epochs (conf/scale/)."""
+    out = str(tmp_path)
+    cpu = compose(["model=twopath"], output_dir=out)
+    gpu = compose(["model=twopath", "trainer=gpu"], output_dir=out)
+    ddp = compose(["model=twopath", "trainer=ddp"], output_dir=out)
+    assert (cpu.data.patches_per_epoch, cpu.callbacks.two_phase.phase2_epochs) == (25600, 1)
+    assert (gpu.data.patches_per_epoch, gpu.callbacks.two_phase.phase2_epochs) == (300000, 5)
+    assert ddp.data.patches_per_epoch == 300000 and gpu.trainer.benchmark and gpu.data.num_workers == "auto"
+    # an experiment's CPU size applies on the CPU only
+    stage = ["experiment=havaei_cascade", "model=twopath", "pipeline=null"]
+    assert compose(stage, output_dir=out).data.patches_per_epoch == 8192
+    assert compose([*stage, "trainer=gpu"], output_dir=out).data.patches_per_epoch == 300000
+    assert compose(["experiment=havaei_table1", "havaei=twopath_star"], output_dir=out).data.patches_per_epoch == 12800

@@ -130,8 +130,8 @@ class TwoPhaseTraining(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._apply(trainer, pl_module)
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
-        pl_module.log("train/phase", float(self.phase), on_step=False, on_epoch=True)
-        pl_module.log("train/trainable_params", float(trainable), on_step=False, on_epoch=True)
+        pl_module.log("train/phase", float(self.phase), on_step=False, on_epoch=True, sync_dist=True)
+        pl_module.log("train/trainable_params", float(trainable), on_step=False, on_epoch=True, sync_dist=True)
         if self.phase == 2:
             log.info("Epoch %d: phase 2, %d trainable parameters (the output layer)", trainer.current_epoch, trainable)
 

@@ -31,7 +31,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -81,7 +81,8 @@ def _fd_budget() -> int:
 def open_array(path: str) -> np.ndarray:
     """A read-only memory map of the ``.npy`` file at ``path`` (kept open, least recently used first out)."""
     try:
-        return np.load(path, mmap_mode="r")
+        # a plain ndarray view of the memmap (it keeps the map alive): indexing it is cheaper
+        return np.load(path, mmap_mode="r").view(np.ndarray)
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the prepared array ({e}); delete its case folder to rebuild it") from e
 
@@ -101,7 +102,12 @@ class PreparedCase:
     meta: dict = field(repr=False)
 
     def _array(self, name: str) -> np.ndarray:
-        return open_array(str(self.folder / f"{name}.npy"))
+        paths = self.__dict__.get("_paths")
+        if paths is None:  # built once: path objects cost more than the array access itself
+            paths = self.__dict__["_paths"] = {
+                n: str(self.folder / f"{n}.npy") for n in ("image", "label", "mask", "index")
+            }
+        return open_array(paths[name])
 
     @property
     def image(self) -> np.ndarray:
@@ -218,7 +224,7 @@ def prepare_case(
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        image = np.ascontiguousarray(crop(p.image, p.box).transpose(3, 0, 1, 2)).astype(np.float16)
+        image = np.ascontiguousarray(crop(p.image, p.box).transpose(3, 0, 1, 2), dtype=np.float16)
         mask = np.ascontiguousarray(crop(p.mask, p.box).transpose(2, 0, 1))
         np.save(tmp / "image.npy", image)
         np.save(tmp / "mask.npy", mask)
@@ -246,10 +252,15 @@ def prepare_case(
     return folder
 
 
+_IN_WORKER = False
+
+
 def _init_worker(threads: int) -> None:
     """A preparation worker: its share of the cores for torch (symmetry maps) and ITK (N4)."""
     import torch
 
+    global _IN_WORKER
+    _IN_WORKER = True
     torch.set_num_threads(threads)
     try:
         import SimpleITK as sitk
@@ -261,6 +272,8 @@ def _init_worker(threads: int) -> None:
 
 def _prepare_one(args: tuple) -> tuple[str, str | None]:
     case, folder, convention, prep, sym = args
+    if _IN_WORKER:  # a forked worker cannot use CUDA: symmetry maps on its CPU share
+        sym = replace(sym, device="cpu")
     try:
         prepare_case(case, folder, convention, prep, sym)
         return case.case_id, None

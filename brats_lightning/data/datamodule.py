@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader
 
 from brats_lightning.data.augment import SliceAugment
 from brats_lightning.data.cache import (
@@ -39,6 +39,7 @@ from brats_lightning.data.cache import (
 from brats_lightning.data.datasets import EpochItems, SliceDataset, VolumeDataset, first_item
 from brats_lightning.data.io import MODALITIES, CaseFiles, detect_layout, discover_cases
 from brats_lightning.data.labels import get_convention
+from brats_lightning.data.loading import RingLoader
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
 from brats_lightning.data.sampling import DISTRIBUTIONS, PatchBatchDataset, PatchSampler
 from brats_lightning.data.splits import fold_cases, load_or_create_splits
@@ -468,7 +469,7 @@ class BratsDataModule(pl.LightningDataModule):
         if self.mode == "patches":
             batches = max(1, self.patches_per_epoch // self.batch_size)
             return PatchBatchDataset(self.patch_sampler, self.batch_size, batches, self.seed)
-        return SliceDataset(self.train_cases, self.crop_size, self.augment, self.seed)
+        return SliceDataset(self.train_cases, self.crop_size, self.batch_size, self.augment, self.seed)
 
     def _epoch_state(self) -> tuple:
         epoch = training_epoch(self.trainer)
@@ -495,9 +496,10 @@ class BratsDataModule(pl.LightningDataModule):
         opts = self._loader_options()
         if isinstance(ds, PatchBatchDataset):
             items = EpochItems(len(ds), self.seed, self._epoch_state, shuffle=False)
-            return DataLoader(ds, batch_size=None, sampler=items, **opts)
-        items = EpochItems(len(ds), self.seed, self._epoch_state, shuffle=True)
-        return DataLoader(ds, batch_size=self.batch_size, sampler=items, drop_last=len(ds) > self.batch_size, **opts)
+            return RingLoader(ds, batch_size=None, sampler=items, **opts)
+        slices = EpochItems(len(ds), self.seed, self._epoch_state, shuffle=True)
+        batches = BatchSampler(slices, self.batch_size, drop_last=len(ds) > self.batch_size)
+        return RingLoader(ds, batch_size=None, sampler=batches, **opts)
 
     def _volume_loader(self, cases: list[PreparedCase]) -> DataLoader:
         opts = self._loader_options()

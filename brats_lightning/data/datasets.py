@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from brats_lightning.data.cache import PreparedCase
+from brats_lightning.data.loading import RingToken, produce
 from brats_lightning.errors import DataError
 
 __all__ = ["EpochItems", "SliceDataset", "VolumeDataset", "crop_offsets", "first_item"]
@@ -68,26 +69,38 @@ def _window(src: np.ndarray, out: np.ndarray, offsets: Sequence[int]) -> None:
 
 
 class SliceDataset(Dataset):
-    """Every axial slice that holds brain, cut or zero-padded to a fixed in-plane size.
+    """Batches of axial slices that hold brain, each cut or zero-padded to a fixed in-plane size.
 
-    Items ``(epoch, i)`` (from :class:`EpochItems`) give ``(image, label)``: ``(C, X, Y)`` float16
-    (the cache's precision; converted on the device) and ``(X, Y)`` uint8. With ``augment`` the
-    window's position is random (translation), seeded by ``(seed, epoch, i)``; the other
-    augmentations run batched on the device.
+    An item is a list of ``(epoch, i)`` (a batch from a ``BatchSampler`` over :class:`EpochItems`) and
+    gives ``(image, label)``: ``(B, C, X, Y)`` float16 (the cache's precision; converted on the
+    device) and ``(B, X, Y)`` uint8. With ``augment`` the window's position is random (translation),
+    seeded by ``(seed, epoch, i)``; the other augmentations run batched on the device. Use with a
+    :class:`~brats_lightning.data.loading.RingLoader` (``batch_size=None``).
 
     Args:
         cases: prepared, labelled cases.
         crop_size: ``(X, Y)`` in-plane size (Shen et al.: 144 x 192).
+        batch_size: slices per batch (the largest item).
         augment: random window position.
         seed: seed of the window positions.
     """
 
-    def __init__(self, cases: Sequence[PreparedCase], crop_size: Sequence[int], augment: bool = False, seed: int = 0):
+    ring = None  # set by RingLoader: shared batch buffers of the loader workers
+
+    def __init__(
+        self,
+        cases: Sequence[PreparedCase],
+        crop_size: Sequence[int],
+        batch_size: int = 8,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
         for c in cases:
             if not c.has_label:
                 raise DataError(f"{c.folder}: case {c.case_id} has no label; it cannot be used for training")
         self.cases = list(cases)
         self.crop_size = tuple(int(s) for s in crop_size)
+        self.batch_size = batch_size
         self.index = [(i, z) for i, c in enumerate(self.cases) for z in c.brain_slices]
         self.augment = augment
         self.seed = seed
@@ -96,17 +109,23 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, i = item if isinstance(item, tuple) else (0, item)
-        ci, z = self.index[i]
-        case = self.cases[ci]
-        rng = np.random.default_rng((self.seed, epoch, i)) if self.augment else None
-        offsets = crop_offsets(self.crop_size, case.shape[2:], rng)
-        image = np.zeros((self.channels, *self.crop_size), dtype=np.float16)
-        label = np.zeros(self.crop_size, dtype=np.uint8)
-        _window(case.image[z], image, offsets)
-        _window(case.label[z], label, offsets)  # type: ignore[index]
-        return torch.from_numpy(image), torch.from_numpy(label)
+    def batch_specs(self) -> list[tuple[tuple[int, ...], np.dtype]]:
+        n = self.batch_size
+        return [((n, self.channels, *self.crop_size), np.dtype(np.float16)), ((n, *self.crop_size), np.dtype(np.uint8))]
+
+    def fill(self, items: Sequence[tuple[int, int]], arrays: Sequence[np.ndarray]) -> int:
+        image, label = arrays
+        for k, (epoch, i) in enumerate(items):
+            ci, z = self.index[i]
+            case = self.cases[ci]
+            rng = np.random.default_rng((self.seed, epoch, i)) if self.augment else None
+            offsets = crop_offsets(self.crop_size, case.shape[2:], rng)
+            _window(case.image[z], image[k], offsets)
+            _window(case.label[z], label[k], offsets)  # type: ignore[index]
+        return len(items)
+
+    def __getitem__(self, items: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor] | RingToken:
+        return produce(self, items)  # type: ignore[return-value]
 
 
 class VolumeDataset(Dataset):

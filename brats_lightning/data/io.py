@@ -514,22 +514,23 @@ def load_case(case: CaseFiles, atol: float = 1e-3) -> Volume:
     Raises:
         DataError: unreadable files, mismatched shapes or affines, NaN or infinite voxels.
     """
-    arrays, ref_affine, ref_shape, header, ref_file = [], None, None, None, None
-    for modality, path in case.images.items():
+    image, ref_affine, ref_shape, header, ref_file, to_ras, ornt = None, None, None, None, None, None, None
+    for c, (modality, path) in enumerate(case.images.items()):
         data, affine, hdr = read_image(path)
         if ref_shape is None:
             ref_affine, ref_shape, header, ref_file = affine, data.shape, hdr, path
+            ornt = nio.io_orientation(ref_affine)
+            to_ras = nio.ornt_transform(ornt, nio.axcodes2ornt("RAS"))
         else:
             _check_same_grid(path, data.shape, affine, ref_file, ref_shape, ref_affine, atol)
-        data = np.asarray(data, dtype=np.float32)
-        if not np.all(np.isfinite(data)):
+        if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
             n = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
             raise DataError(f"{path}: {n} NaN or infinite voxels in the {modality} image")
-        arrays.append(data)
-    assert ref_affine is not None and ref_shape is not None
-    ornt = nio.io_orientation(ref_affine)
-    to_ras = nio.ornt_transform(ornt, nio.axcodes2ornt("RAS"))
-    image = _apply_ornt(np.stack(arrays), to_ras)
+        ras = nio.apply_orientation(data, to_ras)  # flips and transposes are views
+        if image is None:
+            image = np.empty((len(case.images), *ras.shape), dtype=np.float32)
+        image[c] = ras  # one copy per channel: reorientation and conversion to float32 together
+    assert image is not None and ref_affine is not None and ref_shape is not None and ornt is not None
     label = None
     if case.label is not None:
         data, affine, _ = read_label(case.label)

@@ -30,6 +30,7 @@ __all__ = [
     "SymmetryConfig",
     "Preprocessed",
     "preprocess_case",
+    "symmetry_channels",
     "brain_mask",
     "clip_percentiles",
     "n4_correct",
@@ -186,6 +187,37 @@ class SymmetryConfig:
         return d if self.enabled else {"enabled": False}
 
 
+def symmetry_channels(slices, mask, modalities: Sequence[str], sym: SymmetryConfig):
+    """Shen et al.'s symmetry maps of a whole volume, on the slices' device, stored centred (map - 0.5).
+
+    Args:
+        slices: ``(Z, C, X, Y)`` float32 z-scored images (a torch tensor).
+        mask: ``(Z, X, Y)`` brain mask.
+        modalities: the channels' modalities (the axis is found on T1).
+        sym: the options.
+
+    Returns:
+        ``(maps, axis)``: ``(Z, C, X, Y)`` maps in ``[-0.5, 0.5]`` (0 = symmetric, like the zero
+        background) and the axis as a dict.
+    """
+    from brats_lightning.data.symmetry import estimate_axis, symmetry_maps
+
+    ref = list(modalities).index("t1") if "t1" in modalities else 0
+    ax = estimate_axis(slices[:, ref], mask)
+    maps = symmetry_maps(
+        slices,
+        mask,
+        ref_channel=ref,
+        axis=ax,
+        window=sym.window,
+        kernel_size=sym.kernel_size,
+        sigma=sym.sigma,
+        scale=sym.scale,
+        min_angle=sym.min_angle,
+    )
+    return maps - 0.5, {"angle": ax.angle, "center_h": ax.center_h, "center_w": ax.center_w}
+
+
 def _symmetry_device(name: str) -> str:
     if name == "auto":
         import torch
@@ -250,29 +282,12 @@ def preprocess_case(
     if sym.enabled:
         import torch
 
-        from brats_lightning.data.symmetry import estimate_axis, symmetry_maps
-
-        ref = vol.modalities.index("t1") if "t1" in vol.modalities else 0
         dev = _symmetry_device(sym.device)
         x = torch.from_numpy(img).to(dev).permute(3, 0, 1, 2)
         m = torch.from_numpy(mask).to(dev).permute(2, 0, 1)
-        ax = estimate_axis(x[:, ref], m)
-        maps = symmetry_maps(
-            x,
-            m,
-            ref_channel=ref,
-            axis=ax,
-            window=sym.window,
-            kernel_size=sym.kernel_size,
-            sigma=sym.sigma,
-            scale=sym.scale,
-            min_angle=sym.min_angle,
-        )
-        # Stored centred (map - 0.5): 0 = symmetric, like the zero background; see datasets.
-        sym_maps = (maps - 0.5).permute(1, 2, 3, 0).cpu().numpy()
-        img = np.concatenate([img, sym_maps], axis=0)
+        maps, axis = symmetry_channels(x, m, vol.modalities, sym)
+        img = np.concatenate([img, maps.permute(1, 2, 3, 0).cpu().numpy()], axis=0)
         channels += [f"sym_{m}" for m in vol.modalities]
-        axis = {"angle": ax.angle, "center_h": ax.center_h, "center_w": ax.center_w}
     t3 = time.perf_counter()
     label = None
     counts = None

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from brats_lightning.data.cache import PreparedCase, open_array
+from brats_lightning.data.loading import RingToken, produce
 from brats_lightning.errors import DataError
 
 __all__ = ["DISTRIBUTIONS", "PatchSampler", "PatchBatchDataset"]
@@ -128,20 +129,29 @@ class PatchSampler:
         x, y = np.divmod(rem, ny)
         return z, x, y
 
-    def extract(self, case: np.ndarray, flat: np.ndarray) -> np.ndarray:
-        """``(n, C, P, P)`` float16 patches centred on the given voxels (zero outside the volume)."""
+    def extract(self, case: np.ndarray, flat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``(n, C, P, P)`` float16 patches centred on the given voxels (zero outside the volume).
+
+        Written into ``out`` (zeroed) when given.
+        """
         p = self.patch_size
-        out = np.zeros((case.size, int(self.shapes[0, 1]), p, p), dtype=np.float16)
+        if out is None:
+            out = np.zeros((case.size, int(self.shapes[0, 1]), p, p), dtype=np.float16)
         _cut(out, [self.cases[c].image for c in case.tolist()], *self._centres(case, flat), p // 2)
         return out
 
-    def extract_aux(self, case: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    @property
+    def aux_channels(self) -> int:
+        return int(open_array(self.aux[0]).shape[1]) if self.aux else 0
+
+    def extract_aux(self, case: np.ndarray, flat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``(n, A, S, S)`` windows of the auxiliary maps aligned with :meth:`extract`'s patches."""
         if self.aux is None:
             raise ValueError("no auxiliary maps attached (set_aux)")
         maps = [open_array(self.aux[c]) for c in case.tolist()]
         s = self.aux_size
-        out = np.zeros((case.size, maps[0].shape[1], s, s), dtype=maps[0].dtype)
+        if out is None:
+            out = np.zeros((case.size, maps[0].shape[1], s, s), dtype=maps[0].dtype)
         z, x, y = self._centres(case, flat)
         # map index margin + x is voxel x: the window starts aux_before pixels before the centre
         _cut(out, maps, z, x + self.aux_margin, y + self.aux_margin, self.aux_before)
@@ -177,12 +187,13 @@ def _cut(
 class PatchBatchDataset(Dataset):
     """An epoch of patch batches; item ``(epoch, i, distribution)`` is a whole batch ``(x, [aux,] y)``.
 
-    Use with ``DataLoader(batch_size=None)`` and an :class:`~brats_lightning.data.datasets.EpochItems`
-    sampler, which tells every item the epoch and the label distribution in force, so that loader
-    workers can persist across epochs and phases. Batch ``i`` of epoch ``e`` is drawn with a random
-    generator seeded by ``(seed, e, i)``: reproducible whatever the number of workers, the same after
-    a resume, and different on every DDP rank (Lightning's distributed sampler gives each rank other
-    indices). Patches are float16 (the cache's precision); the data module converts them on the device.
+    Use with a :class:`~brats_lightning.data.loading.RingLoader` (``batch_size=None``) and an
+    :class:`~brats_lightning.data.datasets.EpochItems` sampler, which tells every item the epoch and
+    the label distribution in force, so that loader workers persist across epochs and phases. Batch
+    ``i`` of epoch ``e`` is drawn with a random generator seeded by ``(seed, e, i)``: reproducible
+    whatever the number of workers, the same after a resume, and different on every DDP rank
+    (Lightning's distributed sampler gives each rank other indices). Patches are float16 (the
+    cache's precision); the data module converts them on the device.
 
     Args:
         sampler: the patch sampler of the training cases.
@@ -190,6 +201,8 @@ class PatchBatchDataset(Dataset):
         batches: batches per epoch.
         seed: seed of the run.
     """
+
+    ring = None  # set by RingLoader: shared batch buffers of the loader workers
 
     def __init__(self, sampler: PatchSampler, batch_size: int, batches: int, seed: int = 0) -> None:
         self.sampler = sampler
@@ -200,8 +213,22 @@ class PatchBatchDataset(Dataset):
     def __len__(self) -> int:
         return self.batches
 
-    def __getitem__(self, item: tuple[int, int, str]) -> tuple[torch.Tensor, ...]:
+    def batch_specs(self) -> list[tuple[tuple[int, ...], np.dtype]]:
+        s, n = self.sampler, self.batch_size
+        specs = [((n, int(s.shapes[0, 1]), s.patch_size, s.patch_size), np.dtype(np.float16))]
+        if s.aux is not None:
+            specs.append(((n, s.aux_channels, s.aux_size, s.aux_size), np.dtype(np.float16)))
+        return specs + [((n,), np.dtype(np.int64))]
+
+    def fill(self, item: tuple[int, int, str], arrays: Sequence[np.ndarray]) -> int:
         epoch, i, distribution = item
-        rng = np.random.default_rng((self.seed, epoch, i))
-        arrays = self.sampler.batch(self.batch_size, distribution, rng)
-        return tuple(torch.from_numpy(a) for a in arrays)
+        s = self.sampler
+        case, flat, label = s.sample(self.batch_size, distribution, np.random.default_rng((self.seed, epoch, i)))
+        s.extract(case, flat, out=arrays[0])
+        if s.aux is not None:
+            s.extract_aux(case, flat, out=arrays[1])
+        arrays[-1][:] = label
+        return self.batch_size
+
+    def __getitem__(self, item: tuple[int, int, str]) -> tuple[torch.Tensor, ...] | RingToken:
+        return produce(self, item)

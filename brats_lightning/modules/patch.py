@@ -308,7 +308,7 @@ class PatchCNNModule(SegmentationModule):
         for opt in self.trainer.optimizers:
             for group in opt.param_groups:
                 group["momentum"] = self.momentum_at(self.current_epoch)
-        self.log("train/momentum", self.momentum_at(self.current_epoch), on_step=False, on_epoch=True)
+        self.log("train/momentum", self.momentum_at(self.current_epoch), on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]  # a cascade's first stage is frozen

@@ -117,8 +117,8 @@ class SegmentationModule(pl.LightningModule):
             return
         means = rows[:, 1:].mean(0)
         for r, v in zip(REGIONS, means):
-            self.log(f"val/dice_{r}", v, sync_dist=False, rank_zero_only=False)
-        self.log("val/dice_mean", means.mean(), prog_bar=True, sync_dist=False, rank_zero_only=False)
+            self.log(f"val/dice_{r}", v, sync_dist=True)
+        self.log("val/dice_mean", means.mean(), prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             entry = {"epoch": self.current_epoch, **{f"val/dice_{r}": float(v) for r, v in zip(REGIONS, means)}}
             entry["val/dice_mean"] = float(means.mean())
@@ -178,5 +178,5 @@ class SegmentationModule(pl.LightningModule):
             return
         means = rows[:, 1:].mean(0)
         for r, v in zip(REGIONS, means):
-            self.log(f"test/dice_{r}", v, sync_dist=False, rank_zero_only=False)
-        self.log("test/dice_mean", means.mean(), sync_dist=False, rank_zero_only=False)
+            self.log(f"test/dice_{r}", v, sync_dist=True)
+        self.log("test/dice_mean", means.mean(), sync_dist=True)

@@ -1,0 +1,70 @@
+"""On-device slice augmentation: known shapes moved by known transforms, image and label together."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from brats_lightning.data.augment import SliceAugment
+
+
+def _params(*rows: tuple[float, float, float]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_known_transforms_move_a_known_shape() -> None:
+    x = torch.randn(3, 2, 12, 12)
+    y = torch.randint(0, 4, (3, 12, 12))
+    xa, ya = SliceAugment.apply(x, y, _params((1, 0, 1), (0, 90, 1), (0, 0, 1)))
+    # left-right flip = reversing axis X (-2), for the image and the label alike
+    torch.testing.assert_close(xa[0], x[0].flip(-2), atol=1e-5, rtol=0)
+    assert torch.equal(ya[0], y[0].flip(-2))
+    # a quarter turn is a rot90 of both
+    torch.testing.assert_close(xa[1], torch.rot90(x[1], 1, (-2, -1)), atol=1e-5, rtol=0)
+    assert torch.equal(ya[1], torch.rot90(y[1], 1, (-2, -1)))
+    # the identity leaves everything alone
+    torch.testing.assert_close(xa[2], x[2], atol=1e-5, rtol=0)
+    assert torch.equal(ya[2], y[2])
+
+
+def test_scaling_zooms_about_the_centre() -> None:
+    y = torch.zeros(1, 32, 32, dtype=torch.long)
+    y[0, 12:20, 12:20] = 1  # an 8x8 square in the centre
+    x = y[:, None].float()
+    xa, ya = SliceAugment.apply(x, y, _params((0, 0, 2.0)))
+    rows, cols = torch.nonzero(ya[0], as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (8, 23, 8, 23)  # 16x16, same centre
+    assert torch.equal((xa[0, 0] > 0.5).long(), ya[0])
+
+
+def test_random_transforms_keep_image_label_and_every_channel_aligned() -> None:
+    h, w = 48, 64
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    blob = (((yy - 18) / 9.0) ** 2 + ((xx - 40) / 13.0) ** 2 < 1).long()  # an off-centre ellipse
+    y = blob.repeat(16, 1, 1)
+    # channel 0: the label as intensity; channel 1: the same (a "symmetry map" moves with it)
+    x = torch.stack([y.float(), y.float()], dim=1)
+    aug = SliceAugment(rotate_deg=30, scale=0.2, prob=1.0, flip_prob=0.5)
+    xa, ya = aug(x, y, torch.Generator().manual_seed(3))
+    assert torch.equal(xa[:, 0], xa[:, 1])
+    moved = 0
+    for k in range(16):
+        image_mask = xa[k, 0] > 0.5
+        label_mask = ya[k].bool()
+        iou = (image_mask & label_mask).sum() / (image_mask | label_mask).sum()
+        assert float(iou) > 0.9, k
+        moved += int(not torch.equal(ya[k], y[k]))
+    assert moved >= 14  # they did move
+    # the same generator seed gives the same batch
+    xb, yb = aug(x, y, torch.Generator().manual_seed(3))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_parameters_stay_in_range() -> None:
+    aug = SliceAugment(rotate_deg=10, scale=0.1, prob=0.5, flip_prob=0.5)
+    p = aug.random_params(4000, torch.Generator().manual_seed(0))
+    assert set(p[:, 0].tolist()) == {0.0, 1.0} and abs(float(p[:, 0].mean()) - 0.5) < 0.05
+    assert float(p[:, 1].abs().max()) <= 10 and 0.9 <= float(p[:, 2].min()) and float(p[:, 2].max()) <= 1.1
+    assert abs(float((p[:, 1] != 0).float().mean()) - 0.5) < 0.05
+    assert not math.isnan(float(p.sum()))
