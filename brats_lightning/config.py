@@ -36,6 +36,12 @@ def _num_classes(convention: str) -> int:
     return get_convention(convention).num_classes
 
 
+def _cpu_precision() -> str:
+    from brats_lightning.precision import training_precision
+
+    return training_precision()
+
+
 def _wandb_offline() -> bool:
     """W&B runs offline unless an API key is configured (environment or ~/.netrc)."""
     if os.environ.get("WANDB_MODE") in ("online", "run"):
@@ -66,6 +72,7 @@ def register_resolvers() -> None:
         ("bl.in_channels", _in_channels),
         ("bl.num_classes", _num_classes),
         ("bl.wandb_offline", _wandb_offline),
+        ("bl.cpu_precision", _cpu_precision),
         ("bl.run_name", _run_name),
     ):
         if not OmegaConf.has_resolver(name):

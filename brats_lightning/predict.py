@@ -14,7 +14,9 @@ current one is inferred, ``Trainer.predict`` runs the model (on every GPU of eve
 ``devices=N``, each case once), and a prediction writer writes each case as soon as it is done.
 Symmetry maps are computed on the inference device, on the whole volume as in training.
 ``predict_report.json`` records, per case, the seconds spent reading, preprocessing, computing
-symmetry maps, inferring and writing, and their sums.
+symmetry maps, inferring and writing, and their sums. Inference runs in bf16 autocast where the
+hardware has bf16 (``precision=auto``; :mod:`brats_lightning.precision`), symmetry maps, softmax
+and everything after in fp32; ``precision=fp32`` forces fp32.
 
 Files are written atomically (a temporary file renamed into place) and temporary files left by a
 killed run are removed. A case counts as done only when every output asked for is there, so a rerun
@@ -58,6 +60,7 @@ from brats_lightning.errors import ConfigError, UserError, cli
 from brats_lightning.inference import predict_volume
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.postprocess import remove_small_components
+from brats_lightning.precision import inference_dtype
 from brats_lightning.utils import atomic_path, remove_stale_temporaries, write_text_atomic
 
 __all__ = ["load_model", "CaseOutputs", "CaseDataset", "Predictor", "CaseWriter", "predict_dir", "main"]
@@ -312,6 +315,10 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
     workers = cfg.get("num_workers", "auto")
     if workers != "auto" and (not isinstance(workers, int) or workers < 0):
         raise ConfigError(f"num_workers must be auto or an integer >= 0, got {workers!r}")
+    try:
+        inference_dtype(str(cfg.get("precision", "auto")), "cuda" if device.startswith("cuda") else "cpu")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _trainer_options(cfg: DictConfig | dict) -> dict:
@@ -325,8 +332,9 @@ def _trainer_options(cfg: DictConfig | dict) -> dict:
             devices = [int(device.split(":")[1])]
     else:
         accelerator = "cpu"
-    strategy = "ddp" if isinstance(devices, int) and devices > 1 or devices == -1 else "auto"
-    return {"accelerator": accelerator, "devices": devices, "strategy": strategy}
+    nodes = int(cfg.get("num_nodes", 1))
+    strategy = "ddp" if (isinstance(devices, int) and devices > 1) or devices == -1 or nodes > 1 else "auto"
+    return {"accelerator": accelerator, "devices": devices, "num_nodes": nodes, "strategy": strategy}
 
 
 def predict_dir(cfg: DictConfig | dict) -> dict:
@@ -364,6 +372,7 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     post = dict(cfg.get("postprocess_options") or {}) if cfg.get("postprocess") else None
     writer = CaseWriter(out_dir, data_config, post)
     options = _trainer_options(cfg)
+    dtype = inference_dtype(str(cfg.get("precision", "auto")), "cuda" if options["accelerator"] == "gpu" else "cpu")
     workers = cfg.get("num_workers", "auto")
     if workers == "auto":
         workers = 1 if options["accelerator"] == "cpu" else 2
@@ -383,7 +392,7 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
             enable_checkpointing=False,
             enable_model_summary=False,
             enable_progress_bar=True,
-            precision="32-true",
+            precision="bf16-mixed" if dtype == torch.bfloat16 else "32-true",
         )
         trainer.predict(
             Predictor(model, data_config, cfg.get("batch_size", 8), want_probs), loader, return_predictions=False
@@ -393,6 +402,7 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     else:
         report = writer.report()
     report["skipped"] = skipped
+    report["precision"] = "bf16" if dtype == torch.bfloat16 else "fp32"
     report["failed"] = dict(sorted({**{b.case_id: b.reason for b in bad}, **report["failed"]}.items()))
     for b in bad:
         log.error("%s: skipped (%s)", b.case_id, b.reason)

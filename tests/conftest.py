@@ -94,3 +94,21 @@ def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict)
     trainer = _tiny_trainer(out, 1, [ckpt_cb], limit_train_batches=6)
     trainer.fit(model, datamodule=dm)
     return out / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def well_trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict) -> Path:
+    """An FCN with symmetry maps trained until it segments the tiny synthetic cases (fp32, 12 epochs)."""
+    import pytorch_lightning as pl
+
+    from brats_lightning.data.datamodule import BratsDataModule
+    from brats_lightning.modules.fcn import FCNModule
+
+    out = tmp_path_factory.mktemp("well_trained")
+    pl.seed_everything(0)
+    dm = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
+    model = FCNModule(8, 4, width=0.25, test_hd95=False)
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
+    trainer = _tiny_trainer(out, 12, [ckpt_cb], limit_train_batches=20, precision="32")
+    trainer.fit(model, datamodule=dm)
+    return out / "last.ckpt"

@@ -76,7 +76,8 @@ SMALL = ["debug=default", "model.width=0.25", "data.test_fraction=0.4"]
 
 def test_ddp_counts_every_case_once(tmp_path: Path, cache_dir: Path) -> None:
     """Test metrics with 2 CPU processes (gloo) equal the single-process ones, each case once."""
-    common = [*SMALL, f"paths.cache_dir={cache_dir}", "logger=none"]
+    # one precision for both (the CPU default is bf16 where supported; the DDP run below forces 32)
+    common = [*SMALL, f"paths.cache_dir={cache_dir}", "logger=none", "trainer.precision=32"]
     _run(["brats_lightning", *common, f"hydra.run.dir={tmp_path / 'train'}"])
     ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
     test = [*common, "train=false", f"ckpt_path={ckpt}"]

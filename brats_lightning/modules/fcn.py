@@ -35,6 +35,7 @@ class FCNModule(SegmentationModule):
         convention: label convention (regions of the metrics).
         inference_batch_size: slices per forward pass at inference.
         test_hd95: compute HD95 at test time.
+        channels_last: memory layout of the net (see :class:`SegmentationModule`).
     """
 
     def __init__(
@@ -50,14 +51,16 @@ class FCNModule(SegmentationModule):
         convention: str = "brats2017",
         inference_batch_size: int = 16,
         test_hd95: bool = True,
+        channels_last: bool = True,
     ) -> None:
-        super().__init__(convention, inference_batch_size, test_hd95)
+        super().__init__(convention, inference_batch_size, test_hd95, channels_last)
         self.save_hyperparameters()
         if num_classes != self.convention.num_classes:
             raise ConfigError(
                 f"num_classes={num_classes} but convention {convention} has {self.convention.num_classes}"
             )
         self.net = ShenFCN(in_channels, num_classes, n_blocks, up_channels, width, upsample_mode)
+        self._set_layout()
         self.lr = lr
         self.vgg_weights = vgg_weights
 
@@ -80,17 +83,17 @@ class FCNModule(SegmentationModule):
             self.print(f"Initialised {n} downsampling convolutions from {self.vgg_weights}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.layout(x))
 
     def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         xp, (left, _, top, _) = pad_to_multiple(x, self.net.divisor)
-        probs = torch.softmax(self.net(xp), dim=1)
+        probs = torch.softmax(self.net(self.layout(xp)).float(), dim=1)
         return probs[..., top : top + h, left : left + w]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self.net(x), y)
+        loss = F.cross_entropy(self.net(self.layout(x)).float(), y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 

@@ -117,7 +117,7 @@ class PatchCNNModule(SegmentationModule):
             slice once and sample 33x33 patches with the aligned map (exactly what running it on the
             larger patch gives, much faster); ``False`` samples the larger patch and runs the first
             stage on every batch (then ``data.patch_size`` must be the cascade's 65/56/53).
-        convention, inference_batch_size, test_hd95: see :class:`SegmentationModule`.
+        convention, inference_batch_size, test_hd95, channels_last: see :class:`SegmentationModule`.
     """
 
     def __init__(
@@ -145,8 +145,9 @@ class PatchCNNModule(SegmentationModule):
         convention: str = "brats2017",
         inference_batch_size: int = 4,
         test_hd95: bool = True,
+        channels_last: bool = True,
     ) -> None:
-        super().__init__(convention, inference_batch_size, test_hd95)
+        super().__init__(convention, inference_batch_size, test_hd95, channels_last)
         self.save_hyperparameters()
         if arch not in ARCHS:
             raise ConfigError(f"unknown arch {arch!r}; expected one of {ARCHS}")
@@ -164,6 +165,7 @@ class PatchCNNModule(SegmentationModule):
             self.net = CASCADES[arch](first, in_channels, num_classes, dropout, k)
         else:
             self.net = build_patch_net(arch, in_channels, num_classes, dropout, k)
+        self._set_layout()
         self._stages_ready = False  # stage weights in place (read from their checkpoints, or restored)
         want = self.train_patch_size
         if patch_size != want:
@@ -245,10 +247,16 @@ class PatchCNNModule(SegmentationModule):
         """
         net: CascadeCNN = self.net  # type: ignore[assignment]
         first = net.first.eval()
-        weights = b"".join(t.detach().cpu().numpy().tobytes() for t in first.state_dict().values())
+        weights = b"".join(t.detach().cpu().float().numpy().tobytes() for t in first.state_dict().values())
+        bf16 = self._trainer is not None and "bf16" in str(self.trainer.precision)
+
+        def first_stage(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                return net.first_stage_map(self.layout(x), margin=16).float()
+
         datamodule.cache_first_stage(
-            lambda x: net.first_stage_map(x, margin=16),
-            hashlib.sha1(weights).hexdigest()[:12],
+            first_stage,
+            hashlib.sha1(weights + (b"bf16" if bf16 else b"")).hexdigest()[:12],
             margin=16,
             size=net.aux_size,
             before=net.aux_before,
@@ -257,7 +265,7 @@ class PatchCNNModule(SegmentationModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.layout(x))
 
     def kernels(self) -> list[nn.Parameter]:
         """Convolution kernels (the weights that L1/L2 and max-norm act on)."""
@@ -266,11 +274,11 @@ class PatchCNNModule(SegmentationModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         if len(batch) == 3:  # cascade with cached first-stage maps: (33x33 patches, aligned maps, labels)
             x, aux, y = batch
-            logits = self.net.second_stage(x, aux.float())[:, :, 0, 0]
+            logits = self.net.second_stage(self.layout(x), self.layout(aux))[:, :, 0, 0]
         else:
             x, y = batch
-            logits = self.net(x)[:, :, 0, 0]
-        nll = F.cross_entropy(logits, y)
+            logits = self.net(self.layout(x))[:, :, 0, 0]
+        nll = F.cross_entropy(logits.float(), y)
         loss = nll
         ws = [w for w in self.kernels() if w.requires_grad]
         if self.hparams.l1:
@@ -321,6 +329,6 @@ class PatchCNNModule(SegmentationModule):
     def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_cascade:
             before, after = self.net.first_pad  # type: ignore[union-attr]
-            return torch.softmax(self.net(F.pad(x, (before, after, before, after))), dim=1)
+            return torch.softmax(self.net(self.layout(F.pad(x, (before, after, before, after)))).float(), dim=1)
         m = self.net.margin
-        return torch.softmax(self.net(F.pad(x, (m, m, m, m))), dim=1)
+        return torch.softmax(self.net(self.layout(F.pad(x, (m, m, m, m)))).float(), dim=1)

@@ -31,6 +31,11 @@ class SegmentationModule(pl.LightningModule):
         convention: label convention of the data (defines the regions).
         inference_batch_size: slices per forward pass at inference.
         test_hd95: compute HD95 at test time (the slowest metric).
+        channels_last: run the net in the channels-last memory layout (measured faster for every
+            net here, fp32 and bf16, training and inference: ``benchmarks/bench_inference.py``).
+
+    Precision is the trainer's (``bf16-mixed`` where the hardware has bf16: :mod:`brats_lightning.precision`);
+    softmax, losses and metrics are computed in fp32.
     """
 
     #: Every subclass, by qualified name: the only classes a checkpoint may name (:mod:`brats_lightning.checkpoint`).
@@ -40,8 +45,15 @@ class SegmentationModule(pl.LightningModule):
         super().__init_subclass__(**kwargs)
         SegmentationModule.registry[f"{cls.__module__}.{cls.__qualname__}"] = cls
 
-    def __init__(self, convention: str = "brats2017", inference_batch_size: int = 16, test_hd95: bool = True) -> None:
+    def __init__(
+        self,
+        convention: str = "brats2017",
+        inference_batch_size: int = 16,
+        test_hd95: bool = True,
+        channels_last: bool = True,
+    ) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.convention = get_convention(convention)
         self.inference_batch_size = inference_batch_size
         self.test_hd95 = test_hd95
@@ -51,6 +63,15 @@ class SegmentationModule(pl.LightningModule):
         self.test_slices: list[dict] = []
         #: validation Dice per epoch (kept in checkpoints; written as val_curve.csv by train())
         self.val_history: list[dict] = []
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the net's memory layout (channels last when enabled)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def _set_layout(self) -> None:
+        """Put the net's weights in its memory layout (subclasses call it once the net is built)."""
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
 
     # -- to implement ------------------------------------------------------------------------
 

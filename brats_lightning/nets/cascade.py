@@ -81,7 +81,7 @@ class CascadeCNN(PatchCNN):
     @torch.no_grad()
     def first_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax output of the frozen first stage (valid convolutions, no padding)."""
-        return torch.softmax(self.first(x), dim=1)
+        return torch.softmax(self.first(x).float(), dim=1)  # fp32 under autocast
 
     def first_stage_map(self, x: torch.Tensor, margin: int = 16) -> torch.Tensor:
         """First-stage probabilities of every pixel of slices ``(N, C, H, W)`` and ``margin`` pixels around.

@@ -15,10 +15,42 @@ from torch.nn import functional as F
 
 from brats_lightning.utils import load_torch_file
 
-__all__ = ["VGG16_BLOCKS", "ShenFCN", "load_vgg16_weights"]
+__all__ = ["VGG16_BLOCKS", "ShenFCN", "load_vgg16_weights", "nearest_upsample_conv3x3"]
 
 #: Channel widths of the convolutions of the first four VGG-16 blocks (Simonyan & Zisserman 2015).
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512))
+
+
+def nearest_upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, scale: int) -> torch.Tensor:
+    """``conv2d(nearest_upsample(x, scale), weight, padding=1)`` computed at the low resolution.
+
+    Each output pixel ``(scale*i + a, scale*j + b)`` of a 3x3 convolution of a nearest-upsampled map
+    sees at most 2x2 distinct input pixels, at offsets that depend only on its phase ``(a, b)``. So
+    the result is, per phase, a small convolution of ``x`` with the 3x3 kernel's taps summed over
+    the pixels they share, interleaved by ``pixel_shuffle``: the same values (up to float rounding)
+    with 4/9 of the multiply-adds for ``scale=2`` and 1/4 for ``scale=4`` (zero padding maps onto
+    zero padding). In Shen et al.'s FCN this removes 22% of the forward FLOPs.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        weight: ``(O, C, 3, 3)`` (no bias).
+        scale: the integer upsampling factor.
+
+    Returns:
+        ``(N, O, scale*H, scale*W)``.
+    """
+    n, _, h, w = x.shape
+    rows = [[(a + d) // scale for d in (-1, 0, 1)] for a in range(scale)]
+    outs = []
+    for us in rows:
+        for vs in rows:
+            u0, v0 = min(us), min(vs)
+            k = weight.new_zeros(weight.shape[0], weight.shape[1], max(us) - u0 + 1, max(vs) - v0 + 1)
+            for i, u in enumerate(us):
+                for j, v in enumerate(vs):
+                    k[:, :, u - u0, v - v0] += weight[:, :, i, j]
+            outs.append(F.conv2d(F.pad(x, (-v0, max(vs), -u0, max(us))), k))
+    return F.pixel_shuffle(torch.stack(outs, 2).reshape(n, -1, h, w), scale)
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -130,12 +162,18 @@ class ShenFCN(nn.Module):
             if i > 0:
                 x = F.max_pool2d(x, kernel_size=2, stride=2)
             x = block(x)
-            y = x
-            if i > 0:
-                kwargs = {"align_corners": False} if self.upsample_mode == "bilinear" else {}
-                y = F.interpolate(y, scale_factor=2**i, mode=self.upsample_mode, **kwargs)
-            feats.append(path(y))
-        return self.classifier(torch.cat(feats, dim=1))
+            if i == 0:
+                feats.append(path(x))
+            elif self.upsample_mode == "nearest":
+                # nearest upsampling + the path's first 3x3 convolution, done at the low resolution
+                conv, bn, relu = path[0]
+                y = relu(bn(nearest_upsample_conv3x3(x, conv.weight, 2**i)))
+                feats.append(path[1:](y))
+            else:
+                feats.append(path(F.interpolate(x, scale_factor=2**i, mode="bilinear", align_corners=False)))
+        # the classifier (0.2% of the FLOPs) in fp32 under autocast: logits are not rounded to bf16
+        with torch.autocast(x.device.type, enabled=False):
+            return self.classifier(torch.cat(feats, dim=1).float())
 
     def downsampling_convs(self) -> list[nn.Conv2d]:
         """The convolutions of the downsampling path in VGG-16 order."""

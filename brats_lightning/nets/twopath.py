@@ -249,7 +249,7 @@ class AverageCNN(PatchCNN):
         self.output = local.output  # nothing is trained; the attribute keeps the interface
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = (torch.softmax(self.local_net(x), 1) + torch.softmax(self.global_net(x), 1)) / 2
+        p = (torch.softmax(self.local_net(x).float(), 1) + torch.softmax(self.global_net(x).float(), 1)) / 2
         return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
 
 

@@ -118,3 +118,24 @@ def test_vgg16_initialisation_errors(tmp_path) -> None:
         load_vgg16_weights(ShenFCN(4, 4), {"fc.weight": torch.zeros(2, 2)})
     with pytest.raises(ValueError, match="VGG-16"):
         load_vgg16_weights(ShenFCN(4, 4, width=0.5), _vgg_state(False))
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_upsampling_convolution_at_low_resolution_is_exact(scale: int) -> None:
+    from torch.nn import functional as F
+
+    from brats_lightning.nets.fcn import nearest_upsample_conv3x3
+
+    torch.manual_seed(scale)
+    x, w = torch.randn(2, 5, 7, 9), torch.randn(6, 5, 3, 3)
+    want = F.conv2d(F.interpolate(x, scale_factor=scale, mode="nearest"), w, padding=1)
+    torch.testing.assert_close(nearest_upsample_conv3x3(x, w, scale), want, atol=1e-5, rtol=1e-5)
+    # and the whole net equals the paper's literal upsample-then-convolve
+    net = ShenFCN(4, 4, width=0.25).eval()
+    xin = torch.randn(2, 4, 32, 40)
+    with torch.no_grad():
+        feats, h = [], xin
+        for i, (block, path) in enumerate(zip(net.blocks, net.paths)):
+            h = block(h if i == 0 else F.max_pool2d(h, 2))
+            feats.append(path(h if i == 0 else F.interpolate(h, scale_factor=2**i, mode="nearest")))
+        torch.testing.assert_close(net(xin), net.classifier(torch.cat(feats, 1)), atol=1e-4, rtol=1e-4)
