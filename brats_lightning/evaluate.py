@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -29,8 +30,9 @@ from omegaconf import DictConfig
 
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.io import BadCase, detect_layout, discover_cases, read_label
-from brats_lightning.data.labels import REGIONS, LabelConvention, detect_convention, get_convention
+from brats_lightning.data.labels import REGIONS, AmbiguousConventionError, LabelConvention, resolve_convention
 from brats_lightning.errors import DataError, UserError, cli
+from brats_lightning.lesions import LESION_COLUMNS, LESION_HD95_PENALTY, PANOPTIC_COLUMNS, lesion_metrics
 from brats_lightning.metrics import HD95_EMPTY_PENALTY, region_metrics
 from brats_lightning.utils import write_text_atomic
 
@@ -40,6 +42,8 @@ log = logging.getLogger("brats_lightning.evaluate")
 
 METRICS = ("dice", "hd95", "sensitivity", "specificity", "ppv")
 _MISSING = {"dice": 0.0, "hd95": HD95_EMPTY_PENALTY, "sensitivity": 0.0, "specificity": 1.0, "ppv": 0.0}
+LESION_METRICS = (*PANOPTIC_COLUMNS, *LESION_COLUMNS)
+_MISSING_LESION = {**{m: 0.0 for m in LESION_METRICS}, "lesion_hd95": LESION_HD95_PENALTY}
 
 
 def ground_truth_files(gt_dir: str | Path, problems: list[BadCase] | None = None) -> dict[str, Path]:
@@ -77,35 +81,77 @@ def ground_truth_files(gt_dir: str | Path, problems: list[BadCase] | None = None
     return labels  # type: ignore[return-value]
 
 
-def _convention(arr: np.ndarray, name: str, source: str) -> LabelConvention:
-    if name == "auto":
-        return detect_convention(arr, source)
-    conv = get_convention(name)
-    conv.check(arr, source)
-    return conv
+class _Conventions:
+    """Decides the label convention of the files of one folder, never by a silent guess.
+
+    A file's candidates are the given convention (one name), the allowed ones (a list) or all
+    three (``auto``); when they would score it differently (label 3 without 4), the folder decides
+    (a file holding both 3 and 4 proves 2013; scanned only then) or the ground truth's task (a
+    prediction of a four-class 2017/2023 ground truth is not in 2013's five classes), else it is
+    an error naming the file and the candidates (:func:`~brats_lightning.data.labels.resolve_convention`).
+    """
+
+    def __init__(self, setting: str | Sequence[str], files: Sequence[Path]) -> None:
+        self.candidates: str | list[str] | None
+        if isinstance(setting, str):
+            self.candidates = None if setting == "auto" else setting
+        else:
+            self.candidates = [str(c) for c in setting]
+        self.files = list(files)
+        self._proof: bool | None = None
+
+    def _folder_has_3_and_4(self) -> bool:
+        if self._proof is None:
+            self._proof = False
+            for f in self.files:
+                try:
+                    vals = set(np.unique(read_label(f)[0]).tolist())
+                except UserError:
+                    continue
+                if {3, 4} <= vals:
+                    self._proof = True
+                    break
+        return self._proof
+
+    def resolve(self, arr: np.ndarray, source: Path, task: LabelConvention | None = None) -> LabelConvention:
+        vals = np.unique(arr)
+        try:
+            return resolve_convention(vals, str(source), self.candidates, task=task)
+        except AmbiguousConventionError:
+            return resolve_convention(vals, str(source), self.candidates, self._folder_has_3_and_4(), task)
 
 
-def _read_regions(path: Path, convention: str) -> tuple[dict[str, np.ndarray], LabelConvention, np.ndarray]:
+def _read_regions(
+    path: Path, conventions: _Conventions | str, task: LabelConvention | None = None
+) -> tuple[dict[str, np.ndarray], LabelConvention, np.ndarray]:
     """Region masks, convention and affine of one label file.
 
     Raises:
-        DataError: unreadable file, NaN or non-integer values, labels of no (or not the given) convention.
+        DataError: unreadable file, NaN or non-integer values, labels of no (or not the given)
+            convention, an undecidable convention.
     """
     arr, affine, _ = read_label(path)
-    conv = _convention(arr, convention, str(path))
+    if isinstance(conventions, str):
+        conventions = _Conventions(conventions, [path])
+    conv = conventions.resolve(arr, path, task)
     return conv.region_masks(conv.to_internal(arr, str(path))), conv, affine
 
 
 def evaluate_case(
-    pred_file: Path, gt_file: Path, pred_convention: str = "auto", gt_convention: str = "auto", hd95: bool = True
+    pred_file: Path,
+    gt_file: Path,
+    pred_convention: str = "auto",
+    gt_convention: str = "auto",
+    hd95: bool = True,
+    lesion_wise: bool = False,
 ) -> tuple[list[dict], dict]:
     """Metrics of one case for every region; returns the rows and the conventions used.
 
     Raises:
-        DataError: unreadable files, different grids, unknown label values.
+        DataError: unreadable files, different grids, unknown label values, undecidable conventions.
     """
     gm, gc, g_aff = _read_regions(gt_file, gt_convention)
-    return _score(pred_file, gm, gc, g_aff, gt_file, pred_convention, hd95)
+    return _score(pred_file, gm, gc, g_aff, gt_file, _Conventions(pred_convention, [pred_file]), hd95, lesion_wise)
 
 
 def _score(
@@ -114,10 +160,11 @@ def _score(
     gc: LabelConvention,
     g_aff: np.ndarray,
     gt_file: Path,
-    pred_convention: str,
+    pred_conventions: _Conventions,
     hd95: bool,
+    lesion_wise: bool = False,
 ) -> tuple[list[dict], dict]:
-    pm, pc, p_aff = _read_regions(pred_file, pred_convention)
+    pm, pc, p_aff = _read_regions(pred_file, pred_conventions, task=gc)
     shape = next(iter(gm.values())).shape
     pshape = next(iter(pm.values())).shape
     if pshape != shape:
@@ -128,16 +175,23 @@ def _score(
     rows = []
     for r in REGIONS:
         m = region_metrics(pm[r], gm[r], spacing=spacing, include_hd95=hd95)
+        if lesion_wise:
+            m.update(lesion_metrics(pm[r], gm[r], spacing))
         rows.append({"region": r, **m})
     return rows, {"prediction": pc.name, "ground_truth": gc.name}
 
 
 def _stats(values: list[float]) -> dict[str, float]:
+    """Mean, median and std over the cases where the value is defined (NaN: both masks empty)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": float("nan"), "median": float("nan"), "std": float("nan"), "n": 0}
     return {
-        "mean": float(np.mean(values)),
-        "median": float(np.median(values)),
-        "std": float(np.std(values)),
-        "n": len(values),
+        "mean": float(np.mean(v)),
+        "median": float(np.median(v)),
+        "std": float(np.std(v)),
+        "n": int(v.size),
     }
 
 
@@ -193,10 +247,11 @@ def evaluate_dirs(
     pred_dir: str | Path,
     gt_dir: str | Path,
     out_dir: str | Path,
-    pred_convention: str = "auto",
-    gt_convention: str = "auto",
+    pred_convention: str | Sequence[str] = "auto",
+    gt_convention: str | Sequence[str] = "auto",
     hd95: bool = True,
     name: str | None = None,
+    lesion_wise: bool = True,
 ) -> dict:
     """Evaluate every case of ``gt_dir`` against ``pred_dir``; writes and returns the summary.
 
@@ -204,6 +259,11 @@ def evaluate_dirs(
     not fit the ground truth's grid, is scored as a failure (Dice 0, HD95 373.13) and listed
     (``missing``, ``invalid``); a ground truth that cannot be read, or a case folder without a label
     file, cannot be scored and is listed under ``not_scored``. Every listing gives the file and the reason.
+
+    Conventions: a ground-truth folder in a BraTS layout has the layout's (2013, 2017 or 2023);
+    otherwise see :class:`_Conventions`. With ``lesion_wise`` the lesion-wise columns of
+    :mod:`brats_lightning.lesions` are added (a missing or invalid prediction scores 0, HD95 374, as
+    the official package's missing cases).
     """
     t0 = time.perf_counter()
     bad_gt: list[BadCase] = []
@@ -218,6 +278,14 @@ def evaluate_dirs(
     invalid: dict[str, str] = {}
     not_scored: dict[str, str] = {b.case_id: b.reason for b in bad_gt}
     conventions: dict[str, dict] = {}
+    gt_root = Path(gt_dir)
+    if gt_convention == "auto" and not any(gt_root.glob("*.nii*")):
+        gt_convention = detect_layout(gt_root).convention  # the data set's own convention
+    gt_conv = _Conventions(gt_convention, list(gts.values()))
+    pred_conv = _Conventions(pred_convention, [pred_dir / f"{c}.nii.gz" for c in gts])
+    failure = {**_MISSING, **(_MISSING_LESION if lesion_wise else {})}
+    if not hd95:
+        failure.pop("hd95")
     from rich.progress import Progress
 
     with Progress() as bar:
@@ -225,7 +293,7 @@ def evaluate_dirs(
         for case_id, gt_file in sorted(gts.items()):
             bar.advance(task)
             try:
-                gm, gc, g_aff = _read_regions(gt_file, gt_convention)
+                gm, gc, g_aff = _read_regions(gt_file, gt_conv)
             except UserError as e:
                 not_scored[case_id] = str(e)
                 log.error("%s: not scored (%s)", case_id, e)
@@ -233,21 +301,23 @@ def evaluate_dirs(
             pred_file = pred_dir / f"{case_id}.nii.gz"
             if not pred_file.exists() and not pred_file.is_symlink():
                 missing.append(case_id)
-                rows += [{"case": case_id, "region": r, **_MISSING} for r in REGIONS]
+                rows += [{"case": case_id, "region": r, **failure} for r in REGIONS]
                 continue
             try:
-                case_rows, conventions[case_id] = _score(pred_file, gm, gc, g_aff, gt_file, pred_convention, hd95)
+                case_rows, conventions[case_id] = _score(
+                    pred_file, gm, gc, g_aff, gt_file, pred_conv, hd95, lesion_wise
+                )
             except UserError as e:
                 invalid[case_id] = str(e)
                 log.error("%s: prediction scored as a failure (%s)", case_id, e)
-                rows += [{"case": case_id, "region": r, **_MISSING} for r in REGIONS]
+                rows += [{"case": case_id, "region": r, **failure} for r in REGIONS]
                 continue
             rows += [{"case": case_id, **r} for r in case_rows]
     if not rows:
         raise DataError(
             f"no case of {gt_dir} could be scored:\n" + "\n".join(f"  - {why}" for why in not_scored.values())
         )
-    metrics = [m for m in METRICS if m != "hd95" or hd95]
+    metrics = [m for m in METRICS if m != "hd95" or hd95] + (list(LESION_METRICS) if lesion_wise else [])
     summary = {
         "pred_dir": str(pred_dir),
         "gt_dir": str(gt_dir),
@@ -296,8 +366,18 @@ def _print_summary(summary: dict) -> None:
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (see ``conf/evaluate.yaml``); exit status 1 when a file could not be scored."""
     register_resolvers()
+    conv = {
+        k: v if isinstance(v, str) else list(v) for k, v in (("pred", cfg.pred_convention), ("gt", cfg.gt_convention))
+    }
     summary = evaluate_dirs(
-        cfg.pred_dir, cfg.gt_dir, cfg.out_dir, cfg.pred_convention, cfg.gt_convention, cfg.hd95, cfg.get("name")
+        cfg.pred_dir,
+        cfg.gt_dir,
+        cfg.out_dir,
+        conv["pred"],
+        conv["gt"],
+        cfg.hd95,
+        cfg.get("name"),
+        cfg.get("lesion_wise", True),
     )
     _print_summary(summary)
     log.info("Wrote per_case.csv, summary.json and summary.md into %s", cfg.out_dir)

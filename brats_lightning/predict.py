@@ -169,7 +169,7 @@ class Predictor(pl.LightningModule):
         self, model: SegmentationModule, data_config: dict, batch_size: int = 8, probabilities: bool = False
     ) -> None:
         super().__init__()
-        self.model = model.eval()
+        self.model = model.prepare_for_inference()
         self.data_config = data_config
         self.batch_size = batch_size
         self.probabilities = probabilities
@@ -369,7 +369,7 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
         else _layout_convention(c, files, data_config)
         for c in todo
     ]
-    post = dict(cfg.get("postprocess_options") or {}) if cfg.get("postprocess") else None
+    post = _postprocess(cfg, model)
     writer = CaseWriter(out_dir, data_config, post)
     options = _trainer_options(cfg)
     dtype = inference_dtype(str(cfg.get("precision", "auto")), "cuda" if options["accelerator"] == "gpu" else "cpu")
@@ -440,6 +440,18 @@ def _merge_ranks(trainer: pl.Trainer, out_dir: Path, mine: dict) -> dict:
     part.unlink(missing_ok=True)
     merged["done"].sort()
     return merged
+
+
+def _postprocess(cfg: DictConfig | dict, model: SegmentationModule) -> dict | None:
+    """The clean-up to apply: ``auto`` = what the model was trained and tested with (in its checkpoint)."""
+    setting = cfg.get("postprocess", "auto")
+    if setting == "auto":
+        return dict(model.postprocess) if model.postprocess else None
+    if setting in (True, "true"):
+        return dict(cfg.get("postprocess_options") or {})
+    if setting in (False, "false", None):
+        return None
+    raise ConfigError(f"postprocess must be auto, true or false, got {setting!r}")
 
 
 def _layout_convention(case: CaseFiles, files: dict | None, data_config: dict) -> str:

@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 
 from brats_lightning.data.labels import REGIONS, get_convention
-from brats_lightning.utils import atomic_path, write_text_atomic
+from brats_lightning.papers import PUBLISHED, paper_of
+from brats_lightning.utils import atomic_path, write_csv_atomic, write_text_atomic
 
 __all__ = ["Run", "collect_runs", "write_report", "main"]
 
@@ -130,7 +131,23 @@ def _by_setting(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def _table(runs: list[Run]) -> tuple[list[dict], str]:
+#: each paper's table layout: (heading, our metric) per column group. Havaei et al. print PPV under
+#: "Specificity" (see :mod:`brats_lightning.papers`); true specificity follows in its own columns.
+LAYOUTS = {
+    "havaei": (
+        ("Dice", "dice"),
+        ("Specificity†", "ppv"),
+        ("Sensitivity", "sensitivity"),
+        ("True specificity", "specificity"),
+    ),
+    "shen": (("Dice", "dice"), ("PPV", "ppv"), ("Sensitivity", "sensitivity"), ("Specificity", "specificity")),
+    None: (("Dice", "dice"), ("Sensitivity", "sensitivity"), ("Specificity", "specificity"), ("PPV", "ppv")),
+}
+_SOURCES = {"havaei": "Havaei et al. 2017", "shen": "Shen et al. 2017"}
+
+
+def _summaries(runs: list[Run]) -> list[dict]:
+    """Mean and std over folds of every test metric, per setting."""
     rows = []
     for setting, group in _by_setting(runs).items():
         row: dict = {"setting": setting, "folds": len(group)}
@@ -141,23 +158,46 @@ def _table(runs: list[Run]) -> tuple[list[dict], str]:
                 row[f"{m}_{r}_mean"] = float(np.mean(vals)) if vals else float("nan")
                 row[f"{m}_{r}_std"] = float(np.std(vals)) if vals else float("nan")
         rows.append(row)
-    head = ["Method"] + [
-        f"{m.upper() if m == 'ppv' else m.capitalize()} {REGION_TITLES[r].split()[0]}" for m in METRICS for r in REGIONS
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    return rows
+
+
+def _table(runs: list[Run]) -> tuple[list[dict], str]:
+    """The results in each paper's own layout, with the paper's published rows beside ours."""
+    rows = _summaries(runs)
+    groups: dict[str | None, list[dict]] = defaultdict(list)
     for row in rows:
-        # a standard deviation over one fold says nothing: leave it out rather than print ± 0.00
-        cells = [
-            f"{row[f'{m}_{r}_mean']:.2f}" + (f" ± {row[f'{m}_{r}_std']:.2f}" if row["folds"] > 1 else "")
-            for m in METRICS
-            for r in REGIONS
-        ]
-        lines.append(f"| {row['setting']} | " + " | ".join(cells) + " |")
+        groups[paper_of(row["setting"])].append(row)
+    lines: list[str] = []
+    for paper, group in groups.items():
+        layout = LAYOUTS[paper]
+        head = ["Method"] + [f"{h} {REGION_TITLES[r].split()[0]}" for h, _ in layout for r in REGIONS]
+        lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        for row in group:
+            # a standard deviation over one fold says nothing: leave it out rather than print ± 0.00
+            cells = [
+                f"{row[f'{m}_{r}_mean']:.2f}" + (f" ± {row[f'{m}_{r}_std']:.2f}" if row["folds"] > 1 else "")
+                for _, m in layout
+                for r in REGIONS
+            ]
+            lines.append(f"| {row['setting']} (ours) | " + " | ".join(cells) + " |")
+        for row in group:  # the published figures of the same methods (BRATS 2013 test set)
+            pub = PUBLISHED.get(row["setting"])
+            if pub:
+                cells = [f"{pub[m][i]:.2f}" if m in pub else "–" for _, m in layout for i in range(3)]
+                lines.append(f"| {row['setting']} ({_SOURCES[paper]}, BRATS 2013 test) | " + " | ".join(cells) + " |")
+        if paper == "havaei":
+            lines.append(
+                '\n† Havaei et al.\'s tables print PPV, TP / (TP + FP), under the heading "Specificity" (Shen et '
+                "al.'s Table 1 lists the same figures as their PPV); it is PPV here too. True specificity, "
+                "TN / (TN + FP), close to 1 for every method, is in the last columns. Published figures have no "
+                "true specificity (–)."
+            )
+        lines.append("")
     folds = sorted({r["folds"] for r in rows})
     what = "one fold per setting" if folds == [1] else f"mean ± std over {'/'.join(map(str, folds))} folds per setting"
     lines += [
-        "",
-        f"Test metrics, {what}. Complete = whole tumour, Core = tumour core, Enhancing = enhancing tumour.",
+        f"Test metrics, {what} (ours on this run's data; the papers' on the BRATS 2013 test set). Complete = "
+        "whole tumour, Core = tumour core, Enhancing = enhancing tumour.",
     ]
     return rows, "\n".join(lines) + "\n"
 
@@ -321,37 +361,16 @@ def write_report(multirun: str | Path, out: str | Path | None = None) -> dict[st
     rows, md = _table(runs)
     title = _task_name(Path(multirun))
     write_text_atomic(out_dir / "results.md", f"# {title}\n\n" + md)
-    cols = list(rows[0])
-    write_text_atomic(
-        out_dir / "results.csv",
-        "\n".join(
-            [",".join(cols)]
-            + [
-                ",".join(
-                    str(r[c])
-                    if isinstance(r[c], str) and "," not in r[c]
-                    else (f'"{r[c]}"' if isinstance(r[c], str) else f"{r[c]:.6g}")
-                    for c in cols
-                )
-                for r in rows
-            ]
-        )
-        + "\n",
-    )
+    write_csv_atomic(out_dir / "results.csv", rows, list(rows[0]))
     run_cols = ["folder", "setting", "fold"] + [f"test/{m}_{r}" for m in METRICS for r in REGIONS]
-    write_text_atomic(
+    write_csv_atomic(
         out_dir / "runs.csv",
-        "\n".join(
-            [",".join(run_cols)]
-            + [
-                ",".join(
-                    [r.folder.name, f'"{r.setting}"', str(r.fold)]
-                    + [f"{r.metrics.get(c, float('nan')):.6g}" for c in run_cols[3:]]
-                )
-                for r in runs
-            ]
-        )
-        + "\n",
+        [
+            {"folder": r.folder.name, "setting": r.setting, "fold": r.fold}
+            | {c: r.metrics.get(c, float("nan")) for c in run_cols[3:]}
+            for r in runs
+        ],
+        run_cols,
     )
     paths = {
         "results.md": out_dir / "results.md",

@@ -23,7 +23,7 @@ from brats_lightning.checkpoint import check_fits
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.labels import REGIONS
 from brats_lightning.errors import CheckpointError, ConfigError, cli
-from brats_lightning.utils import atomic_path, write_text_atomic
+from brats_lightning.utils import atomic_path, write_csv_atomic, write_text_atomic
 
 __all__ = ["check_run_options", "train", "main"]
 
@@ -44,12 +44,7 @@ def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
     """Write ``per_case.csv`` and ``metrics.json`` into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if rows:
-        cols = ["case", "region", "dice", "hd95", "sensitivity", "specificity", "ppv"]
-        cols = [c for c in cols if c in rows[0]]
-        lines = [",".join(cols)] + [
-            ",".join(str(r[c]) if isinstance(r[c], str) else f"{r[c]:.6g}" for c in cols) for r in rows
-        ]
-        write_text_atomic(out_dir / "per_case.csv", "\n".join(lines) + "\n")
+        write_csv_atomic(out_dir / "per_case.csv", rows, list(rows[0]))
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
@@ -83,7 +78,9 @@ def summarise(rows: list[dict]) -> dict[str, float]:
     for r in REGIONS:
         sel = [row for row in rows if row["region"] == r]
         for m in metrics:
-            out[f"test/{m}_{r}"] = float(sum(row[m] for row in sel) / max(len(sel), 1))
+            vals = np.asarray([row[m] for row in sel], dtype=float)
+            vals = vals[np.isfinite(vals)]  # lesion-wise scores are undefined (NaN) for two empty masks
+            out[f"test/{m}_{r}"] = float(vals.mean()) if vals.size else float("nan")
     if rows:
         out["test/dice_mean"] = sum(out[f"test/dice_{r}"] for r in REGIONS) / len(REGIONS)
     return out

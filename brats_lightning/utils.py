@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "remove_stale_temporaries", "write_text_atomic", "load_torch_file"]
+__all__ = ["atomic_path", "remove_stale_temporaries", "write_csv_atomic", "write_text_atomic", "load_torch_file"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
 _TMP_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<host>.+)-(?P<pid>\d+)\.tmp(\..*)?$")
@@ -74,6 +74,19 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_csv_atomic(path: str | Path, rows: list[dict], columns: list[str]) -> None:
+    """Write ``rows`` as CSV with ``columns`` (floats with 6 significant digits) through a temporary file."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    write_text_atomic(path, buf.getvalue())
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -27,6 +27,7 @@ def shared(name: str) -> Path:
 
 
 TINY_SYNTHETIC = {"n_cases": 8, "shape": [48, 56, 32], "spacing": 2.5, "seed": 0}
+MEDIUM_SYNTHETIC = {"n_cases": 8, "shape": [80, 96, 64], "spacing": 2.5, "seed": 1}
 
 
 def _tiny_trainer(root: Path, epochs: int = 1, callbacks: Sequence = (), **overrides: Any):
@@ -98,7 +99,7 @@ def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict)
 
 @pytest.fixture(scope="session")
 def well_trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict) -> Path:
-    """An FCN with symmetry maps trained until it segments the tiny synthetic cases (fp32, 12 epochs)."""
+    """An FCN with symmetry maps trained until it segments synthetic cases (fp32; :func:`medium_root`)."""
     import pytorch_lightning as pl
 
     from brats_lightning.data.datamodule import BratsDataModule
@@ -106,9 +107,19 @@ def well_trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: 
 
     out = tmp_path_factory.mktemp("well_trained")
     pl.seed_everything(0)
-    dm = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
+    # the built-in synthetic data's own size (80x96x64 at 2.5 mm), so that regions span many voxels
+    kwargs = {**tiny_dm_kwargs, "synthetic": MEDIUM_SYNTHETIC, "crop_size": (64, 80)}
+    dm = BratsDataModule(symmetry=True, **kwargs)
     model = FCNModule(8, 4, width=0.25, test_hd95=False)
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
-    trainer = _tiny_trainer(out, 12, [ckpt_cb], limit_train_batches=20, precision="32")
+    trainer = _tiny_trainer(out, 8, [ckpt_cb], limit_train_batches=20, precision="32")
     trainer.fit(model, datamodule=dm)
     return out / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def medium_root(cache_dir: Path, well_trained_ckpt: Path) -> Path:
+    """The synthetic cases the well-trained model learnt from (the built-in data set's size)."""
+    s = MEDIUM_SYNTHETIC
+    shape = "x".join(str(v) for v in s["shape"])
+    return cache_dir / f"synthetic-n{s['n_cases']}-{shape}-sp{s['spacing']}-seed{s['seed']}"

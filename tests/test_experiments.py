@@ -150,7 +150,7 @@ def test_report_writes_tables_and_figures(wandb_multirun: Path) -> None:
     md = paths["results.md"].read_text()
     sym = next(r for r in runs if "symmetry" in r.setting)
     # one fold per setting: the mean alone (a standard deviation over one fold would be a fake 0.00)
-    assert f"| {sym.setting} | {sym.metrics['test/dice_wt']:.2f} | " in md and "±" not in md.split("\n\n")[1]
+    assert f"| {sym.setting} (ours) | {sym.metrics['test/dice_wt']:.2f} | " in md and "±" not in md.split("\n\n")[1]
     rows = list(csv.DictReader(paths["results.csv"].open()))
     assert {r["setting"] for r in rows} == {"FCN (3 blocks)", "FCN + symmetry (3 blocks)"}
     from matplotlib.image import imread
@@ -177,7 +177,48 @@ def test_report_averages_folds(tmp_path: Path) -> None:
         assert float(rows[name]["dice_wt_mean"]) == pytest.approx(sum(dice[model]) / 3)
         assert float(rows[name]["dice_wt_std"]) == pytest.approx(float(np.std(dice[model])))
     md = paths["results.md"].read_text()
-    assert "| FCN (3 blocks) | 0.80 ± 0.08 |" in md and "over 3 folds" in md
+    assert "| FCN (3 blocks) (ours) | 0.80 ± 0.08 |" in md and "over 3 folds" in md
+    # Shen et al.'s layout (Dice, PPV, Sensitivity) with their published row beside ours
+    assert "| Method | Dice Complete | Dice Core | Dice Enhancing | PPV Complete |" in md
+    assert "| FCN + symmetry (3 blocks) (Shen et al. 2017, BRATS 2013 test) | 0.87 | 0.82 | 0.75 | 0.85 |" in md
+
+
+def test_havaei_tables_print_ppv_under_their_specificity_heading(tmp_path: Path) -> None:
+    """Havaei et al.'s "Specificity" is PPV: ours is printed there, true specificity apart, the paper's row beside."""
+    job = tmp_path / "0_job"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- havaei=twopath_star\n")
+    metrics = {f"test/{m}_{r}": 0.5 for m in ("dice", "sensitivity", "specificity", "ppv") for r in REGIONS}
+    metrics |= {"test/ppv_wt": 0.61, "test/specificity_wt": 0.997, "test/sensitivity_wt": 0.73}
+    (job / "metrics.json").write_text(json.dumps(metrics))
+    job2 = tmp_path / "1_job"
+    (job2 / ".hydra").mkdir(parents=True)
+    (job2 / ".hydra" / "overrides.yaml").write_text("- havaei=localpath\n")
+    (job2 / "metrics.json").write_text(json.dumps(metrics))
+    md = write_report(tmp_path, tmp_path / "out")["results.md"].read_text()
+    head = next(line for line in md.splitlines() if line.startswith("| Method"))
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    assert (
+        cols[4] == "Specificity† Complete"
+        and cols[7] == "Sensitivity Complete"
+        and cols[10] == "True specificity Complete"
+    )
+    ours = next(line for line in md.splitlines() if line.startswith("| TwoPathCNN* (ours)"))
+    cells = [c.strip() for c in ours.strip("|").split("|")]
+    assert (cells[4], cells[7], cells[10]) == ("0.61", "0.73", "1.00")
+    published = next(line for line in md.splitlines() if "TwoPathCNN* (Havaei et al. 2017" in line)
+    assert [c.strip() for c in published.strip("|").split("|")][1:10] == [
+        "0.85",
+        "0.78",
+        "0.73",
+        "0.93",
+        "0.80",
+        "0.72",
+        "0.80",
+        "0.76",
+        "0.75",
+    ]
+    assert "LocalPathCNN (Havaei et al. 2017, BRATS 2013 test) | 0.77 |" in md and "is PPV" in md
 
 
 def test_report_cli_errors_on_an_empty_folder(tmp_path: Path) -> None:
@@ -201,3 +242,29 @@ def test_havaei_run_sizes_follow_the_hardware(tmp_path: Path) -> None:
     assert compose(stage, output_dir=out).data.patches_per_epoch == 8192
     assert compose([*stage, "trainer=gpu"], output_dir=out).data.patches_per_epoch == 300000
     assert compose(["experiment=havaei_table1", "havaei=twopath_star"], output_dir=out).data.patches_per_epoch == 12800
+
+
+def test_the_papers_protocols_are_the_experiments_defaults(tmp_path: Path) -> None:
+    out = str(tmp_path)
+    for name in ("shen_symmetry", "shen_blocks"):
+        cfg = compose([f"experiment={name}"], output_dir=out)
+        # Shen et al. Sec. 3.2: 5-fold CV over all cases, no augmentation in CV
+        assert cfg.data.test_fraction == 0.0 and cfg.data.num_folds == 5 and cfg.data.augment is False
+        assert cfg.hydra.sweeper.params["data.fold"] == "0,1,2,3,4"
+        assert cfg.model.postprocess is None
+    for row in ("twopath_star", "localpath", "average_star"):
+        cfg = compose(["experiment=havaei_table1", f"havaei={row}"], output_dir=out)
+        if cfg.pipeline:  # AverageCNN*: its stages
+            cfg = compose(
+                ["experiment=havaei_table1", f"havaei={row}", "model=localpath", "pipeline=null"], output_dir=out
+            )
+        # Havaei et al. Sec. 4: 1% clipping, N4 on T1 and T1c, connected-component post-processing
+        assert list(cfg.data.preprocess.n4) == ["t1", "t1c"] and list(cfg.data.preprocess.clip_percentiles) == [
+            1.0,
+            99.0,
+        ]
+        assert cfg.model.postprocess.min_volume_mm3 == 500
+    mf = compose(
+        ["experiment=havaei_table2", "model=mf_cascade", "model.first_stage_ckpt=x", "pipeline=null"], output_dir=out
+    )
+    assert mf.model.first_stage_dropout is False

@@ -26,11 +26,11 @@ def test_policy_follows_the_hardware() -> None:
         inference_dtype("half", "cpu")
 
 
-def test_predict_in_bf16_agrees_with_fp32(tmp_path: Path, well_trained_ckpt: Path, synthetic_root: Path) -> None:
+def test_predict_in_bf16_agrees_with_fp32(tmp_path: Path, well_trained_ckpt: Path, medium_root: Path) -> None:
     """The same labels on >= 99.5% of brain voxels and Dice per region (mean over cases) within 0.005."""
     cfg = {
         "ckpt_path": str(well_trained_ckpt),
-        "input_dir": str(synthetic_root),
+        "input_dir": str(medium_root),
         "layout": "auto",
         "files": None,
         "output_convention": "auto",
@@ -48,7 +48,7 @@ def test_predict_in_bf16_agrees_with_fp32(tmp_path: Path, well_trained_ckpt: Pat
     assert reports["bf16"]["precision"] == "bf16" and reports["fp32"]["precision"] == "fp32"
     agree, brain = 0, 0
     scores: dict[str, list[tuple[float, float]]] = {"wt": [], "tc": [], "et": []}
-    for case in discover_cases(synthetic_root):
+    for case in discover_cases(medium_root):
         a = np.asarray(nib.load(tmp_path / "fp32" / f"{case.case_id}.nii.gz").dataobj)
         b = np.asarray(nib.load(tmp_path / "bf16" / f"{case.case_id}.nii.gz").dataobj)
         gt = np.asarray(nib.load(case.label).dataobj)

@@ -272,7 +272,7 @@ def test_evaluate_reports_unknown_labels_and_other_grids(tmp_path: Path, synthet
     summary = evaluate_dirs(pred, gt, tmp_path / "e1")
     # both bad predictions are scored as failures and listed with their reasons; the third case is scored
     assert re.search(
-        rf"{cases[0].case_id}\.nii\.gz: label values \[.*5\] fit no BraTS convention",
+        rf"{cases[0].case_id}\.nii\.gz: label values \[.*5\] fit no convention",
         summary["invalid"][cases[0].case_id],
     )
     assert "differs from the ground truth" in summary["invalid"][cases[1].case_id]

@@ -76,6 +76,7 @@ def test_two_modalities_train_end_to_end(tmp_path: Path, cache_dir: Path, model:
             cache_dir,
             f"model={model}",
             "data.modalities=[flair,t1c]",
+            "data.symmetry_options.axis_modality=t1c",
             "data.patches_per_epoch=64",
             "logger=none",
             "trainer.limit_train_batches=2",
@@ -87,3 +88,13 @@ def test_two_modalities_train_end_to_end(tmp_path: Path, cache_dir: Path, model:
     assert 0.0 <= results["test/dice_wt"] <= 1.0
     state = torch.load(results["best_ckpt"], map_location="cpu", weights_only=True)
     assert state["data_config"]["modalities"] == ["flair", "t1c"]
+
+
+def test_symmetry_maps_without_t1_need_an_explicit_axis_modality(tmp_path: Path) -> None:
+    from brats_lightning.errors import ConfigError, find_user_error
+
+    cfg = compose(["model=fcn_sym", "data.modalities=[flair,t1c]"], output_dir=str(tmp_path))
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    err = find_user_error(info.value)
+    assert isinstance(err, ConfigError) and "axis is found on t1, which data.modalities=['flair', 't1c']" in str(err)

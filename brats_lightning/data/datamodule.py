@@ -170,7 +170,16 @@ class BratsDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.modalities: unknown {unknown}; expected names from {MODALITIES}")
         _check_options(num_folds, fold, test_fraction, crop_size, batch_size, patch_size, patches_per_epoch)
         self.convention = get_convention(convention)
-        self.symmetry = SymmetryConfig(enabled=bool(symmetry), **(symmetry_options or {}))
+        try:
+            self.symmetry = SymmetryConfig(enabled=bool(symmetry), **(symmetry_options or {}))
+        except TypeError as e:
+            raise ConfigError(f"data.symmetry_options: {e}") from None
+        if self.symmetry.enabled and self.symmetry.axis_modality not in self.modalities:
+            raise ConfigError(
+                f"data.symmetry: the mid-sagittal axis is found on {self.symmetry.axis_modality}, which "
+                f"data.modalities={list(self.modalities)} lacks: add it, or set "
+                f"data.symmetry_options.axis_modality to one of them"
+            )
         self.prep = PreprocessConfig(**_tuples(preprocess or {}))
         self.synthetic = dict(synthetic) if isinstance(synthetic, dict) else {}
         self.cache_dir = Path(cache_dir)
@@ -511,6 +520,12 @@ class BratsDataModule(pl.LightningDataModule):
         return self._volume_loader(self.val_cases)
 
     def test_dataloader(self) -> DataLoader:
+        """The held-out test cases; without any (``test_fraction=0``, cross-validation over all the
+        cases, as Shen et al.), the fold's validation cases: each fold is then scored on the cases it
+        did not train on."""
+        if not self.test_cases:
+            log.info("No held-out test cases (data.test_fraction=0): testing on fold %d's validation cases", self.fold)
+            return self._volume_loader(self.val_cases)
         return self._volume_loader(self.test_cases)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

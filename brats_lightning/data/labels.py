@@ -17,6 +17,7 @@ tumour label; tumour core (``tc``) = all but edema; enhancing tumour (``et``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,10 @@ __all__ = [
     "CONVENTIONS",
     "get_convention",
     "detect_convention",
+    "fitting_conventions",
+    "resolve_convention",
+    "same_scores",
+    "AmbiguousConventionError",
     "UnknownLabelError",
     "convert",
 ]
@@ -188,24 +193,90 @@ def get_convention(name: str | LabelConvention) -> LabelConvention:
     return CONVENTIONS[key]
 
 
-def detect_convention(values: set[int] | list[int] | np.ndarray, source: str = "<array>") -> LabelConvention:
-    """Guess the convention of a label volume from the values it holds.
+class AmbiguousConventionError(DataError):
+    """A label file fits several conventions that would score it differently, and nothing decides."""
 
-    Label 4 means BraTS 2017-2021 (or 2013 if 3 is present too); label 3 without 4 means BraTS
-    2023. A volume with only 0, 1 and 2 is ambiguous and resolved as ``brats2017`` (regions wt and
-    tc are then the same in every convention and et is empty in all of them).
+
+def fitting_conventions(values: set[int] | list[int] | np.ndarray) -> list[LabelConvention]:
+    """The conventions whose labels include every value of a label volume (2013, 2017, 2023 order)."""
+    vals = {int(v) for v in np.unique(np.asarray(values)).tolist()}
+    return [c for c in CONVENTIONS.values() if vals <= set(c.labels)]
+
+
+def same_scores(values: set[int] | list[int] | np.ndarray, conventions: list[LabelConvention]) -> bool:
+    """Whether every convention of ``conventions`` puts the present ``values`` in the same regions.
+
+    Then the choice between them cannot change a score: e.g. ``{0, 1, 2}`` (no enhancing tumour in any
+    convention) or ``{0, 1, 2, 4}`` under 2013 and 2017. Label 3 without 4 is the case that matters:
+    non-enhancing tumour (core) in 2013, enhancing tumour in 2023.
+    """
+    vals = {int(v) for v in np.unique(np.asarray(values)).tolist()} - {0}
+    membership = {tuple(sorted((r, v) for r in REGIONS for v in vals if v in c.regions[r])) for c in conventions}
+    return len(membership) <= 1
+
+
+def resolve_convention(
+    values: set[int] | list[int] | np.ndarray,
+    source: str,
+    candidates: Sequence[str | LabelConvention] | str | None = None,
+    folder_has_3_and_4: bool | None = None,
+    task: str | LabelConvention | None = None,
+) -> LabelConvention:
+    """The convention of a label volume, never a silent guess.
+
+    Args:
+        values: the labels present in the file.
+        source: the file (for messages).
+        candidates: the convention given (a name), the allowed ones (a list), or ``None`` for all three.
+        folder_has_3_and_4: whether another file of the same folder holds both labels 3 and 4 (which
+            only the 2013 convention has: the folder is then 2013); ``None`` when not known.
+        task: the convention of the ground truth a prediction is scored against: a 2017 or 2023
+            ground truth has four classes, so its predictions cannot use 2013's fifth class.
+
+    Returns:
+        The only fitting candidate; else any of them when they score the file alike; else the one
+        the folder or the task proves.
+
+    Raises:
+        UnknownLabelError: values that no candidate has.
+        AmbiguousConventionError: several candidates score the file differently and nothing decides;
+            the message names the file and the candidates.
+    """
+    vals = sorted({int(v) for v in np.unique(np.asarray(values)).tolist()})
+    if isinstance(candidates, (str, LabelConvention)):
+        conv = get_convention(candidates)
+        conv.check(np.asarray(vals), source)
+        return conv
+    allowed = [get_convention(c) for c in candidates] if candidates else list(CONVENTIONS.values())
+    fit = [c for c in allowed if set(vals) <= set(c.labels)]
+    if not fit:
+        names = [c.name for c in allowed]
+        raise UnknownLabelError(f"{source}: label values {vals} fit no convention of {names}")
+    if len(fit) == 1 or same_scores(vals, fit):
+        return fit[0] if len(fit) == 1 else next((c for c in fit if c.name != "brats2013"), fit[0])
+    names = {c.name for c in fit}
+    if folder_has_3_and_4 and "brats2013" in names:
+        return CONVENTIONS["brats2013"]
+    if task is not None:
+        task_conv = get_convention(task)
+        same_task = [c for c in fit if (c.name == "brats2013") == (task_conv.name == "brats2013")]
+        if len(same_task) == 1:
+            return same_task[0]
+    raise AmbiguousConventionError(
+        f"{source}: labels {vals} fit the conventions {sorted(names)}, which score it differently (label 3 is "
+        "non-enhancing tumour in brats2013, enhancing tumour in brats2023), and nothing in the folder decides; "
+        "give the convention (gt_convention=... / pred_convention=...)"
+    )
+
+
+def detect_convention(values: set[int] | list[int] | np.ndarray, source: str = "<array>") -> LabelConvention:
+    """The convention of a label volume when its labels decide it (see :func:`resolve_convention`).
 
     Raises:
         UnknownLabelError: values that no convention has (e.g. 5, or negative values).
+        AmbiguousConventionError: label 3 without 4 (2013 or 2023).
     """
-    vals = {int(v) for v in np.unique(np.asarray(values)).tolist()}
-    if not vals <= {0, 1, 2, 3, 4}:
-        raise UnknownLabelError(f"{source}: label values {sorted(vals)} fit no BraTS convention")
-    if 3 in vals and 4 in vals:
-        return CONVENTIONS["brats2013"]
-    if 3 in vals:
-        return CONVENTIONS["brats2023"]
-    return CONVENTIONS["brats2017"]
+    return resolve_convention(values, source)
 
 
 # Tissue of each internal class, to translate between conventions. 2013's necrosis and

@@ -23,7 +23,7 @@ import numpy as np
 
 from brats_lightning.data.io import CaseFiles, Volume, load_case
 from brats_lightning.data.labels import LabelConvention
-from brats_lightning.errors import DataError
+from brats_lightning.errors import ConfigError, DataError
 
 __all__ = [
     "PreprocessConfig",
@@ -172,6 +172,7 @@ class SymmetryConfig:
         scale: sigmoid scale of the difference (z-scored intensity units).
         min_angle: tilts below this many degrees are not resampled.
         device: where to compute them (``"auto"``: CUDA when available).
+        axis_modality: the modality on which the mid-sagittal axis is found (Shen et al.: T1).
     """
 
     enabled: bool = False
@@ -181,6 +182,7 @@ class SymmetryConfig:
     scale: float = 1.0
     min_angle: float = 1.0
     device: str = "auto"
+    axis_modality: str = "t1"
 
     def key_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "device"}
@@ -202,7 +204,12 @@ def symmetry_channels(slices, mask, modalities: Sequence[str], sym: SymmetryConf
     """
     from brats_lightning.data.symmetry import estimate_axis, symmetry_maps
 
-    ref = list(modalities).index("t1") if "t1" in modalities else 0
+    if sym.axis_modality not in modalities:
+        raise ConfigError(
+            f"symmetry maps find the mid-sagittal axis on {sym.axis_modality}, which is not among the modalities "
+            f"{list(modalities)}: add it, or set data.symmetry_options.axis_modality to one of them"
+        )
+    ref = list(modalities).index(sym.axis_modality)
     ax = estimate_axis(slices[:, ref], mask)
     maps = symmetry_maps(
         slices,

@@ -163,7 +163,10 @@ def estimate_axis(
     vals = sub[msub]
     vals = vals[:: max(1, vals.numel() // 200_000)]
     lo, hi = torch.quantile(vals, torch.tensor([0.01, 0.99], device=vals.device)).tolist()
-    summary = torch.where(msub, sub.clamp(lo, hi) - lo, torch.zeros((), device=ref.device)).mean(0)
+    if hi - lo > 1e-6:
+        summary = torch.where(msub, sub.clamp(lo, hi) - lo, torch.zeros((), device=ref.device)).mean(0)
+    else:  # a constant image: clipping leaves nothing, so the brain's shape carries the symmetry
+        summary = msub.float().mean(0)
     img = torch.zeros((h, w), device=ref.device)
     img[h0:h1, w0:w1] = summary  # (H, W) summary of the brain's slices
     hs, ws = torch.nonzero(msub.any(0), as_tuple=True)
@@ -184,7 +187,9 @@ def estimate_axis(
 
     coarse = torch.arange(-max_angle, max_angle + 1e-6, coarse_step, device=ref.device)
     a0, _, _ = best_for(coarse)
-    fine = torch.arange(a0 - coarse_step, a0 + coarse_step + 1e-6, fine_step, device=ref.device)
+    # refine within one coarse step, but never beyond the searched range
+    lo, hi = max(a0 - coarse_step, -max_angle), min(a0 + coarse_step, max_angle)
+    fine = torch.arange(lo, hi + 1e-6, fine_step, device=ref.device)
     angle, row, _ = best_for(fine)
     angle = round(angle / fine_step) * fine_step + 0.0  # undo float drift of arange; -0.0 -> 0.0
     if abs(angle) < fine_step / 2:

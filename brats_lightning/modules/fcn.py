@@ -35,7 +35,7 @@ class FCNModule(SegmentationModule):
         convention: label convention (regions of the metrics).
         inference_batch_size: slices per forward pass at inference.
         test_hd95: compute HD95 at test time.
-        channels_last: memory layout of the net (see :class:`SegmentationModule`).
+        channels_last, lesion_metrics, postprocess: see :class:`SegmentationModule`.
     """
 
     def __init__(
@@ -52,8 +52,10 @@ class FCNModule(SegmentationModule):
         inference_batch_size: int = 16,
         test_hd95: bool = True,
         channels_last: bool = True,
+        lesion_metrics: bool = False,
+        postprocess: dict | None = None,
     ) -> None:
-        super().__init__(convention, inference_batch_size, test_hd95, channels_last)
+        super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess)
         self.save_hyperparameters()
         if num_classes != self.convention.num_classes:
             raise ConfigError(
@@ -63,6 +65,11 @@ class FCNModule(SegmentationModule):
         self._set_layout()
         self.lr = lr
         self.vgg_weights = vgg_weights
+
+    def prepare_for_inference(self) -> FCNModule:
+        """Batch norms folded into the convolutions: the same outputs, one pass less per feature map."""
+        self.net.fuse_batchnorm_()
+        return self.eval()
 
     def preflight(self, datamodule: object | None = None) -> None:
         """The training crop must suit the pooling; the VGG-16 file must exist."""

@@ -117,7 +117,10 @@ class PatchCNNModule(SegmentationModule):
             slice once and sample 33x33 patches with the aligned map (exactly what running it on the
             larger patch gives, much faster); ``False`` samples the larger patch and runs the first
             stage on every batch (then ``data.patch_size`` must be the cascade's 65/56/53).
-        convention, inference_batch_size, test_hd95, channels_last: see :class:`SegmentationModule`.
+        first_stage_dropout: MFCascadeCNN: also drop out the first stage's probabilities where they
+            join the last hidden layer (off: they are an input of the output layer, not hidden units).
+        convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess: see
+            :class:`SegmentationModule`.
     """
 
     def __init__(
@@ -142,12 +145,15 @@ class PatchCNNModule(SegmentationModule):
         global_ckpt: str | None = None,
         first_stage_ckpt: str | None = None,
         first_stage_cache: bool = True,
+        first_stage_dropout: bool = False,
         convention: str = "brats2017",
         inference_batch_size: int = 4,
         test_hd95: bool = True,
         channels_last: bool = True,
+        lesion_metrics: bool = False,
+        postprocess: dict | None = None,
     ) -> None:
-        super().__init__(convention, inference_batch_size, test_hd95, channels_last)
+        super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess)
         self.save_hyperparameters()
         if arch not in ARCHS:
             raise ConfigError(f"unknown arch {arch!r}; expected one of {ARCHS}")
@@ -162,7 +168,7 @@ class PatchCNNModule(SegmentationModule):
             )
         elif arch in CASCADES:
             first = TwoPathCNN(in_channels, num_classes, dropout, k)
-            self.net = CASCADES[arch](first, in_channels, num_classes, dropout, k)
+            self.net = CASCADES[arch](first, in_channels, num_classes, dropout, k, first_stage_dropout)
         else:
             self.net = build_patch_net(arch, in_channels, num_classes, dropout, k)
         self._set_layout()

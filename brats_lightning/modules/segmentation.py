@@ -12,7 +12,9 @@ import torch
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
 from brats_lightning.inference import predict_volume
+from brats_lightning.lesions import lesion_metrics
 from brats_lightning.metrics import dice_torch, region_metrics
+from brats_lightning.postprocess import remove_small_components
 from brats_lightning.seeding import stream_seed, training_epoch
 
 __all__ = ["SegmentationModule"]
@@ -33,6 +35,10 @@ class SegmentationModule(pl.LightningModule):
         test_hd95: compute HD95 at test time (the slowest metric).
         channels_last: run the net in the channels-last memory layout (measured faster for every
             net here, fp32 and bf16, training and inference: ``benchmarks/bench_inference.py``).
+        lesion_metrics: add the lesion-wise columns (:mod:`brats_lightning.lesions`) to the test metrics.
+        postprocess: options of :func:`~brats_lightning.postprocess.remove_small_components`, applied
+            to the test predictions before scoring and, stored in the checkpoint, by ``predict``
+            (Havaei et al. Sec. 4); ``None``: none.
 
     Precision is the trainer's (``bf16-mixed`` where the hardware has bf16: :mod:`brats_lightning.precision`);
     softmax, losses and metrics are computed in fp32.
@@ -51,9 +57,13 @@ class SegmentationModule(pl.LightningModule):
         inference_batch_size: int = 16,
         test_hd95: bool = True,
         channels_last: bool = True,
+        lesion_metrics: bool = False,
+        postprocess: dict | None = None,
     ) -> None:
         super().__init__()
         self.channels_last = channels_last
+        self.lesion_metrics = lesion_metrics
+        self.postprocess = dict(postprocess) if postprocess else None
         self.convention = get_convention(convention)
         self.inference_batch_size = inference_batch_size
         self.test_hd95 = test_hd95
@@ -78,6 +88,10 @@ class SegmentationModule(pl.LightningModule):
     def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(N, K, H, W)`` of every pixel of slices ``(N, C, H, W)``."""
         raise NotImplementedError
+
+    def prepare_for_inference(self) -> SegmentationModule:
+        """Make the module an inference-only one (e.g. fold batch norms; it cannot train afterwards)."""
+        return self.eval()
 
     def preflight(self, datamodule: object | None = None) -> None:
         """Check what this model needs of its files and data options, before any data is prepared.
@@ -147,6 +161,10 @@ class SegmentationModule(pl.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         pred = self.predict_case(batch).argmax(1)
+        if self.postprocess:  # Havaei et al.'s clean-up, on the reported test metrics (Sec. 4)
+            classes = pred.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+            classes = remove_small_components(classes, batch["spacing"], **self.postprocess)
+            pred = torch.from_numpy(classes).permute(2, 0, 1).to(pred.device)
         d = self._region_dice(pred, batch["label"])
         self._test_rows.append(torch.cat([torch.tensor([float(batch["index"])], device=d.device), d]))
         # Full metrics on the original (RAS) grid: specificity counts every voxel of the scan.
@@ -157,6 +175,8 @@ class SegmentationModule(pl.LightningModule):
         pm, gm = self.convention.region_masks(p), self.convention.region_masks(g)
         for r in REGIONS:
             m = region_metrics(pm[r], gm[r], spacing=batch["spacing"], include_hd95=self.test_hd95)
+            if self.lesion_metrics:
+                m.update(lesion_metrics(pm[r], gm[r], batch["spacing"]))
             self.test_results.append({"case": batch["case_id"], "region": r, **m})
         # The axial slice with the most tumour, for overlays in reports and W&B.
         z = int((batch["label"] > 0).flatten(1).sum(1).argmax())

@@ -43,7 +43,15 @@ class CascadeCNN(PatchCNN):
     aux_before: int
     where: str
 
-    def __init__(self, first: TwoPathCNN, in_channels: int, num_classes: int, dropout: float = 0.5, k: int = 2) -> None:
+    def __init__(
+        self,
+        first: TwoPathCNN,
+        in_channels: int,
+        num_classes: int,
+        dropout: float = 0.5,
+        k: int = 2,
+        first_stage_dropout: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(first, TwoPathCNN) or first.output.out_channels != num_classes:
             raise ValueError("the first stage must be a TwoPathCNN with the same number of classes")
@@ -64,6 +72,7 @@ class CascadeCNN(PatchCNN):
             k,
             local_extra_channels=extra["local"],
             mf_channels=extra["mf"],
+            mf_dropout=first_stage_dropout,
         )
         self.output = self.second.output
         self.patch_size = self.first_patch

@@ -21,27 +21,13 @@ __all__ = ["VGG16_BLOCKS", "ShenFCN", "load_vgg16_weights", "nearest_upsample_co
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512))
 
 
-def nearest_upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, scale: int) -> torch.Tensor:
-    """``conv2d(nearest_upsample(x, scale), weight, padding=1)`` computed at the low resolution.
+def phase_kernels(weight: torch.Tensor, scale: int) -> list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]]:
+    """The per-phase kernels of :func:`nearest_upsample_conv3x3`: ``(kernel, padding, start)`` per phase.
 
-    Each output pixel ``(scale*i + a, scale*j + b)`` of a 3x3 convolution of a nearest-upsampled map
-    sees at most 2x2 distinct input pixels, at offsets that depend only on its phase ``(a, b)``. So
-    the result is, per phase, a small convolution of ``x`` with the 3x3 kernel's taps summed over
-    the pixels they share, interleaved by ``pixel_shuffle``: the same values (up to float rounding)
-    with 4/9 of the multiply-adds for ``scale=2`` and 1/4 for ``scale=4`` (zero padding maps onto
-    zero padding). In Shen et al.'s FCN this removes 22% of the forward FLOPs.
-
-    Args:
-        x: ``(N, C, H, W)``.
-        weight: ``(O, C, 3, 3)`` (no bias).
-        scale: the integer upsampling factor.
-
-    Returns:
-        ``(N, O, scale*H, scale*W)``.
+    Phase ``(a, b)`` is ``conv2d(x, kernel, padding=padding)[..., start[0]:start[0]+H, start[1]:start[1]+W]``.
     """
-    n, _, h, w = x.shape
     rows = [[(a + d) // scale for d in (-1, 0, 1)] for a in range(scale)]
-    outs = []
+    out = []
     for us in rows:
         for vs in rows:
             u0, v0 = min(us), min(vs)
@@ -49,8 +35,58 @@ def nearest_upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, scale: int) 
             for i, u in enumerate(us):
                 for j, v in enumerate(vs):
                     k[:, :, u - u0, v - v0] += weight[:, :, i, j]
-            outs.append(F.conv2d(F.pad(x, (-v0, max(vs), -u0, max(us))), k))
-    return F.pixel_shuffle(torch.stack(outs, 2).reshape(n, -1, h, w), scale)
+            # with symmetric padding p, output row r sees input rows r - p .. r - p + size - 1: row
+            # start + i sees i + u0 .. i + max(us) when start = p + u0
+            ph, pw = k.shape[2] - 1, k.shape[3] - 1
+            out.append((k, (ph, pw), (ph + u0, pw + v0)))
+    return out
+
+
+def nearest_upsample_conv3x3(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: int,
+    bias: torch.Tensor | None = None,
+    kernels: list[tuple[torch.Tensor, tuple[int, int], tuple[int, int]]] | None = None,
+) -> torch.Tensor:
+    """``conv2d(nearest_upsample(x, scale), weight, bias, padding=1)`` computed at the low resolution.
+
+    Each output pixel ``(scale*i + a, scale*j + b)`` of a 3x3 convolution of a nearest-upsampled map
+    sees at most 2x2 distinct input pixels, at offsets that depend only on its phase ``(a, b)``. So
+    the result is, per phase, a small convolution of ``x`` with the 3x3 kernel's taps summed over
+    the pixels they share (:func:`phase_kernels`), written into every ``scale``-th pixel: the same
+    values (up to float rounding) with 4/9 of the multiply-adds for ``scale=2`` and 1/4 for
+    ``scale=4`` (zero padding maps onto zero padding). In Shen et al.'s FCN this removes 22% of the
+    forward FLOPs.
+
+    Args:
+        x: ``(N, C, H, W)``.
+        weight: ``(O, C, 3, 3)``.
+        scale: the integer upsampling factor.
+        bias: ``(O,)`` or ``None``.
+        kernels: precomputed :func:`phase_kernels` of ``weight``.
+
+    Returns:
+        ``(N, O, scale*H, scale*W)``.
+    """
+    n, _, h, w = x.shape
+    kernels = kernels if kernels is not None else phase_kernels(weight, scale)
+    out = None
+    for p, (k, padding, (r0, c0)) in enumerate(kernels):
+        y = F.conv2d(x, k, bias, padding=padding)
+        y = y[..., r0 : r0 + h, c0 : c0 + w]
+        if out is None:
+            out = torch.empty(
+                (n, y.shape[1], scale * h, scale * w), dtype=y.dtype, device=y.device, memory_format=_layout(x)
+            )
+        a, b = divmod(p, scale)
+        out[..., a::scale, b::scale] = y
+    assert out is not None
+    return out
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -116,6 +152,8 @@ class ShenFCN(nn.Module):
         self.n_blocks = n_blocks
         self.width = width
         self.upsample_mode = upsample_mode
+        #: nearest upsampling + convolution computed at the low resolution (exact); False runs them literally
+        self.low_res_upsampling = True
 
         def w(c: int) -> int:
             return max(1, round(c * width))
@@ -157,23 +195,63 @@ class ShenFCN(nn.Module):
             raise ValueError(
                 f"input size {h}x{w} is not a multiple of {self.divisor} (required by {self.n_blocks} blocks)"
             )
-        feats = []
+        logits = None
         for i, (block, path) in enumerate(zip(self.blocks, self.paths)):
             if i > 0:
                 x = F.max_pool2d(x, kernel_size=2, stride=2)
             x = block(x)
             if i == 0:
-                feats.append(path(x))
-            elif self.upsample_mode == "nearest":
+                y = path(x)
+            elif self.upsample_mode == "nearest" and self.low_res_upsampling:
                 # nearest upsampling + the path's first 3x3 convolution, done at the low resolution
                 conv, bn, relu = path[0]
-                y = relu(bn(nearest_upsample_conv3x3(x, conv.weight, 2**i)))
-                feats.append(path[1:](y))
+                y = relu(bn(nearest_upsample_conv3x3(x, conv.weight, 2**i, conv.bias, self._phases(conv, 2**i))))
+                y = path[1:](y)
             else:
-                feats.append(path(F.interpolate(x, scale_factor=2**i, mode="bilinear", align_corners=False)))
-        # the classifier (0.2% of the FLOPs) in fp32 under autocast: logits are not rounded to bf16
-        with torch.autocast(x.device.type, enabled=False):
-            return self.classifier(torch.cat(feats, dim=1).float())
+                mode = {"align_corners": False} if self.upsample_mode == "bilinear" else {}
+                y = path(F.interpolate(x, scale_factor=2**i, mode=self.upsample_mode, **mode))
+            # the classifier on the concatenated paths = the sum of its slices applied to each path; in fp32
+            # under autocast (0.2% of the FLOPs), so that logits are not rounded to bf16
+            c = y.shape[1]
+            with torch.autocast(x.device.type, enabled=False):
+                part = F.conv2d(y.float(), self.classifier.weight[:, i * c : (i + 1) * c])
+            logits = part if logits is None else logits + part
+        assert logits is not None
+        return logits + self.classifier.bias.view(1, -1, 1, 1)
+
+    def _phases(self, conv: nn.Conv2d, scale: int) -> list | None:
+        """The phase kernels of ``conv``: computed once while the weights do not change (inference)."""
+        if torch.is_grad_enabled() and conv.weight.requires_grad:
+            return None  # training: built in the graph, every step
+        key = (id(conv), conv.weight._version, conv.weight.data_ptr(), scale)
+        cache = self.__dict__.setdefault("_phase_cache", {})
+        if key not in cache:
+            if len(cache) > 8:  # weights changed since: forget the old kernels
+                cache.clear()
+            with torch.no_grad():
+                cache[key] = phase_kernels(conv.weight.detach(), scale)
+        return cache[key]
+
+    def fuse_batchnorm_(self) -> ShenFCN:
+        """Fold every batch norm into its convolution, for inference only (in place; returns ``self``).
+
+        ``BN(conv(x)) = conv'(x)`` with ``W' = W * g / s``, ``b' = beta - mu * g / s`` (``s`` the running
+        std): the same outputs with one pass less over every feature map. The net cannot train afterwards.
+        """
+        with torch.no_grad():
+            for seq in [*self.blocks, *self.paths]:
+                for layer in seq:
+                    conv, bn = layer[0], layer[1]
+                    if not isinstance(bn, nn.BatchNorm2d):
+                        continue
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    fused = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True)
+                    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                    fused.bias.copy_(bn.bias - bn.running_mean * scale)
+                    fused.to(device=conv.weight.device, memory_format=_layout(conv.weight))
+                    layer[0], layer[1] = fused, nn.Identity()
+        self.eval()
+        return self
 
     def downsampling_convs(self) -> list[nn.Conv2d]:
         """The convolutions of the downsampling path in VGG-16 order."""

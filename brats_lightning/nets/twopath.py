@@ -194,6 +194,9 @@ class TwoPathCNN(PatchCNN):
         k: Maxout feature maps per output map.
         local_extra_channels: extra channels at the local path's first hidden layer (LocalCascadeCNN).
         mf_channels: extra channels before the output layer (MFCascadeCNN).
+        mf_dropout: apply the dropout to those extra channels too. Havaei et al. put dropout on the
+            last hidden layer; the first CNN's probabilities concatenated to it are an input of the
+            output layer, not hidden units, so by default they are not dropped.
 
     Example:
         >>> TwoPathCNN()(torch.zeros(2, 4, 33, 33)).shape
@@ -208,8 +211,10 @@ class TwoPathCNN(PatchCNN):
         k: int = 2,
         local_extra_channels: int = 0,
         mf_channels: int = 0,
+        mf_dropout: bool = False,
     ) -> None:
         super().__init__()
+        self.mf_dropout = mf_dropout
         self.local = LocalPath(in_channels, 64, k, extra_channels=local_extra_channels)
         self.glob = GlobalPath(in_channels, 160, k)
         self.dropout = nn.Dropout(dropout)
@@ -231,7 +236,9 @@ class TwoPathCNN(PatchCNN):
     def forward(
         self, x: torch.Tensor, local_extra: torch.Tensor | None = None, mf_extra: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.output(self.dropout(self.hidden(x, local_extra, mf_extra)))
+        if mf_extra is None or self.mf_dropout:
+            return self.output(self.dropout(self.hidden(x, local_extra, mf_extra)))
+        return self.output(torch.cat([self.dropout(self.hidden(x, local_extra)), mf_extra], dim=1))
 
 
 class AverageCNN(PatchCNN):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brats_lightning.data.labels import CONVENTIONS, UnknownLabelError, detect_convention, get_convention
+from brats_lightning.data.labels import (
+    CONVENTIONS,
+    AmbiguousConventionError,
+    UnknownLabelError,
+    detect_convention,
+    get_convention,
+)
 
 
 @pytest.mark.parametrize("name", sorted(CONVENTIONS))
@@ -53,7 +59,8 @@ def test_aliases_and_unknown_names() -> None:
 
 def test_detect_convention() -> None:
     assert detect_convention([0, 1, 2, 4]).name == "brats2017"
-    assert detect_convention([0, 1, 2, 3]).name == "brats2023"
+    with pytest.raises(AmbiguousConventionError, match="fit the conventions"):  # 2013 or 2023: never guessed
+        detect_convention([0, 1, 2, 3])
     assert detect_convention([0, 1, 2, 3, 4]).name == "brats2013"
     with pytest.raises(UnknownLabelError):
         detect_convention([0, 5])

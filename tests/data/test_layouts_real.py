@@ -78,7 +78,8 @@ def test_real_deepmedic_cases_with_the_generic_layout() -> None:
     assert set(np.unique(vol.label).tolist()) == {0, 1, 2, 3, 4}
     # the images are z-scored with a non-zero background: the mask file defines the brain
     assert np.all(vol.image[0][~vol.mask] != 0)
-    pre = preprocess_case(cases[0], get_convention("brats2013"), PreprocessConfig(), SymmetryConfig(enabled=True))
+    sym = SymmetryConfig(enabled=True, axis_modality="t1c")  # no T1 here: the axis is found on T1c
+    pre = preprocess_case(cases[0], get_convention("brats2013"), PreprocessConfig(), sym)
     assert pre.image.shape == (4, 240, 240, 155)  # 2 images + 2 symmetry maps
     assert np.all(pre.image[:, ~pre.mask] == 0)
     np.testing.assert_allclose(pre.image[:2, pre.mask].mean(1), 0, atol=1e-3)

@@ -98,3 +98,23 @@ def test_first_stage_must_match() -> None:
         InputCascadeCNN(TwoPathCNN(4, 4), 4, 5)
     with pytest.raises(ValueError, match="input channels"):
         InputCascadeCNN(TwoPathCNN(2, 5), 4, 5)
+
+
+def test_mf_cascade_does_not_drop_out_the_first_stages_probabilities() -> None:
+    from brats_lightning.nets.cascade import MFCascadeCNN
+    from brats_lightning.nets.twopath import TwoPathCNN
+
+    torch.manual_seed(0)
+    net = MFCascadeCNN(TwoPathCNN(4, 4), 4, 4, dropout=0.5).train()
+    x = torch.randn(3, 4, 53, 53)
+    seen: list[torch.Tensor] = []
+    net.second.output.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
+    net(x)
+    probs = net.first_probs(x)
+    # the last 4 channels of the output layer's input are the first stage's probabilities, untouched
+    torch.testing.assert_close(seen[0][:, -4:], probs)
+    assert (seen[0][:, :-4] == 0).float().mean() > 0.3  # the hidden units are dropped out
+    dropped = MFCascadeCNN(TwoPathCNN(4, 4), 4, 4, dropout=0.5, first_stage_dropout=True).train()
+    dropped.second.output.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach()))
+    dropped(x)
+    assert (seen[1][:, -4:] == 0).any()  # asked for: dropped too

@@ -139,3 +139,22 @@ def test_upsampling_convolution_at_low_resolution_is_exact(scale: int) -> None:
             h = block(h if i == 0 else F.max_pool2d(h, 2))
             feats.append(path(h if i == 0 else F.interpolate(h, scale_factor=2**i, mode="nearest")))
         torch.testing.assert_close(net(xin), net.classifier(torch.cat(feats, 1)), atol=1e-4, rtol=1e-4)
+
+
+def test_inference_net_with_folded_batchnorm_gives_the_same_logits() -> None:
+    import copy
+
+    torch.manual_seed(1)
+    net = ShenFCN(8, 4, width=0.25)
+    net.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            net(torch.randn(4, 8, 32, 40) * 2 + 0.5)
+    net.eval()
+    x = torch.randn(2, 8, 32, 40)
+    with torch.no_grad():
+        want = net(x)
+        fused = copy.deepcopy(net).fuse_batchnorm_()
+        torch.testing.assert_close(fused(x), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(net(x), want)  # cached phase kernels: the same again
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
