@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -37,6 +39,17 @@ def brats_root(n: int, synthetic_only: bool = False) -> tuple[Path, str]:
     folder = CACHE / f"synthetic-brats-size-n{n}"
     write_dataset(folder, n_cases=n, shape=(240, 240, 155), spacing=1.0, seed=0, progress=True)
     return folder, f"{n} synthetic 240x240x155 cases"
+
+
+def load_test_module(relative: str) -> ModuleType:
+    """A module of the test suite (e.g. ``tests/data/symmetry_reference.py``), loaded from its file."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def sync(device: torch.device | str) -> None:

@@ -14,28 +14,27 @@ about 114 s, 95% of their 2 min per volume).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import load_test_module
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "data"))  # the per-pixel reference lives with the tests
-
-from symmetry_reference import reference_difference  # noqa: E402
-
-from brats_lightning.data.io import discover_cases, load_case  # noqa: E402
-from brats_lightning.data.preprocess import zscore  # noqa: E402
-from brats_lightning.data.symmetry import (  # noqa: E402
+from brats_lightning.data.io import discover_cases, load_case
+from brats_lightning.data.preprocess import zscore
+from brats_lightning.data.symmetry import (
     estimate_axis,
     gaussian_smooth,
     straighten,
     symmetry_difference,
     symmetry_maps,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
+# the plain per-pixel reference lives with the tests
+reference_difference = load_test_module("tests/data/symmetry_reference.py").reference_difference
 
 
 def _load(case_dir: str | None) -> tuple[str, np.ndarray, np.ndarray]:

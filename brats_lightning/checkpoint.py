@@ -15,29 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brats_lightning.errors import CheckpointError
-from brats_lightning.utils import load_torch_file
+from brats_lightning.utils import read_checkpoint
 
 if TYPE_CHECKING:
     from brats_lightning.modules.segmentation import SegmentationModule
 
-__all__ = ["read_checkpoint", "module_class", "describe", "load_module", "check_fits"]
+__all__ = ["module_class", "describe", "load_module", "check_fits"]
 
 log = logging.getLogger(__name__)
 
 #: hyper-parameters that point at other files (stage checkpoints, VGG weights): never compared
 _PATH_PARAMS = ("first_stage_ckpt", "local_ckpt", "global_ckpt", "vgg_weights")
-
-
-def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
-    """The checkpoint at ``path`` as a dict (``weights_only=True``); it must hold a state dict.
-
-    Raises:
-        CheckpointError: missing, empty, truncated or foreign file, or no state dict.
-    """
-    ckpt = load_torch_file(path, what)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        raise CheckpointError(f"{path}: not a Lightning checkpoint (it holds no state_dict)")
-    return ckpt
 
 
 def module_class(ckpt: dict[str, Any], path: str | Path) -> type[SegmentationModule]:
@@ -111,7 +99,8 @@ def load_module(path: str | Path, map_location: str = "cpu") -> tuple[Segmentati
     return model.eval(), dict(ckpt.get("data_config") or {})
 
 
-def _init_kwargs(cls: type, hp: dict[str, Any]) -> dict[str, Any]:
+def _init_kwargs(cls: type[SegmentationModule], hp: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``hp`` that ``cls.__init__`` takes."""
     import inspect
 
     params = inspect.signature(cls.__init__).parameters

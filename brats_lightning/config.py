@@ -25,7 +25,7 @@ def config_dir() -> str:
 
 
 def _in_channels(modalities: Sequence[str], symmetry: bool) -> int:
-    from brats_lightning.data.datamodule import in_channels_for
+    from brats_lightning.data.channels import in_channels_for
 
     return in_channels_for(list(modalities), bool(symmetry))
 

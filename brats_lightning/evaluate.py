@@ -17,7 +17,6 @@ Writes into ``out_dir``: ``per_case.csv`` (``case,region,dice,hd95,sensitivity,s
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -26,24 +25,19 @@ from pathlib import Path
 
 import hydra
 import numpy as np
+from nibabel.affines import voxel_sizes
 from omegaconf import DictConfig
 
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.io import BadCase, detect_layout, discover_cases, read_label
 from brats_lightning.data.labels import REGIONS, AmbiguousConventionError, LabelConvention, resolve_convention
 from brats_lightning.errors import DataError, UserError, cli
-from brats_lightning.lesions import LESION_COLUMNS, LESION_HD95_PENALTY, PANOPTIC_COLUMNS, lesion_metrics
-from brats_lightning.metrics import HD95_EMPTY_PENALTY, region_metrics
-from brats_lightning.utils import write_text_atomic
+from brats_lightning.metrics import failure_scores, metric_names, region_metrics
+from brats_lightning.results import print_table, summarise, write_results
 
-__all__ = ["METRICS", "ground_truth_files", "evaluate_case", "evaluate_dirs", "main"]
+__all__ = ["ground_truth_files", "evaluate_case", "evaluate_dirs", "main"]
 
 log = logging.getLogger("brats_lightning.evaluate")
-
-METRICS = ("dice", "hd95", "sensitivity", "specificity", "ppv")
-_MISSING = {"dice": 0.0, "hd95": HD95_EMPTY_PENALTY, "sensitivity": 0.0, "specificity": 1.0, "ppv": 0.0}
-LESION_METRICS = (*PANOPTIC_COLUMNS, *LESION_COLUMNS)
-_MISSING_LESION = {**{m: 0.0 for m in LESION_METRICS}, "lesion_hd95": LESION_HD95_PENALTY}
 
 
 def ground_truth_files(gt_dir: str | Path, problems: list[BadCase] | None = None) -> dict[str, Path]:
@@ -78,7 +72,7 @@ def ground_truth_files(gt_dir: str | Path, problems: list[BadCase] | None = None
         raise DataError("; ".join(b.reason for b in bad))
     if problems is not None:
         problems.extend(sorted(bad, key=lambda b: b.case_id))
-    return labels  # type: ignore[return-value]
+    return labels
 
 
 class _Conventions:
@@ -171,76 +165,12 @@ def _score(
         raise DataError(f"{pred_file}: shape {pshape} differs from the ground truth {gt_file} {shape}")
     if not np.allclose(p_aff, g_aff, atol=1e-3):
         raise DataError(f"{pred_file}: affine differs from the ground truth {gt_file}")
-    spacing = tuple(float(s) for s in np.sqrt((g_aff[:3, :3] ** 2).sum(axis=0)))
-    rows = []
-    for r in REGIONS:
-        m = region_metrics(pm[r], gm[r], spacing=spacing, include_hd95=hd95)
-        if lesion_wise:
-            m.update(lesion_metrics(pm[r], gm[r], spacing))
-        rows.append({"region": r, **m})
+    spacing = tuple(float(s) for s in voxel_sizes(g_aff))
+    rows = [
+        {"region": r, **region_metrics(pm[r], gm[r], spacing, include_hd95=hd95, lesion_wise=lesion_wise)}
+        for r in REGIONS
+    ]
     return rows, {"prediction": pc.name, "ground_truth": gc.name}
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    """Mean, median and std over the cases where the value is defined (NaN: both masks empty)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {"mean": float("nan"), "median": float("nan"), "std": float("nan"), "n": 0}
-    return {
-        "mean": float(np.mean(v)),
-        "median": float(np.median(v)),
-        "std": float(np.std(v)),
-        "n": int(v.size),
-    }
-
-
-def markdown_table(summary: dict, name: str = "prediction") -> str:
-    """Two markdown tables: the papers' layout (one row, Dice / sensitivity / specificity / PPV per
-    region, as Havaei Table 1 and Shen Table 1), then mean ± std and median per metric and region."""
-    metrics = [m for m in ("dice", "sensitivity", "specificity", "ppv", "hd95") if m in summary["metrics"]["wt"]]
-    labels = {
-        "dice": "Dice",
-        "hd95": "HD95 (mm)",
-        "sensitivity": "Sensitivity",
-        "specificity": "Specificity",
-        "ppv": "PPV",
-    }
-    regions = ("Complete", "Core", "Enhancing")
-    paper = [m for m in metrics if m != "hd95"]
-    lines = [
-        "| Method | " + " | ".join(f"{labels[m]} {r}" for m in paper for r in regions) + " |",
-        "|---|" + "---:|" * (3 * len(paper)),
-        f"| {name} | " + " | ".join(f"{summary['metrics'][r][m]['mean']:.2f}" for m in paper for r in REGIONS) + " |",
-        "",
-        "| Metric | "
-        + " | ".join(f"{r} (mean ± std)" for r in regions)
-        + " | "
-        + " | ".join(f"{r} (median)" for r in regions)
-        + " |",
-        "|---|" + "---:|" * 6,
-    ]
-    for m in metrics:
-        fmt = "{:.2f}" if m == "hd95" else "{:.3f}"
-        st = [summary["metrics"][r][m] for r in REGIONS]
-        lines.append(
-            f"| {labels[m]} | "
-            + " | ".join(f"{fmt.format(x['mean'])} ± {fmt.format(x['std'])}" for x in st)
-            + " | "
-            + " | ".join(fmt.format(x["median"]) for x in st)
-            + " |"
-        )
-    lines += [
-        "",
-        f"{summary['n_cases']} cases. Regions: complete = whole tumour, core = tumour core, "
-        "enhancing = enhancing tumour.",
-    ]
-    if summary["missing"]:
-        lines.append(f"Missing predictions (scored as failures): {', '.join(summary['missing'])}.")
-    for key, what in (("invalid", "Invalid predictions (scored as failures)"), ("not_scored", "Not scored")):
-        for case_id, why in summary.get(key, {}).items():
-            lines.append(f"{what}: {case_id}: {why}")
-    return "\n".join(lines) + "\n"
 
 
 def evaluate_dirs(
@@ -283,9 +213,7 @@ def evaluate_dirs(
         gt_convention = detect_layout(gt_root).convention  # the data set's own convention
     gt_conv = _Conventions(gt_convention, list(gts.values()))
     pred_conv = _Conventions(pred_convention, [pred_dir / f"{c}.nii.gz" for c in gts])
-    failure = {**_MISSING, **(_MISSING_LESION if lesion_wise else {})}
-    if not hd95:
-        failure.pop("hd95")
+    failure = failure_scores(metric_names(hd95, lesion_wise))
     from rich.progress import Progress
 
     with Progress() as bar:
@@ -317,48 +245,18 @@ def evaluate_dirs(
         raise DataError(
             f"no case of {gt_dir} could be scored:\n" + "\n".join(f"  - {why}" for why in not_scored.values())
         )
-    metrics = [m for m in METRICS if m != "hd95" or hd95] + (list(LESION_METRICS) if lesion_wise else [])
-    summary = {
-        "pred_dir": str(pred_dir),
-        "gt_dir": str(gt_dir),
-        "n_cases": len({r["case"] for r in rows}),
-        "missing": missing,
-        "invalid": dict(sorted(invalid.items())),
-        "not_scored": dict(sorted(not_scored.items())),
-        "conventions": conventions,
-        "metrics": {r: {m: _stats([row[m] for row in rows if row["region"] == r]) for m in metrics} for r in REGIONS},
-        "time_s": round(time.perf_counter() - t0, 2),
-    }
-    lines = [",".join(["case", "region", *metrics])]
-    lines += [",".join([row["case"], row["region"], *(f"{row[m]:.6g}" for m in metrics)]) for row in rows]
-    write_text_atomic(out / "per_case.csv", "\n".join(lines) + "\n")
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(out / "summary.md", markdown_table(summary, name or pred_dir.name))
-    return summary
-
-
-def _print_summary(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    bad = len(summary["missing"]) + len(summary.get("invalid", {}))
-    table = Table(
-        title=f"{summary['n_cases']} cases ({bad} missing or invalid, {len(summary.get('not_scored', {}))} not scored)"
+    summary = summarise(
+        rows,
+        pred_dir=str(pred_dir),
+        gt_dir=str(gt_dir),
+        missing=missing,
+        invalid=dict(sorted(invalid.items())),
+        not_scored=dict(sorted(not_scored.items())),
+        conventions=conventions,
+        time_s=round(time.perf_counter() - t0, 2),
     )
-    table.add_column("metric")
-    for r in ("whole (WT)", "core (TC)", "enhancing (ET)"):
-        table.add_column(r, justify="right")
-    for m in METRICS:
-        if m in summary["metrics"]["wt"]:
-            fmt = "{:.2f}" if m == "hd95" else "{:.3f}"
-            table.add_row(
-                m,
-                *[
-                    f"{fmt.format(summary['metrics'][r][m]['mean'])} ± {fmt.format(summary['metrics'][r][m]['std'])}"
-                    for r in REGIONS
-                ],
-            )
-    Console().print(table)
+    write_results(out, rows, summary, name or pred_dir.name)
+    return summary
 
 
 @hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
@@ -379,7 +277,10 @@ def main(cfg: DictConfig) -> None:
         cfg.get("name"),
         cfg.get("lesion_wise", True),
     )
-    _print_summary(summary)
+    bad = len(summary["missing"]) + len(summary["invalid"])
+    print_table(
+        summary, f"{summary['n_cases']} cases ({bad} missing or invalid, {len(summary['not_scored'])} not scored)"
+    )
     log.info("Wrote per_case.csv, summary.json and summary.md into %s", cfg.out_dir)
     failed = {**summary["invalid"], **summary["not_scored"]}
     if failed:

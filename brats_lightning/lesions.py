@@ -27,7 +27,8 @@ average over the kept lesions and the false positives (1 and 0 when there are no
 Where they differ: the panoptic definition matches one-to-one and counts a split lesion's extra
 pieces as false positives; the 2023 one gives a lesion every component near it, merges nearby
 ground-truth components, ignores small lesions and penalises false positives with fixed scores.
-The legacy metrics (:mod:`brats_lightning.metrics`) stay the default columns.
+The legacy metrics stay the default columns; every column is registered, with its title and the
+score of a missing prediction, in :mod:`brats_lightning.metrics`.
 """
 
 from __future__ import annotations
@@ -38,16 +39,11 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
-    "PANOPTIC_COLUMNS",
-    "LESION_COLUMNS",
     "LESION_HD95_PENALTY",
     "panoptic_metrics",
     "brats2023_lesion_metrics",
-    "lesion_metrics",
 ]
 
-PANOPTIC_COLUMNS = ("tp_lesions", "fp_lesions", "fn_lesions", "rq", "sq_dice", "pq_dice")
-LESION_COLUMNS = ("lesion_dice", "lesion_hd95")
 #: HD95 of a missed or spurious lesion in the BraTS 2023 lesion-wise scores (mm)
 LESION_HD95_PENALTY = 374.0
 
@@ -172,8 +168,3 @@ def brats2023_lesion_metrics(
         "lesion_dice": sum(d for d, _ in scores) / n,
         "lesion_hd95": (sum(h for _, h in scores) + LESION_HD95_PENALTY * n_fp) / n,
     }
-
-
-def lesion_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
-    """Every lesion-wise column of one region: :data:`PANOPTIC_COLUMNS` and :data:`LESION_COLUMNS`."""
-    return {**panoptic_metrics(pred, gt), **brats2023_lesion_metrics(pred, gt, spacing)}

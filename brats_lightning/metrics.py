@@ -14,19 +14,33 @@ Conventions for empty masks (BraTS/CaPTk):
 * PPV ``|P∩T| / |P|``: when P is empty it is 1 if T is also empty else 0 (a missed lesion).
 * HD95 (mm): 0 when both are empty, :data:`HD95_EMPTY_PENALTY` (373.13, the 240x240x155 diagonal)
   when only one is.
+
+Every column of the results (these, and the lesion-wise ones of :mod:`brats_lightning.lesions`) is
+registered here once (:data:`METRICS`, :func:`register_metric`): its name, table title and the score
+of a missing prediction. ``evaluate``, a run's test metrics, ``per_case.csv``, ``summary.json``, the
+printed tables and the report (:mod:`brats_lightning.results`) all read the registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import ndimage
 
+from brats_lightning.lesions import LESION_HD95_PENALTY, brats2023_lesion_metrics, panoptic_metrics
+
 __all__ = [
     "BRATS_VOLUME_DIAGONAL_MM",
     "HD95_EMPTY_PENALTY",
+    "METRICS",
+    "Metric",
+    "failure_scores",
+    "metric_names",
+    "register_metric",
+    "unregister_metric",
     "dice",
     "dice_torch",
     "hd95",
@@ -213,32 +227,146 @@ def hd95(
     return float(np.percentile(_surface_distances(p, g, sp), 95))
 
 
+# -- the registry: every per-case, per-region column in one place ---------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One column of the per-case results (``per_case.csv``, ``summary.json``, tables).
+
+    Attributes:
+        name: column key (``dice``); run metrics are ``test/<name>_<region>``.
+        title: heading in tables (``Dice``).
+        failure: the score of a missing or unreadable prediction (the official scorers' penalty).
+        decimals: digits shown in tables.
+        group: ``"volume"`` (the legacy whole-volume metrics, always computed), ``"hd95"`` (computed
+            unless switched off: the slowest) or ``"lesion"`` (lesion-wise, on request).
+    """
+
+    name: str
+    title: str
+    failure: float
+    decimals: int = 3
+    group: str = "volume"
+
+
+#: function of (pred mask, truth mask, spacing in mm) -> {column: value}
+MetricFn = Callable[[np.ndarray, np.ndarray, tuple[float, ...]], dict[str, float]]
+
+#: every registered column, in table order
+METRICS: dict[str, Metric] = {}
+_FUNCTIONS: list[tuple[tuple[Metric, ...], MetricFn]] = []
+_GROUPS = ("volume", "hd95", "lesion")
+
+
+def register_metric(*columns: Metric) -> Callable[[Callable], Callable]:
+    """Register a metric: a decorator for a function ``(pred, gt, spacing) -> float``, or, for several
+    ``columns`` computed together, ``-> dict`` of them.
+
+    Example (a toy metric: the predicted volume in ml)::
+
+        @register_metric(Metric("volume_ml", "Volume (ml)", failure=0.0, decimals=1))
+        def volume_ml(pred, gt, spacing):
+            return float(pred.sum() * np.prod(spacing) / 1000)
+
+    It then appears in ``evaluate``, in a run's test metrics (``test/volume_ml_wt``), ``per_case.csv``,
+    ``summary.json``, the printed tables and the report.
+    """
+    for c in columns:
+        if c.name in METRICS:
+            raise ValueError(f"metric {c.name!r} is registered twice")
+        if c.group not in _GROUPS:
+            raise ValueError(f"metric {c.name!r}: group must be one of {_GROUPS}, got {c.group!r}")
+    if not columns:
+        raise ValueError("register_metric needs at least one Metric")
+
+    def decorator(fn: Callable) -> Callable:
+        if len(columns) == 1:
+            name = columns[0].name
+
+            def one(p: np.ndarray, g: np.ndarray, spacing: tuple[float, ...]) -> dict[str, float]:
+                return {name: float(fn(p, g, spacing))}
+
+            _FUNCTIONS.append((columns, one))
+        else:
+            _FUNCTIONS.append((columns, fn))
+        METRICS.update({c.name: c for c in columns})
+        return fn
+
+    return decorator
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a registered metric (with the columns computed together with it), e.g. after a notebook trial."""
+    group = next((cols for cols, _ in _FUNCTIONS if name in {c.name for c in cols}), None)
+    if group is None:
+        raise KeyError(f"no registered metric {name!r}")
+    _FUNCTIONS[:] = [(cols, fn) for cols, fn in _FUNCTIONS if cols is not group]
+    for c in group:
+        del METRICS[c.name]
+
+
+def metric_names(hd95: bool = True, lesion_wise: bool = False) -> list[str]:
+    """The columns computed with these options, in table order."""
+    groups = {"volume", *(["hd95"] if hd95 else []), *(["lesion"] if lesion_wise else [])}
+    return [m.name for m in METRICS.values() if m.group in groups]
+
+
+def failure_scores(names: Sequence[str]) -> dict[str, float]:
+    """The scores of a missing or invalid prediction for these columns."""
+    return {n: METRICS[n].failure for n in names}
+
+
 def region_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     include_hd95: bool = True,
+    lesion_wise: bool = False,
 ) -> dict[str, float]:
-    """All metrics for one region of one case.
+    """Every registered metric for one region of one case.
 
     Args:
         pred: Predicted mask.
         gt: Ground-truth mask of the same shape.
-        spacing: Voxel size in mm along each axis, used for HD95.
+        spacing: Voxel size in mm along each axis (HD95, lesion volumes).
         include_hd95: Compute HD95; when False the ``hd95`` key is left out.
+        lesion_wise: Add the lesion-wise columns (:mod:`brats_lightning.lesions`).
 
     Returns:
-        Dict with keys ``dice``, ``hd95`` (only if ``include_hd95``), ``sensitivity``, ``specificity``,
-        ``ppv``; empty-mask conventions as in the individual functions.
+        ``{name: value}`` in :data:`METRICS` order: ``dice``, ``hd95`` (only if ``include_hd95``),
+        ``sensitivity``, ``specificity``, ``ppv``, then the lesion-wise ones; empty-mask conventions
+        as in the individual functions.
     """
     p, g = _as_masks(pred, gt)
-    out: dict[str, float] = {"dice": dice(p, g)}
-    if include_hd95:
-        out["hd95"] = hd95(p, g, spacing)
-    out["sensitivity"] = sensitivity(p, g)
-    out["specificity"] = specificity(p, g)
-    out["ppv"] = ppv(p, g)
-    return out
+    sp = _check_spacing(spacing, p.ndim)
+    wanted = metric_names(include_hd95, lesion_wise)
+    values: dict[str, float] = {}
+    for columns, fn in _FUNCTIONS:
+        if any(c.name in wanted for c in columns):
+            values.update(fn(p, g, sp))
+    return {n: values[n] for n in wanted}
+
+
+register_metric(Metric("dice", "Dice", failure=0.0))(lambda p, g, spacing: dice(p, g))
+register_metric(Metric("hd95", "HD95 (mm)", failure=HD95_EMPTY_PENALTY, decimals=2, group="hd95"))(hd95)
+register_metric(Metric("sensitivity", "Sensitivity", failure=0.0))(lambda p, g, spacing: sensitivity(p, g))
+register_metric(Metric("specificity", "Specificity", failure=1.0))(lambda p, g, spacing: specificity(p, g))
+register_metric(Metric("ppv", "PPV", failure=0.0))(lambda p, g, spacing: ppv(p, g))
+# lesion-wise (lesions.py: which official definition each follows); a missing prediction scores as
+# the official package's missing cases: no lesion found, HD95 374
+register_metric(
+    Metric("tp_lesions", "TP lesions", failure=0.0, decimals=2, group="lesion"),
+    Metric("fp_lesions", "FP lesions", failure=0.0, decimals=2, group="lesion"),
+    Metric("fn_lesions", "FN lesions", failure=0.0, decimals=2, group="lesion"),
+    Metric("rq", "RQ", failure=0.0, group="lesion"),
+    Metric("sq_dice", "SQ (Dice)", failure=0.0, group="lesion"),
+    Metric("pq_dice", "PQ (Dice)", failure=0.0, group="lesion"),
+)(lambda p, g, spacing: panoptic_metrics(p, g))
+register_metric(
+    Metric("lesion_dice", "Lesion-wise Dice", failure=0.0, group="lesion"),
+    Metric("lesion_hd95", "Lesion-wise HD95 (mm)", failure=LESION_HD95_PENALTY, decimals=2, group="lesion"),
+)(brats2023_lesion_metrics)
 
 
 def dice_torch(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:

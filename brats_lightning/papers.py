@@ -8,7 +8,7 @@ specificity of a few-percent tumour is ~0.99+. So their "Specificity" is stored 
 
 from __future__ import annotations
 
-__all__ = ["HAVAEI_TABLE1", "HAVAEI_TABLE2", "SHEN_TABLE1", "PUBLISHED", "paper_of"]
+__all__ = ["HAVAEI_TABLE1", "HAVAEI_TABLE2", "SHEN_TABLE1", "PUBLISHED", "LAYOUTS", "SOURCES", "paper_of"]
 
 Triple = tuple[float, float, float]
 
@@ -54,3 +54,19 @@ def paper_of(setting: str) -> str | None:
     if setting.startswith("FCN"):
         return "shen"
     return None
+
+
+#: each paper's table layout: (heading, our metric) per column group. Havaei et al. print PPV under
+#: "Specificity"; true specificity follows in its own columns.
+LAYOUTS: dict[str | None, tuple[tuple[str, str], ...]] = {
+    "havaei": (
+        ("Dice", "dice"),
+        ("Specificity†", "ppv"),
+        ("Sensitivity", "sensitivity"),
+        ("True specificity", "specificity"),
+    ),
+    "shen": (("Dice", "dice"), ("PPV", "ppv"), ("Sensitivity", "sensitivity"), ("Specificity", "specificity")),
+    None: (("Dice", "dice"), ("Sensitivity", "sensitivity"), ("Specificity", "specificity"), ("PPV", "ppv")),
+}
+#: the papers' citations, as the report's published rows name them
+SOURCES: dict[str, str] = {"havaei": "Havaei et al. 2017", "shen": "Shen et al. 2017"}

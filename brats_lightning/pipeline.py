@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from brats_lightning.utils import write_text_atomic
 
 __all__ = ["run_pipeline", "stage_overrides"]
 
@@ -61,16 +63,17 @@ def _compose(overrides: list[str], output_dir: Path) -> DictConfig:
     return compose_cfg(overrides, output_dir=str(output_dir))
 
 
-def run_pipeline(cfg: DictConfig, cli_overrides: Sequence[str] | None = None) -> dict:
+def run_pipeline(
+    cfg: DictConfig, train: Callable[[DictConfig], dict], cli_overrides: Sequence[str] | None = None
+) -> dict:
     """Run the stages of ``cfg.pipeline`` in order; returns the last stage's test metrics.
 
     Args:
         cfg: the composed experiment config.
+        train: runs one stage's config and returns its results with ``best_ckpt``
+            (:func:`brats_lightning.train.train`, which calls this module: it is passed in, not imported).
         cli_overrides: the command line's overrides (default: read from the running Hydra job).
     """
-    from brats_lightning.train import train
-    from brats_lightning.utils import write_text_atomic
-
     if cli_overrides is None:
         from hydra.core.hydra_config import HydraConfig
 

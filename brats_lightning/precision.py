@@ -21,7 +21,7 @@ __all__ = ["cpu_has_bf16", "bf16_supported", "inference_dtype", "training_precis
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bf16 compute units (AMX or AVX-512 bf16) that oneDNN uses."""
     try:
-        if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():  # type: ignore[attr-defined]
+        if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():
             return torch.backends.mkldnn.is_available()
         return False
     except AttributeError:  # older torch: read the flags

@@ -111,9 +111,10 @@ class CaseOutputs:
 
 def _configs(data_config: dict) -> tuple[Any, PreprocessConfig, SymmetryConfig]:
     conv = get_convention(data_config.get("convention", "brats2017"))
-    prep = PreprocessConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.get("preprocess", {}).items()}
-    )
+    options: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in data_config.get("preprocess", {}).items()
+    }
+    prep = PreprocessConfig(**options)
     sym = SymmetryConfig(**data_config.get("symmetry", {"enabled": False}))
     return conv, prep, sym
 
@@ -270,7 +271,8 @@ class CaseWriter(BasePredictionWriter):
             probs = p["probs"].permute(1, 2, 3, 0).numpy()  # (K, X, Y, Z) in the box
             full = np.zeros((probs.shape[0], *ras_shape), dtype=np.float32)
             full[0] = 1.0  # background outside the brain's box
-            full[(slice(None), *[slice(a, b) for a, b in box])] = probs
+            inside = (slice(None), *(slice(a, b) for a, b in box))
+            full[inside] = probs
             _write_nifti(np.moveaxis(vol.to_original(full), 0, -1), vol.affine, vol.header, outputs.probabilities)
         _write_nifti(vol.to_original(labels).astype(np.uint8), vol.affine, vol.header, outputs.labels)
 

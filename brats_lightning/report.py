@@ -26,30 +26,18 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from brats_lightning.data.labels import REGIONS, get_convention
-from brats_lightning.papers import PUBLISHED, paper_of
-from brats_lightning.utils import atomic_path, write_csv_atomic, write_text_atomic
+from brats_lightning.data.labels import REGION_TITLES, REGIONS
+from brats_lightning.metrics import METRICS
+from brats_lightning.papers import LAYOUTS, PUBLISHED, SOURCES, paper_of
+from brats_lightning.results import PAPER_METRICS
+from brats_lightning.utils import write_csv_atomic, write_text_atomic
+from brats_lightning.viz import group_by_setting, plot_curves, plot_overlays
 
 __all__ = ["Run", "collect_runs", "write_report", "main"]
 
-METRICS = ("dice", "sensitivity", "specificity", "ppv")
-REGION_TITLES = {"wt": "Complete (whole tumour)", "tc": "Core", "et": "Enhancing"}
 _IGNORED = ("data.fold", "experiment", "hydra.", "paths.", "trainer.", "logger", "data.patches_per_epoch", "seed")
-_NAMES = {
-    "model=fcn": "FCN (3 blocks)",
-    "model=fcn4": "FCN (4 blocks)",
-    "model=fcn_sym": "FCN + symmetry (3 blocks)",
-    "model=fcn4_sym": "FCN + symmetry (4 blocks)",
-    "havaei=twopath_star": "TwoPathCNN*",
-    "havaei=twopath": "TwoPathCNN",
-    "havaei=localpath_star": "LocalPathCNN*",
-    "havaei=localpath": "LocalPathCNN",
-    "havaei=globalpath_star": "GlobalPathCNN*",
-    "havaei=average_star": "AverageCNN*",
-    "havaei=input_cascade_star": "InputCascadeCNN*",
-    "havaei=local_cascade_star": "LocalCascadeCNN*",
-    "havaei=mf_cascade_star": "MFCascadeCNN*",
-}
+#: overrides that choose the method: a setting shows the method's name (``summary.json``) instead
+_METHOD_KEYS = ("model=", "havaei=")
 
 
 @dataclass
@@ -64,11 +52,20 @@ class Run:
     slices: Path | None = None
 
 
-def _setting(overrides: list[str], common: set[str]) -> str:
-    """A setting's name: its overrides that differ between jobs, without the fold."""
+def _setting(overrides: list[str], common: set[str], method: str | None = None) -> str:
+    """A setting's name: its overrides that differ between jobs, without the fold; the override that
+    chooses the model (``model=``, ``havaei=``) is shown as the method's name (e.g. ``TwoPathCNN*``)."""
     keep = [o for o in overrides if o not in common and not o.lstrip("+~").startswith(_IGNORED)]
-    names = [_NAMES.get(o, o) for o in sorted(keep)]
-    return ", ".join(names) if names else "default"
+    names = [method if method and o.startswith(_METHOD_KEYS) else o for o in sorted(keep)]
+    return ", ".join(dict.fromkeys(names)) if names else "default"
+
+
+def _method(run_dir: Path) -> str | None:
+    """The method's name a run recorded in its ``summary.json`` (``None`` for runs without one)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _curves(csv_file: Path) -> dict[str, list[tuple[int, float]]]:
@@ -112,7 +109,7 @@ def collect_runs(multirun: str | Path) -> list[Run]:
         runs.append(
             Run(
                 job,
-                _setting(overrides, common),
+                _setting(overrides, common, _method(last)),
                 fold,
                 json.loads(metrics_file.read_text()),
                 _curves(curve),
@@ -124,26 +121,14 @@ def collect_runs(multirun: str | Path) -> list[Run]:
     return runs
 
 
+def _metrics(runs: list[Run]) -> list[str]:
+    """The registered metrics the runs report, the papers' first (registry order)."""
+    present = {k.removeprefix("test/").rsplit("_", 1)[0] for r in runs for k in r.metrics if k.startswith("test/")}
+    return [*PAPER_METRICS, *(m for m in METRICS if m in present and m not in PAPER_METRICS)]
+
+
 def _by_setting(runs: list[Run]) -> dict[str, list[Run]]:
-    groups: dict[str, list[Run]] = {}
-    for r in runs:
-        groups.setdefault(r.setting, []).append(r)
-    return groups
-
-
-#: each paper's table layout: (heading, our metric) per column group. Havaei et al. print PPV under
-#: "Specificity" (see :mod:`brats_lightning.papers`); true specificity follows in its own columns.
-LAYOUTS = {
-    "havaei": (
-        ("Dice", "dice"),
-        ("Specificity†", "ppv"),
-        ("Sensitivity", "sensitivity"),
-        ("True specificity", "specificity"),
-    ),
-    "shen": (("Dice", "dice"), ("PPV", "ppv"), ("Sensitivity", "sensitivity"), ("Specificity", "specificity")),
-    None: (("Dice", "dice"), ("Sensitivity", "sensitivity"), ("Specificity", "specificity"), ("PPV", "ppv")),
-}
-_SOURCES = {"havaei": "Havaei et al. 2017", "shen": "Shen et al. 2017"}
+    return group_by_setting(runs)  # type: ignore[return-value]  # Run fulfils viz.RunLike
 
 
 def _summaries(runs: list[Run]) -> list[dict]:
@@ -151,10 +136,9 @@ def _summaries(runs: list[Run]) -> list[dict]:
     rows = []
     for setting, group in _by_setting(runs).items():
         row: dict = {"setting": setting, "folds": len(group)}
-        for m in METRICS:
+        for m in _metrics(runs):
             for r in REGIONS:
-                vals = [g.metrics.get(f"test/{m}_{r}") for g in group]
-                vals = [v for v in vals if v is not None]
+                vals = [float(v) for g in group if (v := g.metrics.get(f"test/{m}_{r}")) is not None]
                 row[f"{m}_{r}_mean"] = float(np.mean(vals)) if vals else float("nan")
                 row[f"{m}_{r}_std"] = float(np.std(vals)) if vals else float("nan")
         rows.append(row)
@@ -170,7 +154,7 @@ def _table(runs: list[Run]) -> tuple[list[dict], str]:
     lines: list[str] = []
     for paper, group in groups.items():
         layout = LAYOUTS[paper]
-        head = ["Method"] + [f"{h} {REGION_TITLES[r].split()[0]}" for h, _ in layout for r in REGIONS]
+        head = ["Method"] + [f"{h} {REGION_TITLES[r]}" for h, _ in layout for r in REGIONS]
         lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for row in group:
             # a standard deviation over one fold says nothing: leave it out rather than print ± 0.00
@@ -184,7 +168,9 @@ def _table(runs: list[Run]) -> tuple[list[dict], str]:
             pub = PUBLISHED.get(row["setting"])
             if pub:
                 cells = [f"{pub[m][i]:.2f}" if m in pub else "–" for _, m in layout for i in range(3)]
-                lines.append(f"| {row['setting']} ({_SOURCES[paper]}, BRATS 2013 test) | " + " | ".join(cells) + " |")
+                lines.append(
+                    f"| {row['setting']} ({SOURCES[str(paper)]}, BRATS 2013 test) | " + " | ".join(cells) + " |"
+                )
         if paper == "havaei":
             lines.append(
                 '\n† Havaei et al.\'s tables print PPV, TP / (TP + FP), under the heading "Specificity" (Shen et '
@@ -200,148 +186,6 @@ def _table(runs: list[Run]) -> tuple[list[dict], str]:
         "whole tumour, Core = tumour core, Enhancing = enhancing tumour.",
     ]
     return rows, "\n".join(lines) + "\n"
-
-
-def _mean_curve(group: list[Run], region: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    per_epoch: dict[int, list[float]] = defaultdict(list)
-    for g in group:
-        for e, v in g.curves.get(region, []):
-            per_epoch[e].append(v)
-    epochs = np.array(sorted(per_epoch))
-    mean = np.array([np.mean(per_epoch[e]) for e in epochs])
-    std = np.array([np.std(per_epoch[e]) for e in epochs])
-    return epochs, mean, std
-
-
-def plot_curves(runs: list[Run], out: Path, title: str) -> Path:
-    """Validation Dice against epoch, one panel per region (+ the residual with two settings)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    groups = _by_setting(runs)
-    residual = len(groups) == 2
-    ncols = 4 if residual else 3
-    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.8), constrained_layout=True)
-    colours = plt.cm.tab10.colors
-    for ax, r in zip(axes, REGIONS):
-        for i, (setting, group) in enumerate(groups.items()):
-            e, m, s = _mean_curve(group, r)
-            if e.size == 0:
-                continue
-            e1 = e + 1  # epochs counted from 1, as in the papers' figures
-            ax.plot(e1, m, marker="o", ms=3, color=colours[i % 10], label=f"{setting} (n={len(group)})")
-            if len(group) > 1:
-                ax.fill_between(e1, m - s, m + s, color=colours[i % 10], alpha=0.15, lw=0)
-        ax.set_title(REGION_TITLES[r])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation Dice")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-    if residual:
-        (s0, g0), (s1, g1) = groups.items()
-        e0, m0, _ = _mean_curve(g0, "wt")
-        e1_, m1, _ = _mean_curve(g1, "wt")
-        common = np.intersect1d(e0, e1_)
-        diff = m1[np.isin(e1_, common)] - m0[np.isin(e0, common)]
-        ax = axes[3]
-        ax.bar(common + 1, diff, color=["tab:green" if d >= 0 else "tab:red" for d in diff])
-        ax.axhline(0, color="k", lw=0.8)
-        if diff.size:
-            ax.axhline(diff.mean(), color="tab:blue", ls="--", lw=1, label=f"mean {diff.mean():+.3f}")
-            ax.legend(loc="best", fontsize=8)
-        ax.set_title("Residual, complete tumour")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"Dice: {s1}\nminus {s0}", fontsize=8)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=9, frameon=False)
-    else:
-        for ax in axes[:3]:
-            ax.text(0.5, 0.5, "no validation curves", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(title)
-    path = out / "val_dice.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _colour(classes: np.ndarray, convention: str) -> np.ndarray:
-    conv = get_convention(convention)
-    lut = np.array(conv.colours, dtype=np.float32)
-    rgba = np.zeros((*classes.shape, 4), np.float32)
-    rgba[..., :3] = lut[classes]
-    rgba[..., 3] = (classes > 0) * 0.55
-    return rgba
-
-
-def plot_overlays(runs: list[Run], out: Path, cases: int = 3) -> Path | None:
-    """The same test slices for each setting: T1c, T2, FLAIR + truth, then every setting's prediction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
-    from brats_lightning.callbacks.wandb_media import display_image
-
-    groups = _by_setting(runs)
-    data = {}
-    for setting, group in groups.items():
-        first = next((g for g in sorted(group, key=lambda g: g.fold) if g.slices is not None), None)
-        if first is not None:
-            data[setting] = dict(np.load(first.slices, allow_pickle=False))
-    if not data:
-        return None
-    ref = next(iter(data.values()))
-    channels = [str(c) for c in ref["channels"]]
-    convention = str(ref["convention"])
-    ids = sorted({k.split("/")[0] for k in ref if "/" in k})
-    ids = [c for c in ids if all(f"{c}/pred" in d for d in data.values())][:cases]
-    shown = [m for m in ("t1c", "t2") if m in channels]
-    ncols = len(shown) + 1 + len(data)
-    fig, axes = plt.subplots(len(ids), ncols, figsize=(2.3 * ncols, 2.5 * len(ids) + 0.6), squeeze=False)
-    for i, case in enumerate(ids):
-        image, label = ref[f"{case}/image"].astype(np.float32), ref[f"{case}/label"]
-        base = display_image(image[channels.index("flair") if "flair" in channels else 0])
-        col = 0
-        for m in shown:
-            axes[i, col].imshow(display_image(image[channels.index(m)]), cmap="gray")
-            axes[i, col].set_title("T1c" if m == "t1c" else m.upper(), fontsize=9)
-            col += 1
-        axes[i, col].imshow(base, cmap="gray")
-        axes[i, col].imshow(_colour(label.T[::-1], convention))
-        axes[i, col].set_title("FLAIR + ground truth", fontsize=9)
-        col += 1
-        for setting, d in data.items():
-            axes[i, col].imshow(base, cmap="gray")
-            axes[i, col].imshow(_colour(d[f"{case}/pred"].T[::-1], convention))
-            axes[i, col].set_title(setting, fontsize=8)
-            col += 1
-        axes[i, 0].set_ylabel(case, fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    conv = get_convention(convention)
-    fig.legend(
-        handles=[Patch(color=c, label=n) for n, c in zip(conv.names[1:], conv.colours[1:])],
-        loc="lower center",
-        ncol=len(conv.names) - 1,
-        fontsize=9,
-        frameon=False,
-    )
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path = out / "overlays.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _task_name(root: Path) -> str:
@@ -362,7 +206,7 @@ def write_report(multirun: str | Path, out: str | Path | None = None) -> dict[st
     title = _task_name(Path(multirun))
     write_text_atomic(out_dir / "results.md", f"# {title}\n\n" + md)
     write_csv_atomic(out_dir / "results.csv", rows, list(rows[0]))
-    run_cols = ["folder", "setting", "fold"] + [f"test/{m}_{r}" for m in METRICS for r in REGIONS]
+    run_cols = ["folder", "setting", "fold"] + [f"test/{m}_{r}" for m in _metrics(runs) for r in REGIONS]
     write_csv_atomic(
         out_dir / "runs.csv",
         [

@@ -19,10 +19,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from brats_lightning.callbacks.checkpoint import final_best_checkpoint
+from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.checkpoint import check_fits
 from brats_lightning.config import config_dir, register_resolvers
-from brats_lightning.data.labels import REGIONS
 from brats_lightning.errors import CheckpointError, ConfigError, cli
+from brats_lightning.pipeline import run_pipeline
+from brats_lightning.results import print_table, run_metrics, summarise, write_results
 from brats_lightning.utils import atomic_path, write_csv_atomic, write_text_atomic
 
 __all__ = ["check_run_options", "train", "main"]
@@ -40,21 +42,11 @@ def _instantiate_dict(node: DictConfig | None) -> list:
     return [instantiate(v, _convert_="all") for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
 
 
-def write_results(out_dir: Path, rows: list[dict], metrics: dict) -> None:
-    """Write ``per_case.csv`` and ``metrics.json`` into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if rows:
-        write_csv_atomic(out_dir / "per_case.csv", rows, list(rows[0]))
-    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-
-
 def write_curve(path: Path, history: list[dict]) -> None:
     """Validation Dice per epoch as CSV (written whatever the logger)."""
     if not history:
         return
-    cols = list(history[0])
-    lines = [",".join(cols)] + [",".join(str(h[c]) for c in cols) for h in sorted(history, key=lambda h: h["epoch"])]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    write_csv_atomic(path, sorted(history, key=lambda h: h["epoch"]), list(history[0]))
 
 
 def write_slices(path: Path, slices: list[dict]) -> None:
@@ -71,35 +63,13 @@ def write_slices(path: Path, slices: list[dict]) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
-def summarise(rows: list[dict]) -> dict[str, float]:
-    """Mean of every metric per region over cases: ``test/<metric>_<region>`` (+ ``test/dice_mean``)."""
-    out: dict[str, float] = {}
-    metrics = [k for k in (rows[0] if rows else {}) if k not in ("case", "region")]
-    for r in REGIONS:
-        sel = [row for row in rows if row["region"] == r]
-        for m in metrics:
-            vals = np.asarray([row[m] for row in sel], dtype=float)
-            vals = vals[np.isfinite(vals)]  # lesion-wise scores are undefined (NaN) for two empty masks
-            out[f"test/{m}_{r}"] = float(vals.mean()) if vals.size else float("nan")
-    if rows:
-        out["test/dice_mean"] = sum(out[f"test/dice_{r}"] for r in REGIONS) / len(REGIONS)
-    return out
-
-
-def print_table(metrics: dict[str, float], title: str) -> None:
-    """A small rich table of per-region test metrics."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    for r in REGIONS:
-        table.add_column({"wt": "whole (WT)", "tc": "core (TC)", "et": "enhancing (ET)"}[r], justify="right")
-    for m in ("dice", "sensitivity", "specificity", "ppv", "hd95"):
-        if f"test/{m}_wt" in metrics:
-            fmt = "{:.2f}" if m == "hd95" else "{:.3f}"
-            table.add_row(m if m != "hd95" else "hd95 (mm)", *[fmt.format(metrics[f"test/{m}_{r}"]) for r in REGIONS])
-    Console().print(table)
+def method_name(model: pl.LightningModule, callbacks: list) -> str:
+    """The method's name in tables and reports: the model's (``model.name``), with Havaei et al.'s ``*``
+    when it trains in two phases (their Tables 1-2: "TwoPathCNN*")."""
+    name = str(getattr(model, "display_name", type(model).__name__))
+    if any(isinstance(c, TwoPhaseTraining) for c in callbacks) and not name.endswith("*"):
+        name += "*"
+    return name
 
 
 def _strategy(cfg: DictConfig, callbacks: list) -> dict:
@@ -145,9 +115,10 @@ def check_run_options(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict:
     """Train (and test) the configured model on the configured data.
 
-    Writes checkpoints, ``val_curve.csv``, ``metrics.json``, ``per_case.csv`` and ``test_slices.npz`` (a display slice
-    per test case, for reports) into ``cfg.paths.output_dir``. With ``train=false`` and
-    ``ckpt_path=...`` it tests that checkpoint.
+    Writes checkpoints, ``val_curve.csv``, ``metrics.json`` (the flat test figures), the test set's
+    ``per_case.csv``, ``summary.json`` and ``summary.md`` (as ``evaluate``'s: :mod:`brats_lightning.results`)
+    and ``test_slices.npz`` (a display slice per test case, for reports) into ``cfg.paths.output_dir``.
+    With ``train=false`` and ``ckpt_path=...`` it tests that checkpoint.
 
     Returns:
         The test metrics (``test/dice_wt`` ...; empty when ``cfg.test`` is false) and ``best_ckpt``,
@@ -195,12 +166,15 @@ def train(cfg: DictConfig) -> dict:
             log.info("Testing %s", ckpt or "the model's current weights")
             trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
             rows = model.test_results
-            results.update(summarise(rows))
+            summary = summarise(rows, method=method_name(model, callbacks), run=str(out_dir), checkpoint=ckpt)
+            results.update(run_metrics(summary))
             results["time/total_s"] = time.perf_counter() - t0
             if trainer.is_global_zero:
-                write_results(out_dir, rows, {k: v for k, v in results.items() if k != "best_ckpt"})
+                metrics = {k: v for k, v in results.items() if k != "best_ckpt"}
+                write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+                write_results(out_dir, rows, summary, summary["method"])
                 write_slices(out_dir / "test_slices.npz", model.test_slices)
-                print_table(results, f"Test set ({len(rows) // len(REGIONS)} cases) - {out_dir}")
+                print_table(summary, f"Test set ({summary['n_cases']} cases) - {out_dir}")
     finally:
         _finish_wandb(loggers)
     return results
@@ -223,9 +197,7 @@ register_resolvers()
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``test/dice_mean`` (for sweepers)."""
     if cfg.get("pipeline"):
-        from brats_lightning.pipeline import run_pipeline
-
-        results = run_pipeline(cfg)
+        results = run_pipeline(cfg, train)
     else:
         results = train(cfg)
     return results.get("test/dice_mean")

@@ -10,7 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "remove_stale_temporaries", "write_csv_atomic", "write_text_atomic", "load_torch_file"]
+__all__ = [
+    "atomic_path",
+    "remove_stale_temporaries",
+    "write_csv_atomic",
+    "write_text_atomic",
+    "load_torch_file",
+    "read_checkpoint",
+]
 
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
 _TMP_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<host>.+)-(?P<pid>\d+)\.tmp(\..*)?$")
@@ -46,7 +53,7 @@ def remove_stale_temporaries(folder: str | Path, max_age_s: float = 86400.0) -> 
     """
     import time
 
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
@@ -137,3 +144,17 @@ def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """The checkpoint at ``path`` as a dict (``weights_only=True``); it must hold a state dict.
+
+    Raises:
+        CheckpointError: missing, empty, truncated or foreign file, or no state dict.
+    """
+    from brats_lightning.errors import CheckpointError
+
+    ckpt = load_torch_file(path, what)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (it holds no state_dict)")
+    return ckpt

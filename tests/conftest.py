@@ -1,57 +1,24 @@
-"""Shared fixtures: tiny synthetic data sets, real-data locations, quiet logging."""
+"""Shared fixtures: tiny synthetic data sets, trained checkpoints, offline W&B (plain helpers: tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).parent / "data"))  # symmetry_reference for the tests
+from tests.helpers import MEDIUM_SYNTHETIC, TINY_SYNTHETIC, synthetic_folder, tiny_trainer
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def shared(name: str) -> Path:
-    """Path of a folder of ../shared/data; skips the test when it is absent."""
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.skip(f"real data folder {path} is absent")
-    return path
-
-
-TINY_SYNTHETIC = {"n_cases": 8, "shape": [48, 56, 32], "spacing": 2.5, "seed": 0}
-MEDIUM_SYNTHETIC = {"n_cases": 8, "shape": [80, 96, 64], "spacing": 2.5, "seed": 1}
-
-
-def _tiny_trainer(root: Path, epochs: int = 1, callbacks: Sequence = (), **overrides: Any):
-    """A real CPU Lightning Trainer for tests: no logger, no progress bar, one validation batch."""
-    import pytorch_lightning as pl
-
-    kwargs = {
-        "accelerator": "cpu",
-        "max_epochs": epochs,
-        "limit_val_batches": 1,
-        "num_sanity_val_steps": 0,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "default_root_dir": root,
-        "callbacks": list(callbacks),
-    }
-    return pl.Trainer(**{**kwargs, **overrides})
-
-
-@pytest.fixture(scope="session")
-def tiny_trainer() -> Callable[..., Any]:
+@pytest.fixture(name="tiny_trainer", scope="session")
+def tiny_trainer_fixture() -> Callable[..., Any]:
     """``tiny_trainer(root, epochs=1, callbacks=(), **trainer_overrides)`` builds a small CPU Trainer."""
-    return _tiny_trainer
+    return tiny_trainer
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +39,7 @@ def synthetic_root(cache_dir: Path) -> Path:
     from brats_lightning.data.synthetic import write_dataset
 
     s = TINY_SYNTHETIC
-    shape = "x".join(str(v) for v in s["shape"])
-    root = cache_dir / f"synthetic-n{s['n_cases']}-{shape}-sp{s['spacing']}-seed{s['seed']}"
+    root = synthetic_folder(cache_dir, s)
     write_dataset(
         root, n_cases=s["n_cases"], shape=tuple(s["shape"]), spacing=s["spacing"], seed=s["seed"], progress=False
     )
@@ -92,7 +58,7 @@ def trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict)
     dm = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
     model = FCNModule(8, 4, width=0.25, test_hd95=False)
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
-    trainer = _tiny_trainer(out, 1, [ckpt_cb], limit_train_batches=6)
+    trainer = tiny_trainer(out, 1, [ckpt_cb], limit_train_batches=6)
     trainer.fit(model, datamodule=dm)
     return out / "last.ckpt"
 
@@ -112,7 +78,7 @@ def well_trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: 
     dm = BratsDataModule(symmetry=True, **kwargs)
     model = FCNModule(8, 4, width=0.25, test_hd95=False)
     ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=out, save_last=True)
-    trainer = _tiny_trainer(out, 8, [ckpt_cb], limit_train_batches=20, precision="32")
+    trainer = tiny_trainer(out, 8, [ckpt_cb], limit_train_batches=20, precision="32")
     trainer.fit(model, datamodule=dm)
     return out / "last.ckpt"
 
@@ -120,6 +86,4 @@ def well_trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: 
 @pytest.fixture(scope="session")
 def medium_root(cache_dir: Path, well_trained_ckpt: Path) -> Path:
     """The synthetic cases the well-trained model learnt from (the built-in data set's size)."""
-    s = MEDIUM_SYNTHETIC
-    shape = "x".join(str(v) for v in s["shape"])
-    return cache_dir / f"synthetic-n{s['n_cases']}-{shape}-sp{s['spacing']}-seed{s['seed']}"
+    return synthetic_folder(cache_dir, MEDIUM_SYNTHETIC)

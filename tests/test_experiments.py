@@ -5,17 +5,21 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import yaml
 from hydra.core.global_hydra import GlobalHydra
 
+from brats_lightning import report
 from brats_lightning.config import compose, config_dir
 from brats_lightning.data.labels import REGIONS
-from brats_lightning.report import collect_runs, write_report
+from brats_lightning.report import write_report
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 
@@ -61,14 +65,6 @@ def test_every_experiment_composes(tmp_path: Path, name: str) -> None:
         for stage_cfg in _stage_configs(name, cfg, tmp_path):
             assert stage_cfg.model._target_
     GlobalHydra.instance().clear()
-
-
-def test_shen_experiments_sweep_folds_and_settings(tmp_path: Path) -> None:
-    blocks = compose(["experiment=shen_blocks"], output_dir=str(tmp_path)).hydra
-    assert blocks.mode.name == "MULTIRUN"
-    assert blocks.sweeper.params == {"model": "fcn,fcn4", "data.fold": "0,1,2,3,4"}
-    sym = compose(["experiment=shen_symmetry"], output_dir=str(tmp_path)).hydra
-    assert sym.sweeper.params["model"] == "fcn,fcn_sym"
 
 
 SMALL = ["debug=default", "model.width=0.25", "data.test_fraction=0.4"]
@@ -126,36 +122,76 @@ def wandb_multirun(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) ->
     return sweep
 
 
+def _job_model(job: Path) -> str:
+    """The ``model=`` option of a multirun job (from Hydra's record of its overrides)."""
+    overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())
+    return next(o.split("=", 1)[1] for o in overrides if o.startswith("model="))
+
+
 def test_wandb_offline_multirun_makes_one_run_per_job(wandb_multirun: Path) -> None:
     jobs = sorted(p for p in wandb_multirun.iterdir() if p.is_dir() and (p / ".hydra").is_dir())
-    assert len(jobs) == 2
+    assert sorted(_job_model(j) for j in jobs) == ["fcn", "fcn_sym"]
     run_ids = set()
     for job in jobs:
         runs = list((job / "wandb").glob("offline-run-*"))
         assert len(runs) == 1, job
         assert list(runs[0].glob("run-*.wandb"))  # the run's data file, closed by wandb.finish()
         run_ids.add(runs[0].name.rsplit("-", 1)[-1])
-        assert (job / "metrics.json").is_file()
+        # the run logged this job's own per-case results, and one overlay per test case
+        rows = list(csv.DictReader((job / "per_case.csv").open()))
+        (table_file,) = runs[0].glob("files/media/table/test/per_case_*.table.json")
+        table = json.loads(table_file.read_text())
+        assert table["columns"][:2] == ["case", "region"] and "dice" in table["columns"]
+        logged = [dict(zip(table["columns"], r)) for r in table["data"]]
+        assert [(r["case"], r["region"]) for r in logged] == [(r["case"], r["region"]) for r in rows]
+        for a, b in zip(logged, rows):
+            assert a["dice"] == pytest.approx(float(b["dice"]), rel=1e-5, abs=1e-6)
+        overlays = list(runs[0].glob("files/media/images/test/overlays_*.png"))
+        assert len(overlays) == len({r["case"] for r in rows})
+        # the job trained the model its sweep value names: symmetry maps double the input channels
+        state = torch.load(job / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+        assert state["hyper_parameters"]["in_channels"] == {"fcn": 4, "fcn_sym": 8}[_job_model(job)]
     assert len(run_ids) == 2
 
 
-def test_report_writes_tables_and_figures(wandb_multirun: Path) -> None:
-    paths = write_report(wandb_multirun)
-    assert {"results.md", "results.csv", "runs.csv", "val_dice.png", "overlays.png"} <= set(paths)
-    for p in paths.values():
-        assert p.is_file() and p.stat().st_size > 0 and p.parent == wandb_multirun / "report"
-    runs = collect_runs(wandb_multirun)
-    assert sorted(r.setting for r in runs) == ["FCN (3 blocks)", "FCN + symmetry (3 blocks)"]
-    assert all(len(r.curves["wt"]) == 2 for r in runs)  # two epochs of validation Dice
-    md = paths["results.md"].read_text()
-    sym = next(r for r in runs if "symmetry" in r.setting)
-    # one fold per setting: the mean alone (a standard deviation over one fold would be a fake 0.00)
-    assert f"| {sym.setting} (ours) | {sym.metrics['test/dice_wt']:.2f} | " in md and "±" not in md.split("\n\n")[1]
-    rows = list(csv.DictReader(paths["results.csv"].open()))
-    assert {r["setting"] for r in rows} == {"FCN (3 blocks)", "FCN + symmetry (3 blocks)"}
+def test_report_main_tables_every_setting_of_the_multirun(
+    wandb_multirun: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    multirun = tmp_path / "multirun"  # a copy: the module's multirun is shared, read-only
+    shutil.copytree(wandb_multirun, multirun, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
+    report.main([str(multirun)])
+    out = multirun / "report"
+    assert {"results.md", "results.csv", "runs.csv", "val_dice.png", "overlays.png"} <= {p.name for p in out.iterdir()}
+    md = (out / "results.md").read_text()
+    assert md in capsys.readouterr().out  # the command prints the table it wrote
+    # runs.csv: one row per job, its setting and its own test metrics
+    jobs = {p.name: p for p in multirun.iterdir() if (p / ".hydra").is_dir()}
+    runs = {r["folder"]: r for r in csv.DictReader((out / "runs.csv").open())}
+    assert set(runs) == set(jobs)
+    settings = {}
+    for folder, job in jobs.items():
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert float(runs[folder]["test/dice_wt"]) == pytest.approx(metrics["test/dice_wt"], rel=1e-5)
+        assert int(runs[folder]["fold"]) == 0
+        assert ("symmetry" in runs[folder]["setting"]) is (_job_model(job) == "fcn_sym")
+        settings[runs[folder]["setting"]] = metrics
+    # results.csv and results.md: a row per setting, its mean over its one fold (no fake 0.00 spread)
+    rows = {r["setting"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == set(settings) and len(rows) == 2
+    for setting, metrics in settings.items():
+        assert int(rows[setting]["folds"]) == 1
+        for region in REGIONS:
+            assert float(rows[setting][f"dice_{region}_mean"]) == pytest.approx(
+                metrics[f"test/dice_{region}"], rel=1e-5
+            )
+        assert f"| {setting} (ours) | {metrics['test/dice_wt']:.2f} | " in md
+    assert "±" not in md.split("\n\n")[1]
+    # the validation curves of both epochs, four panels in a row
+    for job in jobs.values():  # a header and two epochs
+        assert len((job / "val_curve.csv").read_text().strip().splitlines()) == 3
     from matplotlib.image import imread
 
-    assert imread(paths["val_dice.png"]).shape[1] > 3 * imread(paths["val_dice.png"]).shape[0]  # 4 panels in a row
+    assert imread(out / "val_dice.png").shape[1] > 3 * imread(out / "val_dice.png").shape[0]
 
 
 def test_report_averages_folds(tmp_path: Path) -> None:
@@ -168,6 +204,9 @@ def test_report_averages_folds(tmp_path: Path) -> None:
         metrics = {f"test/{m}_{r}": 0.5 for m in ("dice", "sensitivity", "specificity", "ppv") for r in REGIONS}
         metrics["test/dice_wt"] = dice[model][fold]
         (job / "metrics.json").write_text(json.dumps(metrics))
+        # the method's name, as train() records it (model.name of conf/model/<model>.yaml)
+        name = {"fcn": "FCN (3 blocks)", "fcn_sym": "FCN + symmetry (3 blocks)"}[model]
+        (job / "summary.json").write_text(json.dumps({"method": name}))
         (job / "val_curve.csv").write_text("epoch,val/dice_wt\n0,0.5\n1,0.6\n")
     paths = write_report(tmp_path, tmp_path / "out")
     rows = {r["setting"]: r for r in csv.DictReader(paths["results.csv"].open())}
@@ -191,10 +230,12 @@ def test_havaei_tables_print_ppv_under_their_specificity_heading(tmp_path: Path)
     metrics = {f"test/{m}_{r}": 0.5 for m in ("dice", "sensitivity", "specificity", "ppv") for r in REGIONS}
     metrics |= {"test/ppv_wt": 0.61, "test/specificity_wt": 0.997, "test/sensitivity_wt": 0.73}
     (job / "metrics.json").write_text(json.dumps(metrics))
+    (job / "summary.json").write_text(json.dumps({"method": "TwoPathCNN*"}))
     job2 = tmp_path / "1_job"
     (job2 / ".hydra").mkdir(parents=True)
     (job2 / ".hydra" / "overrides.yaml").write_text("- havaei=localpath\n")
     (job2 / "metrics.json").write_text(json.dumps(metrics))
+    (job2 / "summary.json").write_text(json.dumps({"method": "LocalPathCNN"}))
     md = write_report(tmp_path, tmp_path / "out")["results.md"].read_text()
     head = next(line for line in md.splitlines() if line.startswith("| Method"))
     cols = [c.strip() for c in head.strip("|").split("|")]

@@ -148,9 +148,19 @@ def test_specificity_truth_background_empty() -> None:
     assert M.sensitivity(SOME, FULL) == pytest.approx(SOME.sum() / FULL.size)
 
 
-def test_hd95_penalty_value() -> None:
-    assert M.HD95_EMPTY_PENALTY == pytest.approx(np.sqrt(240**2 + 240**2 + 155**2), abs=0)
-    assert round(M.HD95_EMPTY_PENALTY, 2) == 373.13
+def test_one_empty_mask_scores_the_official_penalty_worse_than_any_real_hd95() -> None:
+    """The official BraTS scorer prints 373.13 mm when one mask is empty, whatever the volume and spacing;
+    no pair of masks in a 240x240x155 volume is that far apart, so a missed tumour never beats a bad one."""
+    # opposite corner voxels of a 240x240x155 volume at 1 mm, as a 2x2x2 grid of 239, 239 and 154 mm steps
+    corner, far_corner, empty = np.zeros((2, 2, 2), bool), np.zeros((2, 2, 2), bool), np.zeros((2, 2, 2), bool)
+    corner[0, 0, 0] = True
+    far_corner[1, 1, 1] = True
+    farthest = M.hd95(corner, far_corner, (239.0, 239.0, 154.0))
+    assert farthest == pytest.approx(float(np.linalg.norm([239, 239, 154])))  # the two voxels' distance in mm
+    for pred, gt in ((empty, far_corner), (corner, empty)):
+        assert M.hd95(pred, gt) == pytest.approx(373.13, abs=0.005)
+        assert M.hd95(pred, gt) > farthest
+    assert M.hd95(EMPTY, SOME, (2.0, 3.0, 0.5)) == pytest.approx(373.13, abs=0.005)
 
 
 def test_region_metrics_keys_and_values() -> None:

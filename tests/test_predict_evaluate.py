@@ -12,13 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import shared
 from omegaconf import OmegaConf
 
 from brats_lightning.data.io import discover_cases
 from brats_lightning.errors import DataError
 from brats_lightning.evaluate import evaluate_dirs
 from brats_lightning.predict import load_model, predict_dir
+from tests.helpers import shared
 
 
 def _cfg(**kw) -> dict:

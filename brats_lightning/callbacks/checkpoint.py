@@ -61,11 +61,12 @@ class BestCheckpoint(ModelCheckpoint):
         if self.dirpath is None or old_dir in (None, self.dirpath):
             super().load_state_dict(state_dict)
             return
+        new_dir = Path(self.dirpath)
         old_best = state_dict.get("best_model_path") or ""
-        new_best = str(Path(self.dirpath) / Path(old_best).name) if old_best else ""
+        new_best = str(new_dir / Path(old_best).name) if old_best else ""
 
         def moved(path: str) -> str:
-            return str(Path(self.dirpath) / Path(path).name) if path else path
+            return str(new_dir / Path(path).name) if path else path
 
         state = {
             **state_dict,
@@ -130,7 +131,8 @@ def final_best_checkpoint(trainer: pl.Trainer) -> str | None:
     for cb in best:
         if cb.best_model_path:
             return cb.best_model_path
-    for cb in trainer.checkpoint_callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor is None and (cb.best_model_path or cb.last_model_path):
-            return cb.best_model_path or cb.last_model_path
+    for other in trainer.checkpoint_callbacks:
+        if isinstance(other, ModelCheckpoint) and other.monitor is None:
+            if other.best_model_path or other.last_model_path:
+                return other.best_model_path or other.last_model_path
     return None

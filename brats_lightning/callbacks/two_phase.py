@@ -13,6 +13,9 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
+from brats_lightning.data.contract import PatchData
+from brats_lightning.nets.twopath import PatchCNN
+
 __all__ = ["TwoPhaseTraining"]
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,8 @@ class TwoPhaseTraining(Callback):
     Under DDP, phase 2 leaves parameters without gradients: the strategy must allow unused
     parameters (:attr:`freezes_parameters` tells ``train()`` to choose it).
 
-    The module must expose ``net.output_layer()``; the data module ``set_patch_distribution()``.
+    The module's net must be a :class:`~brats_lightning.nets.twopath.PatchCNN` (``output_layer()``); the
+    data module a :class:`~brats_lightning.data.contract.PatchData` (``set_patch_distribution()``).
 
     Args:
         phase1_epochs: epochs of phase 1 (``None``: derived from ``max_epochs``).
@@ -98,12 +102,14 @@ class TwoPhaseTraining(Callback):
 
     def _apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Freeze and sample according to the current phase."""
-        output = {id(p) for p in pl_module.net.output_layer().parameters()}
+        net = pl_module.net
+        assert isinstance(net, PatchCNN)
+        output = {id(p) for p in net.output_layer().parameters()}
         for p in pl_module.parameters():
             # Parameters the model froze itself (a cascade's first stage) stay frozen in both phases.
             p.requires_grad_(id(p) in self._trainable and (self.phase == 1 or id(p) in output))
-        dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "set_patch_distribution"):
+        dm = getattr(trainer, "datamodule", None)
+        if isinstance(dm, PatchData):
             dm.set_patch_distribution("balanced" if self.phase == 1 else "natural")
 
     def _switch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str) -> None:
@@ -120,8 +126,14 @@ class TwoPhaseTraining(Callback):
     # -- hooks -------------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if not hasattr(getattr(pl_module, "net", None), "output_layer"):
-            raise TypeError("TwoPhaseTraining needs a module whose net has output_layer() (a Havaei patch CNN)")
+        if not isinstance(getattr(pl_module, "net", None), PatchCNN):
+            raise TypeError("TwoPhaseTraining needs a module whose net is a Havaei patch CNN (output_layer())")
+        dm = getattr(trainer, "datamodule", None)
+        if stage == "fit" and dm is not None and not isinstance(dm, PatchData):
+            raise TypeError(
+                "TwoPhaseTraining switches the patch distribution: the data module must sample patches "
+                "(brats_lightning.data.contract.PatchData)"
+            )
         self._trainable = {id(p) for p in pl_module.parameters() if p.requires_grad}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

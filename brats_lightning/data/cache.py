@@ -5,6 +5,10 @@ takes seconds; training reads thousands of slices. So every case is prepared onc
 preprocessing configuration (:func:`~brats_lightning.data.preprocess.preprocess_case`) and stored
 as memory-mappable ``.npy`` arrays in slice-major layout:
 
+``<cache_dir>/<dataset>-<key>/config.json``
+    what produced the folder (:func:`cache_config`: root, layout, modalities, convention, every
+    preprocessing and symmetry option, cache and package versions), for people; written once
+
 ``<cache_dir>/<dataset>-<key>/<case_id>/``
     ``image.npy``  ``(Z, C, X, Y)`` float16, cropped to the brain's bounding box
     ``label.npy``  ``(Z, X, Y)`` uint8 internal classes (labelled cases only)
@@ -34,18 +38,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from brats_lightning.data.io import CaseFiles
 from brats_lightning.data.labels import LabelConvention
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case
+from brats_lightning.data.provenance import write_config
 from brats_lightning.errors import DataError
 
 __all__ = [
     "CACHE_VERSION",
     "PreparedCase",
+    "cache_config",
     "cache_key",
+    "write_cache_config",
     "prepare_case",
     "prepare_cases",
     "load_prepared",
@@ -141,7 +149,7 @@ class PreparedCase:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """``(Z, C, X, Y)`` of :attr:`image` (from the metadata, without opening it)."""
-        return tuple(self.meta["cached_shape"])  # type: ignore[return-value]
+        return tuple(self.meta["cached_shape"])
 
     @property
     def brain_slices(self) -> list[int]:
@@ -151,15 +159,35 @@ class PreparedCase:
     @property
     def box(self) -> tuple[tuple[int, int], ...]:
         """The crop box in RAS voxel indices ``((x0, x1), (y0, y1), (z0, z1))``."""
-        return tuple(tuple(b) for b in self.meta["box"])  # type: ignore[return-value]
+        return tuple(tuple(b) for b in self.meta["box"])
 
     @property
     def ras_shape(self) -> tuple[int, int, int]:
-        return tuple(self.meta["ras_shape"])  # type: ignore[return-value]
+        return tuple(self.meta["ras_shape"])
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        return tuple(self.meta["spacing"])  # type: ignore[return-value]
+        return tuple(self.meta["spacing"])
+
+
+def cache_config(
+    root: str | Path,
+    layout: str,
+    modalities: Sequence[str],
+    convention: str,
+    prep: PreprocessConfig,
+    sym: SymmetryConfig,
+) -> dict[str, Any]:
+    """Everything that changes the prepared arrays: what :func:`cache_key` hashes, and the folder's ``config.json``."""
+    return {
+        "cache_version": CACHE_VERSION,
+        "root": str(Path(root).resolve()),
+        "layout": layout,
+        "modalities": list(modalities),
+        "convention": convention,
+        "preprocess": prep.to_dict(),
+        "symmetry": sym.key_dict(),
+    }
 
 
 def cache_key(
@@ -170,17 +198,24 @@ def cache_key(
     prep: PreprocessConfig,
     sym: SymmetryConfig,
 ) -> str:
-    """A short hash of everything that changes the prepared arrays."""
-    payload = {
-        "version": CACHE_VERSION,
-        "root": str(Path(root).resolve()),
-        "layout": layout,
-        "modalities": list(modalities),
-        "convention": convention,
-        "preprocess": prep.to_dict(),
-        "symmetry": sym.key_dict(),
-    }
+    """A short hash of everything that changes the prepared arrays (:func:`cache_config`)."""
+    return _key(cache_config(root, layout, modalities, convention, prep, sym))
+
+
+def _key(config: dict[str, Any]) -> str:
+    """The hash of a :func:`cache_config` (``cache_version`` spelt ``version``, so existing caches keep their keys)."""
+    payload = {k: v for k, v in config.items() if k != "cache_version"} | {"version": config["cache_version"]}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def write_cache_config(out_dir: Path, config: dict[str, Any]) -> Path:
+    """Write the readable ``config.json`` of a prepared folder (once; see :mod:`~brats_lightning.data.provenance`).
+
+    Args:
+        out_dir: the prepared folder (``<cache_dir>/prepared/<dataset>-<key>``).
+        config: its :func:`cache_config`.
+    """
+    return write_config(out_dir, "prepared cases (brats_lightning.data.cache)", {"key": _key(config), **config})
 
 
 def _sources(case: CaseFiles) -> dict[str, list]:

@@ -20,7 +20,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytorch_lightning as pl
@@ -31,29 +31,27 @@ from brats_lightning.data.augment import SliceAugment
 from brats_lightning.data.cache import (
     PreparedCase,
     available_cores,
+    cache_config,
     cache_key,
     is_fresh,
     load_prepared,
     prepare_cases,
+    write_cache_config,
 )
+from brats_lightning.data.channels import in_channels_for
 from brats_lightning.data.datasets import EpochItems, SliceDataset, VolumeDataset, first_item
 from brats_lightning.data.io import MODALITIES, CaseFiles, detect_layout, discover_cases
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.loading import RingLoader
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
 from brats_lightning.data.sampling import DISTRIBUTIONS, PatchBatchDataset, PatchSampler
-from brats_lightning.data.splits import fold_cases, load_or_create_splits
+from brats_lightning.data.splits import SPLIT_FILE, fold_cases, load_or_create_splits, split_config
 from brats_lightning.errors import ConfigError, DataError
 from brats_lightning.seeding import stream_seed, training_epoch
 
-__all__ = ["BratsDataModule", "in_channels_for", "resolve_workers"]
+__all__ = ["BratsDataModule", "resolve_workers"]
 
 log = logging.getLogger(__name__)
-
-
-def in_channels_for(modalities: Sequence[str], symmetry: bool) -> int:
-    """Input channels of a model fed ``modalities`` (and one symmetry map per modality)."""
-    return len(modalities) * (2 if symmetry else 1)
 
 
 def resolve_workers(value: int | str, ranks_per_node: int = 1, accelerator: str = "cpu") -> int:
@@ -103,7 +101,8 @@ class BratsDataModule(pl.LightningDataModule):
         cache_dir: where prepared cases, splits and synthetic data are stored.
         cache_shared: the cache folder is on storage shared by every node (prepared once in all,
             split over the global ranks); otherwise every node prepares its own copy.
-        split_file: an explicit split file; default ``<cache_dir>/splits/<dataset>-<hash>.json``.
+        split_file: an explicit split file; default ``<cache_dir>/splits/<dataset>-<hash>/split.json``
+            (beside it, ``config.json`` says what produced it).
         seed: seed of the split, the data order and the augmentation.
         test_fraction: share of the cases held out for testing.
         num_folds: cross-validation folds of the remaining cases.
@@ -240,7 +239,7 @@ class BratsDataModule(pl.LightningDataModule):
         """The folder cases are read from (the synthetic data set's folder when ``root`` is None)."""
         if self.root is not None:
             return self.root
-        s = {"n_cases": 24, "shape": (80, 96, 64), "spacing": 2.5, "seed": 0} | self.synthetic
+        s = self._synthetic_settings()
         shape = "x".join(str(int(v)) for v in s["shape"])
         return self.cache_dir / f"synthetic-n{s['n_cases']}-{shape}-sp{s['spacing']}-seed{s['seed']}"
 
@@ -253,18 +252,18 @@ class BratsDataModule(pl.LightningDataModule):
             return "generic:" + ",".join(f"{k}={v}" for k, v in sorted(self.files.items()))
         return detect_layout(self.dataset_root).name if self.layout == "auto" else self.layout
 
+    def _cache_args(self) -> tuple[Path, str, tuple[str, ...], str, PreprocessConfig, SymmetryConfig]:
+        """The arguments of :func:`~brats_lightning.data.cache.cache_key` for this data module."""
+        return self.dataset_root, self._layout_name(), self.modalities, self.convention.name, self.prep, self.symmetry
+
+    def prepared_config(self) -> dict[str, Any]:
+        """What determines the prepared cases (written to :attr:`prepared_dir`'s ``config.json``)."""
+        return cache_config(*self._cache_args())
+
     @property
     def prepared_dir(self) -> Path:
         """Cache folder of this data set under this preprocessing configuration."""
-        key = cache_key(
-            self.dataset_root,
-            self._layout_name(),
-            self.modalities,
-            self.convention.name,
-            self.prep,
-            self.symmetry,
-        )
-        return self.cache_dir / "prepared" / f"{self.dataset_name}-{key}"
+        return self.cache_dir / "prepared" / f"{self.dataset_name}-{cache_key(*self._cache_args())}"
 
     # -- distribution helpers -----------------------------------------------------------------
 
@@ -306,14 +305,18 @@ class BratsDataModule(pl.LightningDataModule):
             )
         return cases
 
+    def _synthetic_settings(self) -> dict[str, Any]:
+        """The synthetic data set's options: ``synthetic`` over the defaults."""
+        return {"n_cases": 24, "shape": (80, 96, 64), "spacing": 2.5, "seed": 0} | self.synthetic
+
     def _write_synthetic(self) -> None:
         from brats_lightning.data.synthetic import write_dataset
 
-        s = {"n_cases": 24, "shape": (80, 96, 64), "spacing": 2.5, "seed": 0} | self.synthetic
+        s = self._synthetic_settings()
         write_dataset(
             self.dataset_root,
             n_cases=int(s["n_cases"]),
-            shape=tuple(int(v) for v in s["shape"]),
+            shape=cast("tuple[int, int, int]", tuple(int(v) for v in s["shape"])),  # (its length checked there)
             spacing=float(s["spacing"]),
             seed=int(s["seed"]),
             progress=True,
@@ -337,9 +340,10 @@ class BratsDataModule(pl.LightningDataModule):
         """Prepare this rank's share of the cases that are not in the cache yet."""
         out = self.prepared_dir
         todo = [c for c in cases if not is_fresh(out / c.case_id, c)][rank::world]
+        if todo or out.is_dir():  # (also a folder prepared before config.json was written)
+            write_cache_config(out, self.prepared_config())
         if not todo:
             return
-        out.mkdir(parents=True, exist_ok=True)
         workers = self.prepare_workers
         if workers == "auto":
             workers = max(1, available_cores() // ranks_per_node)
@@ -368,12 +372,13 @@ class BratsDataModule(pl.LightningDataModule):
             )
 
     def _split_path(self, case_ids: list[str]) -> Path:
+        """The split file: ``split_file``, else ``<cache_dir>/splits/<dataset>-<hash>/split.json``."""
         if self.split_file is not None:
             return self.split_file
         h = hashlib.sha1(
             ("|".join(sorted(case_ids)) + f"|{self.seed}|{self.test_fraction}|{self.num_folds}").encode()
         ).hexdigest()[:8]
-        return self.cache_dir / "splits" / f"{self.dataset_name}-{h}.json"
+        return self.cache_dir / "splits" / f"{self.dataset_name}-{h}" / SPLIT_FILE
 
     def setup(self, stage: str | None = None) -> None:
         """Prepare this rank's share of the cases (under DDP), read the split and open the cases of each part."""
@@ -388,7 +393,14 @@ class BratsDataModule(pl.LightningDataModule):
         for c in cases:
             if not is_fresh(self.prepared_dir / c.case_id, c):
                 raise DataError(f"case {c.case_id} is not prepared in {self.prepared_dir}; call prepare_data() first")
-        self.splits = load_or_create_splits(self._split_path(ids), ids, self.seed, self.test_fraction, self.num_folds)
+        # a split folder of the cache gets a config.json; an explicit split_file's folder is the user's
+        about = None
+        if self.split_file is None:
+            about = {"dataset": self.dataset_name, "root": str(self.dataset_root.resolve())}
+            about |= split_config(ids, self.seed, self.test_fraction, self.num_folds)
+        self.splits = load_or_create_splits(
+            self._split_path(ids), ids, self.seed, self.test_fraction, self.num_folds, config=about
+        )
         if self.fold >= len(self.splits["folds"]):
             raise ConfigError(
                 f"data.fold={self.fold}, but the split file {self._split_path(ids)} has "
@@ -466,6 +478,7 @@ class BratsDataModule(pl.LightningDataModule):
                             probs[:, 0] = 1.0  # slices without brain: background
                         probs[idx] = p
                         progress.advance(task, len(idx))
+                    assert probs is not None, f"{c.case_id}: a prepared case without brain slices"
                     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npy")
                     np.save(tmp, probs)
                     tmp.replace(path)

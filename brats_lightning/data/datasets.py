@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from brats_lightning.data.cache import PreparedCase
-from brats_lightning.data.loading import RingToken, produce
+from brats_lightning.data.loading import BatchRing, RingToken, produce
 from brats_lightning.errors import DataError
 
 __all__ = ["EpochItems", "SliceDataset", "VolumeDataset", "crop_offsets", "first_item"]
@@ -85,7 +85,7 @@ class SliceDataset(Dataset):
         seed: seed of the window positions.
     """
 
-    ring = None  # set by RingLoader: shared batch buffers of the loader workers
+    ring: BatchRing | None = None  # set by RingLoader: shared batch buffers of the loader workers
 
     def __init__(
         self,

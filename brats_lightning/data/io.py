@@ -31,6 +31,7 @@ __all__ = [
     "Volume",
     "Layout",
     "PatternLayout",
+    "SuffixLayout",
     "LAYOUTS",
     "get_layout",
     "discover_cases",
@@ -146,10 +147,16 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
         raise DataError(problem)
     if path.suffix.lower() in (".mha", ".mhd", ".nrrd", ".nhdr"):
         return _read_itk(path)
+    errors = (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError)
     try:
         img = nib.load(str(path))
+    except errors as e:
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+    if not isinstance(img, nib.spatialimages.SpatialImage):  # e.g. a GIFTI surface: no voxel grid
+        raise DataError(f"{path}: not a volume image ({type(img).__name__})")
+    try:
         data = np.asarray(img.dataobj)
-    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as e:
+    except errors as e:
         raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -249,8 +256,16 @@ class Layout:
         return CaseFiles(case_dir.name, images, found.get("label"), self.name, found.get("mask"), case_dir)
 
 
-class _SuffixLayout(Layout):
-    """``<case>/<case><sep><suffix>.nii.gz`` (BraTS 2017-2021 and 2023+)."""
+class SuffixLayout(Layout):
+    """``<case>/<case><sep><suffix>.nii.gz`` (BraTS 2017-2021 and 2023+).
+
+    Args:
+        name: the layout's name (``data.layout=<name>``).
+        sep: between the case name and the suffix (``_``, ``-``).
+        suffixes: modality, ``"label"`` or ``"mask"`` -> file suffix.
+        convention: label convention of its segmentations.
+        example: the expected file names, for error messages.
+    """
 
     def __init__(self, name: str, sep: str, suffixes: dict[str, str], convention: str, example: str) -> None:
         self.name, self.sep, self.suffixes, self.convention, self.example = name, sep, suffixes, convention, example
@@ -282,7 +297,7 @@ class _VSDLayout(Layout):
     _tags = {"mr_flair": "flair", "mr_t1": "t1", "mr_t1c": "t1c", "mr_t2": "t2", "ot": "label"}
 
     def files(self, case_dir: Path) -> dict[str, Path]:
-        out = {}
+        out: dict[str, Path] = {}
         for p in sorted([*case_dir.glob("*.mha"), *case_dir.glob("*/*.mha")]):
             for part in p.stem.split("."):
                 key = self._tags.get(part.lower())
@@ -328,14 +343,14 @@ class PatternLayout(Layout):
 
 
 LAYOUTS: dict[str, Layout] = {
-    "brats2018": _SuffixLayout(
+    "brats2018": SuffixLayout(
         "brats2018",
         "_",
         {"flair": "flair", "t1": "t1", "t1c": "t1ce", "t2": "t2", "label": "seg"},
         "brats2017",
         "<case>/<case>_flair.nii.gz",
     ),
-    "brats2023": _SuffixLayout(
+    "brats2023": SuffixLayout(
         "brats2023",
         "-",
         {"flair": "t2f", "t1": "t1n", "t1c": "t1c", "t2": "t2w", "label": "seg"},
@@ -531,6 +546,7 @@ def load_case(case: CaseFiles, atol: float = 1e-3) -> Volume:
             image = np.empty((len(case.images), *ras.shape), dtype=np.float32)
         image[c] = ras  # one copy per channel: reorientation and conversion to float32 together
     assert image is not None and ref_affine is not None and ref_shape is not None and ornt is not None
+    assert to_ras is not None
     label = None
     if case.label is not None:
         data, affine, _ = read_label(case.label)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from brats_lightning.errors import DataError
 __all__ = [
     "REGIONS",
     "REGION_NAMES",
+    "REGION_TITLES",
     "LabelConvention",
     "CONVENTIONS",
     "get_convention",
@@ -42,8 +44,10 @@ __all__ = [
 
 #: Region keys in the order every table and metric name uses.
 REGIONS: tuple[str, ...] = ("wt", "tc", "et")
-#: Human-readable region names (the papers' "complete / core / enhancing").
+#: Human-readable region names.
 REGION_NAMES: dict[str, str] = {"wt": "whole tumour", "tc": "tumour core", "et": "enhancing tumour"}
+#: The papers' names of the regions (table headings: "Dice Complete", "Complete (WT)").
+REGION_TITLES: dict[str, str] = {"wt": "Complete", "tc": "Core", "et": "Enhancing"}
 
 # Colours of the papers' figures: necrosis red, edema green, non-enhancing blue, enhancing yellow.
 _COLOURS = {
@@ -131,16 +135,19 @@ class LabelConvention:
             raise ValueError(f"internal classes must be in 0..{self.num_classes - 1}, got {arr.min()}..{arr.max()}")
         return np.asarray(self.labels, dtype=np.uint8)[arr]
 
-    def region_masks(self, classes: np.ndarray | torch.Tensor) -> dict[str, np.ndarray | torch.Tensor]:
+    @overload
+    def region_masks(self, classes: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    @overload
+    def region_masks(self, classes: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def region_masks(self, classes: np.ndarray | torch.Tensor) -> dict[str, np.ndarray] | dict[str, torch.Tensor]:
         """Boolean masks of every region from an internal class map (numpy or torch, any shape)."""
-        out = {}
-        for region in REGIONS:
-            cls = self.region_classes(region)
-            if isinstance(classes, torch.Tensor):
-                out[region] = torch.isin(classes, torch.tensor(cls, device=classes.device))
-            else:
-                out[region] = np.isin(classes, cls)
-        return out
+        if isinstance(classes, torch.Tensor):
+            return {
+                r: torch.isin(classes, torch.tensor(self.region_classes(r), device=classes.device)) for r in REGIONS
+            }
+        return {r: np.isin(classes, self.region_classes(r)) for r in REGIONS}
 
 
 def _fmt(values: list) -> str:
@@ -254,8 +261,8 @@ def resolve_convention(
         raise UnknownLabelError(f"{source}: label values {vals} fit no convention of {names}")
     if len(fit) == 1 or same_scores(vals, fit):
         return fit[0] if len(fit) == 1 else next((c for c in fit if c.name != "brats2013"), fit[0])
-    names = {c.name for c in fit}
-    if folder_has_3_and_4 and "brats2013" in names:
+    fit_names = {c.name for c in fit}
+    if folder_has_3_and_4 and "brats2013" in fit_names:
         return CONVENTIONS["brats2013"]
     if task is not None:
         task_conv = get_convention(task)
@@ -263,7 +270,7 @@ def resolve_convention(
         if len(same_task) == 1:
             return same_task[0]
     raise AmbiguousConventionError(
-        f"{source}: labels {vals} fit the conventions {sorted(names)}, which score it differently (label 3 is "
+        f"{source}: labels {vals} fit the conventions {sorted(fit_names)}, which score it differently (label 3 is "
         "non-enhancing tumour in brats2013, enhancing tumour in brats2023), and nothing in the folder decides; "
         "give the convention (gt_convention=... / pred_convention=...)"
     )

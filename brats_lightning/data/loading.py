@@ -97,12 +97,12 @@ def produce(dataset: RingDataset, item: Any) -> RingToken | tuple[torch.Tensor, 
     """A worker's batch: into a reused buffer when one is free, else into fresh arrays."""
     ring = dataset.ring
     got = ring.acquire() if ring is not None else None
-    if got is None:
+    if ring is None or got is None:
         arrays = [np.zeros(shape, dtype) for shape, dtype in dataset.batch_specs()]
         n = dataset.fill(item, arrays)
         return tuple(torch.from_numpy(a[:n]) for a in arrays)
     worker, slot = got
-    arrays = ring.arrays(worker, slot)  # type: ignore[union-attr]
+    arrays = ring.arrays(worker, slot)
     for a in arrays:
         a.fill(0)
     n = dataset.fill(item, arrays)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from brats_lightning.data.cache import PreparedCase, open_array
-from brats_lightning.data.loading import RingToken, produce
+from brats_lightning.data.loading import BatchRing, RingToken, produce
 from brats_lightning.errors import DataError
 
 __all__ = ["DISTRIBUTIONS", "PatchSampler", "PatchBatchDataset"]
@@ -202,7 +202,7 @@ class PatchBatchDataset(Dataset):
         seed: seed of the run.
     """
 
-    ring = None  # set by RingLoader: shared batch buffers of the loader workers
+    ring: BatchRing | None = None  # set by RingLoader: shared batch buffers of the loader workers
 
     def __init__(self, sampler: PatchSampler, batch_size: int, batches: int, seed: int = 0) -> None:
         self.sampler = sampler

@@ -3,7 +3,8 @@
 A split file holds the held-out test cases and ``num_folds`` folds of the remaining cases. Fold
 ``k`` validates on ``folds[k]`` and trains on the others (Shen et al. Sec. 3.2: 5-fold CV on the
 training cases). The file is created on first use and re-read afterwards, so every run, fold and
-model sees the same cases.
+model sees the same cases. A split folder of the cache also holds a readable ``config.json`` of
+what determines the split (:func:`split_config`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from brats_lightning.data.io import DataError
+from brats_lightning.data.provenance import write_config
 from brats_lightning.utils import write_text_atomic
 
-__all__ = ["make_splits", "load_or_create_splits", "fold_cases"]
+__all__ = ["SPLIT_FILE", "make_splits", "split_config", "load_or_create_splits", "fold_cases"]
+
+SPLIT_FILE = "split.json"
+"""Name of the split file in a split folder of the cache."""
 
 
 def make_splits(case_ids: Sequence[str], seed: int = 0, test_fraction: float = 0.2, num_folds: int = 5) -> dict:
@@ -49,15 +55,41 @@ def make_splits(case_ids: Sequence[str], seed: int = 0, test_fraction: float = 0
     }
 
 
+def split_config(case_ids: Sequence[str], seed: int, test_fraction: float, num_folds: int) -> dict[str, Any]:
+    """What determines a split (:func:`make_splits`): the number of cases (listed in the split), seed, fractions."""
+    return {
+        "n_cases": len(set(case_ids)),
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "num_folds": num_folds,
+    }
+
+
 def load_or_create_splits(
-    path: str | Path, case_ids: Sequence[str], seed: int = 0, test_fraction: float = 0.2, num_folds: int = 5
+    path: str | Path,
+    case_ids: Sequence[str],
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    num_folds: int = 5,
+    config: dict[str, Any] | None = None,
 ) -> dict:
     """Read the split file at ``path``, creating it (atomically) if it does not exist.
+
+    Args:
+        path: the split file.
+        case_ids: the data set's cases.
+        seed: see :func:`make_splits`.
+        test_fraction: see :func:`make_splits`.
+        num_folds: see :func:`make_splits`.
+        config: when given, written (once) as ``config.json`` beside the split file: what produced
+            it (e.g. :func:`split_config` and the data set); for a folder of its own.
 
     Raises:
         DataError: an existing file names cases that are not in ``case_ids``.
     """
     path = Path(path)
+    if config is not None:  # before the split: a split file always has its config beside it
+        write_config(path.parent, "train/validation/test split (brats_lightning.data.splits)", config)
     if path.is_file():
         try:
             splits = json.loads(path.read_text())

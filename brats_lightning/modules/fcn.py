@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from brats_lightning.data.contract import SegmentationData
 from brats_lightning.errors import ConfigError
 from brats_lightning.inference import pad_to_multiple
 from brats_lightning.modules.segmentation import SegmentationModule
@@ -35,7 +36,7 @@ class FCNModule(SegmentationModule):
         convention: label convention (regions of the metrics).
         inference_batch_size: slices per forward pass at inference.
         test_hd95: compute HD95 at test time.
-        channels_last, lesion_metrics, postprocess: see :class:`SegmentationModule`.
+        channels_last, lesion_metrics, postprocess, name: see :class:`SegmentationModule`.
     """
 
     def __init__(
@@ -54,8 +55,9 @@ class FCNModule(SegmentationModule):
         channels_last: bool = True,
         lesion_metrics: bool = False,
         postprocess: dict | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess)
+        super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name)
         self.save_hyperparameters()
         if num_classes != self.convention.num_classes:
             raise ConfigError(
@@ -74,8 +76,10 @@ class FCNModule(SegmentationModule):
     def preflight(self, datamodule: object | None = None) -> None:
         """The training crop must suit the pooling; the VGG-16 file must exist."""
         d = self.net.divisor
-        crop = getattr(datamodule, "crop_size", None)
-        if crop is not None and getattr(datamodule, "mode", "slices") == "slices" and any(int(c) % d for c in crop):
+        crop = None
+        if isinstance(datamodule, SegmentationData) and datamodule.mode == "slices":
+            crop = datamodule.crop_size
+        if crop is not None and any(int(c) % d for c in crop):
             raise ConfigError(
                 f"data.crop_size={list(crop)}: the {self.net.n_blocks}-block FCN needs multiples of {d} "
                 f"(e.g. {[max(d, int(c) // d * d) for c in crop]})"

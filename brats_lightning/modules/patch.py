@@ -9,29 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brats_lightning.data.contract import PatchData, SegmentationData
 from brats_lightning.errors import CheckpointError, ConfigError
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.nets.cascade import CASCADES, CascadeCNN
-from brats_lightning.nets.twopath import (
-    AverageCNN,
-    GlobalPathCNN,
-    LocalPathCNN,
-    PatchCNN,
-    TwoPathCNN,
-    set_output_bias_,
-)
+from brats_lightning.nets import patch_net_class
+from brats_lightning.nets.cascade import CascadeCNN
+from brats_lightning.nets.twopath import PatchCNN, set_output_bias_
+from brats_lightning.utils import read_checkpoint
 
-__all__ = ["ARCHS", "PatchCNNModule", "build_patch_net", "load_patch_net"]
-
-ARCHS = ("localpath", "globalpath", "twopath", "average", *CASCADES)
-
-
-def build_patch_net(arch: str, in_channels: int, num_classes: int, dropout: float = 0.5, k: int = 2) -> PatchCNN:
-    """A freshly initialised LocalPathCNN, GlobalPathCNN or TwoPathCNN."""
-    nets = {"localpath": LocalPathCNN, "globalpath": GlobalPathCNN, "twopath": TwoPathCNN}
-    if arch not in nets:
-        raise ValueError(f"unknown patch CNN {arch!r}; expected one of {sorted(nets)}")
-    return nets[arch](in_channels, num_classes, dropout, k)
+__all__ = ["PatchCNNModule", "load_patch_net"]
 
 
 def load_patch_net(
@@ -47,21 +33,19 @@ def load_patch_net(
 
     Args:
         path: the checkpoint.
-        expect_arch: the architecture it must hold (``localpath``, ``globalpath``, ``twopath``).
+        expect_arch: the architecture it must hold (``localpath``, ``globalpath``, ``twopath``, ...).
         in_channels, num_classes: what the net must take and give.
         into: load the weights into this net instead of building a new one.
 
     Raises:
         CheckpointError: unreadable, not a patch-CNN checkpoint, not of the expected architecture or size.
     """
-    from brats_lightning.checkpoint import read_checkpoint
-
     path = Path(path)
     ckpt = read_checkpoint(path, "stage checkpoint")
     hp = ckpt.get("hyper_parameters") or {}
     arch = hp.get("arch")
-    if arch not in ("localpath", "globalpath", "twopath"):
-        raise CheckpointError(f"{path}: not a LocalPath/GlobalPath/TwoPath CNN checkpoint (arch={arch!r})")
+    if arch not in PatchCNN.registry:
+        raise CheckpointError(f"{path}: not a patch CNN checkpoint (arch={arch!r}; known: {sorted(PatchCNN.registry)})")
     if expect_arch is not None and arch != expect_arch:
         raise CheckpointError(f"{path}: holds a {arch} CNN, expected {expect_arch}")
     for name, want in (("in_channels", in_channels), ("num_classes", num_classes)):
@@ -70,7 +54,13 @@ def load_patch_net(
     net = (
         into
         if into is not None
-        else build_patch_net(arch, hp["in_channels"], hp["num_classes"], hp.get("dropout", 0.5), hp.get("k", 2))
+        else PatchCNN.registry[arch].build(
+            hp["in_channels"],
+            hp["num_classes"],
+            hp.get("dropout", 0.5),
+            hp.get("k", 2),
+            first_stage_dropout=hp.get("first_stage_dropout", False),
+        )
     )
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     try:
@@ -101,7 +91,8 @@ class PatchCNNModule(SegmentationModule):
     * Inference: a slice padded by 16 pixels goes through the net once (fully convolutional).
 
     Args:
-        arch: ``localpath``, ``globalpath``, ``twopath`` or ``average``.
+        arch: a registered patch CNN (:class:`~brats_lightning.nets.twopath.PatchCNN`): ``localpath``,
+            ``globalpath``, ``twopath``, ``average``, ``input_cascade``, ``local_cascade``, ``mf_cascade``.
         in_channels: input channels (from the data config).
         num_classes: classes (from the label convention).
         patch_size: training patch side; must be the net's (33).
@@ -119,7 +110,7 @@ class PatchCNNModule(SegmentationModule):
             stage on every batch (then ``data.patch_size`` must be the cascade's 65/56/53).
         first_stage_dropout: MFCascadeCNN: also drop out the first stage's probabilities where they
             join the last hidden layer (off: they are an input of the output layer, not hidden units).
-        convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess: see
+        convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name: see
             :class:`SegmentationModule`.
     """
 
@@ -152,30 +143,27 @@ class PatchCNNModule(SegmentationModule):
         channels_last: bool = True,
         lesion_metrics: bool = False,
         postprocess: dict | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess)
+        super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name)
         self.save_hyperparameters()
-        if arch not in ARCHS:
-            raise ConfigError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+        try:
+            net_class = patch_net_class(arch)
+        except KeyError as e:
+            raise ConfigError(f"model.arch: {e.args[0]}") from None
         if lr_schedule not in ("linear", "exponential", "constant"):
             raise ConfigError(f"lr_schedule must be linear, exponential or constant, got {lr_schedule!r}")
         # The nets are built here; stage weights (a cascade's first stage, AverageCNN's two nets) are
         # read from their checkpoints in setup(), so that rebuilding a trained model from its own
         # checkpoint never reads other files.
-        if arch == "average":
-            self.net: PatchCNN = AverageCNN(
-                LocalPathCNN(in_channels, num_classes, dropout, k), GlobalPathCNN(in_channels, num_classes, dropout, k)
-            )
-        elif arch in CASCADES:
-            first = TwoPathCNN(in_channels, num_classes, dropout, k)
-            self.net = CASCADES[arch](first, in_channels, num_classes, dropout, k, first_stage_dropout)
-        else:
-            self.net = build_patch_net(arch, in_channels, num_classes, dropout, k)
+        self.net: PatchCNN = net_class.build(
+            in_channels, num_classes, dropout, k, first_stage_dropout=first_stage_dropout
+        )
         self._set_layout()
         self._stages_ready = False  # stage weights in place (read from their checkpoints, or restored)
         want = self.train_patch_size
         if patch_size != want:
-            hint = " (or model.first_stage_cache=false with the larger patch)" if arch in CASCADES else ""
+            hint = " (or model.first_stage_cache=false with the larger patch)" if self.is_cascade else ""
             raise ConfigError(f"patch_size={patch_size} but {arch} trains on {want}x{want} patches{hint}")
 
     @property
@@ -185,7 +173,7 @@ class PatchCNNModule(SegmentationModule):
     @property
     def train_patch_size(self) -> int:
         """Side of the image patches the data module must sample."""
-        if self.is_cascade and self.hparams.first_stage_cache:
+        if self.is_cascade and self.hp.first_stage_cache:
             return 33
         return self.net.patch_size
 
@@ -197,12 +185,7 @@ class PatchCNNModule(SegmentationModule):
 
     def stage_checkpoints(self) -> dict[str, str | None]:
         """The checkpoints this model's frozen stages come from (config key -> path)."""
-        hp = self.hparams
-        if hp.arch == "average":
-            return {"model.local_ckpt": hp.local_ckpt, "model.global_ckpt": hp.global_ckpt}
-        if hp.arch in CASCADES:
-            return {"model.first_stage_ckpt": hp.first_stage_ckpt}
-        return {}
+        return {f"model.{key}": self.hp.get(key) for key in self.net.stage_nets()}
 
     def preflight(self, datamodule: object | None = None) -> None:
         """Read the stage checkpoints (given, readable, the right nets) into the frozen stages, once.
@@ -217,35 +200,37 @@ class PatchCNNModule(SegmentationModule):
             return
         missing = [k for k, v in self.stage_checkpoints().items() if not v]
         if missing:
-            raise ConfigError(f"{self.hparams.arch} needs {' and '.join(missing)} (trained checkpoints)")
+            raise ConfigError(f"{self.hp.arch} needs {' and '.join(missing)} (trained checkpoints)")
         self._load_stages()
         self._stages_ready = True
 
     def _load_stages(self) -> None:
-        hp = self.hparams
-        if hp.arch == "average":
-            load_patch_net(hp.local_ckpt, "localpath", hp.in_channels, hp.num_classes, into=self.net.local_net)
-            load_patch_net(hp.global_ckpt, "globalpath", hp.in_channels, hp.num_classes, into=self.net.global_net)
-        elif hp.arch in CASCADES:
-            load_patch_net(hp.first_stage_ckpt, "twopath", hp.in_channels, hp.num_classes, into=self.net.first)
+        hp = self.hp
+        for key, sub in self.net.stage_nets().items():
+            load_patch_net(hp[key], sub.arch, hp.in_channels, hp.num_classes, into=sub)
 
     def setup(self, stage: str) -> None:
         resuming = getattr(self.trainer, "ckpt_path", None) is not None
         if not resuming:
             self.preflight()
-        if stage != "fit" or self.hparams.arch == "average":
-            return
+        if stage != "fit" or any(self.net.output is sub.output for sub in self.net.stage_nets().values()):
+            return  # AverageCNN: its output layer is a trained stage's
         dm = getattr(self.trainer, "datamodule", None)
-        if not resuming and dm is not None and hasattr(dm, "label_frequencies"):
+        if not resuming and isinstance(dm, SegmentationData):
             set_output_bias_(self.net.output, dm.label_frequencies())
 
     def on_fit_start(self) -> None:
         # After the module is on its device, before the first training loader is built.
         dm = getattr(self.trainer, "datamodule", None)
-        if self.is_cascade and self.hparams.first_stage_cache and dm is not None:
+        if self.is_cascade and self.hp.first_stage_cache:
+            if not isinstance(dm, PatchData):
+                raise ConfigError(
+                    f"{self.hp.arch} with model.first_stage_cache=true trains from a data module that samples "
+                    "patches (brats_lightning.data.contract.PatchData)"
+                )
             self.attach_first_stage(dm)
 
-    def attach_first_stage(self, datamodule) -> None:
+    def attach_first_stage(self, datamodule: PatchData) -> None:
         """Have the data module cache this cascade's first-stage maps (once, on disk) and sample with them.
 
         The data side owns the cache (files shared by the ranks, keyed by the first stage's weights);
@@ -275,11 +260,12 @@ class PatchCNNModule(SegmentationModule):
 
     def kernels(self) -> list[nn.Parameter]:
         """Convolution kernels (the weights that L1/L2 and max-norm act on)."""
-        return [m.weight for m in self.net.modules() if isinstance(m, nn.Conv2d)]
+        return [m.weight for m in self.net.modules() if isinstance(m, nn.Conv2d)]  # type: ignore[misc]
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         if len(batch) == 3:  # cascade with cached first-stage maps: (33x33 patches, aligned maps, labels)
             x, aux, y = batch
+            assert isinstance(self.net, CascadeCNN)
             logits = self.net.second_stage(self.layout(x), self.layout(aux))[:, :, 0, 0]
         else:
             x, y = batch
@@ -287,16 +273,16 @@ class PatchCNNModule(SegmentationModule):
         nll = F.cross_entropy(logits.float(), y)
         loss = nll
         ws = [w for w in self.kernels() if w.requires_grad]
-        if self.hparams.l1:
-            loss = loss + self.hparams.l1 * sum(w.abs().sum() for w in ws)
-        if self.hparams.l2:
-            loss = loss + self.hparams.l2 * sum(w.pow(2).sum() for w in ws)
+        if self.hp.l1:
+            loss = loss + self.hp.l1 * sum(w.abs().sum() for w in ws)
+        if self.hp.l2:
+            loss = loss + self.hp.l2 * sum(w.pow(2).sum() for w in ws)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         self.log("train/nll", nll, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        max_norm = self.hparams.max_norm
+        max_norm = self.hp.max_norm
         if max_norm:
             with torch.no_grad():
                 for w in self.kernels():
@@ -305,18 +291,9 @@ class PatchCNNModule(SegmentationModule):
 
     def momentum_at(self, epoch: int) -> float:
         """Momentum of ``epoch`` (linear from ``momentum`` to ``final_momentum``)."""
-        hp = self.hparams
+        hp = self.hp
         t = min(1.0, epoch / max(1, hp.momentum_epochs))
         return hp.momentum + (hp.final_momentum - hp.momentum) * t
-
-    def lr_factor(self, epoch: int) -> float:
-        """Learning-rate multiplier of ``epoch``."""
-        hp = self.hparams
-        if hp.lr_schedule == "linear":
-            return 1.0 - (1.0 - hp.lr_decay) * min(1.0, epoch / max(1, hp.lr_decay_epochs))
-        if hp.lr_schedule == "exponential":
-            return hp.lr_decay**epoch
-        return 1.0
 
     def on_train_epoch_start(self) -> None:
         for opt in self.trainer.optimizers:
@@ -326,15 +303,24 @@ class PatchCNNModule(SegmentationModule):
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]  # a cascade's first stage is frozen
-        opt = torch.optim.SGD(params, lr=self.hparams.lr, momentum=self.hparams.momentum)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: self.lr_factor(epoch))
+        opt = torch.optim.SGD(params, lr=self.hp.lr, momentum=self.hp.momentum)
+        hp, schedulers = self.hp, torch.optim.lr_scheduler
+        if hp.lr_schedule == "linear":  # Pylearn2's LinearDecayOverEpoch
+            sched: schedulers.LRScheduler = schedulers.LinearLR(
+                opt, start_factor=1.0, end_factor=hp.lr_decay, total_iters=max(1, hp.lr_decay_epochs)
+            )
+        elif hp.lr_schedule == "exponential":
+            sched = schedulers.ExponentialLR(opt, gamma=hp.lr_decay)
+        else:
+            sched = schedulers.ConstantLR(opt, factor=1.0, total_iters=0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # -- inference ---------------------------------------------------------------------------
 
     def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_cascade:
-            before, after = self.net.first_pad  # type: ignore[union-attr]
+            assert isinstance(self.net, CascadeCNN)
+            before, after = self.net.first_pad
             return torch.softmax(self.net(self.layout(F.pad(x, (before, after, before, after)))).float(), dim=1)
         m = self.net.margin
         return torch.softmax(self.net(self.layout(F.pad(x, (m, m, m, m)))).float(), dim=1)

@@ -9,10 +9,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
 from brats_lightning.inference import predict_volume
-from brats_lightning.lesions import lesion_metrics
 from brats_lightning.metrics import dice_torch, region_metrics
 from brats_lightning.postprocess import remove_small_components
 from brats_lightning.seeding import stream_seed, training_epoch
@@ -39,6 +39,8 @@ class SegmentationModule(pl.LightningModule):
         postprocess: options of :func:`~brats_lightning.postprocess.remove_small_components`, applied
             to the test predictions before scoring and, stored in the checkpoint, by ``predict``
             (Havaei et al. Sec. 4); ``None``: none.
+        name: the method's name in tables and reports (``FCN + symmetry (3 blocks)``; the class name
+            when not given).
 
     Precision is the trainer's (``bf16-mixed`` where the hardware has bf16: :mod:`brats_lightning.precision`);
     softmax, losses and metrics are computed in fp32.
@@ -59,8 +61,10 @@ class SegmentationModule(pl.LightningModule):
         channels_last: bool = True,
         lesion_metrics: bool = False,
         postprocess: dict | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__()
+        self.display_name = name or type(self).__name__
         self.channels_last = channels_last
         self.lesion_metrics = lesion_metrics
         self.postprocess = dict(postprocess) if postprocess else None
@@ -74,6 +78,11 @@ class SegmentationModule(pl.LightningModule):
         #: validation Dice per epoch (kept in checkpoints; written as val_curve.csv by train())
         self.val_history: list[dict] = []
 
+    @property
+    def hp(self) -> Any:
+        """The hyper-parameters (``self.hparams``), for attribute access (``self.hp.lr``)."""
+        return self.hparams
+
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the net's memory layout (channels last when enabled)."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
@@ -81,7 +90,7 @@ class SegmentationModule(pl.LightningModule):
     def _set_layout(self) -> None:
         """Put the net's weights in its memory layout (subclasses call it once the net is built)."""
         if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
+            self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
 
     # -- to implement ------------------------------------------------------------------------
 
@@ -119,7 +128,7 @@ class SegmentationModule(pl.LightningModule):
         checkpoint["module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["val_history"] = list(self.val_history)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "describe"):
+        if isinstance(dm, SegmentationData):
             checkpoint["data_config"] = dm.describe()
 
     def predict_case(self, batch: dict) -> torch.Tensor:
@@ -141,7 +150,9 @@ class SegmentationModule(pl.LightningModule):
             return torch.zeros((0, 1 + len(REGIONS)), device=self.device)
         local = torch.stack(rows)
         if self.trainer is not None and self.trainer.world_size > 1:
-            local = self.all_gather(local).reshape(-1, local.shape[-1])
+            gathered = self.all_gather(local)
+            assert isinstance(gathered, torch.Tensor)
+            local = gathered.reshape(-1, local.shape[-1])
         _, first = np.unique(local[:, 0].cpu().numpy(), return_index=True)
         return local[torch.as_tensor(first, device=local.device)]
 
@@ -174,9 +185,7 @@ class SegmentationModule(pl.LightningModule):
         g = uncrop(batch["label"].permute(1, 2, 0).cpu().numpy().astype(np.uint8), box, shape)
         pm, gm = self.convention.region_masks(p), self.convention.region_masks(g)
         for r in REGIONS:
-            m = region_metrics(pm[r], gm[r], spacing=batch["spacing"], include_hd95=self.test_hd95)
-            if self.lesion_metrics:
-                m.update(lesion_metrics(pm[r], gm[r], batch["spacing"]))
+            m = region_metrics(pm[r], gm[r], batch["spacing"], self.test_hd95, lesion_wise=self.lesion_metrics)
             self.test_results.append({"case": batch["case_id"], "region": r, **m})
         # The axial slice with the most tumour, for overlays in reports and W&B.
         z = int((batch["label"] > 0).flatten(1).sum(1).argmax())
@@ -203,14 +212,14 @@ class SegmentationModule(pl.LightningModule):
             torch.distributed.all_gather_object(gathered, self.test_results)
             seen, merged = set(), []
             for part in gathered:
-                for row in part:  # type: ignore[union-attr]
+                for row in part:
                     if (row["case"], row["region"]) not in seen:
                         seen.add((row["case"], row["region"]))
                         merged.append(row)
             self.test_results = merged
             parts: list = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(parts, self.test_slices)
-            unique = {s["case"]: s for part in parts for s in part}  # type: ignore[union-attr]
+            unique = {s["case"]: s for part in parts for s in part}
             self.test_slices = [unique[k] for k in sorted(unique)]
         order = {r: i for i, r in enumerate(REGIONS)}
         self.test_results.sort(key=lambda row: (row["case"], order[row["region"]]))

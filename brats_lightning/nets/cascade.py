@@ -21,12 +21,14 @@ whole slices (:meth:`CascadeCNN.first_stage_map`) instead of running it on every
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from brats_lightning.nets.twopath import PatchCNN, TwoPathCNN
 
-__all__ = ["CASCADES", "CascadeCNN", "InputCascadeCNN", "LocalCascadeCNN", "MFCascadeCNN"]
+__all__ = ["CascadeCNN", "InputCascadeCNN", "LocalCascadeCNN", "MFCascadeCNN"]
 
 
 class CascadeCNN(PatchCNN):
@@ -77,6 +79,14 @@ class CascadeCNN(PatchCNN):
         self.output = self.second.output
         self.patch_size = self.first_patch
 
+    @classmethod
+    def build(cls, in_channels: int, num_classes: int, dropout: float = 0.5, k: int = 2, **options: Any) -> CascadeCNN:
+        first = TwoPathCNN(in_channels, num_classes, dropout, k)
+        return cls(first, in_channels, num_classes, dropout, k, bool(options.get("first_stage_dropout", False)))
+
+    def stage_nets(self) -> dict[str, PatchCNN]:
+        return {"first_stage_ckpt": self.first}
+
     def train(self, mode: bool = True) -> CascadeCNN:
         super().train(mode)
         self.first.eval()  # frozen: no dropout, ever
@@ -122,7 +132,7 @@ class CascadeCNN(PatchCNN):
         return self.second_stage(x33, aux)
 
 
-class InputCascadeCNN(CascadeCNN):
+class InputCascadeCNN(CascadeCNN, arch="input_cascade"):
     """InputCascadeCNN (Fig. 3a): 65x65 -> first CNN 5x33x33 -> second CNN input 9x33x33 -> 5x1x1.
 
     Example:
@@ -137,7 +147,7 @@ class InputCascadeCNN(CascadeCNN):
     where = "input"
 
 
-class LocalCascadeCNN(CascadeCNN):
+class LocalCascadeCNN(CascadeCNN, arch="local_cascade"):
     """LocalCascadeCNN (Fig. 3b): 56x56 -> first CNN 5x24x24 -> local path hidden layer 69x24x24 -> 5x1x1.
 
     Example:
@@ -152,7 +162,7 @@ class LocalCascadeCNN(CascadeCNN):
     where = "local"
 
 
-class MFCascadeCNN(CascadeCNN):
+class MFCascadeCNN(CascadeCNN, arch="mf_cascade"):
     """MFCascadeCNN (Fig. 3c): 53x53 -> first CNN 5x21x21 -> before the output layer 229x21x21 -> 5x1x1.
 
     Example:
@@ -165,10 +175,3 @@ class MFCascadeCNN(CascadeCNN):
     aux_size = 21
     aux_before = 10
     where = "mf"
-
-
-CASCADES: dict[str, type[CascadeCNN]] = {
-    "input_cascade": InputCascadeCNN,
-    "local_cascade": LocalCascadeCNN,
-    "mf_cascade": MFCascadeCNN,
-}

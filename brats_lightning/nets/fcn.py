@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -204,9 +205,11 @@ class ShenFCN(nn.Module):
                 y = path(x)
             elif self.upsample_mode == "nearest" and self.low_res_upsampling:
                 # nearest upsampling + the path's first 3x3 convolution, done at the low resolution
-                conv, bn, relu = path[0]
+                seq = cast(nn.Sequential, path)
+                conv, bn, relu = cast(nn.Sequential, seq[0])
+                assert isinstance(conv, nn.Conv2d)
                 y = relu(bn(nearest_upsample_conv3x3(x, conv.weight, 2**i, conv.bias, self._phases(conv, 2**i))))
-                y = path[1:](y)
+                y = seq[1:](y)
             else:
                 mode = {"align_corners": False} if self.upsample_mode == "bilinear" else {}
                 y = path(F.interpolate(x, scale_factor=2**i, mode=self.upsample_mode, **mode))
@@ -216,7 +219,7 @@ class ShenFCN(nn.Module):
             with torch.autocast(x.device.type, enabled=False):
                 part = F.conv2d(y.float(), self.classifier.weight[:, i * c : (i + 1) * c])
             logits = part if logits is None else logits + part
-        assert logits is not None
+        assert logits is not None and self.classifier.bias is not None
         return logits + self.classifier.bias.view(1, -1, 1, 1)
 
     def _phases(self, conv: nn.Conv2d, scale: int) -> list | None:
@@ -240,22 +243,29 @@ class ShenFCN(nn.Module):
         """
         with torch.no_grad():
             for seq in [*self.blocks, *self.paths]:
-                for layer in seq:
+                for layer in cast(nn.Sequential, seq):
+                    layer = cast(nn.Sequential, layer)
                     conv, bn = layer[0], layer[1]
                     if not isinstance(bn, nn.BatchNorm2d):
                         continue
+                    assert isinstance(conv, nn.Conv2d) and bn.running_var is not None and bn.running_mean is not None
                     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                     fused = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True)
                     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                    assert fused.bias is not None
                     fused.bias.copy_(bn.bias - bn.running_mean * scale)
-                    fused.to(device=conv.weight.device, memory_format=_layout(conv.weight))
+                    fused.to(device=conv.weight.device, memory_format=_layout(conv.weight))  # type: ignore[call-overload]
                     layer[0], layer[1] = fused, nn.Identity()
         self.eval()
         return self
 
     def downsampling_convs(self) -> list[nn.Conv2d]:
         """The convolutions of the downsampling path in VGG-16 order."""
-        return [layer[0] for block in self.blocks for layer in block]
+        return [
+            cast(nn.Conv2d, cast(nn.Sequential, layer)[0])
+            for block in self.blocks
+            for layer in cast(nn.Sequential, block)
+        ]
 
 
 def _vgg_conv_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -326,7 +336,8 @@ def load_vgg16_weights(net: ShenFCN, source: str | Path | Mapping[str, torch.Ten
 
 def _bn_after(net: ShenFCN, conv: nn.Conv2d) -> nn.BatchNorm2d:
     for block in net.blocks:
-        for layer in block:
-            if layer[0] is conv:
-                return layer[1]
+        for layer in cast(nn.Sequential, block):
+            seq = cast(nn.Sequential, layer)
+            if seq[0] is conv:
+                return cast(nn.BatchNorm2d, seq[1])
     raise KeyError("convolution not found in the downsampling path")

@@ -18,6 +18,7 @@ Parameter counts (4 input channels, 5 classes; checked against a hand count in t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -98,15 +99,46 @@ class GlobalPath(nn.Module):
 
 
 class PatchCNN(nn.Module):
-    """Common interface of Havaei et al.'s patch CNNs.
+    """Common interface of Havaei et al.'s patch CNNs, and their registry.
+
+    A subclass declared with ``arch="name"`` (``class MyCNN(PatchCNN, arch="my_cnn")``) is what
+    ``model.arch=name`` builds (:meth:`build`) and the only kind of net a checkpoint's ``arch`` may name.
 
     Attributes:
+        registry: every registered patch CNN by its ``arch``.
+        arch: this class's name in the registry (``None``: not buildable by name).
         patch_size: input side that yields a single output pixel (33).
         output: the output layer (a 21x21 convolution to ``num_classes`` maps; softmax in the loss).
     """
 
+    registry: ClassVar[dict[str, type[PatchCNN]]] = {}
+    arch: ClassVar[str | None] = None
     patch_size: int = 33
     output: nn.Conv2d
+
+    def __init_subclass__(cls, arch: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if arch is not None:
+            if arch in PatchCNN.registry and PatchCNN.registry[arch] is not cls:
+                raise ValueError(f"patch CNN arch {arch!r} is registered twice")
+            cls.arch = arch
+            PatchCNN.registry[arch] = cls
+
+    @classmethod
+    def build(cls, in_channels: int, num_classes: int, dropout: float = 0.5, k: int = 2, **options: Any) -> PatchCNN:
+        """A freshly initialised net (frozen stages, if any, with random weights until loaded).
+
+        ``options`` are the module's net options that only some nets use (``first_stage_dropout``).
+        """
+        return cls(in_channels, num_classes, dropout, k)
+
+    def stage_nets(self) -> dict[str, PatchCNN]:
+        """Frozen, separately trained stages: hyper-parameter naming their checkpoint -> the sub-net.
+
+        E.g. a cascade's ``{"first_stage_ckpt": self.first}``; their weights are read in the
+        module's ``setup`` (:meth:`brats_lightning.modules.patch.PatchCNNModule.preflight`).
+        """
+        return {}
 
     @property
     def margin(self) -> int:
@@ -129,14 +161,17 @@ def init_havaei_(net: nn.Module, low: float = -0.005, high: float = 0.005) -> No
 
 def set_output_bias_(layer: nn.Conv2d, frequencies: Sequence[float], eps: float = 1e-6) -> None:
     """Havaei Sec. 4: initialise the softmax layer's biases to the log of the label frequencies."""
-    f = torch.as_tensor(list(frequencies), dtype=layer.bias.dtype)
-    if f.numel() != layer.bias.numel():
-        raise ValueError(f"{f.numel()} label frequencies for an output layer of {layer.bias.numel()} classes")
+    bias = layer.bias
+    if bias is None:
+        raise ValueError("the output layer has no bias to initialise")
+    f = torch.as_tensor(list(frequencies), dtype=bias.dtype)
+    if f.numel() != bias.numel():
+        raise ValueError(f"{f.numel()} label frequencies for an output layer of {bias.numel()} classes")
     with torch.no_grad():
-        layer.bias.copy_(torch.log(f.clamp_min(eps) / f.sum()))
+        bias.copy_(torch.log(f.clamp_min(eps) / f.sum()))
 
 
-class LocalPathCNN(PatchCNN):
+class LocalPathCNN(PatchCNN, arch="localpath"):
     """LocalPathCNN (Havaei Sec. 5.1): the local pathway alone, then the 21x21 output convolution.
 
     Args:
@@ -161,7 +196,7 @@ class LocalPathCNN(PatchCNN):
         return self.output(self.dropout(self.local(x)))
 
 
-class GlobalPathCNN(PatchCNN):
+class GlobalPathCNN(PatchCNN, arch="globalpath"):
     """GlobalPathCNN (Havaei Sec. 5.1): the global pathway alone, then the 21x21 output convolution.
 
     Example:
@@ -180,7 +215,7 @@ class GlobalPathCNN(PatchCNN):
         return self.output(self.dropout(self.glob(x)))
 
 
-class TwoPathCNN(PatchCNN):
+class TwoPathCNN(PatchCNN, arch="twopath"):
     """TwoPathCNN (Havaei Sec. 3.1.1, Fig. 2): 4x33x33 -> 5x1x1.
 
     Local path (64x21x21) and global path (160x21x21) are concatenated (224x21x21) and fed to a
@@ -241,7 +276,7 @@ class TwoPathCNN(PatchCNN):
         return self.output(torch.cat([self.dropout(self.hidden(x, local_extra)), mf_extra], dim=1))
 
 
-class AverageCNN(PatchCNN):
+class AverageCNN(PatchCNN, arch="average"):
     """AverageCNN (Havaei Sec. 5.1): the mean of the softmax outputs of a separately trained
     LocalPathCNN and GlobalPathCNN.
 
@@ -254,6 +289,15 @@ class AverageCNN(PatchCNN):
         self.local_net = local
         self.global_net = glob
         self.output = local.output  # nothing is trained; the attribute keeps the interface
+
+    @classmethod
+    def build(cls, in_channels: int, num_classes: int, dropout: float = 0.5, k: int = 2, **options: Any) -> AverageCNN:
+        return cls(
+            LocalPathCNN(in_channels, num_classes, dropout, k), GlobalPathCNN(in_channels, num_classes, dropout, k)
+        )
+
+    def stage_nets(self) -> dict[str, PatchCNN]:
+        return {"local_ckpt": self.local_net, "global_ckpt": self.global_net}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = (torch.softmax(self.local_net(x).float(), 1) + torch.softmax(self.global_net(x).float(), 1)) / 2

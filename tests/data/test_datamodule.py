@@ -113,3 +113,55 @@ def test_preparing_with_a_pool_gives_the_same_cache(tmp_path, synthetic_root) ->
         for k in range(len(meta["label_counts"])):
             assert np.all(label[index[starts[k] : starts[k + 1]]] == k)
         assert index.size == int(np.load(b / "mask.npy").sum())
+
+
+def test_prepared_and_split_folders_say_what_produced_them(tmp_path, synthetic_root) -> None:
+    """``config.json`` at the root of the prepared folder and of the split folder, with the options in force."""
+    from brats_lightning.data.cache import cache_key
+    from brats_lightning.data.provenance import package_version
+
+    kwargs = {
+        "root": str(synthetic_root),
+        "cache_dir": str(tmp_path),
+        "modalities": ("t1", "t2", "flair"),
+        "symmetry": True,
+        "symmetry_options": {"window": 9, "device": "cpu"},
+        "preprocess": {"clip_percentiles": [0.5, 99.5], "margin": 3},
+        "max_cases": 5,
+        "seed": 7,
+        "test_fraction": 0.4,
+        "num_folds": 3,
+        "crop_size": (48, 56),
+    }
+    dm = BratsDataModule(**kwargs)
+    dm.prepare_data()
+    dm.setup()
+    conf = json.loads((dm.prepared_dir / "config.json").read_text())
+    assert conf["preprocess"]["clip_percentiles"] == [0.5, 99.5] and conf["preprocess"]["margin"] == 3
+    assert conf["modalities"] == ["t1", "t2", "flair"] and conf["convention"] == "brats2017"
+    assert conf["symmetry"]["enabled"] is True and conf["symmetry"]["window"] == 9
+    assert "device" not in conf["symmetry"]  # where the maps are computed does not change them
+    assert conf["root"] == str(synthetic_root.resolve()) and conf["cache_version"] >= 1
+    assert conf["package_version"] == package_version() != "unknown"
+    assert dm.prepared_dir.name.endswith("-" + conf["key"])
+    args = (conf["root"], conf["layout"], conf["modalities"], conf["convention"], dm.prep, dm.symmetry)
+    assert cache_key(*args) == conf["key"]
+    assert not list(dm.prepared_dir.glob("*/config.json"))  # one file at the root, none per case
+
+    split_file = dm._split_path([c.case_id for c in dm.discover()])
+    assert split_file.name == "split.json"
+    split_conf = json.loads((split_file.parent / "config.json").read_text())
+    assert (split_conf["seed"], split_conf["test_fraction"], split_conf["num_folds"]) == (7, 0.4, 3)
+    assert split_conf["n_cases"] == 5 and split_conf["dataset"] == synthetic_root.name
+    saved = json.loads(split_file.read_text())
+    assert len(saved["test"]) == 2 and len(saved["folds"]) == 3
+
+    # the cases stay fresh with the file beside them: a second run prepares nothing, rewrites nothing
+    stamps = {p: p.stat().st_mtime_ns for p in (dm.prepared_dir / "config.json", split_file.parent / "config.json")}
+    image = next(dm.prepared_dir.glob("*/image.npy"))
+    stamps[image] = image.stat().st_mtime_ns
+    dm2 = BratsDataModule(**kwargs)
+    dm2.prepare_data()
+    dm2.setup()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert [c.case_id for c in dm2.test_cases] == [c.case_id for c in dm.test_cases]

@@ -8,9 +8,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import shared
 
 from brats_lightning.data.io import MODALITIES, DataError, detect_layout, discover_cases, load_case
+from tests.helpers import shared
 
 LPS = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 
@@ -147,6 +147,7 @@ def test_ambiguous_folder(tmp_path: Path) -> None:
         discover_cases(tmp_path)
 
 
+@pytest.mark.realdata
 def test_real_brats2018_cases() -> None:
     root = shared("brats2018")
     cases = discover_cases(root)
@@ -159,6 +160,7 @@ def test_real_brats2018_cases() -> None:
     np.testing.assert_allclose(vol.affine, raw.affine)
 
 
+@pytest.mark.realdata
 def test_real_brats2023_case() -> None:
     cases = discover_cases(shared("brats2023_unlabeled"))
     assert len(cases) == 1 and cases[0].label is None and cases[0].layout == "brats2023"

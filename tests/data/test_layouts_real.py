@@ -8,11 +8,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import shared
 
 from brats_lightning.data.io import DataError, PatternLayout, detect_layout, discover_cases, load_case
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, n4_correct, preprocess_case
+from tests.helpers import shared
 
 DEEPMEDIC_FILES = {
     "flair": "Flair_subtrMeanDivStd.nii.gz",
@@ -67,6 +67,7 @@ def test_vsd_missing_modality(tmp_path: Path) -> None:
         discover_cases(tmp_path)
 
 
+@pytest.mark.realdata
 def test_real_deepmedic_cases_with_the_generic_layout() -> None:
     root = shared("brats2015_deepmedic")
     with pytest.raises(DataError, match="cannot detect the layout"):
@@ -85,6 +86,7 @@ def test_real_deepmedic_cases_with_the_generic_layout() -> None:
     np.testing.assert_allclose(pre.image[:2, pre.mask].mean(1), 0, atol=1e-3)
 
 
+@pytest.mark.realdata
 def test_deepmedic_case_is_the_same_patient_as_brats2018() -> None:
     """SOURCES.md: brats_2013_pat0006_1 == Brats18_2013_20_1 once label 3 is folded into 1."""
     dm = discover_cases(shared("brats2015_deepmedic"), PatternLayout(DEEPMEDIC_FILES), ("flair", "t1c"))
@@ -94,6 +96,7 @@ def test_deepmedic_case_is_the_same_patient_as_brats2018() -> None:
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.realdata
 def test_every_shared_folder_reads() -> None:
     assert len(discover_cases(shared("brats2018"))) == 14
     assert detect_layout(shared("brats2023_unlabeled")).name == "brats2023"

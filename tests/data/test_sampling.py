@@ -11,6 +11,7 @@ from brats_lightning.data.sampling import PatchSampler
 
 @pytest.fixture(scope="module")
 def dm(tiny_dm_kwargs: dict) -> BratsDataModule:
+    """A patch data module shared by this module's tests, which only read it."""
     d = BratsDataModule(mode="patches", **tiny_dm_kwargs)
     d.prepare_data()
     d.setup("fit")
@@ -58,8 +59,11 @@ def test_patches_zero_outside_the_volume(dm: BratsDataModule) -> None:
     assert np.all(p[0, :, :16, :] == 0) and np.all(p[0, :, :, :16] == 0)
 
 
-def test_loader_yields_batches_and_follows_the_distribution_switch(dm: BratsDataModule) -> None:
-    dm.batch_size, dm.patches_per_epoch = 64, 640
+def test_loader_yields_batches_and_follows_the_distribution_switch(tiny_dm_kwargs: dict) -> None:
+    # a data module of its own: the sizes and the distribution switch would leak into the module-wide one
+    dm = BratsDataModule(mode="patches", patches_per_epoch=640, **{**tiny_dm_kwargs, "batch_size": 64})
+    dm.prepare_data()
+    dm.setup("fit")
     loader = dm.train_dataloader()
     assert len(loader) == 10
     x, y = next(iter(loader))

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from symmetry_reference import reference_difference
 
 from brats_lightning.data.symmetry import (
     SymmetryAxis,
@@ -18,6 +17,7 @@ from brats_lightning.data.symmetry import (
     symmetry_maps,
     volume_symmetry_maps,
 )
+from tests.data.symmetry_reference import reference_difference
 
 
 def _symmetric_image(h: int = 64, w: int = 56, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Tests of the synthetic BraTS-like data generator (tiny shapes: the file runs in seconds)."""
+"""Tests of the synthetic BraTS-like phantom, its files and montage (tiny shapes: the file runs in seconds)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,15 @@ import pytest
 from scipy import ndimage
 
 from brats_lightning.data import synthetic
-from brats_lightning.data.synthetic import (
-    FILE_KEYS,
-    MODALITIES,
-    brats_affine,
-    case_id,
-    case_seed,
-    generate_case,
-    save_montage,
-    write_dataset,
-)
+from brats_lightning.data.phantom import MODALITIES, brats_affine, case_id, case_seed, generate_case
+from brats_lightning.data.synthetic import FILE_KEYS, write_dataset
+from brats_lightning.data.synthetic import __main__ as synthetic_cli
+from brats_lightning.viz import save_montage
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (48, 56, 32)
 SEEDS = tuple(case_seed(0, i) for i in range(6))
-CSF, GM, WM = 1, 2, 3  # codes of the ``tissue`` map (synthetic.TISSUE_NAMES)
+CSF, GM, WM = 1, 2, 3  # codes of the ``tissue`` map (phantom.TISSUE_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +318,7 @@ def test_save_montage(tmp_path: Path) -> None:
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        synthetic.main(["--help"])
+        synthetic_cli.main(["--help"])
     assert exc.value.code == 0
     assert "--n-cases" in capsys.readouterr().out
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -14,14 +14,29 @@ from brats_lightning.errors import CheckpointError
 from brats_lightning.modules.patch import PatchCNNModule, load_patch_net
 
 
+def _epoch_lr_factors(module: PatchCNNModule, epochs: int) -> list[float]:
+    """Learning rate of each epoch over the initial one, stepping the module's scheduler once per epoch."""
+    cfg = module.configure_optimizers()
+    opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+    out = []
+    for _ in range(epochs):
+        out.append(opt.param_groups[0]["lr"] / module.hparams.lr)
+        opt.step()
+        sched.step()
+    return out
+
+
 def test_momentum_and_lr_schedules() -> None:
     m = PatchCNNModule(
         "localpath", momentum=0.5, final_momentum=0.9, momentum_epochs=4, lr_decay=0.1, lr_decay_epochs=9
     )
     assert [round(m.momentum_at(e), 6) for e in (0, 2, 4, 10)] == [0.5, 0.7, 0.9, 0.9]
-    assert [round(m.lr_factor(e), 6) for e in (0, 3, 9, 20)] == [1.0, 0.7, 0.1, 0.1]
+    # the rate of each epoch, as the optimiser sees it: linear decay to lr_decay over 9 epochs, then flat
+    factors = _epoch_lr_factors(m, 21)
+    assert [round(factors[e], 6) for e in (0, 3, 9, 20)] == [1.0, 0.7, 0.1, 0.1]
     e = PatchCNNModule("localpath", lr_schedule="exponential", lr_decay=0.5)
-    assert e.lr_factor(3) == 0.125
+    assert _epoch_lr_factors(e, 4)[3] == pytest.approx(0.125)
+    assert _epoch_lr_factors(PatchCNNModule("localpath", lr_schedule="constant"), 5) == [1.0] * 5
     with pytest.raises(ValueError, match="lr_schedule"):
         PatchCNNModule("localpath", lr_schedule="cosine")
     with pytest.raises(ValueError, match="patch_size=35"):

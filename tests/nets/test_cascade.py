@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brats_lightning.nets.cascade import CASCADES, InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN
-from brats_lightning.nets.twopath import TwoPathCNN, count_parameters
+from brats_lightning.nets.cascade import CascadeCNN, InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN
+from brats_lightning.nets.twopath import PatchCNN, TwoPathCNN, count_parameters
+
+CASCADES = {a: c for a, c in PatchCNN.registry.items() if issubclass(c, CascadeCNN)}
 
 
 def _scramble(net: torch.nn.Module, seed: int) -> None:

@@ -1,8 +1,7 @@
-"""Synthetic BraTS-like multimodal MRI cases, so that the framework runs with no real data.
+"""The synthetic BraTS-like phantom: multimodal MRI cases as arrays (files: :mod:`~brats_lightning.data.synthetic`).
 
 Each case is a skull-stripped brain in four co-registered modalities (FLAIR, T1, T1c, T2) with a
-BraTS 2017-2021 label map (0 background, 1 NCR/NET, 2 edema, 4 enhancing tumour), written in the
-BraTS layout ``<out>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``.
+BraTS 2017-2021 label map (0 background, 1 NCR/NET, 2 edema, 4 enhancing tumour).
 
 Model of the anatomy. Sizes are physical: the array is taken to span a field of view of about
 200 x 240 x 160 mm, which gives a nominal isotropic voxel size ``h`` (2.5 mm for the default
@@ -45,13 +44,10 @@ small, so the anatomy scales with the shape without being distorted.
   Gaussian blur, skull stripping (exactly 0 outside the brain) and rounding to int16.
 
 Example:
-    >>> from brats_lightning.data.synthetic import generate_case, write_dataset
+    >>> from brats_lightning.data.phantom import generate_case
     >>> case = generate_case(seed=0, shape=(48, 56, 32))
     >>> sorted(case)
     ['flair', 'seg', 't1', 't1ce', 't2']
-    >>> folders = write_dataset("data/synthetic", n_cases=4, progress=False)  # doctest: +SKIP
-
-Command line: ``python -m brats_lightning.data.synthetic OUT_DIR --n-cases 24 --montage m.png``.
 
 Generation is vectorised (NumPy/SciPy, no per-voxel loop): about 0.3 s per case at the default
 shape on a 2-core CPU, about 5 s at ``(240, 240, 155)``. The same seed and arguments give
@@ -60,24 +56,25 @@ byte-identical arrays on a given machine (and thread count does not matter).
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
-import sys
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from brats_lightning.utils import atomic_path
+__all__ = [
+    "MODALITIES",
+    "DEFAULT_SHAPE",
+    "DEFAULT_SPACING",
+    "CASE_PREFIX",
+    "TISSUE_NAMES",
+    "case_seed",
+    "case_id",
+    "brats_affine",
+    "generate_case",
+]
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 """Image keys, in the BraTS file-name spelling."""
-FILE_KEYS: tuple[str, ...] = (*MODALITIES, "seg")
-"""All per-case files: ``<case>_<key>.nii.gz``."""
 DEFAULT_SHAPE: tuple[int, int, int] = (80, 96, 64)
 DEFAULT_SPACING: float = 2.5
 CASE_PREFIX: str = "Synth_"
@@ -483,11 +480,11 @@ def _ventricles(
     lat = np.interp(v, _VENT_V, _VENT_LATERAL, left=np.nan, right=np.nan)
     flo = np.interp(v, _VENT_V, _VENT_FLOOR, left=np.nan, right=np.nan)
     roof = np.interp(v, _VENT_V, _VENT_ROOF, left=np.nan, right=np.nan)
-    uc = (med + lat) / 2.0
+    uc: np.ndarray = (med + lat) / 2.0
     hu = (lat - med) / 2.0
     hu_s = hu * size
     uc = np.where(med < 0.03, uc + (hu_s - hu), uc)  # larger ventricles widen laterally, septum stays
-    wc = (flo + roof) / 2.0
+    wc: np.ndarray = (flo + roof) / 2.0
     hw = (roof - flo) / 2.0 * (0.8 + 0.2 * size)
     valid = np.isfinite(uc)
     shp = (1, -1, 1)
@@ -719,206 +716,3 @@ def generate_case(
         out["tissue"] = np.where(mask, np.argmax(stack, axis=0) + 1, 0).astype(np.uint8)
     # a small head translation (no rotation) moves the mid-sagittal plane by a couple of voxels
     return {k: _place(v, fr, offset) for k, v in out.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# files
-# --------------------------------------------------------------------------------------------
-
-
-def _case_complete(folder: Path) -> bool:
-    """Whether all five files of a case are present and non-empty."""
-    return all(
-        (folder / f"{folder.name}_{k}.nii.gz").is_file() and (folder / f"{folder.name}_{k}.nii.gz").stat().st_size > 0
-        for k in FILE_KEYS
-    )
-
-
-def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write one NIfTI file with BraTS-like header fields."""
-    img = nib.Nifti1Image(arr, affine)
-    img.set_data_dtype(arr.dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    nib.save(img, str(path))
-
-
-def write_case(case: dict[str, np.ndarray], folder: str | Path, spacing: float = DEFAULT_SPACING) -> Path:
-    """Write a case atomically: into a temporary sibling folder, then renamed into place.
-
-    Args:
-        case: output of :func:`generate_case`.
-        folder: case folder; its name is the case id.
-        spacing: voxel size in mm.
-
-    Returns:
-        The case folder.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    affine = brats_affine(case["seg"].shape, spacing)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
-        for key in FILE_KEYS:
-            _save(case[key], affine, tmp / f"{folder.name}_{key}.nii.gz")
-        if folder.exists() and not _case_complete(folder):
-            shutil.rmtree(folder)  # a stale, incomplete case folder
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not _case_complete(folder):  # someone else wrote it meanwhile: keep theirs
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def write_dataset(
-    out_dir: str | Path,
-    n_cases: int = 24,
-    shape: tuple[int, int, int] = DEFAULT_SHAPE,
-    spacing: float = DEFAULT_SPACING,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[Path]:
-    """Write ``n_cases`` synthetic cases in the BraTS layout, skipping the complete ones.
-
-    Case ``i`` is ``Synth_<i:04d>``, generated from :func:`case_seed` ``(seed, i)``. Each case is
-    written atomically, so an interrupted run never leaves a half-written case folder.
-
-    Args:
-        out_dir: data-set folder (created if needed).
-        n_cases: number of cases.
-        shape: array shape of every volume.
-        spacing: voxel size in mm written in the affine.
-        seed: data-set seed.
-        progress: show a ``rich`` progress bar.
-
-    Returns:
-        The case folders, in order.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    folders = [out / case_id(i) for i in range(int(n_cases))]
-    columns = (
-        TextColumn("[bold]synthetic BraTS"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    todo = sum(not _case_complete(f) for f in folders)
-    with Progress(*columns, disable=not progress or todo == 0, transient=False) as bar:
-        task = bar.add_task("cases", total=len(folders))
-        for i, folder in enumerate(folders):
-            if not _case_complete(folder):
-                write_case(generate_case(case_seed(seed, i), shape), folder, spacing)
-            bar.advance(task)
-    return folders
-
-
-def _load_case(folder: Path) -> dict[str, np.ndarray]:
-    """Arrays of the five files of a case folder, in their stored dtypes."""
-    return {k: np.asanyarray(nib.load(str(folder / f"{folder.name}_{k}.nii.gz")).dataobj) for k in FILE_KEYS}
-
-
-def save_montage(root: str | Path, out_png: str | Path, cases: int = 4) -> Path:
-    """Save a PNG montage of the first cases of a data set.
-
-    One row per case; columns FLAIR, T1, T1c, T2 and FLAIR with the labels (NCR/NET red, edema
-    green, enhancing yellow) on the axial slice where the tumour is largest, shown in radiological
-    convention (anterior up, the patient's right on the left).
-
-    Args:
-        root: data-set folder holding BraTS-layout case folders.
-        out_png: output file.
-        cases: number of cases (rows).
-
-    Returns:
-        The PNG path.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    root = Path(root)
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _case_complete(p))
-    folders = folders[: int(cases)]
-    if not folders:
-        raise FileNotFoundError(f"no complete case folder in {root}")
-    colours = {1: (1.0, 0.1, 0.1), 2: (0.1, 0.9, 0.1), 4: (1.0, 0.95, 0.1)}
-    cmap = ListedColormap([(0, 0, 0, 0)] + [(*colours[k], 0.55) for k in (1, 2, 4)])
-    titles = ("FLAIR", "T1", "T1c", "T2", "FLAIR + labels")
-    first = _load_case(folders[0])
-    nx, ny = first["seg"].shape[:2]
-    panel = 2.2  # inches per panel height
-    # an Agg figure of its own: no pyplot state, no change of the session's backend
-    fig = Figure(figsize=(5 * panel * nx / ny + 0.5, panel * len(folders) + 0.7))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(folders), 5, squeeze=False)
-    for row, folder in enumerate(folders):
-        case = first if row == 0 else _load_case(folder)
-        area = (case["seg"] > 0).sum(axis=(0, 1))
-        brain = (case["t1"] > 0).sum(axis=(0, 1))
-        z = int(np.argmax(area)) if area.max() > 0 else int(np.argmax(brain))
-        for col, key in enumerate(("flair", "t1", "t1ce", "t2", "flair")):
-            ax = axes[row, col]
-            vol = case[key]
-            vmax = float(np.percentile(vol[vol > 0], 99.5)) if (vol > 0).any() else 1.0
-            ax.imshow(vol[:, :, z].T, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
-            if col == 4:
-                lab = np.searchsorted([0, 1, 2, 4], case["seg"][:, :, z].T)
-                ax.imshow(lab, cmap=cmap, vmin=0, vmax=3, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(titles[col], fontsize=9)
-            if col == 0:
-                ax.set_ylabel(f"{folder.name}\nz={z}", fontsize=8)
-    handles = [Patch(color=colours[1], label="NCR/NET (1)"), Patch(color=colours[2], label="edema (2)")]
-    handles.append(Patch(color=colours[4], label="enhancing (4)"))
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: write a synthetic data set (and optionally a montage)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m brats_lightning.data.synthetic",
-        description="Write synthetic BraTS-like cases (FLAIR, T1, T1c, T2, seg) as NIfTI files.",
-    )
-    parser.add_argument("out_dir", type=Path, help="output folder (case folders are created inside)")
-    parser.add_argument("--n-cases", type=int, default=24, help="number of cases (default 24)")
-    parser.add_argument(
-        "--shape",
-        type=int,
-        nargs=3,
-        default=list(DEFAULT_SHAPE),
-        metavar=("X", "Y", "Z"),
-        help="volume shape (default 80 96 64)",
-    )
-    parser.add_argument("--spacing", type=float, default=DEFAULT_SPACING, help="voxel size in mm (default 2.5)")
-    parser.add_argument("--seed", type=int, default=0, help="data-set seed (default 0)")
-    parser.add_argument("--montage", type=Path, default=None, help="also save a PNG montage of the first 4 cases")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    folders = write_dataset(
-        args.out_dir, args.n_cases, tuple(args.shape), args.spacing, args.seed, progress=not args.no_progress
-    )
-    print(f"{len(folders)} cases in {args.out_dir}")
-    if args.montage is not None:
-        print(f"montage: {save_montage(args.out_dir, args.montage)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

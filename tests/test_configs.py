@@ -1,0 +1,215 @@
+"""Every Hydra entry point (conf/*.yaml) and every model and experiment option composes to the values that matter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from brats_lightning.config import compose, config_dir
+
+CONF = Path(config_dir())
+ENTRY_POINTS = sorted(p.stem for p in CONF.glob("*.yaml"))
+
+# model option -> (LightningModule class, input channels, data mode, expected values of model.*)
+MODELS: dict[str, tuple[str, int, str, dict[str, Any]]] = {
+    "fcn": ("FCNModule", 4, "slices", {"n_blocks": 3}),
+    "fcn_sym": ("FCNModule", 8, "slices", {"n_blocks": 3}),
+    "fcn4": ("FCNModule", 4, "slices", {"n_blocks": 4}),
+    "fcn4_sym": ("FCNModule", 8, "slices", {"n_blocks": 4}),
+    "localpath": ("PatchCNNModule", 4, "patches", {"arch": "localpath"}),
+    "globalpath": ("PatchCNNModule", 4, "patches", {"arch": "globalpath"}),
+    "twopath": ("PatchCNNModule", 4, "patches", {"arch": "twopath"}),
+    "average": ("PatchCNNModule", 4, "patches", {"arch": "average", "local_ckpt": "l.ckpt", "global_ckpt": "g.ckpt"}),
+    "input_cascade": ("PatchCNNModule", 4, "patches", {"arch": "input_cascade", "first_stage_ckpt": "f.ckpt"}),
+    "local_cascade": ("PatchCNNModule", 4, "patches", {"arch": "local_cascade", "first_stage_ckpt": "f.ckpt"}),
+    "mf_cascade": ("PatchCNNModule", 4, "patches", {"arch": "mf_cascade", "first_stage_ckpt": "f.ckpt"}),
+}
+# the options a model config leaves mandatory (???): given on the command line
+MODEL_INPUTS = {
+    "average": ["model.local_ckpt=l.ckpt", "model.global_ckpt=g.ckpt"],
+    **{m: ["model.first_stage_ckpt=f.ckpt"] for m in ("input_cascade", "local_cascade", "mf_cascade")},
+}
+
+# experiment option -> values it must set (dotted keys of the composed config)
+EXPERIMENTS: dict[str, dict[str, Any]] = {
+    "shen_blocks": {
+        "hydra.mode": RunMode.MULTIRUN,
+        "hydra.sweeper.params": {"model": "fcn,fcn4", "data.fold": "0,1,2,3,4"},
+        "data.test_fraction": 0.0,
+        "data.num_folds": 5,
+        "data.augment": False,
+        "model.postprocess": None,
+    },
+    "shen_symmetry": {
+        "hydra.mode": RunMode.MULTIRUN,
+        "hydra.sweeper.params": {"model": "fcn,fcn_sym", "data.fold": "0,1,2,3,4"},
+        "data.test_fraction": 0.0,
+        "data.num_folds": 5,
+        "data.augment": False,
+    },
+    "havaei_table1": {
+        "hydra.mode": RunMode.MULTIRUN,
+        "hydra.sweeper.params": {
+            "havaei": "twopath_star,localpath_star,average_star,globalpath_star,twopath,localpath"
+        },
+        "cpu_patches_per_epoch": 12800,
+    },
+    "havaei_table2": {
+        "hydra.mode": RunMode.MULTIRUN,
+        "hydra.sweeper.params": {"havaei": "input_cascade_star,local_cascade_star,mf_cascade_star"},
+        "cpu_patches_per_epoch": 8192,
+    },
+    "havaei_cascade": {
+        "hydra.mode": None,
+        "cpu_patches_per_epoch": 8192,
+        "cascade": "input_cascade",
+        "pipeline.args": ["cascade"],
+        "pipeline.stages": [
+            {"name": "twopath", "overrides": ["model=twopath"]},
+            {
+                "name": "input_cascade",
+                "overrides": ["model=input_cascade"],
+                "inputs": {"model.first_stage_ckpt": "twopath"},
+            },
+        ],
+    },
+}
+
+
+def _plain(cfg: DictConfig, key: str) -> Any:
+    """``cfg``'s value at the dotted ``key``, as plain Python."""
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    """The whole job config resolved, every mandatory value given (raises otherwise)."""
+    return OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True, throw_on_missing=True
+    )  # type: ignore[return-value]
+
+
+def test_the_entry_points_and_options_are_those_tested() -> None:
+    assert ENTRY_POINTS == ["evaluate", "predict", "prepare", "train"]
+    assert sorted(p.stem for p in (CONF / "model").glob("*.yaml")) == sorted(MODELS)
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == sorted(EXPERIMENTS)
+
+
+def test_train_defaults(tmp_path: Path) -> None:
+    cfg = compose(output_dir=str(tmp_path))
+    plain = _resolved(cfg)
+    assert plain["task_name"] == "train" and plain["seed"] == 42 and plain["train"] and plain["test"]
+    assert plain["model"]["_target_"] == "brats_lightning.modules.fcn.FCNModule" and plain["model"]["n_blocks"] == 3
+    assert plain["data"]["root"] is None and plain["data"]["synthetic"]["n_cases"] == 24  # the built-in data set
+    assert plain["data"]["in_channels"] == plain["model"]["in_channels"] == 4 and plain["data"]["symmetry"] is False
+    assert plain["trainer"]["accelerator"] == "cpu" and plain["trainer"]["max_epochs"] == 2
+    assert plain["logger"]["csv"]["save_dir"] == str(tmp_path)
+    assert plain["callbacks"]["model_checkpoint"]["dirpath"] == f"{tmp_path}/checkpoints"
+    assert cfg.hydra.run.dir.startswith(f"{cfg.paths.log_dir}/train/runs/")
+
+
+def test_predict_defaults_and_mandatory_options(tmp_path: Path) -> None:
+    cfg = compose(["ckpt_path=m.ckpt", "input_dir=in", "output_dir=out"], config_name="predict")
+    plain = _resolved(cfg)
+    assert (plain["task_name"], plain["ckpt_path"], plain["input_dir"], plain["output_dir"]) == (
+        "predict",
+        "m.ckpt",
+        "in",
+        "out",
+    )
+    # the model's own clean-up and the input's label convention, unless asked otherwise
+    assert plain["postprocess"] == "auto" and plain["output_convention"] == "auto" and plain["layout"] == "auto"
+    assert plain["probabilities"] is False and plain["overwrite"] is False and plain["devices"] == 1
+    assert cfg.hydra.run.dir.startswith(f"{cfg.paths.log_dir}/predict/runs/")
+    bare = compose(config_name="predict")
+    for key in ("ckpt_path", "input_dir", "output_dir"):
+        with pytest.raises(MissingMandatoryValue):
+            bare[key]
+
+
+def test_evaluate_defaults_and_mandatory_options() -> None:
+    cfg = compose(["pred_dir=p", "gt_dir=g", "out_dir=o"], config_name="evaluate")
+    plain = _resolved(cfg)
+    assert plain["task_name"] == "evaluate" and (plain["pred_dir"], plain["gt_dir"], plain["out_dir"]) == (
+        "p",
+        "g",
+        "o",
+    )
+    assert plain["pred_convention"] == plain["gt_convention"] == "auto"
+    assert plain["hd95"] is True and plain["lesion_wise"] is True and plain["name"] is None
+    assert cfg.hydra.run.dir.startswith(f"{cfg.paths.log_dir}/evaluate/runs/")
+    bare = compose(config_name="evaluate")
+    for key in ("pred_dir", "gt_dir", "out_dir"):
+        with pytest.raises(MissingMandatoryValue):
+            bare[key]
+
+
+@pytest.mark.parametrize("options", [["model=fcn_sym"], ["model=twopath", "data.modalities=[flair,t1c]"]])
+def test_prepare_prepares_what_training_with_the_same_options_reads(tmp_path: Path, options: list[str]) -> None:
+    prep = compose(options, config_name="prepare", output_dir=str(tmp_path))
+    train = compose(options, output_dir=str(tmp_path))
+    assert prep.task_name == "prepare" and train.task_name == "train"
+    assert _resolved(prep)["data"] == _resolved(train)["data"]
+    assert prep.data.in_channels == (8 if options == ["model=fcn_sym"] else 2)
+    assert prep.hydra.run.dir.startswith(f"{prep.paths.log_dir}/prepare/runs/")
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_model_option_composes_and_builds(tmp_path: Path, model: str) -> None:
+    cls, channels, mode, expected = MODELS[model]
+    cfg = compose([f"model={model}", *MODEL_INPUTS.get(model, [])], output_dir=str(tmp_path))
+    plain = _resolved(cfg)
+    assert plain["model"]["_target_"].rsplit(".", 1)[1] == cls
+    assert plain["model"]["in_channels"] == plain["data"]["in_channels"] == channels
+    assert plain["model"]["num_classes"] == plain["data"]["num_classes"] == 4
+    assert plain["data"]["symmetry"] is model.endswith("_sym") and plain["data"]["mode"] == mode
+    for key, value in expected.items():
+        assert plain["model"][key] == value, key
+    havaei = mode == "patches"
+    # Havaei et al.: N4 on T1 and T1c, 33x33 patches, connected-component clean-up, two-phase training
+    # (AverageCNN trains nothing: it averages two trained nets)
+    assert plain["data"]["preprocess"]["n4"] == (["t1", "t1c"] if havaei else [])
+    assert (plain["model"]["postprocess"] or {}).get("min_volume_mm3") == (500 if havaei else None)
+    assert ("two_phase" in plain["callbacks"]) is (havaei and model != "average")
+    assert plain["train"] is (model != "average")
+    if havaei:
+        assert plain["model"]["patch_size"] == plain["data"]["patch_size"] == 33
+        assert plain["data"]["patches_per_epoch"] == 25600  # the CPU's epoch (conf/scale/cpu.yaml)
+    # the model and the data module build from it (stage checkpoints are read later, in setup)
+    net = instantiate(cfg.model, _convert_="all")
+    assert type(net).__name__ == cls
+    first_conv = next(w for w in net.state_dict().values() if w.ndim == 4)
+    assert first_conv.shape[1] == channels
+    dm = instantiate(cfg.data, _convert_="all")
+    assert dm.in_channels == channels
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_option_sets_its_values(tmp_path: Path, name: str) -> None:
+    cfg = compose([f"experiment={name}"], output_dir=str(tmp_path))
+    assert cfg.task_name == name
+    assert cfg.hydra.sweep.dir.startswith(f"{cfg.paths.log_dir}/{name}/multiruns/")
+    for key, value in EXPERIMENTS[name].items():
+        assert _plain(cfg, key) == value, key
+    if name.startswith("havaei"):
+        # the experiment's smaller CPU epochs reach the data (a multirun's jobs choose the model)
+        job = [f"experiment={name}", "model=twopath", "pipeline=null"]
+        assert compose(job, output_dir=str(tmp_path)).data.patches_per_epoch == cfg.cpu_patches_per_epoch
+        assert compose([*job, "trainer=gpu"], output_dir=str(tmp_path)).data.patches_per_epoch == 300000
+    _resolved(cfg)
+
+
+def test_the_cascade_experiment_follows_its_cascade_option(tmp_path: Path) -> None:
+    cfg = compose(["experiment=havaei_cascade", "cascade=mf_cascade"], output_dir=str(tmp_path))
+    second = _plain(cfg, "pipeline.stages")[1]
+    assert second == {
+        "name": "mf_cascade",
+        "overrides": ["model=mf_cascade"],
+        "inputs": {"model.first_stage_ckpt": "twopath"},
+    }
