@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from brats_lightning.utils import read_checkpoint
 if TYPE_CHECKING:
     from brats_lightning.modules.segmentation import SegmentationModule
 
-__all__ = ["module_class", "describe", "load_module", "check_fits"]
+__all__ = ["module_class", "describe", "load_module", "check_fits", "find_checkpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +134,59 @@ def check_fits(path: str | Path, model: SegmentationModule, purpose: str = "resu
             f"{path}: cannot {purpose} it: its weights do not fit this run's model "
             f"({'; '.join(differ) if differ else '; '.join(problems[:3])})"
         )
+
+
+def find_checkpoints(spec: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The checkpoints named by ``spec``: files, run folders, or multirun folders (every job's).
+
+    A run folder gives the checkpoint it reported (``summary.json``), else ``checkpoints/best.ckpt``,
+    else ``checkpoints/last.ckpt``; a multi-stage job (``pipeline.json``) its last stage's; a folder
+    of jobs (a Hydra multirun) every job's, in name order.
+
+    Raises:
+        CheckpointError: a path that does not exist, or a folder without any checkpoint.
+    """
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    found: list[Path] = []
+    for item in items:
+        path = Path(str(item))
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            own = _run_checkpoint(path)
+            jobs = (
+                [] if own else [c for d in sorted(p for p in path.iterdir() if p.is_dir()) if (c := _run_checkpoint(d))]
+            )
+            if not own and not jobs:
+                raise CheckpointError(f"{path}: no checkpoint in this folder (nor in its job folders)")
+            found += [own] if own else jobs
+        else:
+            raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    if not found:
+        raise CheckpointError("ckpt_path: no checkpoint given")
+    return found
+
+
+def _run_checkpoint(run: Path) -> Path | None:
+    """The checkpoint a run folder reported, or ``None`` when it is not a run folder."""
+    import json
+
+    pipeline = run / "pipeline.json"
+    if pipeline.is_file():
+        try:
+            stages = json.loads(pipeline.read_text())
+            best = list(stages.values())[-1].get("best_ckpt")
+            if best and Path(best).is_file():
+                return Path(best)
+        except (OSError, ValueError, IndexError, AttributeError):
+            pass
+    try:
+        reported = json.loads((run / "summary.json").read_text()).get("checkpoint")
+        if reported and Path(reported).is_file():
+            return Path(reported)
+    except (OSError, ValueError, AttributeError):
+        pass
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run / "checkpoints" / name).is_file():
+            return run / "checkpoints" / name
+    return None

@@ -3,24 +3,75 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pad_to_multiple", "predict_volume"]
+__all__ = ["InputPadding", "predict_padded", "predict_volume", "flip_average"]
 
 
-def pad_to_multiple(x: torch.Tensor, divisor: int, extra: int = 0) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """Zero-pad the last two axes by ``extra`` on every side, then up to a multiple of ``divisor``.
+@dataclass(frozen=True)
+class InputPadding:
+    """How a fully convolutional net takes a whole slice.
 
-    Returns:
-        The padded tensor and the padding ``(left, right, top, bottom)`` in ``F.pad`` order.
+    Attributes:
+        divisor: the padded side must be a multiple of it (pooling: the FCN's ``2 ** (n_blocks - 1)``).
+        before, after: context the net's valid convolutions consume before and after each output
+            pixel (a patch CNN's margin, e.g. 16 and 16 for 33x33 patches); the output is that much
+            smaller than the padded input.
+    """
+
+    divisor: int = 1
+    before: int = 0
+    after: int = 0
+
+    def pads(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """``F.pad`` padding ``(left, right, top, bottom)`` of an ``h x w`` slice (``h`` on axis -2)."""
+        ph = (-(h + self.before + self.after)) % self.divisor
+        pw = (-(w + self.before + self.after)) % self.divisor
+        return (self.before + pw // 2, self.after + pw - pw // 2, self.before + ph // 2, self.after + ph - ph // 2)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"divisor": self.divisor, "before": self.before, "after": self.after}
+
+
+def predict_padded(
+    net_probs: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, padding: InputPadding
+) -> torch.Tensor:
+    """Class probabilities ``(N, K, H, W)`` of slices ``(N, C, H, W)`` from a net that wants ``padding``.
+
+    ``net_probs`` maps the zero-padded slices to probabilities of every output pixel (a torch net, or
+    an exported one run by onnxruntime); the result is cropped back to the slices' pixels.
     """
     h, w = x.shape[-2:]
-    ph = (-(h + 2 * extra)) % divisor
-    pw = (-(w + 2 * extra)) % divisor
-    pad = (extra + pw // 2, extra + pw - pw // 2, extra + ph // 2, extra + ph - ph // 2)
-    return F.pad(x, pad), pad
+    left, _, top, _ = pads = padding.pads(h, w)
+    probs = net_probs(F.pad(x, pads))
+    top, left = top - padding.before, left - padding.before
+    return probs[..., top : top + h, left : left + w]
+
+
+def flip_average(
+    predict_slices: Callable[[torch.Tensor], torch.Tensor], flips: tuple[tuple[int, ...], ...]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Test-time augmentation: the mean of the probabilities of the slices and of their flips.
+
+    Args:
+        predict_slices: ``(N, C, H, W)`` slices -> ``(N, K, H, W)`` probabilities.
+        flips: the flips besides the identity, as tensor dims (``(2,)``: left-right in the RAS slices
+            of this package, whose axis -2 is x; ``(3,)``: anterior-posterior). Every input channel is
+            flipped, symmetry maps included: the map of a mirrored image is the mirrored map.
+    """
+    if not flips:
+        return predict_slices
+
+    def averaged(x: torch.Tensor) -> torch.Tensor:
+        total = predict_slices(x).float()
+        for dims in flips:
+            total = total + predict_slices(x.flip(dims)).float().flip(dims)
+        return total / (1 + len(flips))
+
+    return averaged
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from brats_lightning.checkpoint import load_module
+from brats_lightning.checkpoint import find_checkpoints, load_module
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.datasets import first_item
 from brats_lightning.data.io import BadCase, CaseFiles, discover_cases, get_layout
@@ -57,7 +58,9 @@ from brats_lightning.data.preprocess import (
     uncrop,
 )
 from brats_lightning.errors import ConfigError, UserError, cli
+from brats_lightning.export import load_onnx
 from brats_lightning.inference import predict_volume
+from brats_lightning.modules.ensemble import EnsembleModule, check_compatible, tta_flips
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.postprocess import remove_small_components
 from brats_lightning.precision import inference_dtype
@@ -81,6 +84,36 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tup
     """
     model, data_config = load_module(ckpt_path)
     return model.to(device).eval(), data_config
+
+
+def load_predictor(
+    ckpt_path: str | Path | Sequence[str | Path], flips: Sequence[str] = (), device: str | torch.device = "cpu"
+) -> tuple[SegmentationModule, dict]:
+    """What ``predict`` runs: one checkpoint, an ensemble, or an exported ONNX model, with test-time flips.
+
+    Args:
+        ckpt_path: a checkpoint, a list of them, a run or multirun folder (its best checkpoints:
+            :func:`~brats_lightning.checkpoint.find_checkpoints`), or a ``.onnx`` file written by
+            ``python -m brats_lightning.export``.
+        flips: test-time flips (``lr``, ``ap``; :data:`~brats_lightning.modules.ensemble.FLIPS`).
+
+    Raises:
+        CheckpointError: unreadable checkpoints, or checkpoints of models trained on other data
+            (modalities, convention, preprocessing, symmetry maps) than each other.
+    """
+    flip_dims = tta_flips(flips)
+    if isinstance(ckpt_path, (str, Path)) and str(ckpt_path).endswith(".onnx"):
+        model, data_config = load_onnx(ckpt_path)
+        return (EnsembleModule([model], flip_dims) if flip_dims else model), data_config
+    paths = find_checkpoints(ckpt_path)
+    loaded = [load_model(p, device) for p in paths]
+    data_config = check_compatible([d for _, d in loaded], paths)
+    models = [m for m, _ in loaded]
+    if len(models) == 1 and not flip_dims:
+        return models[0], data_config
+    if len(models) > 1:
+        log.info("Ensemble of %d checkpoints: %s", len(models), ", ".join(map(str, paths)))
+    return EnsembleModule(models, flip_dims).eval(), data_config
 
 
 @dataclass(frozen=True)
@@ -306,6 +339,10 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
             raise ConfigError(
                 f"output_convention={conv!r}: expected auto or one of {sorted(CONVENTIONS)} (or an edition year)"
             ) from None
+    try:
+        tta_flips(list(cfg.get("tta_flips") or []))
+    except ValueError as e:
+        raise ConfigError(f"tta_flips: {e}") from None
     bs = cfg.get("batch_size", 8)
     if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {bs!r}")
@@ -348,7 +385,10 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     """
     t0 = time.perf_counter()
     check_predict_options(cfg)
-    model, data_config = load_model(cfg["ckpt_path"])
+    ckpt = cfg["ckpt_path"]
+    ckpt = ckpt if isinstance(ckpt, (str, Path)) else [str(c) for c in ckpt]
+    flips = list(cfg.get("tta_flips") or ["lr"]) if cfg.get("tta", False) else []
+    model, data_config = load_predictor(ckpt, flips)
     modalities = data_config.get("modalities") or ["flair", "t1", "t1c", "t2"]
     files = cfg.get("files") or None
     bad: list[BadCase] = []

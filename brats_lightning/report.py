@@ -57,7 +57,7 @@ def _setting(overrides: list[str], common: set[str], method: str | None = None) 
     chooses the model (``model=``, ``havaei=``) is shown as the method's name (e.g. ``TwoPathCNN*``)."""
     keep = [o for o in overrides if o not in common and not o.lstrip("+~").startswith(_IGNORED)]
     names = [method if method and o.startswith(_METHOD_KEYS) else o for o in sorted(keep)]
-    return ", ".join(dict.fromkeys(names)) if names else "default"
+    return ", ".join(dict.fromkeys(names)) if names else (method or "default")
 
 
 def _method(run_dir: Path) -> str | None:
@@ -145,9 +145,74 @@ def _summaries(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def _table(runs: list[Run]) -> tuple[list[dict], str]:
+def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
+    """The test metrics of the folds' ensemble (their best checkpoints' probabilities averaged), on the
+    test cases the folds were scored on, with the same data module and metrics as their own test.
+
+    Returns:
+        The flat test metrics (``test/dice_wt`` ...), or ``None`` with the reason when it cannot be
+        computed (fewer than two folds, no held-out test cases, a multi-stage job, missing files).
+    """
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from brats_lightning.checkpoint import find_checkpoints, load_module
+    from brats_lightning.config import register_resolvers
+    from brats_lightning.errors import UserError
+    from brats_lightning.modules.ensemble import EnsembleModule, check_compatible
+    from brats_lightning.precision import inference_dtype
+    from brats_lightning.results import run_metrics, summarise
+
+    if len(group) < 2:
+        return None, "one fold"
+    if any((g.folder / "pipeline.json").is_file() for g in group):
+        return None, "multi-stage jobs (predict with their checkpoints instead)"
+    register_resolvers()
+    try:
+        paths = [find_checkpoints(g.folder)[0] for g in group]
+        cfg = OmegaConf.load(group[0].folder / ".hydra" / "config.yaml")
+        dm = instantiate(cfg.data, _convert_="all")
+        dm.prepare_data()
+        dm.setup("test")
+        if not dm.test_cases:
+            return None, "no held-out test cases (data.test_fraction=0: each fold is scored on its own validation fold)"
+        loaded = [load_module(p) for p in paths]
+        check_compatible([d for _, d in loaded], paths)
+        ensemble = EnsembleModule([m for m, _ in loaded])
+    except (UserError, OSError) as e:
+        return None, str(e)
+    bf16 = inference_dtype("auto", "cpu") == torch.bfloat16  # as the folds' own test (precision auto)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        precision="bf16-mixed" if bf16 else "32-true",
+    )
+    trainer.test(ensemble, datamodule=dm, verbose=False)
+    return run_metrics(summarise(ensemble.test_results)), f"{len(paths)} folds on {len(dm.test_cases)} test cases"
+
+
+def _table(runs: list[Run], ensemble: bool = True) -> tuple[list[dict], str]:
     """The results in each paper's own layout, with the paper's published rows beside ours."""
     rows = _summaries(runs)
+    folds = sorted({r["folds"] for r in rows})
+    notes: list[str] = []
+    if ensemble:
+        for setting, fold_runs in _by_setting(runs).items():
+            metrics, why = ensemble_of_folds(fold_runs)
+            if metrics is None:
+                if len(fold_runs) > 1:
+                    notes.append(f"No ensemble of the folds of {setting}: {why}.")
+                continue
+            name = f"{setting}, ensemble of {len(fold_runs)} folds"
+            row = _summaries([Run(fold_runs[0].folder, name, 0, metrics)])[0]
+            rows.insert(rows.index(next(r for r in rows if r["setting"] == setting)) + 1, row)
+            notes.append(f"{name}: the folds' best checkpoints, probabilities averaged ({why}).")
     groups: dict[str | None, list[dict]] = defaultdict(list)
     for row in rows:
         groups[paper_of(row["setting"])].append(row)
@@ -179,11 +244,11 @@ def _table(runs: list[Run]) -> tuple[list[dict], str]:
                 "true specificity (–)."
             )
         lines.append("")
-    folds = sorted({r["folds"] for r in rows})
     what = "one fold per setting" if folds == [1] else f"mean ± std over {'/'.join(map(str, folds))} folds per setting"
     lines += [
         f"Test metrics, {what} (ours on this run's data; the papers' on the BRATS 2013 test set). Complete = "
         "whole tumour, Core = tumour core, Enhancing = enhancing tumour.",
+        *([""] + notes if notes else []),
     ]
     return rows, "\n".join(lines) + "\n"
 
@@ -197,12 +262,16 @@ def _task_name(root: Path) -> str:
         return root.name
 
 
-def write_report(multirun: str | Path, out: str | Path | None = None) -> dict[str, Path]:
-    """Collect the runs of ``multirun`` and write the tables and figures; returns their paths."""
+def write_report(multirun: str | Path, out: str | Path | None = None, ensemble: bool = True) -> dict[str, Path]:
+    """Collect the runs of ``multirun`` and write the tables and figures; returns their paths.
+
+    With ``ensemble``, every setting trained on several folds also gets the row of its folds'
+    ensemble (:func:`ensemble_of_folds`), scored on the same held-out test cases.
+    """
     runs = collect_runs(multirun)
     out_dir = Path(out) if out else Path(multirun) / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, md = _table(runs)
+    rows, md = _table(runs, ensemble)
     title = _task_name(Path(multirun))
     write_text_atomic(out_dir / "results.md", f"# {title}\n\n" + md)
     write_csv_atomic(out_dir / "results.csv", rows, list(rows[0]))
@@ -232,9 +301,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("multirun", help="a Hydra multirun folder (outputs/<task>/multiruns/<date>)")
     parser.add_argument("--out", help="output folder (default: <multirun>/report)")
+    parser.add_argument(
+        "--no-ensemble", action="store_true", help="no 'ensemble of folds' rows (they run the folds' models)"
+    )
     args = parser.parse_args(argv)
     try:
-        paths = write_report(args.multirun, args.out)
+        paths = write_report(args.multirun, args.out, ensemble=not args.no_ensemble)
     except FileNotFoundError as e:
         parser.exit(2, f"error: {e}\n")
     print((paths["results.md"]).read_text())

@@ -96,7 +96,7 @@ def _resolved(cfg: DictConfig) -> dict:
 
 
 def test_the_entry_points_and_options_are_those_tested() -> None:
-    assert ENTRY_POINTS == ["evaluate", "predict", "prepare", "train"]
+    assert ENTRY_POINTS == ["evaluate", "export", "predict", "prepare", "train"]
     assert sorted(p.stem for p in (CONF / "model").glob("*.yaml")) == sorted(MODELS)
     assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == sorted(EXPERIMENTS)
 
@@ -126,9 +126,22 @@ def test_predict_defaults_and_mandatory_options(tmp_path: Path) -> None:
     # the model's own clean-up and the input's label convention, unless asked otherwise
     assert plain["postprocess"] == "auto" and plain["output_convention"] == "auto" and plain["layout"] == "auto"
     assert plain["probabilities"] is False and plain["overwrite"] is False and plain["devices"] == 1
+    assert plain["tta"] is False and plain["tta_flips"] == ["lr"]  # mirroring only when asked for
     assert cfg.hydra.run.dir.startswith(f"{cfg.paths.log_dir}/predict/runs/")
     bare = compose(config_name="predict")
     for key in ("ckpt_path", "input_dir", "output_dir"):
+        with pytest.raises(MissingMandatoryValue):
+            bare[key]
+
+
+def test_export_defaults_and_mandatory_options() -> None:
+    cfg = compose(["ckpt_path=m.ckpt", "out=m.onnx"], config_name="export")
+    plain = _resolved(cfg)
+    assert (plain["task_name"], plain["ckpt_path"], plain["out"]) == ("export", "m.ckpt", "m.onnx")
+    assert plain["opset"] == 18 and plain["check"] is True
+    assert cfg.hydra.run.dir.startswith(f"{cfg.paths.log_dir}/export/runs/")
+    bare = compose(config_name="export")
+    for key in ("ckpt_path", "out"):
         with pytest.raises(MissingMandatoryValue):
             bare[key]
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.errors import ConfigError
-from brats_lightning.inference import pad_to_multiple
+from brats_lightning.inference import InputPadding
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN, load_vgg16_weights
 
@@ -63,7 +63,7 @@ class FCNModule(SegmentationModule):
             raise ConfigError(
                 f"num_classes={num_classes} but convention {convention} has {self.convention.num_classes}"
             )
-        self.net = ShenFCN(in_channels, num_classes, n_blocks, up_channels, width, upsample_mode)
+        self.net: ShenFCN = ShenFCN(in_channels, num_classes, n_blocks, up_channels, width, upsample_mode)
         self._set_layout()
         self.lr = lr
         self.vgg_weights = vgg_weights
@@ -96,11 +96,10 @@ class FCNModule(SegmentationModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.layout(x))
 
-    def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        xp, (left, _, top, _) = pad_to_multiple(x, self.net.divisor)
-        probs = torch.softmax(self.net(self.layout(xp)).float(), dim=1)
-        return probs[..., top : top + h, left : left + w]
+    @property
+    def input_padding(self) -> InputPadding:
+        """Slices are zero-padded to a multiple of the pooling factor ``2 ** (n_blocks - 1)``."""
+        return InputPadding(divisor=self.net.divisor)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

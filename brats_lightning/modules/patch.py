@@ -11,6 +11,7 @@ from torch import nn
 
 from brats_lightning.data.contract import PatchData, SegmentationData
 from brats_lightning.errors import CheckpointError, ConfigError
+from brats_lightning.inference import InputPadding
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets import patch_net_class
 from brats_lightning.nets.cascade import CascadeCNN
@@ -317,10 +318,10 @@ class PatchCNNModule(SegmentationModule):
 
     # -- inference ---------------------------------------------------------------------------
 
-    def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
-        if self.is_cascade:
-            assert isinstance(self.net, CascadeCNN)
+    @property
+    def input_padding(self) -> InputPadding:
+        """A slice padded by the context of one output pixel goes through the net once (Havaei Sec. 4)."""
+        if isinstance(self.net, CascadeCNN):
             before, after = self.net.first_pad
-            return torch.softmax(self.net(self.layout(F.pad(x, (before, after, before, after)))).float(), dim=1)
-        m = self.net.margin
-        return torch.softmax(self.net(self.layout(F.pad(x, (m, m, m, m)))).float(), dim=1)
+            return InputPadding(before=before, after=after)
+        return InputPadding(before=self.net.margin, after=self.net.margin)

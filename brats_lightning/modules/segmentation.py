@@ -12,7 +12,7 @@ import torch
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
-from brats_lightning.inference import predict_volume
+from brats_lightning.inference import InputPadding, predict_padded, predict_volume
 from brats_lightning.metrics import dice_torch, region_metrics
 from brats_lightning.postprocess import remove_small_components
 from brats_lightning.seeding import stream_seed, training_epoch
@@ -46,12 +46,16 @@ class SegmentationModule(pl.LightningModule):
     softmax, losses and metrics are computed in fp32.
     """
 
+    #: the net (a plain ``nn.Module``), built by the subclass
+    net: torch.nn.Module
+
     #: Every subclass, by qualified name: the only classes a checkpoint may name (:mod:`brats_lightning.checkpoint`).
     registry: ClassVar[dict[str, type[SegmentationModule]]] = {}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        SegmentationModule.registry[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        if register:  # inference-only wrappers (ensembles, exported nets) are never saved: not registered
+            SegmentationModule.registry[f"{cls.__module__}.{cls.__qualname__}"] = cls
 
     def __init__(
         self,
@@ -94,9 +98,18 @@ class SegmentationModule(pl.LightningModule):
 
     # -- to implement ------------------------------------------------------------------------
 
+    @property
+    def input_padding(self) -> InputPadding:
+        """How the net takes a whole slice (:class:`~brats_lightning.inference.InputPadding`)."""
+        raise NotImplementedError
+
+    def net_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax of the net on slices already padded as :attr:`input_padding` says (fp32; what ``export`` exports)."""
+        return torch.softmax(self.net(self.layout(x)).float(), dim=1)
+
     def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(N, K, H, W)`` of every pixel of slices ``(N, C, H, W)``."""
-        raise NotImplementedError
+        return predict_padded(self.net_probabilities, x, self.input_padding)
 
     def prepare_for_inference(self) -> SegmentationModule:
         """Make the module an inference-only one (e.g. fold batch norms; it cannot train afterwards)."""

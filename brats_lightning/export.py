@@ -1,0 +1,221 @@
+"""Export a trained net to ONNX: ``python -m brats_lightning.export ckpt_path=... out=model.onnx``.
+
+The ONNX model maps zero-padded slices ``(N, C, H, W)`` (float32) to class probabilities of every
+output pixel (softmax included), with the batch size and the slice size dynamic; cascades carry their
+frozen first stage. Beside it, ``model.json`` (:func:`sidecar_path`) holds what the model expects
+and gives: the data configuration of its training (modalities, clipping, N4, z-score, symmetry
+maps), the label convention, the padding of a slice (:class:`~brats_lightning.inference.InputPadding`),
+the post-processing its checkpoint asks for, and its name. ``predict ckpt_path=model.onnx`` runs it
+with onnxruntime (``pip install -c constraints.txt -e ".[onnx]"``), no training stack needed for the net.
+
+Batch norms are folded into the convolutions before export (as ``predict`` does), and the FCN's
+upsampling runs as plain nearest upsampling + convolution (the same function as its low-resolution
+kernels, exported with standard operators).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from brats_lightning.config import config_dir, register_resolvers
+from brats_lightning.data.labels import get_convention
+from brats_lightning.errors import CheckpointError, ConfigError, cli
+from brats_lightning.inference import InputPadding, predict_padded
+from brats_lightning.modules.segmentation import SegmentationModule
+from brats_lightning.nets.fcn import ShenFCN
+from brats_lightning.utils import atomic_path, write_text_atomic
+
+__all__ = ["OnnxModule", "export_onnx", "load_onnx", "sidecar_path", "main"]
+
+log = logging.getLogger("brats_lightning.export")
+
+#: the sidecar's format version
+FORMAT = 1
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.json``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+class _NetProbabilities(torch.nn.Module):
+    """The exported function: padded slices -> probabilities (the module's :meth:`net_probabilities`)."""
+
+    def __init__(self, model: SegmentationModule) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.net_probabilities(x)
+
+
+def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, opset: int = 18) -> Path:
+    """Write ``model`` as ONNX at ``out`` and its sidecar JSON beside it (both atomically).
+
+    Returns:
+        The ONNX file.
+    """
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ConfigError(f"out={out}: the file name must end in .onnx")
+    model = model.prepare_for_inference().float()
+    if isinstance(model.net, ShenFCN):
+        model.net.low_res_upsampling = False  # standard operators (same function)
+    in_channels = _in_channels(model)
+    padding = model.input_padding
+    side = 4 * max(padding.divisor, 8)
+    example = torch.zeros(1, in_channels, side + padding.before + padding.after, side + padding.before + padding.after)
+    dynamic = torch.export.Dim.DYNAMIC
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("torch.onnx", "onnx_ir", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        program = torch.onnx.export(
+            _NetProbabilities(model).eval(),
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: dynamic, 2: dynamic, 3: dynamic},),
+            opset_version=opset,
+            verbose=False,
+        )
+        assert program is not None
+        program.save(str(tmp))  # the weights inline: one file
+    meta = {
+        "format": FORMAT,
+        "name": model.display_name,
+        "module_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "in_channels": in_channels,
+        "num_classes": model.convention.num_classes,
+        "convention": model.convention.name,
+        "input_padding": padding.to_dict(),
+        "postprocess": model.postprocess,
+        "data_config": data_config,
+        "inference_batch_size": model.inference_batch_size,
+        "input": "zero-padded slices (N, C, H, W) float32, RAS: axis -2 = x (left-right)",
+        "output": "class probabilities of every output pixel (N, K, H', W')",
+    }
+    write_text_atomic(sidecar_path(out), json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def _in_channels(model: SegmentationModule) -> int:
+    first = next((m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first is None:
+        raise CheckpointError("the model's net has no convolution to export")
+    return int(first.in_channels)
+
+
+class OnnxModule(SegmentationModule, register=False):
+    """An exported model run by onnxruntime (CPU), usable wherever a trained module predicts.
+
+    Args:
+        path: the ``.onnx`` file (its sidecar JSON beside it).
+        threads: onnxruntime's intra-op threads (0: its default).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        path = Path(path)
+        meta = read_sidecar(path)
+        super().__init__(
+            convention=meta["convention"],
+            inference_batch_size=int(meta.get("inference_batch_size", 4)),
+            channels_last=False,
+            postprocess=meta.get("postprocess"),
+            name=f"{meta.get('name', path.stem)} (ONNX)",
+        )
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ConfigError(
+                f"{path}: running an ONNX model needs onnxruntime: pip install -c constraints.txt -e '.[onnx]'"
+            ) from e
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+        self.input_name = self.session.get_inputs()[0].name
+        self.meta = meta
+        self._padding = InputPadding(**meta["input_padding"])
+
+    @property
+    def input_padding(self) -> InputPadding:
+        return self._padding
+
+    def net_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
+        return torch.from_numpy(out).to(x.device)
+
+    def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
+        return predict_padded(self.net_probabilities, x, self.input_padding)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of an exported model.
+
+    Raises:
+        CheckpointError: the ``.onnx`` file or its ``.json`` is missing or not what ``export`` writes.
+    """
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such ONNX file")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{side}: the sidecar of {path.name} is missing or unreadable ({e})") from e
+    missing = [k for k in ("format", "convention", "input_padding", "data_config") if k not in meta]
+    if missing or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{side}: not a brats_lightning export sidecar (missing {missing or 'format'})")
+    get_convention(meta["convention"])
+    return meta
+
+
+def load_onnx(path: str | Path, threads: int = 0) -> tuple[OnnxModule, dict]:
+    """An exported model and the data configuration it expects."""
+    module = OnnxModule(path, threads)
+    return module, dict(module.meta["data_config"])
+
+
+def check_export(model: SegmentationModule, onnx_path: Path, seed: int = 0) -> float:
+    """The largest difference between torch's and onnxruntime's probabilities on a random slice batch."""
+    exported = OnnxModule(onnx_path)
+    x = torch.randn(2, _in_channels(model), 96, 112, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model.float().predict_slices(x)
+    return float((exported.predict_slices(x) - ref).abs().max())
+
+
+register_resolvers()
+
+
+@hydra.main(config_path=config_dir(), config_name="export", version_base="1.3")
+@cli
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point (see ``conf/export.yaml``)."""
+    from brats_lightning.checkpoint import load_module
+
+    model, data_config = load_module(cfg.ckpt_path)
+    out = export_onnx(model, data_config, cfg.out, int(cfg.opset))
+    log.info("Wrote %s and %s (%s)", out, sidecar_path(out), model.display_name)
+    if cfg.get("check", True):
+        diff = check_export(model, out)
+        log.info("onnxruntime vs torch on a random 2x%dx96x112 batch: max |difference| %.2e", _in_channels(model), diff)
+        if diff > 1e-4:
+            raise SystemExit(f"the exported model differs from torch by {diff:.2e} (> 1e-4)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Inference over several trained models and test-time flips: the mean of their class probabilities.
+
+An :class:`EnsembleModule` is a :class:`~brats_lightning.modules.segmentation.SegmentationModule`
+for inference only (validation, test, ``predict``): every slice batch goes through each member,
+and, with test-time augmentation, through each member again on the left-right mirrored slices
+(optionally the other in-plane flip too); the probabilities are averaged. The members must agree on
+what they were trained on (:func:`check_compatible`), so that the preprocessing and the symmetry
+maps are computed once per case for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from brats_lightning.errors import CheckpointError
+from brats_lightning.inference import flip_average
+from brats_lightning.modules.segmentation import SegmentationModule
+
+__all__ = ["EnsembleModule", "FLIPS", "check_compatible", "tta_flips"]
+
+#: in-plane flips by name, as dims of ``(N, C, X, Y)`` RAS slices
+FLIPS: dict[str, tuple[int, ...]] = {"lr": (2,), "ap": (3,)}
+
+#: what members must share: the data they take and the labels they give
+_MUST_AGREE = ("modalities", "convention", "preprocess", "symmetry")
+
+
+def tta_flips(names: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """The flips named (``lr``: left-right mirroring, ``ap``: anterior-posterior).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    bad = [n for n in names if n not in FLIPS]
+    if bad:
+        raise ValueError(f"unknown test-time flip(s) {bad}; expected some of {sorted(FLIPS)}")
+    return tuple(FLIPS[n] for n in dict.fromkeys(names))
+
+
+def check_compatible(data_configs: Sequence[dict], paths: Sequence[str | Path]) -> dict:
+    """The shared data configuration of an ensemble's checkpoints.
+
+    Raises:
+        CheckpointError: two checkpoints differ in modalities, label convention, preprocessing or
+            symmetry maps; the message names both files and the values.
+    """
+    ref, ref_path = data_configs[0], paths[0]
+    for cfg, path in zip(data_configs[1:], paths[1:]):
+        for key in _MUST_AGREE:
+            if _plain(cfg.get(key)) != _plain(ref.get(key)):
+                raise CheckpointError(
+                    f"{path}: cannot be ensembled with {ref_path}: its {key} is {cfg.get(key)!r}, "
+                    f"the other's {ref.get(key)!r} (an ensemble shares one preprocessing)"
+                )
+    return ref
+
+
+def _plain(value: object) -> object:
+    """Lists and tuples compare alike (a checkpoint read back may hold either)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k != "device"}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class EnsembleModule(SegmentationModule, register=False):
+    """The mean class probabilities of ``members``, each on the slices and on their ``flips``.
+
+    Args:
+        members: trained models with the same label convention (and data: :func:`check_compatible`).
+        flips: test-time flips besides the identity (:data:`FLIPS`); ``()`` for none.
+
+    Whole-slice inference stays exact: a member sees whole slices (flipped or not) and pads them as it
+    always does, so an ensemble of one model without flips predicts exactly as the model.
+    """
+
+    def __init__(self, members: Sequence[SegmentationModule], flips: Sequence[tuple[int, ...]] = ()) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        first = members[0]
+        for m in members[1:]:
+            if m.convention.name != first.convention.name:
+                raise CheckpointError(f"cannot ensemble a {m.convention.name} model with a {first.convention.name} one")
+        names = sorted({m.display_name for m in members})
+        name = names[0] if len(names) == 1 else " + ".join(names)
+        if len(members) > 1:
+            name = f"{name} (ensemble of {len(members)})"
+        super().__init__(
+            convention=first.convention.name,
+            inference_batch_size=first.inference_batch_size,
+            test_hd95=first.test_hd95,
+            channels_last=False,
+            lesion_metrics=first.lesion_metrics,
+            postprocess=first.postprocess,
+            name=name + (" + TTA" if flips else ""),
+        )
+        self.members = nn.ModuleList(members)
+        self.flips = tuple(tuple(f) for f in flips)
+
+    def _members(self) -> list[SegmentationModule]:
+        return [m for m in self.members if isinstance(m, SegmentationModule)]
+
+    def prepare_for_inference(self) -> EnsembleModule:
+        for m in self._members():
+            m.prepare_for_inference()
+        return self.eval()
+
+    def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for m in self._members():
+            p = flip_average(m.predict_slices, self.flips)(x)
+            total = p if total is None else total + p
+        assert total is not None
+        return total / len(self.members)
