@@ -25,26 +25,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import best_time, json_line, sync
 
 from brats_lightning.nets.cascade import InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN
 from brats_lightning.nets.twopath import GlobalPathCNN, LocalPathCNN, TwoPathCNN
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timeit(fn, dev: torch.device, repeats: int = 3) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 @torch.no_grad()
@@ -52,7 +36,7 @@ def inference_times(net: torch.nn.Module, size: int, dev: torch.device, sample: 
     """Seconds per ``size x size`` slice: whole-slice and patch-by-patch (extrapolated from ``sample`` patches)."""
     x = torch.randn(1, 4, size, size, device=dev)
     padded = F.pad(x, (16, 16, 16, 16))
-    t_whole = _timeit(lambda: torch.softmax(net(padded), 1), dev)
+    t_whole = best_time(lambda: torch.softmax(net(padded), 1), dev)
     patches = padded.unfold(2, 33, 1).unfold(3, 33, 1)[0].permute(1, 2, 0, 3, 4).reshape(-1, 4, 33, 33)
     sub = patches[:sample].contiguous()
 
@@ -60,7 +44,7 @@ def inference_times(net: torch.nn.Module, size: int, dev: torch.device, sample: 
         for i in range(0, sub.shape[0], batch):
             torch.softmax(net(sub[i : i + batch]), 1)
 
-    t_sample = _timeit(run, dev, repeats=1)
+    t_sample = best_time(run, dev, repeats=1)
     return t_whole, t_sample * (size * size) / sample
 
 
@@ -77,11 +61,11 @@ def training_throughput(net: torch.nn.Module, dev: torch.device, batch: int, ste
         opt.step()
 
     step()
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(dev)
+    sync(dev)
     net.eval()
     return batch * steps / (time.perf_counter() - t0)
 
@@ -114,10 +98,13 @@ def main() -> None:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\nHavaei et al. patch CNNs on {where}, {args.size}x{args.size} slices, torch {torch.__version__}")
     print(f"{'net':<15}{'whole slice':>14}{'patch by patch':>17}{'ratio':>8}{'train patches/s':>18}")
+    figures: dict[str, float] = {}
     for cls in (TwoPathCNN, LocalPathCNN, GlobalPathCNN):
         net = cls(4, 5).to(dev).eval()
         whole, patchwise = inference_times(net, args.size, dev, args.sample, args.batch)
         thr = training_throughput(net, dev, args.batch, args.steps)
+        key = cls.__name__.lower()
+        figures |= {f"{key}_whole_slice_s": whole, f"{key}_speedup": patchwise / whole, f"{key}_train_patches_s": thr}
         print(f"{cls.__name__:<15}{whole * 1e3:>12.0f}ms{patchwise:>16.1f}s{patchwise / whole:>7.0f}x{thr:>18.0f}")
     print(
         f"(patch by patch: {args.sample} patches timed in batches of {args.batch}, scaled to "
@@ -125,6 +112,7 @@ def main() -> None:
     )
     pipe = pipeline_throughput(args.batch, 50)
     print(f"data pipeline (balanced sampling + extraction, 1 process): {pipe:,.0f} patches/s")
+    figures["pipeline_patches_s"] = pipe
 
     print(f"\nWhole-slice inference per {args.size}x{args.size} slice and per 155-slice volume")
     print(f"{'net':<18}{'per slice':>12}{'per volume':>13}{'Havaei et al. (GPU)':>22}")
@@ -132,13 +120,16 @@ def main() -> None:
     x = torch.randn(1, 4, args.size, args.size, device=dev)
     with torch.no_grad():
         two = TwoPathCNN(4, 5).to(dev).eval()
-        t = _timeit(lambda: two(F.pad(x, (16, 16, 16, 16))), dev)
+        t = best_time(lambda: two(F.pad(x, (16, 16, 16, 16))), dev)
         print(f"{'TwoPathCNN':<18}{t:>11.2f}s{t * 155:>12.0f}s{paper['TwoPathCNN']:>22}")
+        figures["twopathcnn_volume_s"] = t * 155
         for cls in (MFCascadeCNN, LocalCascadeCNN, InputCascadeCNN):
             net = cls(TwoPathCNN(4, 5), 4, 5).to(dev).eval()
             b, a = net.first_pad
-            t = _timeit(lambda net=net, b=b, a=a: net(F.pad(x, (b, a, b, a))), dev)
+            t = best_time(lambda net=net, b=b, a=a: net(F.pad(x, (b, a, b, a))), dev)
             print(f"{cls.__name__:<18}{t:>11.2f}s{t * 155:>12.0f}s{paper[cls.__name__]:>22}")
+            figures[f"{cls.__name__.lower()}_volume_s"] = t * 155
+    print(json_line(figures))
 
 
 if __name__ == "__main__":

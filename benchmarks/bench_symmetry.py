@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import load_test_module
+from _common import best_time, json_line, load_test_module, sync
 
 from brats_lightning.data.io import discover_cases, load_case
 from brats_lightning.data.preprocess import zscore
@@ -69,23 +69,12 @@ def main() -> None:
     x = torch.from_numpy(image).permute(3, 0, 1, 2).contiguous().to(dev)  # (Z, C, X, Y)
     m = torch.from_numpy(mask).permute(2, 0, 1).contiguous().to(dev)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    symmetry_maps(x[:4], m[:4])  # warm-up
-    times = []
-    for _ in range(args.repeats):
-        sync()
-        t0 = time.perf_counter()
-        symmetry_maps(x, m)
-        sync()
-        times.append(time.perf_counter() - t0)
-    t_vec = min(times)
-    sync()
+    symmetry_maps(x[:4], m[:4])  # warm-up on a few slices
+    t_vec = best_time(lambda: symmetry_maps(x, m), dev, repeats=args.repeats, warmup=0)
+    sync(dev)
     t0 = time.perf_counter()
     axis = estimate_axis(x[:, 1], m)
-    sync()
+    sync(dev)
     t_axis = time.perf_counter() - t0
 
     # The per-pixel loop on the slices through the middle of the brain.
@@ -112,6 +101,8 @@ def main() -> None:
         f"speed-up vs loop: {t_loop * n_slices / t_vec:.0f}x; max |difference| vs loop on "
         f"{args.loop_slices} slices: {agree:.2e}   (* extrapolated from {args.loop_slices} slices)"
     )
+    figures = {"volume_s": t_vec, "axis_s": t_axis, "loop_volume_s": t_loop * n_slices}
+    print(json_line(figures | {"speedup_vs_loop": t_loop * n_slices / t_vec, "max_abs_diff": f"{agree:.1e}"}))
 
 
 if __name__ == "__main__":
