@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.labels import get_convention
 from brats_lightning.errors import CheckpointError, ConfigError, cli
-from brats_lightning.inference import InputPadding, predict_padded
+from brats_lightning.inference import InputPadding
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN
 from brats_lightning.utils import atomic_path, write_text_atomic
@@ -157,9 +157,6 @@ class OnnxModule(SegmentationModule, register=False):
     def net_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
         return torch.from_numpy(out).to(x.device)
-
-    def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
-        return predict_padded(self.net_probabilities, x, self.input_padding)
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:

@@ -144,10 +144,7 @@ class CaseOutputs:
 
 def _configs(data_config: dict) -> tuple[Any, PreprocessConfig, SymmetryConfig]:
     conv = get_convention(data_config.get("convention", "brats2017"))
-    options: dict[str, Any] = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in data_config.get("preprocess", {}).items()
-    }
-    prep = PreprocessConfig(**options)
+    prep = PreprocessConfig.from_dict(data_config.get("preprocess", {}))
     sym = SymmetryConfig(**data_config.get("symmetry", {"enabled": False}))
     return conv, prep, sym
 

@@ -179,7 +179,7 @@ class BratsDataModule(pl.LightningDataModule):
                 f"data.modalities={list(self.modalities)} lacks: add it, or set "
                 f"data.symmetry_options.axis_modality to one of them"
             )
-        self.prep = PreprocessConfig(**_tuples(preprocess or {}))
+        self.prep = PreprocessConfig.from_dict(preprocess or {})
         self.synthetic = dict(synthetic) if isinstance(synthetic, dict) else {}
         self.cache_dir = Path(cache_dir)
         # Lightning calls prepare_data on every node's local rank 0 unless the storage is shared
@@ -606,7 +606,3 @@ def _check_options(
         raise ConfigError(
             f"data.patches_per_epoch must be an integer >= data.batch_size ({batch_size}), got {patches_per_epoch!r}"
         )
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +65,12 @@ class PreprocessConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        """The inverse of :meth:`to_dict` (lists from configs and checkpoints become tuples)."""
+        options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**options)
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
