@@ -66,6 +66,15 @@ def _run_name(task: str) -> str:
     return f"{task}/{extra}" if extra else task
 
 
+def _max_time(budget_minutes: float, reserve_minutes: float) -> dict[str, float]:
+    """``trainer.max_time`` for a run of ``budget_minutes`` in all, ``reserve_minutes`` of which are kept for
+    what follows training (the last validation, tuning, testing); at least a tenth of the budget trains."""
+    budget, reserve = float(budget_minutes), float(reserve_minutes)
+    if budget <= 0 or reserve < 0:
+        raise ValueError(f"budget_minutes must be > 0 and the reserve >= 0, got {budget_minutes}, {reserve_minutes}")
+    return {"seconds": 60.0 * max(budget - reserve, budget / 10)}
+
+
 def register_resolvers() -> None:
     """Register the ``bl.*`` resolvers used by the configs (idempotent)."""
     for name, fn in (
@@ -74,6 +83,7 @@ def register_resolvers() -> None:
         ("bl.wandb_offline", _wandb_offline),
         ("bl.cpu_precision", _cpu_precision),
         ("bl.run_name", _run_name),
+        ("bl.max_time", _max_time),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

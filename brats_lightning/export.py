@@ -99,6 +99,7 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
         "convention": model.convention.name,
         "input_padding": padding.to_dict(),
         "postprocess": model.postprocess,
+        "tta_flips": list(model.tta_flips),
         "data_config": data_config,
         "inference_batch_size": model.inference_batch_size,
         "input": "zero-padded slices (N, C, H, W) float32, RAS: axis -2 = x (left-right)",
@@ -133,6 +134,7 @@ class OnnxModule(SegmentationModule, register=False):
             postprocess=meta.get("postprocess"),
             name=f"{meta.get('name', path.stem)} (ONNX)",
         )
+        self.tta_flips = list(meta.get("tta_flips") or [])
         try:
             import onnxruntime as ort
         except ImportError as e:

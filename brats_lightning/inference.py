@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["InputPadding", "predict_padded", "predict_volume", "flip_average"]
+__all__ = ["FLIPS", "InputPadding", "flip_average", "predict_padded", "predict_volume", "tta_flips"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,22 @@ def predict_padded(
     probs = net_probs(F.pad(x, pads))
     top, left = top - padding.before, left - padding.before
     return probs[..., top : top + h, left : left + w]
+
+
+#: in-plane flips by name, as dims of ``(N, C, X, Y)`` RAS slices
+FLIPS: dict[str, tuple[int, ...]] = {"lr": (2,), "ap": (3,)}
+
+
+def tta_flips(names: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """The flips named (``lr``: left-right mirroring, ``ap``: anterior-posterior).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    bad = [n for n in names if n not in FLIPS]
+    if bad:
+        raise ValueError(f"unknown test-time flip(s) {bad}; expected some of {sorted(FLIPS)}")
+    return tuple(FLIPS[n] for n in dict.fromkeys(names))
 
 
 def flip_average(

@@ -4,7 +4,9 @@
 appear in the predictions due to bright corners of the brains close to the skull." The paper gives
 no thresholds; we remove every 3D connected component of the predicted tumour (26-connectivity)
 whose volume is below ``min_volume_mm3`` or which spans fewer than ``min_slices`` axial slices
-(a flat blob).
+(a flat blob). ``largest_only`` keeps only the largest component (nnU-Net's rule, Isensee et al.
+2021, for single tumours). :class:`~brats_lightning.callbacks.postprocess.TunePostprocess` chooses
+among these rules on the validation cases.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def remove_small_components(
     min_volume_mm3: float = 500.0,
     min_slices: int = 3,
     axial_axis: int = 2,
+    largest_only: bool = False,
 ) -> np.ndarray:
     """Set to background the small or flat connected components of the tumour (all non-zero classes).
 
@@ -32,6 +35,7 @@ def remove_small_components(
         min_volume_mm3: components smaller than this are removed.
         min_slices: components spanning fewer axial slices are removed.
         axial_axis: the axis across axial slices.
+        largest_only: also remove every component but the largest.
 
     Returns:
         A copy of ``classes`` without the removed components.
@@ -48,5 +52,9 @@ def remove_small_components(
     for i, sl in enumerate(objects, start=1):
         extent = sl[axial_axis].stop - sl[axial_axis].start
         remove[i] = sizes[i] < min_volume_mm3 or extent < min_slices
+    if largest_only:
+        keep = int(np.argmax(sizes[1:])) + 1
+        remove[1:] = True
+        remove[keep] = False
     out[remove[lab]] = 0
     return out

@@ -87,7 +87,9 @@ def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tup
 
 
 def load_predictor(
-    ckpt_path: str | Path | Sequence[str | Path], flips: Sequence[str] = (), device: str | torch.device = "cpu"
+    ckpt_path: str | Path | Sequence[str | Path],
+    flips: Sequence[str] | None = (),
+    device: str | torch.device = "cpu",
 ) -> tuple[SegmentationModule, dict]:
     """What ``predict`` runs: one checkpoint, an ensemble, or an exported ONNX model, with test-time flips.
 
@@ -95,20 +97,28 @@ def load_predictor(
         ckpt_path: a checkpoint, a list of them, a run or multirun folder (its best checkpoints:
             :func:`~brats_lightning.checkpoint.find_checkpoints`), or a ``.onnx`` file written by
             ``python -m brats_lightning.export``.
-        flips: test-time flips (``lr``, ``ap``; :data:`~brats_lightning.modules.ensemble.FLIPS`).
+        flips: test-time flips (``lr``, ``ap``; :data:`~brats_lightning.inference.FLIPS`); ``None``:
+            those the checkpoints were tuned with (``tta_flips`` of
+            :class:`~brats_lightning.callbacks.postprocess.TunePostprocess`; none unless all agree).
 
     Raises:
         CheckpointError: unreadable checkpoints, or checkpoints of models trained on other data
             (modalities, convention, preprocessing, symmetry maps) than each other.
     """
-    flip_dims = tta_flips(flips)
     if isinstance(ckpt_path, (str, Path)) and str(ckpt_path).endswith(".onnx"):
         model, data_config = load_onnx(ckpt_path)
+        flip_dims = tta_flips(model.tta_flips if flips is None else flips)
         return (EnsembleModule([model], flip_dims) if flip_dims else model), data_config
     paths = find_checkpoints(ckpt_path)
     loaded = [load_model(p, device) for p in paths]
     data_config = check_compatible([d for _, d in loaded], paths)
     models = [m for m, _ in loaded]
+    if flips is None:
+        tuned = {tuple(m.tta_flips) for m in models}
+        flips = list(tuned.pop()) if len(tuned) == 1 else []
+        if flips:
+            log.info("Test-time flips %s, as chosen on the validation cases (tta=auto)", flips)
+    flip_dims = tta_flips(flips)
     if len(models) == 1 and not flip_dims:
         return models[0], data_config
     if len(models) > 1:
@@ -340,6 +350,7 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
         tta_flips(list(cfg.get("tta_flips") or []))
     except ValueError as e:
         raise ConfigError(f"tta_flips: {e}") from None
+    _flips(cfg)
     bs = cfg.get("batch_size", 8)
     if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {bs!r}")
@@ -384,7 +395,7 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     check_predict_options(cfg)
     ckpt = cfg["ckpt_path"]
     ckpt = ckpt if isinstance(ckpt, (str, Path)) else [str(c) for c in ckpt]
-    flips = list(cfg.get("tta_flips") or ["lr"]) if cfg.get("tta", False) else []
+    flips = _flips(cfg)
     model, data_config = load_predictor(ckpt, flips)
     modalities = data_config.get("modalities") or ["flair", "t1", "t1c", "t2"]
     files = cfg.get("files") or None
@@ -479,6 +490,18 @@ def _merge_ranks(trainer: pl.Trainer, out_dir: Path, mine: dict) -> dict:
     part.unlink(missing_ok=True)
     merged["done"].sort()
     return merged
+
+
+def _flips(cfg: DictConfig | dict) -> list[str] | None:
+    """The test-time flips asked for: ``None`` for ``tta=auto`` (those the checkpoint was tuned with)."""
+    setting = cfg.get("tta", "auto")
+    if setting == "auto":
+        return None
+    if setting in (True, "true"):
+        return list(cfg.get("tta_flips") or ["lr"])
+    if setting in (False, "false", None):
+        return []
+    raise ConfigError(f"tta must be auto, true or false, got {setting!r}")
 
 
 def _postprocess(cfg: DictConfig | dict, model: SegmentationModule) -> dict | None:

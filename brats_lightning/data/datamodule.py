@@ -114,6 +114,9 @@ class BratsDataModule(pl.LightningDataModule):
         prepare_workers: processes preparing cases, or ``"auto"`` (the cores of this rank's share).
         augment: random window positions, flips, rotations and scaling of training slices.
         augment_options: keyword arguments of :class:`~brats_lightning.data.augment.SliceAugment`.
+        tumour_fraction: share of training slices drawn through a tumour voxel, class-balanced, with
+            the window placed to hold it (:class:`~brats_lightning.data.datasets.SliceDataset`);
+            ``0``: every brain slice equally often (the papers).
         mode: ``"slices"`` (whole 2D slices, Shen et al.) or ``"patches"`` (Havaei et al.'s patch CNNs).
         patch_size: side of training patches (the model's input size: 33, or larger for cascades).
         patches_per_epoch: training patches per epoch in patch mode (over all ranks).
@@ -148,6 +151,7 @@ class BratsDataModule(pl.LightningDataModule):
         prepare_workers: int | str = "auto",
         augment: bool = True,
         augment_options: dict | None = None,
+        tumour_fraction: float = 0.0,
         mode: str = "slices",
         patch_size: int = 33,
         patches_per_epoch: int = 20000,
@@ -198,6 +202,9 @@ class BratsDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.prepare_workers must be auto or an integer >= 1, got {prepare_workers!r}")
         self.prepare_workers = prepare_workers
         self.augment = augment
+        if not isinstance(tumour_fraction, (int, float)) or not 0.0 <= float(tumour_fraction) <= 1.0:
+            raise ConfigError(f"data.tumour_fraction must be a number in [0, 1], got {tumour_fraction!r}")
+        self.tumour_fraction = float(tumour_fraction)
         try:
             self.augmenter = SliceAugment(**(augment_options or {}))
         except TypeError as e:
@@ -491,7 +498,9 @@ class BratsDataModule(pl.LightningDataModule):
         if self.mode == "patches":
             batches = max(1, self.patches_per_epoch // self.batch_size)
             return PatchBatchDataset(self.patch_sampler, self.batch_size, batches, self.seed)
-        return SliceDataset(self.train_cases, self.crop_size, self.batch_size, self.augment, self.seed)
+        return SliceDataset(
+            self.train_cases, self.crop_size, self.batch_size, self.augment, self.seed, self.tumour_fraction
+        )
 
     def _epoch_state(self) -> tuple:
         epoch = training_epoch(self.trainer)

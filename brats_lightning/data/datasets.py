@@ -16,7 +16,7 @@ from brats_lightning.data.cache import PreparedCase
 from brats_lightning.data.loading import BatchRing, RingToken, produce
 from brats_lightning.errors import DataError
 
-__all__ = ["EpochItems", "SliceDataset", "VolumeDataset", "crop_offsets", "first_item"]
+__all__ = ["EpochItems", "SliceDataset", "VolumeDataset", "crop_offsets", "first_item", "window_holding"]
 
 
 class EpochItems(Sampler):
@@ -77,12 +77,20 @@ class SliceDataset(Dataset):
     seeded by ``(seed, epoch, i)``; the other augmentations run batched on the device. Use with a
     :class:`~brats_lightning.data.loading.RingLoader` (``batch_size=None``).
 
+    With ``tumour_fraction`` (the foreground oversampling of nnU-Net, Isensee et al. 2021), item
+    ``i`` of an epoch is, with that probability, replaced by a slice through a tumour voxel of the
+    same case: a tumour class present in the case is drawn uniformly (so the small classes, necrosis
+    and enhancing tumour, are drawn as often as edema), then a voxel of that class, and the window
+    is placed at random where it holds that voxel. The draw is seeded by ``(seed, epoch, i)``.
+
     Args:
         cases: prepared, labelled cases.
         crop_size: ``(X, Y)`` in-plane size (Shen et al.: 144 x 192).
         batch_size: slices per batch (the largest item).
         augment: random window position.
         seed: seed of the window positions.
+        tumour_fraction: probability that a slot draws a tumour-centred slice (``0``: the natural
+            distribution of brain slices, as the papers).
     """
 
     ring: BatchRing | None = None  # set by RingLoader: shared batch buffers of the loader workers
@@ -94,10 +102,14 @@ class SliceDataset(Dataset):
         batch_size: int = 8,
         augment: bool = False,
         seed: int = 0,
+        tumour_fraction: float = 0.0,
     ) -> None:
         for c in cases:
             if not c.has_label:
                 raise DataError(f"{c.folder}: case {c.case_id} has no label; it cannot be used for training")
+        if not 0.0 <= float(tumour_fraction) <= 1.0:
+            raise ValueError(f"tumour_fraction must be in [0, 1], got {tumour_fraction!r}")
+        self.tumour_fraction = float(tumour_fraction)
         self.cases = list(cases)
         self.crop_size = tuple(int(s) for s in crop_size)
         self.batch_size = batch_size
@@ -119,13 +131,50 @@ class SliceDataset(Dataset):
             ci, z = self.index[i]
             case = self.cases[ci]
             rng = np.random.default_rng((self.seed, epoch, i)) if self.augment else None
-            offsets = crop_offsets(self.crop_size, case.shape[2:], rng)
+            voxel = self._tumour_voxel(case, epoch, i) if self.tumour_fraction > 0 else None
+            if voxel is None:
+                offsets = crop_offsets(self.crop_size, case.shape[2:], rng)
+            else:
+                z, *centre = voxel
+                place = np.random.default_rng((self.seed, epoch, i, 2))
+                offsets = window_holding(centre, self.crop_size, case.shape[2:], place)
             _window(case.image[z], image[k], offsets)
             _window(case.label[z], label[k], offsets)  # type: ignore[index]
         return len(items)
 
+    def _tumour_voxel(self, case: PreparedCase, epoch: int, i: int) -> tuple[int, int, int] | None:
+        """``(z, x, y)`` of a tumour voxel of ``case`` for slot ``(epoch, i)``, or ``None`` (a natural slice)."""
+        rng = np.random.default_rng((self.seed, epoch, i, 1))
+        if rng.random() >= self.tumour_fraction:
+            return None
+        starts = case.class_starts
+        present = [k for k in range(1, len(starts) - 1) if starts[k + 1] > starts[k]]
+        if not present:  # a case without tumour: its natural slice
+            return None
+        k = present[int(rng.integers(len(present)))]
+        flat = int(case.index[int(rng.integers(starts[k], starts[k + 1]))])
+        _, _, nx, ny = case.shape
+        z, rest = divmod(flat, nx * ny)
+        return z, *divmod(rest, ny)
+
     def __getitem__(self, items: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor] | RingToken:
         return produce(self, items)  # type: ignore[return-value]
+
+
+def window_holding(
+    point: Sequence[int], size: Sequence[int], shape: Sequence[int], rng: np.random.Generator
+) -> list[int]:
+    """Random offsets (as :func:`crop_offsets`) of a ``size`` window of ``shape`` that holds ``point``.
+
+    The window stays inside the image where the image is larger (and inside the padding where it
+    is smaller), and ``point`` falls anywhere in it with equal chance within those bounds.
+    """
+    out = []
+    for p, s, n in zip(point, size, shape):
+        free = n - s
+        lo, hi = max(p - s + 1, min(0, free)), min(p, max(0, free))
+        out.append(int(rng.integers(lo, hi + 1)))
+    return out
 
 
 class VolumeDataset(Dataset):

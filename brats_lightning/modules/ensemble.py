@@ -17,28 +17,13 @@ import torch
 from torch import nn
 
 from brats_lightning.errors import CheckpointError
-from brats_lightning.inference import flip_average
+from brats_lightning.inference import FLIPS, flip_average, tta_flips
 from brats_lightning.modules.segmentation import SegmentationModule
 
 __all__ = ["EnsembleModule", "FLIPS", "check_compatible", "tta_flips"]
 
-#: in-plane flips by name, as dims of ``(N, C, X, Y)`` RAS slices
-FLIPS: dict[str, tuple[int, ...]] = {"lr": (2,), "ap": (3,)}
-
 #: what members must share: the data they take and the labels they give
 _MUST_AGREE = ("modalities", "convention", "preprocess", "symmetry")
-
-
-def tta_flips(names: Sequence[str]) -> tuple[tuple[int, ...], ...]:
-    """The flips named (``lr``: left-right mirroring, ``ap``: anterior-posterior).
-
-    Raises:
-        ValueError: an unknown name.
-    """
-    bad = [n for n in names if n not in FLIPS]
-    if bad:
-        raise ValueError(f"unknown test-time flip(s) {bad}; expected some of {sorted(FLIPS)}")
-    return tuple(FLIPS[n] for n in dict.fromkeys(names))
 
 
 def check_compatible(data_configs: Sequence[dict], paths: Sequence[str | Path]) -> dict:

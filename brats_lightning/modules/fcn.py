@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.errors import ConfigError
 from brats_lightning.inference import InputPadding
+from brats_lightning.losses import SegmentationLoss
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN, load_vgg16_weights
 
@@ -19,10 +19,11 @@ __all__ = ["FCNModule"]
 class FCNModule(SegmentationModule):
     """Trains :class:`~brats_lightning.nets.fcn.ShenFCN` on 2D axial slices.
 
-    Shen et al. Sec. 2.1 and 3.1: per-pixel categorical cross entropy, Adam with a constant learning
-    rate of 1e-3, downsampling path initialised from VGG-16 (when ``vgg_weights`` names a local
-    torchvision state dict; otherwise He initialisation). Inference pads each slice to a multiple
-    of ``2 ** (n_blocks - 1)`` and runs it whole.
+    Shen et al. Sec. 2.1 and 3.1: per-pixel categorical cross entropy (``loss="ce"``; ``"ce_dice"``
+    adds a soft Dice on the BraTS regions: :mod:`brats_lightning.losses`), Adam with a constant learning
+    rate of 1e-3 (``BudgetSchedule`` anneals it over a time budget), downsampling path initialised
+    from VGG-16 (when ``vgg_weights`` names a local torchvision state dict; otherwise He
+    initialisation). Inference pads each slice to a multiple of ``2 ** (n_blocks - 1)`` and runs it whole.
 
     Args:
         in_channels: 4 images, or 8 with symmetry maps (set by the data config).
@@ -33,6 +34,8 @@ class FCNModule(SegmentationModule):
         upsample_mode: ``"nearest"`` (Keras ``UpSampling2D``) or ``"bilinear"``.
         lr: Adam learning rate.
         vgg_weights: path of a torchvision-format VGG-16 state dict, or ``None``.
+        loss: ``"ce"`` (the paper) or ``"ce_dice"`` (:class:`~brats_lightning.losses.SegmentationLoss`).
+        dice_weight: weight of the region Dice term of ``ce_dice``.
         convention: label convention (regions of the metrics).
         inference_batch_size: slices per forward pass at inference.
         test_hd95: compute HD95 at test time.
@@ -56,6 +59,8 @@ class FCNModule(SegmentationModule):
         lesion_metrics: bool = False,
         postprocess: dict | None = None,
         name: str | None = None,
+        loss: str = "ce",
+        dice_weight: float = 1.0,
     ) -> None:
         super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name)
         self.save_hyperparameters()
@@ -67,6 +72,10 @@ class FCNModule(SegmentationModule):
         self._set_layout()
         self.lr = lr
         self.vgg_weights = vgg_weights
+        try:
+            self.loss = SegmentationLoss(self.convention, loss, dice_weight)
+        except ValueError as e:
+            raise ConfigError(f"model.loss: {e}") from None
 
     def prepare_for_inference(self) -> FCNModule:
         """Batch norms folded into the convolutions: the same outputs, one pass less per feature map."""
@@ -103,7 +112,7 @@ class FCNModule(SegmentationModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self.net(self.layout(x)).float(), y)
+        loss = self.loss(self.net(self.layout(x)), y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
-from brats_lightning.inference import InputPadding, predict_padded, predict_volume
+from brats_lightning.inference import FLIPS, InputPadding, flip_average, predict_padded, predict_volume
 from brats_lightning.metrics import dice_torch, region_metrics
 from brats_lightning.postprocess import remove_small_components
 from brats_lightning.seeding import stream_seed, training_epoch
@@ -38,7 +39,9 @@ class SegmentationModule(pl.LightningModule):
         lesion_metrics: add the lesion-wise columns (:mod:`brats_lightning.lesions`) to the test metrics.
         postprocess: options of :func:`~brats_lightning.postprocess.remove_small_components`, applied
             to the test predictions before scoring and, stored in the checkpoint, by ``predict``
-            (Havaei et al. Sec. 4); ``None``: none.
+            (Havaei et al. Sec. 4); ``None``: none. A run's
+            :class:`~brats_lightning.callbacks.postprocess.TunePostprocess` may replace it (and set
+            :attr:`tta_flips`) with what it chose on the validation cases; both travel in the checkpoint.
         name: the method's name in tables and reports (``FCN + symmetry (3 blocks)``; the class name
             when not given).
 
@@ -81,6 +84,8 @@ class SegmentationModule(pl.LightningModule):
         self.test_slices: list[dict] = []
         #: validation Dice per epoch (kept in checkpoints; written as val_curve.csv by train())
         self.val_history: list[dict] = []
+        #: test-time flips (``lr``, ``ap``) to test and predict with (``predict tta=auto``); kept in checkpoints
+        self.tta_flips: list[str] = []
 
     @property
     def hp(self) -> Any:
@@ -126,6 +131,11 @@ class SegmentationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.val_history = list(checkpoint.get("val_history", []))
+        # what a tuning callback chose after training overrides the configured clean-up
+        if "postprocess" in checkpoint:
+            post = checkpoint["postprocess"]
+            self.postprocess = dict(post) if post else None
+        self.tta_flips = list(checkpoint.get("tta_flips") or [])
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The global random stream (dropout) is reseeded from (seed, epoch, batch, rank) at every step:
@@ -140,13 +150,29 @@ class SegmentationModule(pl.LightningModule):
         # scans exactly as training did (channels, clipping, N4, z-score, symmetry maps).
         checkpoint["module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["val_history"] = list(self.val_history)
+        checkpoint["postprocess"] = dict(self.postprocess) if self.postprocess else None
+        checkpoint["tta_flips"] = list(self.tta_flips)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if isinstance(dm, SegmentationData):
             checkpoint["data_config"] = dm.describe()
 
-    def predict_case(self, batch: dict) -> torch.Tensor:
-        """``(Z, K, X, Y)`` probabilities of one volume item (see ``data.datasets.VolumeDataset``)."""
-        return predict_volume(self.predict_slices, batch["image"], self.inference_batch_size, batch.get("mask"))
+    def predict_case(self, batch: dict, flips: Sequence[str] = ()) -> torch.Tensor:
+        """``(Z, K, X, Y)`` probabilities of one volume item (see ``data.datasets.VolumeDataset``).
+
+        Args:
+            batch: the item.
+            flips: test-time flips (``lr``, ``ap``) whose probabilities are averaged in.
+        """
+        fn = flip_average(self.predict_slices, tuple(FLIPS[f] for f in flips))
+        return predict_volume(fn, batch["image"], self.inference_batch_size, batch.get("mask"))
+
+    def clean_up(self, pred: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+        """The ``(Z, X, Y)`` class map after :attr:`postprocess` (itself when there is none)."""
+        if not self.postprocess:
+            return pred
+        classes = pred.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+        classes = remove_small_components(classes, spacing, **self.postprocess)
+        return torch.from_numpy(classes).permute(2, 0, 1).to(pred.device)
 
     def _region_dice(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         p, g = self.convention.region_masks(pred), self.convention.region_masks(label)
@@ -184,11 +210,8 @@ class SegmentationModule(pl.LightningModule):
             self.val_history = [h for h in self.val_history if h["epoch"] != self.current_epoch] + [entry]
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        pred = self.predict_case(batch).argmax(1)
-        if self.postprocess:  # Havaei et al.'s clean-up, on the reported test metrics (Sec. 4)
-            classes = pred.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-            classes = remove_small_components(classes, batch["spacing"], **self.postprocess)
-            pred = torch.from_numpy(classes).permute(2, 0, 1).to(pred.device)
+        # the test metrics are those of what predict writes: test-time flips and clean-up included
+        pred = self.clean_up(self.predict_case(batch, self.tta_flips).argmax(1), batch["spacing"])
         d = self._region_dice(pred, batch["label"])
         self._test_rows.append(torch.cat([torch.tensor([float(batch["index"])], device=d.device), d]))
         # Full metrics on the original (RAS) grid: specificity counts every voxel of the scan.
