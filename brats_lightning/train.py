@@ -63,6 +63,17 @@ def write_slices(path: Path, slices: list[dict]) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
+def training_figures(history: list[dict], steps: int, seconds: float) -> dict[str, float]:
+    """What a training run achieved: validation Dice of its best epoch (on ``val/dice_mean``, as ``best.ckpt``),
+    its steps and its minutes (``val/best_dice_wt`` ..., ``val/best_epoch``, ``train/steps``, ``time/fit_s``)."""
+    out: dict[str, float] = {"train/steps": float(steps), "time/fit_s": float(seconds)}
+    if history:
+        best = max(history, key=lambda h: h["val/dice_mean"])
+        out.update({k.replace("val/", "val/best_"): float(v) for k, v in best.items() if k.startswith("val/")})
+        out["val/best_epoch"] = float(best["epoch"])
+    return out
+
+
 def method_name(model: pl.LightningModule, callbacks: list) -> str:
     """The method's name in tables and reports: the model's (``model.name``), with Havaei et al.'s ``*``
     when it trains in two phases (their Tables 1-2: "TwoPathCNN*")."""
@@ -115,14 +126,16 @@ def check_run_options(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict:
     """Train (and test) the configured model on the configured data.
 
-    Writes checkpoints, ``val_curve.csv``, ``metrics.json`` (the flat test figures), the test set's
-    ``per_case.csv``, ``summary.json`` and ``summary.md`` (as ``evaluate``'s: :mod:`brats_lightning.results`)
-    and ``test_slices.npz`` (a display slice per test case, for reports) into ``cfg.paths.output_dir``.
+    Writes checkpoints, ``val_curve.csv``, ``metrics.json`` (the flat test figures and
+    :func:`training_figures`), the test set's ``per_case.csv``, ``summary.json`` and ``summary.md``
+    (as ``evaluate``'s: :mod:`brats_lightning.results`) and ``test_slices.npz`` (a display slice per
+    test case, for reports) into ``cfg.paths.output_dir``.
     With ``train=false`` and ``ckpt_path=...`` it tests that checkpoint.
 
     Returns:
-        The test metrics (``test/dice_wt`` ...; empty when ``cfg.test`` is false) and ``best_ckpt``,
-        the checkpoint tested (best on ``val/dice_mean``, else the last one).
+        The test metrics (``test/dice_wt`` ...; none when ``cfg.test`` is false), the training's
+        (:func:`training_figures`), ``time/total_s`` and ``best_ckpt``, the checkpoint tested (best on
+        ``val/dice_mean``, else the last one). ``metrics.json`` holds them all but ``best_ckpt``.
     """
     register_resolvers()
     check_run_options(cfg)
@@ -160,6 +173,7 @@ def train(cfg: DictConfig) -> dict:
                 write_curve(out_dir / "val_curve.csv", model.val_history)
             ckpt = final_best_checkpoint(trainer)
             results["best_ckpt"] = ckpt
+            results.update(training_figures(model.val_history, trainer.global_step, time.perf_counter() - t0))
         elif cfg.get("ckpt_path"):
             ckpt = str(cfg.ckpt_path)  # test a trained checkpoint: train=false ckpt_path=...
         if cfg.get("test", True):
@@ -168,13 +182,14 @@ def train(cfg: DictConfig) -> dict:
             rows = model.test_results
             summary = summarise(rows, method=method_name(model, callbacks), run=str(out_dir), checkpoint=ckpt)
             results.update(run_metrics(summary))
-            results["time/total_s"] = time.perf_counter() - t0
             if trainer.is_global_zero:
-                metrics = {k: v for k, v in results.items() if k != "best_ckpt"}
-                write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
                 write_results(out_dir, rows, summary, summary["method"])
                 write_slices(out_dir / "test_slices.npz", model.test_slices)
                 print_table(summary, f"Test set ({summary['n_cases']} cases) - {out_dir}")
+        results["time/total_s"] = time.perf_counter() - t0
+        metrics = {k: v for k, v in results.items() if k != "best_ckpt"}
+        if trainer.is_global_zero and metrics.keys() - {"time/total_s"}:
+            write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     finally:
         _finish_wandb(loggers)
     return results

@@ -65,6 +65,33 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "hydra.sweeper.params": {"havaei": "input_cascade_star,local_cascade_star,mf_cascade_star"},
         "cpu_patches_per_epoch": 8192,
     },
+    "real_fast": {
+        "hydra.mode": None,
+        "data._target_": "brats_lightning.data.datamodule.BratsDataModule",
+        "data.synthetic": False,  # data=brats: real data only
+        "data.symmetry": True,
+        "data.test_fraction": 0.0,
+        "data.tumour_fraction": 0.5,
+        "model.loss": "ce_dice",
+        "model.postprocess": None,
+        "budget_minutes": 90,
+        "trainer.max_epochs": -1,
+        "trainer.max_time": {"seconds": 87 * 60.0},
+        "callbacks.budget_schedule._target_": "brats_lightning.callbacks.budget.BudgetSchedule",
+        "callbacks.tune_postprocess._target_": "brats_lightning.callbacks.postprocess.TunePostprocess",
+        "callbacks.model_checkpoint.filename": "best",
+    },
+    "real_fast_ablation": {
+        "hydra.mode": RunMode.MULTIRUN,
+        "hydra.sweeper.params": {
+            "+ablation": "paper,tumour_sampling,dice_loss,budget_lr,bf16,all",
+            "data.fold": "0,1,2,3,4",
+        },
+        "budget_minutes": 15,
+        "trainer.max_time": {"seconds": 13 * 60.0},
+        "test": False,
+        "data.tumour_fraction": 0.5,
+    },
     "havaei_cascade": {
         "hydra.mode": None,
         "cpu_patches_per_epoch": 8192,
@@ -126,7 +153,8 @@ def test_predict_defaults_and_mandatory_options(tmp_path: Path) -> None:
     # the model's own clean-up and the input's label convention, unless asked otherwise
     assert plain["postprocess"] == "auto" and plain["output_convention"] == "auto" and plain["layout"] == "auto"
     assert plain["probabilities"] is False and plain["overwrite"] is False and plain["devices"] == 1
-    assert plain["tta"] is False and plain["tta_flips"] == ["lr"]  # mirroring only when asked for
+    # mirroring as the checkpoint was tuned (none unless a run chose it on its validation cases), or as asked
+    assert plain["tta"] == "auto" and plain["tta_flips"] == ["lr"]
     assert cfg.hydra.run.dir.startswith(f"{cfg.paths.log_dir}/predict/runs/")
     bare = compose(config_name="predict")
     for key in ("ckpt_path", "input_dir", "output_dir"):
@@ -216,6 +244,46 @@ def test_every_experiment_option_sets_its_values(tmp_path: Path, name: str) -> N
         assert compose(job, output_dir=str(tmp_path)).data.patches_per_epoch == cfg.cpu_patches_per_epoch
         assert compose([*job, "trainer=gpu"], output_dir=str(tmp_path)).data.patches_per_epoch == 300000
     _resolved(cfg)
+
+
+# ablation option -> what it sets on top of experiment=real_fast (the paper's training, then one option)
+PAPER = {"data.tumour_fraction": 0.0, "model.loss": "ce", "callbacks.budget_schedule": None, "trainer.precision": 32}
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "paper": {**PAPER, "callbacks.tune_postprocess.tta_flips": ["lr"]},
+    "tumour_sampling": {**PAPER, "data.tumour_fraction": 0.5, "callbacks.tune_postprocess": None},
+    "dice_loss": {**PAPER, "model.loss": "ce_dice", "callbacks.tune_postprocess": None},
+    "budget_lr": {k: v for k, v in PAPER.items() if k != "callbacks.budget_schedule"}
+    | {"callbacks.budget_schedule.warmup": 0.02, "callbacks.tune_postprocess": None},
+    "bf16": {
+        **PAPER,
+        "trainer.precision": "bf16-mixed",
+        "model.channels_last": True,
+        "callbacks.tune_postprocess": None,
+    },
+    "all": {
+        "data.tumour_fraction": 0.5,
+        "model.loss": "ce_dice",
+        "callbacks.budget_schedule.floor": 0.01,
+        "callbacks.tune_postprocess.tta_flips": ["lr"],
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_every_ablation_switches_on_one_option_of_the_papers_training(tmp_path: Path, name: str) -> None:
+    assert sorted(p.stem for p in (CONF / "ablation").glob("*.yaml")) == sorted(ABLATIONS)
+    cfg = compose(["experiment=real_fast_ablation", f"+ablation={name}", "data.root=r"], output_dir=str(tmp_path))
+    for key, value in ABLATIONS[name].items():
+        assert _plain(cfg, key) == value, key
+    assert cfg.test is False  # judged by the validation Dice of the best epoch
+    _resolved(cfg)
+
+
+def test_real_fast_on_a_gpu_has_a_longer_budget_and_larger_batches(tmp_path: Path) -> None:
+    cfg = compose(["experiment=real_fast", "trainer=gpu", "budget_minutes=100"], output_dir=str(tmp_path))
+    assert _plain(cfg, "trainer.max_time") == {"seconds": 90 * 60.0} and cfg.data.batch_size == 32
+    gpu = compose(["experiment=real_fast", "trainer=gpu"], output_dir=str(tmp_path))
+    assert _plain(gpu, "trainer.max_time") == {"seconds": 230 * 60.0}
 
 
 def test_the_cascade_experiment_follows_its_cascade_option(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ class TunePostprocess(Callback):
         module.load_state_dict(ckpt["state_dict"])
         was_training = module.training
         module.eval()
-        settings = [[]] + ([self.flips] if self.flips else [])
+        settings: list[list[str]] = [[]] + ([self.flips] if self.flips else [])
         scores = np.zeros((len(settings), len(self.candidates), len(REGIONS)))
         loader = dm.val_dataloader()
         total = len(loader) if self.max_cases is None else min(len(loader), self.max_cases)

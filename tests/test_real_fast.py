@@ -1,0 +1,309 @@
+"""experiment=real_fast (issue 15): tumour-centred sampling, the region Dice loss, the time-budget
+schedule, the clean-up and test-time flips tuned on the validation cases and carried by best.ckpt."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from brats_lightning.callbacks.budget import BudgetSchedule, budget_factor
+from brats_lightning.callbacks.postprocess import TunePostprocess, candidates, choose
+from brats_lightning.data.datasets import SliceDataset, crop_offsets, window_holding
+from brats_lightning.data.labels import get_convention
+from brats_lightning.errors import ConfigError
+from brats_lightning.losses import SegmentationLoss
+from brats_lightning.postprocess import remove_small_components
+
+# -- sampling -------------------------------------------------------------------------------------
+
+
+def test_window_holding_draws_every_valid_window_and_only_those() -> None:
+    rng = np.random.default_rng(0)
+    for n, s in [(10, 4), (4, 10), (7, 7), (1, 3)]:
+        free = n - s
+        for p in range(n):
+            # brute force: offsets within the image (or the padding) whose window holds p
+            valid = {o for o in range(min(0, free), max(0, free) + 1) if o <= p < o + s}
+            seen = {window_holding([p], [s], [n], rng)[0] for _ in range(400)}
+            assert seen == valid, (n, s, p)
+
+
+@pytest.fixture(scope="module")
+def train_cases(tiny_dm_kwargs: dict) -> list:
+    from brats_lightning.data.datamodule import BratsDataModule
+
+    dm = BratsDataModule(**tiny_dm_kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm.train_cases
+
+
+def _draw(cases: list, fraction: float, epochs: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    ds = SliceDataset(cases, (24, 24), batch_size=len(cases), augment=True, seed=0, tumour_fraction=fraction)
+    images = np.zeros((len(ds), ds.channels, 24, 24), np.float16)
+    labels = np.zeros((len(ds), 24, 24), np.uint8)
+    out_l = []
+    for epoch in range(epochs):
+        ds.fill([(epoch, i) for i in range(len(ds))], [images, labels])
+        out_l.append(labels.copy())
+    return images, np.concatenate(out_l)
+
+
+def test_tumour_sampling_puts_tumour_in_every_window_and_favours_the_small_classes(train_cases: list) -> None:
+    _, natural = _draw(train_cases, 0.0)
+    _, tumour = _draw(train_cases, 1.0)
+    has = lambda labels, k: (labels == k).reshape(len(labels), -1).any(1).mean()  # noqa: E731
+    assert has(tumour > 0, True) == 1.0  # every window holds tumour
+    assert has(natural > 0, True) < 0.9  # the natural draw does not
+    # classes drawn uniformly: enhancing tumour (class 3) is in far more windows than naturally
+    assert has(tumour, 3) > has(natural, 3) + 0.2
+    _, half = _draw(train_cases, 0.5)
+    assert has(natural > 0, True) < has(half > 0, True) < 1.0
+
+
+def test_without_tumour_sampling_the_windows_are_the_papers(train_cases: list) -> None:
+    ds = SliceDataset(train_cases, (24, 24), batch_size=4, augment=True, seed=3, tumour_fraction=0.0)
+    images = np.zeros((4, ds.channels, 24, 24), np.float16)
+    labels = np.zeros((4, 24, 24), np.uint8)
+    ds.fill([(2, i) for i in range(4)], [images, labels])
+    for k in range(4):
+        ci, z = ds.index[k]
+        case = train_cases[ci]
+        ox, oy = crop_offsets((24, 24), case.shape[2:], np.random.default_rng((3, 2, k)))
+        expected = np.zeros((24, 24), np.uint8)
+        src = np.asarray(case.label[z])
+        x0, y0 = max(ox, 0), max(oy, 0)
+        part = src[x0 : ox + 24, y0 : oy + 24]
+        expected[x0 - ox : x0 - ox + part.shape[0], y0 - oy : y0 - oy + part.shape[1]] = part
+        np.testing.assert_array_equal(labels[k], expected)
+
+
+def test_bad_tumour_fraction_is_a_config_error(tiny_dm_kwargs: dict) -> None:
+    from brats_lightning.data.datamodule import BratsDataModule
+
+    with pytest.raises(ConfigError, match="tumour_fraction"):
+        BratsDataModule(**tiny_dm_kwargs, tumour_fraction=1.5)
+
+
+# -- loss -----------------------------------------------------------------------------------------
+
+
+def test_ce_is_the_papers_cross_entropy_and_ce_dice_adds_the_region_soft_dice() -> None:
+    conv = get_convention("brats2017")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 9, 11, generator=g)
+    target = torch.randint(0, 4, (3, 9, 11), generator=g)
+    ce = SegmentationLoss(conv, "ce")(logits, target)
+    assert torch.allclose(ce, F.cross_entropy(logits, target))
+    # independent reference: numpy soft Dice over the batch of the three regions (sums of classes)
+    p = torch.softmax(logits, 1).numpy().astype(np.float64)
+    t = target.numpy()
+    dices = []
+    for classes in ([1, 2, 3], [1, 3], [3]):  # wt, tc, et as internal classes of brats2017 (1, 2, 4)
+        pr, gr = p[:, classes].sum(1), np.isin(t, classes).astype(np.float64)
+        dices.append((2 * (pr * gr).sum() + 1e-5) / (pr.sum() + gr.sum() + 1e-5))
+    expected = F.cross_entropy(logits, target).item() + 0.5 * (1 - np.mean(dices))
+    got = SegmentationLoss(conv, "ce_dice", dice_weight=0.5)(logits, target)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown loss"):
+        SegmentationLoss(conv, "focal")
+
+
+def test_a_bad_loss_name_is_a_config_error() -> None:
+    from brats_lightning.modules.fcn import FCNModule
+
+    with pytest.raises(ConfigError, match="model.loss"):
+        FCNModule(4, 4, width=0.25, loss="dice_only")
+
+
+# -- schedule -------------------------------------------------------------------------------------
+
+
+def test_budget_factor_warms_up_then_anneals_to_the_floor() -> None:
+    assert budget_factor(0.0, 0.1, 0.01) == pytest.approx(0.01)
+    assert budget_factor(0.1, 0.1, 0.01) == pytest.approx(1.0)
+    assert budget_factor(0.55, 0.1, 0.01) == pytest.approx(0.505)  # half-way through the cosine
+    assert budget_factor(1.0, 0.1, 0.01) == pytest.approx(0.01)
+    assert budget_factor(2.0, 0.1, 0.01) == pytest.approx(0.01)
+    after = [budget_factor(x, 0.1, 0.01) for x in np.linspace(0.1, 1, 50)]
+    assert all(a >= b for a, b in itertools.pairwise(after))
+
+
+class _RecordLR(BudgetSchedule):
+    """The schedule, recording (progress, lr) at every step."""
+
+    def __init__(self) -> None:
+        super().__init__(warmup=0.0, floor=0.0)
+        self.seen: list[tuple[float, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        before = self.progress(trainer)
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        self.seen.append((before, self.progress(trainer), trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+def test_the_schedule_follows_the_time_spent_in_a_real_run(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
+    from brats_lightning.data.datamodule import BratsDataModule
+    from brats_lightning.modules.fcn import FCNModule
+
+    rec = _RecordLR()
+    model = FCNModule(4, 4, width=0.25, lr=0.01, test_hd95=False)
+    trainer = tiny_trainer(tmp_path, epochs=-1, callbacks=[rec], max_time={"seconds": 6})
+    trainer.fit(model, datamodule=BratsDataModule(**tiny_dm_kwargs))
+    before, after, lrs = np.array(rec.seen).T
+    assert len(lrs) > 5 and np.all(np.diff(before) > 0)
+    cosine = lambda p: 0.01 * 0.5 * (1 + np.cos(np.pi * p))  # noqa: E731
+    # the rate set at each step is the cosine of the budget's fraction spent at that moment
+    assert np.all(cosine(after) <= lrs + 1e-12) and np.all(lrs <= cosine(before) + 1e-12)
+    assert lrs[-1] < 0.1 * lrs[0]  # annealed by the end of the budget
+
+
+def test_a_schedule_without_a_time_budget_is_a_config_error(tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer) -> None:
+    from brats_lightning.data.datamodule import BratsDataModule
+    from brats_lightning.modules.fcn import FCNModule
+
+    trainer = tiny_trainer(tmp_path, callbacks=[BudgetSchedule()], limit_train_batches=1)
+    with pytest.raises(ConfigError, match="max_time"):
+        trainer.fit(FCNModule(4, 4, width=0.25), datamodule=BratsDataModule(**tiny_dm_kwargs))
+
+
+# -- clean-up tuning ------------------------------------------------------------------------------
+
+
+def test_largest_only_keeps_the_largest_component() -> None:
+    seg = np.zeros((30, 30, 30), np.uint8)
+    seg[2:12, 2:12, 2:12] = 2
+    seg[20:25, 20:25, 20:25] = 1
+    out = remove_small_components(seg, min_volume_mm3=0, min_slices=1, largest_only=True)
+    assert out[20:25, 20:25, 20:25].sum() == 0 and (out == seg)[:15, :15, :15].all()
+
+
+def test_the_strongest_clean_up_within_the_tolerance_is_chosen() -> None:
+    assert choose([0.80, 0.85, 0.849, 0.70], tolerance=0.002) == 2
+    assert choose([0.80, 0.85, 0.847, 0.70], tolerance=0.002) == 1
+    assert candidates([500, 100], largest_only=True) == [
+        None,
+        {"min_volume_mm3": 100.0, "min_slices": 1},
+        {"min_volume_mm3": 500.0, "min_slices": 1},
+        {"min_volume_mm3": 0.0, "min_slices": 1, "largest_only": True},
+    ]
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict) -> dict:
+    """A tiny FCN trained with the tuning callback (lr flips tried, any gain keeps them)."""
+    import pytorch_lightning as pl
+
+    from brats_lightning.callbacks.checkpoint import BestCheckpoint
+    from brats_lightning.data.datamodule import BratsDataModule
+    from brats_lightning.modules.fcn import FCNModule
+    from tests.helpers import tiny_trainer
+
+    out = tmp_path_factory.mktemp("tuned")
+    pl.seed_everything(0)
+    dm = BratsDataModule(symmetry=True, **tiny_dm_kwargs)
+    model = FCNModule(8, 4, width=0.25, test_hd95=False, loss="ce_dice")
+    best = BestCheckpoint(dirpath=out, filename="best", monitor="val/dice_mean", mode="max")
+    tune = TunePostprocess(min_volumes_mm3=[5, 50], tta_min_gain=-1.0)
+    trainer = tiny_trainer(out, 2, [best, tune], limit_train_batches=6, limit_val_batches=None, precision="32")
+    trainer.fit(model, datamodule=dm)
+    return {"ckpt": out / "best.ckpt", "tune": tune, "model": model, "dm": dm, "trainer": trainer}
+
+
+def test_tuning_scores_the_best_checkpoint_and_stores_its_choice_in_it(tuned_run: dict) -> None:
+    from brats_lightning.checkpoint import load_module
+    from brats_lightning.utils import read_checkpoint
+
+    result = tuned_run["tune"].result
+    ckpt = read_checkpoint(tuned_run["ckpt"])
+    assert ckpt["postprocess_tuning"] == result
+    assert ckpt["postprocess"] == result["postprocess"] and ckpt["tta_flips"] == ["lr"]  # any gain keeps them
+    table = result["table"]
+    assert len(table) == 2 * 4 and result["cases"] == len(tuned_run["dm"].val_cases)
+    # the untouched row is what validation measured for the best epoch (computed another way: torch Dice)
+    best_val = max(h["val/dice_mean"] for h in read_checkpoint(tuned_run["ckpt"])["val_history"])
+    plain = next(r for r in table if r["postprocess"] is None and not r["tta_flips"])
+    assert plain["dice_mean"] == pytest.approx(best_val, abs=1e-6)
+    chosen = [r for r in table if r["tta_flips"] == ["lr"]]
+    assert max(r["dice_mean"] for r in chosen) - 0.002 <= next(
+        r["dice_mean"] for r in chosen if r["postprocess"] == result["postprocess"]
+    )
+    model, _ = load_module(tuned_run["ckpt"])
+    assert model.postprocess == (dict(result["postprocess"]) if result["postprocess"] else None)
+    assert model.tta_flips == ["lr"]
+
+
+def test_predict_applies_the_tuned_choice_unless_told_otherwise(tuned_run: dict) -> None:
+    from brats_lightning.modules.ensemble import EnsembleModule
+    from brats_lightning.predict import _flips, load_predictor
+
+    auto, _ = load_predictor(tuned_run["ckpt"], _flips({"tta": "auto"}))
+    assert isinstance(auto, EnsembleModule) and auto.flips == ((2,),)
+    plain, _ = load_predictor(tuned_run["ckpt"], _flips({"tta": False}))
+    assert not isinstance(plain, EnsembleModule)
+    with pytest.raises(ConfigError, match="tta must be"):
+        _flips({"tta": "sometimes"})
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def test_the_real_fast_command_trains_on_a_budget_and_predict_uses_its_choice(
+    tmp_path: Path, synthetic_root: Path, cache_dir: Path
+) -> None:
+    import csv
+    import json
+    import shutil
+
+    import nibabel as nib
+
+    from brats_lightning import predict
+    from brats_lightning.data.io import discover_cases
+    from brats_lightning.train import main as train_main
+    from brats_lightning.utils import read_checkpoint
+    from tests.helpers import run_main
+
+    run = tmp_path / "run"
+    run_main(
+        train_main,
+        "experiment=real_fast",
+        f"data.root={synthetic_root}",
+        f"paths.cache_dir={cache_dir}",
+        "data.crop_size=[48,56]",
+        "model.width=0.25",
+        "model.test_hd95=false",
+        "budget_minutes=0.4",
+        "reserve_minutes=0.1",
+        "logger=none",
+        f"hydra.run.dir={run}",
+    )
+    ckpt = read_checkpoint(run / "checkpoints" / "best.ckpt")
+    assert ckpt["postprocess_tuning"]["cases"] >= 1 and "tta_flips" in ckpt
+    metrics = json.loads((run / "metrics.json").read_text())
+    with (run / "val_curve.csv").open() as f:
+        curve = [float(r["val/dice_mean"]) for r in csv.DictReader(f)]
+    assert metrics["val/best_dice_mean"] == pytest.approx(max(curve))
+    # Lightning's max_time stopped it: 18 s of training (plus the last validation), not epochs
+    assert metrics["time/fit_s"] < 0.4 * 60 + 60 and metrics["train/steps"] >= 1
+    # predict takes the checkpoint as it is, and applies what the run chose
+    case = discover_cases(synthetic_root)[0]
+    cases = tmp_path / "cases"
+    shutil.copytree(Path(case.images["flair"]).parent, cases / case.case_id)
+    out = tmp_path / "preds"
+    run_main(
+        predict.main,
+        f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+        f"input_dir={cases}",
+        f"output_dir={out}",
+        f"hydra.run.dir={tmp_path / 'predict'}",
+    )
+    labels = np.asarray(nib.load(out / f"{case.case_id}.nii.gz").dataobj)
+    assert labels.shape == nib.load(case.images["flair"]).shape
+    if ckpt["postprocess"]:
+        kept = remove_small_components(labels, nib.load(case.images["flair"]).header.get_zooms(), **ckpt["postprocess"])
+        np.testing.assert_array_equal(kept, labels)  # nothing left to clean: it was cleaned
