@@ -76,6 +76,7 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "model.postprocess": None,
         "budget_minutes": 90,
         "trainer.max_epochs": -1,
+        "trainer.min_epochs": None,  # the budget stops it even inside the first epoch
         "trainer.max_time": {"seconds": 87 * 60.0},
         "callbacks.budget_schedule._target_": "brats_lightning.callbacks.budget.BudgetSchedule",
         "callbacks.tune_postprocess._target_": "brats_lightning.callbacks.postprocess.TunePostprocess",
