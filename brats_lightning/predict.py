@@ -351,6 +351,7 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
     except ValueError as e:
         raise ConfigError(f"tta_flips: {e}") from None
     _flips(cfg)
+    _auto_or_bool(cfg, "postprocess")
     bs = cfg.get("batch_size", 8)
     if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {bs!r}")
@@ -492,28 +493,32 @@ def _merge_ranks(trainer: pl.Trainer, out_dir: Path, mine: dict) -> dict:
     return merged
 
 
+def _auto_or_bool(cfg: DictConfig | dict, key: str) -> str | bool:
+    """Option ``key``: ``"auto"`` (the default), ``True`` or ``False``.
+
+    Raises:
+        ConfigError: any other value.
+    """
+    setting = cfg.get(key, "auto")
+    if setting in ("auto", True, False, None, "true", "false"):
+        return setting if setting == "auto" else setting in (True, "true")
+    raise ConfigError(f"{key} must be auto, true or false, got {setting!r}")
+
+
 def _flips(cfg: DictConfig | dict) -> list[str] | None:
     """The test-time flips asked for: ``None`` for ``tta=auto`` (those the checkpoint was tuned with)."""
-    setting = cfg.get("tta", "auto")
+    setting = _auto_or_bool(cfg, "tta")
     if setting == "auto":
         return None
-    if setting in (True, "true"):
-        return list(cfg.get("tta_flips") or ["lr"])
-    if setting in (False, "false", None):
-        return []
-    raise ConfigError(f"tta must be auto, true or false, got {setting!r}")
+    return list(cfg.get("tta_flips") or ["lr"]) if setting else []
 
 
 def _postprocess(cfg: DictConfig | dict, model: SegmentationModule) -> dict | None:
     """The clean-up to apply: ``auto`` = what the model was trained and tested with (in its checkpoint)."""
-    setting = cfg.get("postprocess", "auto")
+    setting = _auto_or_bool(cfg, "postprocess")
     if setting == "auto":
         return dict(model.postprocess) if model.postprocess else None
-    if setting in (True, "true"):
-        return dict(cfg.get("postprocess_options") or {})
-    if setting in (False, "false", None):
-        return None
-    raise ConfigError(f"postprocess must be auto, true or false, got {setting!r}")
+    return dict(cfg.get("postprocess_options") or {}) if setting else None
 
 
 def _layout_convention(case: CaseFiles, files: dict | None, data_config: dict) -> str:

@@ -29,7 +29,7 @@ from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, LabelConvention
 from brats_lightning.errors import ConfigError
-from brats_lightning.inference import FLIPS
+from brats_lightning.inference import tta_flips as flip_dims
 from brats_lightning.metrics import dice
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.postprocess import remove_small_components
@@ -82,9 +82,10 @@ class TunePostprocess(Callback):
         tta_min_gain: float = 0.005,
         max_cases: int | None = 50,
     ) -> None:
-        bad = [f for f in tta_flips if f not in FLIPS]
-        if bad:
-            raise ConfigError(f"TunePostprocess.tta_flips: unknown flip(s) {bad}; expected some of {sorted(FLIPS)}")
+        try:
+            flip_dims(tta_flips)
+        except ValueError as e:
+            raise ConfigError(f"TunePostprocess.tta_flips: {e}") from None
         self.candidates = candidates(min_volumes_mm3, largest_only)
         self.tolerance = float(tolerance)
         self.flips = list(tta_flips)

@@ -13,7 +13,7 @@ import torch
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
-from brats_lightning.inference import FLIPS, InputPadding, flip_average, predict_padded, predict_volume
+from brats_lightning.inference import InputPadding, flip_average, predict_padded, predict_volume, tta_flips
 from brats_lightning.metrics import dice_torch, region_metrics
 from brats_lightning.postprocess import remove_small_components
 from brats_lightning.seeding import stream_seed, training_epoch
@@ -163,7 +163,7 @@ class SegmentationModule(pl.LightningModule):
             batch: the item.
             flips: test-time flips (``lr``, ``ap``) whose probabilities are averaged in.
         """
-        fn = flip_average(self.predict_slices, tuple(FLIPS[f] for f in flips))
+        fn = flip_average(self.predict_slices, tta_flips(flips))
         return predict_volume(fn, batch["image"], self.inference_batch_size, batch.get("mask"))
 
     def clean_up(self, pred: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
