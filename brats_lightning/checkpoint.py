@@ -4,7 +4,9 @@ A checkpoint is data. It is read with ``torch.load(weights_only=True)`` (tensors
 only, so reading cannot run code), and the module class it names is looked up in
 :attr:`SegmentationModule.registry <brats_lightning.modules.segmentation.SegmentationModule.registry>`,
 the classes this package (or a user's code, by subclassing) has defined. A name is never imported:
-``{"module_class": "subprocess.run"}`` is refused, not called.
+``{"module_class": "subprocess.run"}`` is refused, not called, and so is a Lightning ``_instantiator``
+in its hyper-parameters. What it stores besides the weights (the data configuration, the clean-up,
+the test-time flips) is validated against :mod:`brats_lightning.schema` before anything uses it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from brats_lightning.utils import read_checkpoint
 if TYPE_CHECKING:
     from brats_lightning.modules.segmentation import SegmentationModule
 
-__all__ = ["module_class", "describe", "load_module", "check_fits", "find_checkpoints"]
+__all__ = ["module_class", "stored_settings", "describe", "load_module", "check_fits", "find_checkpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,15 @@ def module_class(ckpt: dict[str, Any], path: str | Path) -> type[SegmentationMod
     import brats_lightning.modules  # noqa: F401 - defines (and so registers) the package's modules
     from brats_lightning.modules.segmentation import SegmentationModule
 
+    hp = ckpt.get("hyper_parameters")
+    if hp is not None and not isinstance(hp, dict):
+        raise CheckpointError(f"{path}: its hyper_parameters are a {type(hp).__name__}, not a mapping")
+    for key in ("_instantiator", "_class_path"):
+        if hp and key in hp:
+            raise CheckpointError(
+                f"{path}: its hyper-parameters name a Lightning {key} ({str(hp[key])[:80]!r}): brats_lightning "
+                "checkpoints never do, and nothing a checkpoint names is imported; it is not loaded"
+            )
     name = ckpt.get("module_class")
     if not isinstance(name, str):
         raise CheckpointError(
@@ -51,6 +62,26 @@ def module_class(ckpt: dict[str, Any], path: str | Path) -> type[SegmentationMod
             f"(known models: {known})"
         )
     return cls
+
+
+def stored_settings(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """What a checkpoint stores besides its weights, validated (:mod:`brats_lightning.schema`).
+
+    Returns:
+        ``data_config`` (``{}`` when the checkpoint has none), ``postprocess`` (``None``: none) and
+        ``tta_flips``, as plain values.
+
+    Raises:
+        CheckpointError: a value of the wrong type or range, or an unknown key; names ``path``.
+    """
+    from brats_lightning.schema import check_data_config, check_flips, check_postprocess
+
+    raw = ckpt.get("data_config")
+    return {
+        "data_config": check_data_config(raw, path) if raw is not None else {},
+        "postprocess": check_postprocess(ckpt.get("postprocess"), path),
+        "tta_flips": check_flips(ckpt.get("tta_flips"), f"{path} (tta_flips)"),
+    }
 
 
 def describe(ckpt: dict[str, Any]) -> str:
@@ -85,6 +116,7 @@ def load_module(path: str | Path, map_location: str = "cpu") -> tuple[Segmentati
     path = Path(path)
     ckpt = read_checkpoint(path)
     cls = module_class(ckpt, path)
+    stored = stored_settings(ckpt, path)
     raw = io.BytesIO(path.read_bytes())
     try:
         model = cls.load_from_checkpoint(raw, map_location=map_location, weights_only=True)
@@ -97,7 +129,7 @@ def load_module(path: str | Path, map_location: str = "cpu") -> tuple[Segmentati
             raise CheckpointError(f"{path}: its hyper-parameters do not build a {cls.__name__}: {inner}") from inner
         detail = "; ".join(probe_problems[:4]) or str(e).splitlines()[0]
         raise CheckpointError(f"{path}: its weights do not fit a {describe(ckpt)}: {detail}") from e
-    return model.eval(), dict(ckpt.get("data_config") or {})
+    return model.eval(), stored["data_config"]
 
 
 def _init_kwargs(cls: type[SegmentationModule], hp: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +149,7 @@ def check_fits(path: str | Path, model: SegmentationModule, purpose: str = "resu
     """
     ckpt = read_checkpoint(path)
     cls = module_class(ckpt, path)
+    stored_settings(ckpt, path)
     if cls is not type(model):
         raise CheckpointError(
             f"{path}: cannot {purpose} it: it holds a {describe(ckpt)}, this run's model is a {type(model).__name__}"
@@ -168,24 +201,27 @@ def find_checkpoints(spec: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _run_checkpoint(run: Path) -> Path | None:
-    """The checkpoint a run folder reported, or ``None`` when it is not a run folder."""
-    import json
+    """The checkpoint a run folder reported, or ``None`` when it is not a run folder.
 
-    pipeline = run / "pipeline.json"
-    if pipeline.is_file():
+    ``pipeline.json`` and ``summary.json`` are read as data (:func:`~brats_lightning.schema.read_json`);
+    what they name is only a path, and the file there is read like any checkpoint.
+    """
+    from brats_lightning.errors import UserError
+    from brats_lightning.schema import read_json
+
+    def reported(doc_path: Path, pick) -> Path | None:
+        if not doc_path.is_file():
+            return None
         try:
-            stages = json.loads(pipeline.read_text())
-            best = list(stages.values())[-1].get("best_ckpt")
-            if best and Path(best).is_file():
-                return Path(best)
-        except (OSError, ValueError, IndexError, AttributeError):
-            pass
-    try:
-        reported = json.loads((run / "summary.json").read_text()).get("checkpoint")
-        if reported and Path(reported).is_file():
-            return Path(reported)
-    except (OSError, ValueError, AttributeError):
-        pass
+            value = pick(read_json(doc_path, doc_path.name))
+        except (UserError, LookupError, AttributeError, TypeError):
+            return None
+        return Path(value) if isinstance(value, str) and value and Path(value).is_file() else None
+
+    best = reported(run / "pipeline.json", lambda stages: list(stages.values())[-1].get("best_ckpt"))
+    best = best or reported(run / "summary.json", lambda summary: summary.get("checkpoint"))
+    if best is not None:
+        return best
     for name in ("best.ckpt", "last.ckpt"):
         if (run / "checkpoints" / name).is_file():
             return run / "checkpoints" / name

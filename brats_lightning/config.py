@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["config_dir", "register_resolvers", "compose"]
+__all__ = ["config_dir", "register_resolvers", "compose", "check_budget"]
 
 
 def config_dir() -> str:
@@ -66,13 +66,35 @@ def _run_name(task: str) -> str:
     return f"{task}/{extra}" if extra else task
 
 
+def check_budget(budget_minutes: object, reserve_minutes: object) -> tuple[float, float]:
+    """``(budget, reserve)`` in minutes, checked: a positive budget, a reserve in ``[0, budget)``.
+
+    Raises:
+        ConfigError: naming the option and what would work.
+    """
+    from brats_lightning.errors import ConfigError
+
+    def number(name: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ConfigError(f"{name} must be a number of minutes, got {value!r}")
+        return float(value)
+
+    budget, reserve = number("budget_minutes", budget_minutes), number("reserve_minutes", reserve_minutes)
+    if budget <= 0:
+        raise ConfigError(f"budget_minutes={budget_minutes}: the time budget must be positive (e.g. budget_minutes=90)")
+    if not 0 <= reserve < budget:
+        raise ConfigError(
+            f"reserve_minutes={reserve_minutes} must be at least 0 and less than budget_minutes={budget_minutes} "
+            "(it is the part of the budget kept for the last validation, the tuning and the test)"
+        )
+    return budget, reserve
+
+
 def _max_time(budget_minutes: float, reserve_minutes: float) -> dict[str, float]:
     """``trainer.max_time`` for a run of ``budget_minutes`` in all, ``reserve_minutes`` of which are kept for
-    what follows training (the last validation, tuning, testing); at least a tenth of the budget trains."""
-    budget, reserve = float(budget_minutes), float(reserve_minutes)
-    if budget <= 0 or reserve < 0:
-        raise ValueError(f"budget_minutes must be > 0 and the reserve >= 0, got {budget_minutes}, {reserve_minutes}")
-    return {"seconds": 60.0 * max(budget - reserve, budget / 10)}
+    what follows training (the last validation, tuning, testing)."""
+    budget, reserve = check_budget(budget_minutes, reserve_minutes)
+    return {"seconds": 60.0 * (budget - reserve)}
 
 
 def register_resolvers() -> None:

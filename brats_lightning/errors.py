@@ -7,13 +7,26 @@ without a traceback and exit with status 2. Any other exception is a bug and kee
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["UserError", "DataError", "ConfigError", "CheckpointError", "find_user_error", "cli"]
+__all__ = [
+    "UserError",
+    "DataError",
+    "ConfigError",
+    "CheckpointError",
+    "OutputError",
+    "disk_full",
+    "find_user_error",
+    "one_line",
+    "cli",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,6 +47,21 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, unreadable, not ours, or does not fit the model; the message names the path."""
 
 
+class OutputError(UserError):
+    """An output cannot be written where it was asked for (a full disk, an input folder); the message names the path."""
+
+
+#: ``errno`` values of a write that failed for lack of space (disk full, quota exceeded, file too large)
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full(error: BaseException, path: object) -> OutputError | None:
+    """An :class:`OutputError` naming ``path`` if ``error`` is a write that failed for lack of space, else ``None``."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL:
+        return OutputError(f"{path}: {os.strerror(error.errno or errno.ENOSPC)}: cannot write it")
+    return None
+
+
 def find_user_error(exc: BaseException | None) -> UserError | None:
     """The :class:`UserError` behind ``exc`` (itself or a cause, e.g. inside Hydra's ``InstantiationException``)."""
     from omegaconf.errors import MissingMandatoryValue
@@ -49,6 +77,16 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
     return None
 
 
+def one_line(error: UserError) -> str:
+    """The message of ``error``; for one raised in a data-loader worker (which torch re-raises with the
+    worker's traceback in its message), the original message alone."""
+    text = str(error)
+    if "\nOriginal Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
+    return text
+
+
 def cli(fn: F) -> F:
     """Run a command's main function; a :class:`UserError` becomes ``error: <message>`` on stderr and exit 2."""
 
@@ -61,7 +99,7 @@ def cli(fn: F) -> F:
             if user is None:
                 raise
             logging.getLogger("brats_lightning").debug("user error", exc_info=True)
-            print(f"error: {user}", file=sys.stderr)
+            print(f"error: {one_line(user)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -27,7 +27,6 @@ import torch
 from omegaconf import DictConfig
 
 from brats_lightning.config import config_dir, register_resolvers
-from brats_lightning.data.labels import get_convention
 from brats_lightning.errors import CheckpointError, ConfigError, cli
 from brats_lightning.inference import InputPadding
 from brats_lightning.modules.segmentation import SegmentationModule
@@ -74,6 +73,24 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
     padding = model.input_padding
     side = 4 * max(padding.divisor, 8)
     example = torch.zeros(1, in_channels, side + padding.before + padding.after, side + padding.before + padding.after)
+    meta = {
+        "format": FORMAT,
+        "name": model.display_name,
+        "module_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "in_channels": in_channels,
+        "num_classes": model.convention.num_classes,
+        "convention": model.convention.name,
+        "input_padding": padding.to_dict(),
+        "postprocess": model.postprocess,
+        "tta_flips": list(model.tta_flips),
+        "data_config": {"convention": model.convention.name, **data_config},
+        "inference_batch_size": model.inference_batch_size,
+        "input": "zero-padded slices (N, C, H, W) float32, RAS: axis -2 = x (left-right)",
+        "output": "class probabilities of every output pixel (N, K, H', W')",
+    }
+    from brats_lightning.schema import ExportSidecar, validate
+
+    validate(ExportSidecar, json.loads(json.dumps(meta)), sidecar_path(out))  # what predict will accept
     dynamic = torch.export.Dim.DYNAMIC
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, warnings.catch_warnings():
@@ -90,21 +107,6 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
         )
         assert program is not None
         program.save(str(tmp))  # the weights inline: one file
-    meta = {
-        "format": FORMAT,
-        "name": model.display_name,
-        "module_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "in_channels": in_channels,
-        "num_classes": model.convention.num_classes,
-        "convention": model.convention.name,
-        "input_padding": padding.to_dict(),
-        "postprocess": model.postprocess,
-        "tta_flips": list(model.tta_flips),
-        "data_config": data_config,
-        "inference_batch_size": model.inference_batch_size,
-        "input": "zero-padded slices (N, C, H, W) float32, RAS: axis -2 = x (left-right)",
-        "output": "class probabilities of every output pixel (N, K, H', W')",
-    }
     write_text_atomic(sidecar_path(out), json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -129,12 +131,12 @@ class OnnxModule(SegmentationModule, register=False):
         meta = read_sidecar(path)
         super().__init__(
             convention=meta["convention"],
-            inference_batch_size=int(meta.get("inference_batch_size", 4)),
+            inference_batch_size=meta["inference_batch_size"],
             channels_last=False,
-            postprocess=meta.get("postprocess"),
-            name=f"{meta.get('name', path.stem)} (ONNX)",
+            postprocess=meta["postprocess"],
+            name=f"{meta['name']} (ONNX)",
         )
-        self.tta_flips = list(meta.get("tta_flips") or [])
+        self.tta_flips = list(meta["tta_flips"])
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -162,24 +164,24 @@ class OnnxModule(SegmentationModule, register=False):
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The sidecar of an exported model.
+    """The sidecar of an exported model, validated (:class:`~brats_lightning.schema.ExportSidecar`).
 
     Raises:
-        CheckpointError: the ``.onnx`` file or its ``.json`` is missing or not what ``export`` writes.
+        CheckpointError: the ``.onnx`` file or its ``.json`` is missing, or the sidecar is not what
+            ``export`` writes (a value of the wrong type or range, an unknown key); names ``model.json``.
     """
+    from brats_lightning.schema import ExportSidecar, read_json, validate
+
     path = Path(path)
     side = sidecar_path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such ONNX file")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{side}: the sidecar of {path.name} is missing or unreadable ({e})") from e
-    missing = [k for k in ("format", "convention", "input_padding", "data_config") if k not in meta]
-    if missing or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{side}: not a brats_lightning export sidecar (missing {missing or 'format'})")
-    get_convention(meta["convention"])
-    return meta
+    if not side.is_file():
+        raise CheckpointError(f"{side}: the sidecar of {path.name} is missing (export writes both)")
+    meta = read_json(side, f"sidecar of {path.name}")
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise CheckpointError(f"{side}: not a brats_lightning export sidecar (no format key)")
+    return validate(ExportSidecar, meta, side).model_dump(mode="json")
 
 
 def load_onnx(path: str | Path, threads: int = 0) -> tuple[OnnxModule, dict]:

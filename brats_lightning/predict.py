@@ -41,7 +41,7 @@ import nibabel as nib
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
@@ -57,13 +57,14 @@ from brats_lightning.data.preprocess import (
     symmetry_channels,
     uncrop,
 )
-from brats_lightning.errors import ConfigError, UserError, cli
+from brats_lightning.errors import ConfigError, OutputError, UserError, cli, disk_full
 from brats_lightning.export import load_onnx
 from brats_lightning.inference import predict_volume
 from brats_lightning.modules.ensemble import EnsembleModule, check_compatible, tta_flips
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.postprocess import remove_small_components
 from brats_lightning.precision import inference_dtype
+from brats_lightning.schema import PostprocessOptions, validate
 from brats_lightning.utils import atomic_path, remove_stale_temporaries, write_text_atomic
 
 __all__ = ["load_model", "CaseOutputs", "CaseDataset", "Predictor", "CaseWriter", "predict_dir", "main"]
@@ -287,6 +288,9 @@ class CaseWriter(BasePredictionWriter):
         t0 = time.perf_counter()
         try:
             self._write(prediction)
+        except OutputError as e:  # a full disk: every later case would fail too; stop here
+            self.failed[case_id] = str(e)
+            raise
         except (UserError, OSError) as e:
             self.failed[case_id] = str(e)
             log.error("%s: skipped (%s)", case_id, e)
@@ -321,12 +325,22 @@ class CaseWriter(BasePredictionWriter):
 
 
 def _write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None:
-    """Save ``arr`` next to ``path`` under a temporary name, then rename it into place (atomic)."""
+    """Save ``arr`` next to ``path`` under a temporary name, then rename it into place (atomic).
+
+    Raises:
+        OutputError: the disk is full (or the quota spent); names ``path``, and nothing is left there.
+    """
     img = nib.Nifti1Image(arr, affine, header)
     img.set_data_dtype(arr.dtype)
     img.header.set_xyzt_units("mm")
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
+    try:
+        with atomic_path(path) as tmp:
+            nib.save(img, str(tmp))
+    except OSError as e:
+        full = disk_full(e, path)
+        if full is None:
+            raise
+        raise full from e
 
 
 def check_predict_options(cfg: DictConfig | dict) -> None:
@@ -338,6 +352,7 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
     """
     for key in ("ckpt_path", "input_dir", "output_dir"):
         _ = cfg[key]  # a missing ??? option raises here, before anything is loaded
+    _check_output_dir(Path(str(cfg["output_dir"])), [Path(str(cfg["input_dir"]))])
     conv = cfg.get("output_convention") or "auto"
     if conv != "auto":
         try:
@@ -352,6 +367,9 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
         raise ConfigError(f"tta_flips: {e}") from None
     _flips(cfg)
     _auto_or_bool(cfg, "postprocess")
+    options = cfg.get("postprocess_options") or {}
+    options = OmegaConf.to_container(options) if isinstance(options, DictConfig) else options
+    validate(PostprocessOptions, options, "postprocess_options", ConfigError)
     bs = cfg.get("batch_size", 8)
     if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {bs!r}")
@@ -367,6 +385,26 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
         inference_dtype(str(cfg.get("precision", "auto")), "cuda" if device.startswith("cuda") else "cpu")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_output_dir(out_dir: Path, inputs: Sequence[Path], what: str = "input_dir") -> None:
+    """``output_dir`` must be a folder (or not exist yet) outside the input folder and every case folder.
+
+    Raises:
+        ConfigError: ``output_dir`` is a file, or equal to or inside ``input_dir`` or a case folder
+            (predictions would be written into the data set, and read back as cases).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output_dir={out_dir}: is an existing file, not a folder; give a folder for the predictions")
+    out = out_dir.resolve()
+    for folder in inputs:
+        inp = folder.resolve()
+        if out == inp or out.is_relative_to(inp):
+            where = "is" if out == inp else "is inside"
+            raise ConfigError(
+                f"output_dir={out_dir} {where} {what} {folder}: predictions would be written into the data set; "
+                "choose a folder outside it"
+            )
 
 
 def _trainer_options(cfg: DictConfig | dict) -> dict:
@@ -403,10 +441,36 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     bad: list[BadCase] = []
     cases = discover_cases(cfg["input_dir"], cfg.get("layout") or "auto", modalities, files, problems=bad)
     out_dir = Path(cfg["output_dir"])
+    case_dirs = {Path(next(iter(c.images.values()))).parent for c in cases}
+    _check_output_dir(out_dir, sorted(case_dirs), "the case folder")
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    try:
+        return _predict_cases(cfg, model, data_config, cases, bad, out_dir, t0)
+    except BaseException:
+        # a run that failed (or was interrupted) before writing anything leaves no empty folders behind
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def _predict_cases(
+    cfg: DictConfig | dict,
+    model: SegmentationModule,
+    data_config: dict,
+    cases: list[CaseFiles],
+    bad: list[BadCase],
+    out_dir: Path,
+    t0: float,
+) -> dict:
+    """:func:`predict_dir` once the model is loaded and the cases found (see there)."""
+    files = cfg.get("files") or None
     want_probs = bool(cfg.get("probabilities", False))
     out_dir.mkdir(parents=True, exist_ok=True)
     if want_probs:
         (out_dir / "probabilities").mkdir(exist_ok=True)
+    # an earlier run's report goes first: whatever happens next, no report claims more than is on disk
+    (out_dir / "predict_report.json").unlink(missing_ok=True)
     for folder in (out_dir, out_dir / "probabilities"):
         for p in remove_stale_temporaries(folder):
             log.info("Removed %s, left by a run that was stopped while writing it", p)
@@ -428,6 +492,7 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     if workers == "auto":
         workers = 1 if options["accelerator"] == "cpu" else 2
     rank_zero = True
+    stopped: OutputError | None = None
     if todo:
         loader = DataLoader(
             CaseDataset(todo, data_config, conventions),
@@ -445,16 +510,23 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
             enable_progress_bar=True,
             precision="bf16-mixed" if dtype == torch.bfloat16 else "32-true",
         )
-        trainer.predict(
-            Predictor(model, data_config, cfg.get("batch_size", 8), want_probs), loader, return_predictions=False
-        )
+        try:
+            trainer.predict(
+                Predictor(model, data_config, cfg.get("batch_size", 8), want_probs), loader, return_predictions=False
+            )
+        except OutputError as e:  # the first full-disk error: no later case is tried
+            stopped = e
         rank_zero = trainer.is_global_zero
-        report = _merge_ranks(trainer, out_dir, writer.report())
+        report = writer.report() if stopped else _merge_ranks(trainer, out_dir, writer.report())
     else:
         report = writer.report()
     report["skipped"] = skipped
     report["precision"] = "bf16" if dtype == torch.bfloat16 else "fp32"
     report["failed"] = dict(sorted({**{b.case_id: b.reason for b in bad}, **report["failed"]}.items()))
+    if stopped is not None:
+        tried = set(report["done"]) | set(report["failed"])
+        report["stopped"] = str(stopped)
+        report["not_attempted"] = [c.case_id for c in todo if c.case_id not in tried]
     for b in bad:
         log.error("%s: skipped (%s)", b.case_id, b.reason)
     report["totals_s"] = {
@@ -462,7 +534,14 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     }
     report["total_s"] = round(time.perf_counter() - t0, 3)
     if rank_zero:
-        write_text_atomic(out_dir / "predict_report.json", json.dumps(report, indent=2) + "\n")
+        try:
+            write_text_atomic(out_dir / "predict_report.json", json.dumps(report, indent=2) + "\n")
+        except OSError as e:
+            full = disk_full(e, out_dir / "predict_report.json")
+            if full is None:
+                raise
+            stopped = stopped or full
+            log.error("%s (the report is not written; the label maps on disk are complete)", full)
         log.info(
             "Predicted %d cases, skipped %d complete, %d failed, into %s (%.1f s)",
             len(report["done"]),
@@ -470,6 +549,12 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
             len(report["failed"]),
             out_dir,
             report["total_s"],
+        )
+    if stopped is not None:
+        raise OutputError(
+            f"{stopped} (stopped at the first full-disk error: {len(report['done'])} case(s) written, "
+            f"{len(report.get('not_attempted', []))} not attempted; free some space and run again, complete cases "
+            "are skipped)"
         )
     return report
 
@@ -518,7 +603,11 @@ def _postprocess(cfg: DictConfig | dict, model: SegmentationModule) -> dict | No
     setting = _auto_or_bool(cfg, "postprocess")
     if setting == "auto":
         return dict(model.postprocess) if model.postprocess else None
-    return dict(cfg.get("postprocess_options") or {}) if setting else None
+    if not setting:
+        return None
+    options = cfg.get("postprocess_options") or {}
+    options = OmegaConf.to_container(options) if isinstance(options, DictConfig) else dict(options)
+    return validate(PostprocessOptions, options, "postprocess_options", ConfigError).model_dump()
 
 
 def _layout_convention(case: CaseFiles, files: dict | None, data_config: dict) -> str:

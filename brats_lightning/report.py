@@ -12,16 +12,22 @@ without ``data.fold``) and writes into ``<multirun folder>/report/``:
   a fourth panel shows the residual of the whole-tumour curves (Fig. 5b);
 * ``overlays.png``: the same test slices for every setting: T1c, T2, FLAIR with the ground truth,
   then each setting's prediction (Shen et al. Fig. 6, Havaei et al. Fig. 5).
+
+A results folder is data, whoever made it: its JSON and YAML files are read as plain values and
+checked, and the ensemble rows rebuild only brats_lightning's own data module from the options a
+job's ``.hydra/config.yaml`` gives (validated: :class:`~brats_lightning.schema.DataModuleOptions`);
+a config that names any other callable (``_target_``) is refused, never called.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
@@ -33,7 +39,12 @@ from brats_lightning.results import PAPER_METRICS
 from brats_lightning.utils import write_csv_atomic, write_text_atomic
 from brats_lightning.viz import group_by_setting, plot_curves, plot_overlays
 
-__all__ = ["Run", "collect_runs", "write_report", "main"]
+if TYPE_CHECKING:
+    from brats_lightning.data.datamodule import BratsDataModule
+
+__all__ = ["Run", "collect_runs", "job_datamodule", "write_report", "main"]
+
+log = logging.getLogger("brats_lightning.report")
 
 _IGNORED = ("data.fold", "experiment", "hydra.", "paths.", "trainer.", "logger", "data.patches_per_epoch", "seed")
 #: overrides that choose the method: a setting shows the method's name (``summary.json``) instead
@@ -60,12 +71,59 @@ def _setting(overrides: list[str], common: set[str], method: str | None = None) 
     return ", ".join(dict.fromkeys(names)) if names else (method or "default")
 
 
+def _json(path: Path, what: str) -> object | None:
+    """A JSON file of a results folder as plain data, ``None`` when it is missing or not usable."""
+    from brats_lightning.errors import UserError
+    from brats_lightning.schema import read_json
+
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, what)
+    except UserError as e:
+        log.warning("%s", e)
+        return None
+
+
 def _method(run_dir: Path) -> str | None:
     """The method's name a run recorded in its ``summary.json`` (``None`` for runs without one)."""
+    summary = _json(run_dir / "summary.json", "summary")
+    method = summary.get("method") if isinstance(summary, dict) else None
+    return method[:200] if isinstance(method, str) else None
+
+
+def _numbers(doc: object) -> dict[str, float]:
+    """The numeric entries of a ``metrics.json`` (anything else is dropped)."""
+    if not isinstance(doc, dict):
+        return {}
+    return {
+        str(k): float(v)
+        for k, v in doc.items()
+        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _overrides(path: Path) -> list[str]:
+    """A job's ``.hydra/overrides.yaml``: a list of strings (anything else: none)."""
     try:
-        return json.loads((run_dir / "summary.json").read_text()).get("method")
-    except (OSError, ValueError, AttributeError):
-        return None
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, RecursionError) as e:
+        log.warning("%s: unreadable (%s)", path, e)
+        return []
+    return [o for o in doc if isinstance(o, str)] if isinstance(doc, list) else []
+
+
+def _last_stage(job: Path) -> Path:
+    """A multi-stage job's last stage folder (``pipeline.json``), else the job itself; always inside the job."""
+    stages = _json(job / "pipeline.json", "pipeline description")
+    if not isinstance(stages, dict) or not stages:
+        return job
+    name, last = list(stages.items())[-1]
+    folder = Path(last["dir"]) if isinstance(last, dict) and isinstance(last.get("dir"), str) else None
+    if folder is not None and folder.is_dir():
+        return folder
+    local = job / str(name)
+    return local if local.is_dir() and local.resolve().is_relative_to(job.resolve()) else job
 
 
 def _curves(csv_file: Path) -> dict[str, list[tuple[int, float]]]:
@@ -90,20 +148,15 @@ def collect_runs(multirun: str | Path) -> list[Run]:
     root = Path(multirun)
     if not root.is_dir():
         raise FileNotFoundError(f"multirun folder {root} does not exist")
-    jobs = [
-        (ov.parent.parent, yaml.safe_load(ov.read_text()) or []) for ov in sorted(root.glob("*/.hydra/overrides.yaml"))
-    ]
+    jobs = [(ov.parent.parent, _overrides(ov)) for ov in sorted(root.glob("*/.hydra/overrides.yaml"))]
     jobs = [(job, ovs) for job, ovs in jobs if (job / "metrics.json").is_file()]
     common = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
     runs = []
     for job, overrides in jobs:
         metrics_file = job / "metrics.json"
-        fold = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("data.fold=")), 0)
-        last = job
-        if (job / "pipeline.json").is_file():
-            stages = json.loads((job / "pipeline.json").read_text())
-            last = Path(list(stages.values())[-1]["dir"])
-            last = last if last.is_dir() else job / list(stages)[-1]
+        folds = [o.split("=", 1)[1] for o in overrides if o.startswith("data.fold=")]
+        fold = int(folds[0]) if folds and folds[0].isdigit() else 0
+        last = _last_stage(job)
         slices = last / "test_slices.npz"
         curve = last / "val_curve.csv" if (last / "val_curve.csv").is_file() else last / "csv" / "metrics.csv"
         runs.append(
@@ -111,7 +164,7 @@ def collect_runs(multirun: str | Path) -> list[Run]:
                 job,
                 _setting(overrides, common, _method(last)),
                 fold,
-                json.loads(metrics_file.read_text()),
+                _numbers(_json(metrics_file, "metrics")),
                 _curves(curve),
                 slices if slices.is_file() else None,
             )
@@ -155,11 +208,8 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
     """
     import pytorch_lightning as pl
     import torch
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from brats_lightning.checkpoint import find_checkpoints, load_module
-    from brats_lightning.config import register_resolvers
     from brats_lightning.errors import UserError
     from brats_lightning.modules.ensemble import EnsembleModule, check_compatible
     from brats_lightning.precision import inference_dtype
@@ -169,11 +219,9 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
         return None, "one fold"
     if any((g.folder / "pipeline.json").is_file() for g in group):
         return None, "multi-stage jobs (predict with their checkpoints instead)"
-    register_resolvers()
     try:
         paths = [find_checkpoints(g.folder)[0] for g in group]
-        cfg = OmegaConf.load(group[0].folder / ".hydra" / "config.yaml")
-        dm = instantiate(cfg.data, _convert_="all")
+        dm = job_datamodule(group[0].folder)
         dm.prepare_data()
         dm.setup("test")
         if not dm.test_cases:
@@ -182,6 +230,7 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
         check_compatible([d for _, d in loaded], paths)
         ensemble = EnsembleModule([m for m, _ in loaded])
     except (UserError, OSError) as e:
+        log.warning("No ensemble of the folds of %s: %s", group[0].setting, e)
         return None, str(e)
     bf16 = inference_dtype("auto", "cpu") == torch.bfloat16  # as the folds' own test (precision auto)
     trainer = pl.Trainer(
@@ -195,6 +244,49 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
     )
     trainer.test(ensemble, datamodule=dm, verbose=False)
     return run_metrics(summarise(ensemble.test_results)), f"{len(paths)} folds on {len(dm.test_cases)} test cases"
+
+
+def job_datamodule(job: str | Path) -> BratsDataModule:
+    """The data module a job trained on, rebuilt from its ``.hydra/config.yaml`` as data.
+
+    The ``data`` node is read as plain values (OmegaConf resolves its interpolations with the
+    registered resolvers, none of which runs code), its ``_target_`` must name brats_lightning's
+    :class:`~brats_lightning.data.datamodule.BratsDataModule`, no value may name another callable,
+    and every option is type- and range-checked (:class:`~brats_lightning.schema.DataModuleOptions`);
+    the class is then called directly, never through ``hydra.utils.instantiate``.
+
+    Raises:
+        ConfigError: the file is unreadable, names another callable, or has an option of the wrong
+            type or range; the message names the file and the option.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from brats_lightning.config import register_resolvers
+    from brats_lightning.data.datamodule import BratsDataModule
+    from brats_lightning.errors import ConfigError
+    from brats_lightning.schema import DataModuleOptions, check_no_targets, validate
+
+    register_resolvers()
+    cfg_file = Path(job) / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(cfg_file)
+        data = OmegaConf.to_container(cfg.data, resolve=True) if "data" in cfg else None
+    except (OSError, yaml.YAMLError, OmegaConfBaseException, ValueError, RecursionError) as e:
+        why = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        raise ConfigError(f"{cfg_file}: not a usable run config ({why})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cfg_file}: no data options (data: ...) in this run config")
+    target = data.get("_target_")
+    expected = f"{BratsDataModule.__module__}.{BratsDataModule.__qualname__}"
+    if target != expected:
+        raise ConfigError(
+            f"{cfg_file}: data._target_ names {target!r:.80}: only {expected} is rebuilt from a results folder; "
+            "nothing else it names is called"
+        )
+    check_no_targets({k: v for k, v in data.items() if k != "_target_"}, cfg_file, "data")
+    options = validate(DataModuleOptions, data, f"{cfg_file} (data)", ConfigError)
+    return BratsDataModule(**options.kwargs())
 
 
 def _table(runs: list[Run], ensemble: bool = True) -> tuple[list[dict], str]:
@@ -257,9 +349,10 @@ def _task_name(root: Path) -> str:
     """The multirun's task name (from Hydra's multirun.yaml), e.g. ``shen_symmetry``."""
     try:
         cfg = yaml.safe_load((root / "multirun.yaml").read_text())
-        return str(cfg.get("task_name") or root.name)
-    except (OSError, yaml.YAMLError, AttributeError):
+    except (OSError, yaml.YAMLError, RecursionError):
         return root.name
+    name = cfg.get("task_name") if isinstance(cfg, dict) else None
+    return name[:100] if isinstance(name, str) and name else root.name
 
 
 def write_report(multirun: str | Path, out: str | Path | None = None, ensemble: bool = True) -> dict[str, Path]:

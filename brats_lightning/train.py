@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.checkpoint import check_fits
-from brats_lightning.config import config_dir, register_resolvers
+from brats_lightning.config import check_budget, config_dir, register_resolvers
 from brats_lightning.errors import CheckpointError, ConfigError, cli
 from brats_lightning.pipeline import run_pipeline
 from brats_lightning.results import print_table, run_metrics, summarise, write_results
@@ -100,6 +100,8 @@ def check_run_options(cfg: DictConfig) -> None:
         ConfigError: the message names the option and what would work.
         CheckpointError: ``ckpt_path`` is not a readable file.
     """
+    if "budget_minutes" in cfg:  # experiment=real_fast: checked before trainer.max_time is computed from it
+        check_budget(cfg.get("budget_minutes"), cfg.get("reserve_minutes", 0))
     t = cfg.trainer
     max_epochs = t.get("max_epochs")
     if max_epochs is None or max_epochs == -1:

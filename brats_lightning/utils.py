@@ -128,17 +128,65 @@ def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
         # weights_only=True passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+        code = _named_callable(str(e)) or _pickled_globals(path)
+        if code is not None:
             raise CheckpointError(
-                f"{path}: the {what} holds Python objects other than tensors and plain values; it is not loaded "
-                "(loading it could run code). brats_lightning checkpoints hold only tensors and plain values."
+                f"{path}: the {what} holds Python objects that could run code ({code}); it is not loaded. "
+                "brats_lightning checkpoints hold only tensors and plain values."
             ) from e
         raise CheckpointError(f"{path}: cannot read the {what}: not a torch file, or a corrupt one") from e
+    except RecursionError as e:
+        raise CheckpointError(f"{path}: cannot read the {what}: nested too deeply (not a file we wrote)") from e
     except Exception as e:  # noqa: BLE001 - whatever torch raises on a bad file, the message names it
         msg = _first_line(e).split(". ")[0]
         if "central directory" in msg or "zip archive" in msg or isinstance(e, EOFError):
             raise CheckpointError(f"{path}: the {what} is truncated or corrupt ({msg})") from e
         raise CheckpointError(f"{path}: cannot read the {what}: not a torch file ({type(e).__name__}: {msg})") from e
+
+
+#: what torch's weights-only unpickler says when a file names a class or function (any torch version since 2.4):
+#: "Unsupported global: GLOBAL x.y ...", "Trying to load unsupported GLOBAL x.y whose module x is blocked",
+#: "Trying to call reduce for unrecognized function ...", "... unsupported class ..."
+_CALLABLE = re.compile(
+    r"GLOBAL\s+(?P<name>[\w.]+)|reduce for unrecognized function\s+(?P<fn>\S+)|unsupported class", re.I
+)
+
+
+def _named_callable(message: str) -> str | None:
+    """The class or function an unpickling refusal names (``"a class or function"`` when it does not say)."""
+    m = _CALLABLE.search(message)
+    if m is None:
+        return None
+    name = (m["name"] or m["fn"] or "").strip("<>'\".,")
+    return f"it names {name}" if name else "it names a class or function"
+
+
+def _pickled_globals(path: Path) -> str | None:
+    """The classes or functions a pickle stream names (a torch zip's ``data.pkl`` or a plain pickle), found
+    by reading its opcodes without executing any (``pickletools``); ``None`` when it names none or cannot be read."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+        names: list[str] = []
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - a stream pickletools cannot walk is simply corrupt
+        return None
+    unexpected = [n for n in dict.fromkeys(names) if not n.startswith(("torch.", "collections.OrderedDict"))]
+    return f"it names {', '.join(unexpected[:3])}" if unexpected else None
 
 
 def _first_line(e: BaseException) -> str:

@@ -84,6 +84,33 @@ def well_trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: 
 
 
 @pytest.fixture(scope="session")
+def cv_multirun(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A real two-fold cross-validation multirun of a small FCN with held-out test cases (read-only: copy it)."""
+    import subprocess
+    import sys
+
+    sweep = tmp_path_factory.mktemp("cv_multirun") / "multirun"
+    args = ["experiment=shen_symmetry", "model=fcn", "data.fold=0,1", "data.num_folds=2", "debug=default"]
+    args += ["model.width=0.25", "data.test_fraction=0.4", "trainer.max_epochs=1", "logger=none"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "brats_lightning",
+            "-m",
+            *args,
+            f"paths.cache_dir={cache_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+@pytest.fixture(scope="session")
 def medium_root(cache_dir: Path, well_trained_ckpt: Path) -> Path:
     """The synthetic cases the well-trained model learnt from (the built-in data set's size)."""
     return synthetic_folder(cache_dir, MEDIUM_SYNTHETIC)

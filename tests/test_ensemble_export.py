@@ -158,33 +158,14 @@ def test_predict_with_the_exported_model_writes_the_checkpoints_labels(
     assert agree / total >= 0.999, agree / total
 
 
-def test_report_adds_the_ensemble_of_folds_scored_on_the_same_test_cases(tmp_path: Path, cache_dir: Path) -> None:
+def test_report_adds_the_ensemble_of_folds_scored_on_the_same_test_cases(tmp_path: Path, cv_multirun: Path) -> None:
     """Two folds of a cross-validation multirun: the report's ensemble row; an ensemble of one fold's
     checkpoint twice must reproduce that fold's own test metrics (same test cases, same metrics)."""
     import csv
-    import subprocess
-    import sys
 
     from brats_lightning.report import write_report
 
-    sweep = tmp_path / "multirun"
-    args = ["experiment=shen_symmetry", "model=fcn", "data.fold=0,1", "data.num_folds=2", "debug=default"]
-    args += ["model.width=0.25", "data.test_fraction=0.4", "trainer.max_epochs=1", "logger=none"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "brats_lightning",
-            "-m",
-            *args,
-            f"paths.cache_dir={cache_dir}",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = cv_multirun
     rows = {r["setting"]: r for r in csv.DictReader(write_report(sweep, tmp_path / "r1")["results.csv"].open())}
     assert set(rows) == {"FCN (3 blocks)", "FCN (3 blocks), ensemble of 2 folds"}
     assert 0.0 < float(rows["FCN (3 blocks), ensemble of 2 folds"]["dice_wt_mean"])

@@ -50,8 +50,8 @@ class BestCheckpoint(ModelCheckpoint):
     """A monitored ``ModelCheckpoint`` whose best-so-far survives a resume into another run folder.
 
     When the restored state comes from another folder, the paths in it are moved to this one and the
-    best checkpoint file is copied over (at the start of training, by rank 0), so that the score to
-    beat and ``best.ckpt`` stay those of the whole run.
+    best checkpoint file is copied over (when fitting starts, by rank 0; also when no epoch is left to
+    train), so that the score to beat and ``best.ckpt`` stay those of the whole run.
     """
 
     _carry: tuple[Path, Path] | None = None
@@ -79,14 +79,17 @@ class BestCheckpoint(ModelCheckpoint):
         super().load_state_dict(state)
         self._carry = (Path(old_best), Path(new_best)) if old_best else None
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_fit_start, not on_train_start: Lightning skips the whole training loop (and its hooks) when a
+        # run resumes from the checkpoint of its last epoch, and the test still needs this run's best.ckpt
         if self._carry is not None and trainer.is_global_zero:
             src, dst = self._carry
             if src.is_file() and not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dst)
         self._carry = None
-        super().on_train_start(trainer, pl_module)
+        trainer.strategy.barrier("best checkpoint carried over")
+        super().on_fit_start(trainer, pl_module)
 
 
 class PhaseCheckpoint(BestCheckpoint):

@@ -94,14 +94,21 @@ class TunePostprocess(Callback):
         #: the last tuning's result (also stored in the checkpoint)
         self.result: dict[str, Any] | None = None
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_fit_end, not on_train_end: it runs also when a run resumed from its last epoch's checkpoint
+        # has nothing left to train (Lightning then skips the training loop and its hooks)
         best = final_best_checkpoint(trainer)
         dm = trainer.datamodule  # type: ignore[attr-defined]
         if best and trainer.is_global_zero and isinstance(pl_module, SegmentationModule):
             if not isinstance(dm, SegmentationData):
                 log.warning("No whole-case validation data: the clean-up and test-time flips were not tuned")
             else:
-                self.result = self.tune(trainer, pl_module, dm, best)
+                device = pl_module.device  # the trainer's teardown has moved the module to the CPU
+                pl_module.to(trainer.strategy.root_device)
+                try:
+                    self.result = self.tune(trainer, pl_module, dm, best)
+                finally:
+                    pl_module.to(device)
         trainer.strategy.barrier("tune_postprocess")
 
     @torch.no_grad()

@@ -16,14 +16,21 @@ as memory-mappable ``.npy`` arrays in slice-major layout:
     ``index.npy``  int32 flat ``(Z, X, Y)`` offsets of the brain voxels, grouped by class (class 0
                    first; ``meta["label_counts"]`` gives the group sizes): the compact patch index
     ``meta.json``  geometry (box, shapes, affine, orientation, spacing), channels, label counts, the
-                   slices holding brain, and the size and mtime of every source file (a changed
-                   source is re-prepared)
+                   slices holding brain, the size and mtime of every source file (a changed
+                   source is re-prepared), and the size and xxh3-64 checksum of every array
 
 ``key`` hashes the data root, layout, modalities, convention and every preprocessing option, so a
 second run with the same configuration does no work, and a different one never reads stale data.
 Each case folder is written under a temporary name and renamed into place (atomic). Nothing per
 case is kept in memory: arrays are memory-mapped when first used (shared through the page cache by
 every process and rank of a machine), through a bounded cache of open files.
+
+The cache is derived data, so it heals itself: a case whose array file is missing, empty or of
+another size than recorded (a truncated copy, a full disk) is prepared again before any work
+(:func:`is_fresh`, a ``stat`` per file). An array of the right size whose bytes changed is caught
+the first time a process reads it (:meth:`PreparedCase.verify`: its xxh3-64 checksum, about 3 ms
+per 65 MB case when the file is in the page cache): the error names the file, and the case is
+marked stale so that the next run prepares it again.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from brats_lightning.data.io import CaseFiles
 from brats_lightning.data.labels import LabelConvention
@@ -59,11 +67,14 @@ __all__ = [
     "load_prepared",
     "is_fresh",
     "open_array",
+    "checksum",
 ]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+#: the arrays of a prepared case (``label`` and ``index`` for labelled cases only)
+ARRAYS = ("image", "label", "mask", "index")
 
 
 def _fd_budget() -> int:
@@ -95,6 +106,15 @@ def open_array(path: str) -> np.ndarray:
         raise DataError(f"{path}: cannot read the prepared array ({e}); delete its case folder to rebuild it") from e
 
 
+def checksum(array: np.ndarray) -> str:
+    """The xxh3-64 hex digest of an array's bytes (C order; a memory map is read once)."""
+    return xxhash.xxh3_64_hexdigest(np.ascontiguousarray(array).data)
+
+
+#: the array files whose checksum this process has verified
+_VERIFIED: set[str] = set()
+
+
 @dataclass
 class PreparedCase:
     """A preprocessed case in the cache; its arrays are memory-mapped on first use.
@@ -112,10 +132,31 @@ class PreparedCase:
     def _array(self, name: str) -> np.ndarray:
         paths = self.__dict__.get("_paths")
         if paths is None:  # built once: path objects cost more than the array access itself
-            paths = self.__dict__["_paths"] = {
-                n: str(self.folder / f"{n}.npy") for n in ("image", "label", "mask", "index")
-            }
-        return open_array(paths[name])
+            paths = self.__dict__["_paths"] = {n: str(self.folder / f"{n}.npy") for n in ARRAYS}
+        path = paths[name]
+        arr = open_array(path)
+        if path not in _VERIFIED:
+            self.verify(name, arr)
+        return arr
+
+    def verify(self, name: str, arr: np.ndarray | None = None) -> None:
+        """Check array ``name`` against the checksum recorded when it was written (once per process).
+
+        Raises:
+            DataError: the bytes changed since; names the file. The case's ``meta.json`` is removed
+                so that the next run prepares it again.
+        """
+        path = str(self.folder / f"{name}.npy")
+        expected = (self.meta.get("arrays") or {}).get(name, {}).get("xxh3")
+        arr = open_array(path) if arr is None else arr
+        if expected is not None and checksum(arr) != expected:
+            (self.folder / "meta.json").unlink(missing_ok=True)
+            open_array.cache_clear()
+            raise DataError(
+                f"{path}: the prepared array does not match the checksum recorded when it was written (the file "
+                "was changed or damaged); the case is marked stale and will be prepared again on the next run"
+            )
+        _VERIFIED.add(path)
 
     @property
     def image(self) -> np.ndarray:
@@ -232,14 +273,26 @@ def _sources(case: CaseFiles) -> dict[str, list]:
 
 
 def is_fresh(folder: Path, case: CaseFiles) -> bool:
-    """Whether ``folder`` holds a complete prepared case of this cache version whose sources are unchanged."""
+    """Whether ``folder`` holds a complete prepared case of this cache version whose sources are unchanged
+    and whose array files all have the size recorded when they were written (a ``stat`` each)."""
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         return False
     try:
         meta = json.loads(meta_file.read_text())
-        return meta.get("cache_version") == CACHE_VERSION and meta.get("sources") == _sources(case)
-    except (OSError, json.JSONDecodeError):
+        if not isinstance(meta, dict) or meta.get("cache_version") != CACHE_VERSION:
+            return False
+        if meta.get("sources") != _sources(case):
+            return False
+        arrays = meta.get("arrays")
+        if not isinstance(arrays, dict) or "image" not in arrays or "mask" not in arrays:
+            return False
+        for name, rec in arrays.items():
+            if name not in ARRAYS or (folder / f"{name}.npy").stat().st_size != rec.get("bytes"):
+                log.warning("%s: %s.npy is missing, empty or truncated; the case is prepared again", folder, name)
+                return False
+        return True
+    except (OSError, ValueError, AttributeError, TypeError):
         return False
 
 
@@ -261,8 +314,7 @@ def prepare_case(
     try:
         image = np.ascontiguousarray(crop(p.image, p.box).transpose(3, 0, 1, 2), dtype=np.float16)
         mask = np.ascontiguousarray(crop(p.mask, p.box).transpose(2, 0, 1))
-        np.save(tmp / "image.npy", image)
-        np.save(tmp / "mask.npy", mask)
+        arrays = {"image": image, "mask": mask}
         meta = {
             **p.meta,
             "cache_version": CACHE_VERSION,
@@ -272,11 +324,14 @@ def prepare_case(
         }
         if p.label is not None:
             label = np.ascontiguousarray(crop(p.label, p.box).transpose(2, 0, 1))
-            np.save(tmp / "label.npy", label)
             brain = np.flatnonzero(mask.ravel())
             # brain voxels grouped by class (a stable sort keeps them in scan order within a class)
             index = brain[np.argsort(label.ravel()[brain], kind="stable")].astype(np.int32)
-            np.save(tmp / "index.npy", index)
+            arrays |= {"label": label, "index": index}
+        meta["arrays"] = {}
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr)
+            meta["arrays"][name] = {"bytes": (tmp / f"{name}.npy").stat().st_size, "xxh3": checksum(arr)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if folder.exists():
             shutil.rmtree(folder)
@@ -371,9 +426,11 @@ def prepare_cases(
 
 def load_prepared(folder: str | Path) -> PreparedCase:
     """Open a prepared case (its metadata only; arrays are mapped on first use)."""
+    from brats_lightning.schema import PreparedMeta, read_json, validate
+
     folder = Path(folder)
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{folder}: cannot read the prepared case ({e}); delete the folder to rebuild it") from e
-    return PreparedCase(meta["case_id"], folder, meta)
+    meta = read_json(folder / "meta.json", "prepared case's metadata", DataError)
+    checked = validate(PreparedMeta, meta, folder / "meta.json", DataError)
+    if checked.case_id != folder.name:
+        raise DataError(f"{folder / 'meta.json'}: describes case {checked.case_id!r}, not {folder.name!r}")
+    return PreparedCase(checked.case_id, folder, meta)

@@ -91,10 +91,10 @@ def load_or_create_splits(
     if config is not None:  # before the split: a split file always has its config beside it
         write_config(path.parent, "train/validation/test split (brats_lightning.data.splits)", config)
     if path.is_file():
-        try:
-            splits = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: unreadable split file ({e})") from e
+        from brats_lightning.schema import SplitFile, read_json, validate
+
+        splits = read_json(path, "split file", DataError)
+        validate(SplitFile, splits, path, DataError)
         listed = set(splits["test"]).union(*map(set, splits["folds"]))
         missing = sorted(listed - set(case_ids))
         if missing:
