@@ -1,18 +1,24 @@
-"""The ablation table of ``experiment=real_fast``: validation Dice per option, and the time each run took.
+"""The ablation table of ``experiment=real_fast``: each option's out-of-fold Dice change, with its spread over folds.
 
 Usage::
 
     python -m brats_lightning experiment=real_fast_ablation data.root=../shared/data/brats2018
-    python benchmarks/real_fast_ablation.py outputs/real_fast_ablation/multiruns/<date> [more folders]
+    python benchmarks/real_fast_ablation.py outputs/real_fast_ablation/multiruns/<date> [more folders or runs]
 
-Reads every job of the multirun folders (one per ``+ablation=`` setting and fold): the validation
-Dice per region of its best epoch, without clean-up or test-time flips (``metrics.json``:
-``val/best_dice_*``, as ``best.ckpt`` was chosen), its training steps and its minutes from start to
-end (``time/total_s``: training, last validation, tuning). Three rows come from the tuning tables in
-``best.ckpt`` (:class:`~brats_lightning.callbacks.postprocess.TunePostprocess`): the ``paper`` jobs'
-weights with the clean-up chosen on the validation cases, and with left-right test-time mirroring,
-and the ``all`` jobs' weights with what they chose (tuned on those very cases: optimistic).
-Means over folds; the last line is a JSON object with the figures.
+Every job is a whole 5-fold cross-validation (``+ablation=<setting>``) in the same wall-clock budget
+on the same site-stratified folds. Its figures are out of fold: every case segmented by the fold
+model that never trained on it (``metrics.json``). The rows compare like for like:
+
+* an option (U-Net decoder, region outputs, augmentation, 2.5D, MONAI's DynUNet) and the paper's
+  training: that run's raw final weights, without mirroring or clean-up (``cv_raw``; ``cv_single``
+  for the paper's run, which averages no weights), against the baseline run's;
+* weight averaging (EMA): the baseline run's averaged weights against its raw weights (same training);
+* test-time mirroring (all flips): the baseline run's averaged weights with and without flips;
+* the clean-up (chosen out of fold, nested): the baseline run with flips, with and without it;
+* all options: that run's full pipeline (averaged weights, flips, clean-up) against the baseline's.
+
+"Change" is the mean over folds of the per-fold difference of mean Dice (the same cases in both
+runs), "spread" the standard deviation of those per-fold differences. The last line is a JSON object.
 """
 
 from __future__ import annotations
@@ -20,112 +26,112 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import yaml
 from _common import json_line, table
 
-from brats_lightning.callbacks.postprocess import choose
 from brats_lightning.data.labels import REGIONS
-from brats_lightning.utils import read_checkpoint
 
-ORDER = ["paper", "tumour_sampling", "dice_loss", "budget_lr", "bf16", "all"]
+ORDER = ["paper", "baseline", "unet", "regions", "augment", "context", "narrow", "dynunet", "all"]
 NAMES = {
-    "paper": "paper (natural slices, CE, constant LR, fp32)",
-    "tumour_sampling": "+ tumour-centred sampling (0.5)",
-    "dice_loss": "+ CE + region Dice loss",
-    "budget_lr": "+ warm-up + cosine LR over the budget",
-    "bf16": "+ bf16 autocast, channels_last",
-    "all": "real_fast: all of them",
-    "paper+cleanup": "paper + tuned connected-component clean-up",
-    "paper+tta": "paper + left-right test-time mirroring",
-    "all+tuned": "real_fast + its tuned clean-up and mirroring",
+    "paper": "paper's training (natural slices, CE, constant LR, fp32)",
+    "baseline": "baseline: issue 15's real_fast (tumour sampling, CE + Dice, budget LR, bf16)",
+    "unet": "+ U-Net decoder with skips (Shen encoder, symmetry maps)",
+    "regions": "+ region outputs (sigmoid WT/TC/ET, BCE + Dice)",
+    "augment": "+ intensity, elastic and stronger spatial augmentation",
+    "context": "+ 2.5D context (neighbouring slices)",
+    "narrow": "+ half width (a quarter of the FLOPs per step)",
+    "dynunet": "MONAI DynUNet 2D (same inputs, training, budget)",
+    "ema": "+ weight averaging (EMA) [baseline run]",
+    "tta": "+ test-time mirroring, all flips [baseline run, EMA weights]",
+    "cleanup": "+ clean-up chosen out of fold, nested [baseline run]",
+    "all": "all options: U-Net, regions, augmentation, 2.5D, EMA, flips, clean-up",
 }
 
 
-def _jobs(folders: list[Path]) -> list[dict]:
-    jobs = []
-    for folder in folders:
-        for ov in sorted(folder.glob("*/.hydra/overrides.yaml")):
-            job = ov.parent.parent
-            if not (job / "metrics.json").is_file():
-                print(f"skipping {job}: unfinished (no metrics.json)", file=sys.stderr)
+def _runs(paths: list[Path]) -> dict[str, dict]:
+    """setting -> its run's metrics.json (the ``+ablation=`` override of every finished cross-validation)."""
+    runs: dict[str, dict] = {}
+    for path in paths:
+        candidates = [path] if (path / ".hydra").is_dir() else sorted(p for p in path.iterdir() if p.is_dir())
+        for run in candidates:
+            ov = run / ".hydra" / "overrides.yaml"
+            if not ov.is_file():
+                continue
+            if not (run / "metrics.json").is_file():
+                print(f"skipping {run}: unfinished (no metrics.json)", file=sys.stderr)
                 continue
             overrides = yaml.safe_load(ov.read_text()) or []
-            opts = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
-            tuning = read_checkpoint(job / "checkpoints" / "best.ckpt").get("postprocess_tuning")
-            jobs.append(
-                {
-                    "setting": opts.get("ablation", "all"),
-                    "fold": int(opts.get("data.fold", 0)),
-                    "metrics": json.loads((job / "metrics.json").read_text()),
-                    "tuning": tuning,
-                }
-            )
-    return jobs
+            setting = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("ablation=")), None)
+            if setting:
+                runs[setting] = json.loads((run / "metrics.json").read_text())
+    return runs
 
 
-def _tuned_rows(job: dict) -> dict[str, list[float]]:
-    """Rows from a job's tuning table: the paper's weights with the chosen clean-up (no flips) and
-    with the flips (no clean-up); real_fast's with what it chose."""
-    tuning = job["tuning"] or {}
-    table_ = tuning.get("table") or []
-    dice = lambda row: [row[f"dice_{r}"] for r in REGIONS]  # noqa: E731
-    out = {}
-    if job["setting"] == "paper":
-        plain = [r for r in table_ if not r["tta_flips"]]
-        flipped = [r for r in table_ if r["tta_flips"] and r["postprocess"] is None]
-        if plain:
-            out["paper+cleanup"] = dice(plain[choose([r["dice_mean"] for r in plain], 0.002)])
-        if flipped:
-            out["paper+tta"] = dice(flipped[0])
-    elif job["setting"] == "all" and table_:
-        chosen = [
-            r for r in table_ if r["tta_flips"] == tuning["tta_flips"] and r["postprocess"] == tuning["postprocess"]
-        ]
-        out["all+tuned"] = dice(chosen[0])
-    return out
+def _per_fold(metrics: dict, prefix: str) -> np.ndarray | None:
+    keys = [k for k in metrics if k.startswith(f"{prefix}/fold") and k.endswith("dice_mean")]
+    folds = sorted(int(k.split("/fold")[1].split("/")[0]) for k in keys)
+    if not folds:
+        return None
+    return np.array([metrics[f"{prefix}/fold{k}/dice_mean"] for k in folds])
+
+
+def _plain(metrics: dict) -> str:
+    """The prefix of a run's raw weights without flips or clean-up."""
+    return "cv_raw" if "cv_raw/dice_mean" in metrics else "cv_single"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folders", nargs="+", type=Path, help="multirun folders of experiment=real_fast_ablation")
+    parser.add_argument("paths", nargs="+", type=Path, help="multirun folders or runs of experiment=real_fast_ablation")
     args = parser.parse_args()
-    jobs = _jobs(args.folders)
-    if not jobs:
-        sys.exit(f"no finished job under {', '.join(map(str, args.folders))}")
-    dice: dict[str, list[list[float]]] = defaultdict(list)
-    steps: dict[str, list[float]] = defaultdict(list)
-    minutes: dict[str, list[float]] = defaultdict(list)
-    folds: dict[str, set[int]] = defaultdict(set)
-    for job in jobs:
-        s, m = job["setting"], job["metrics"]
-        folds[s].add(job["fold"])
-        dice[s].append([m[f"val/best_dice_{r}"] for r in REGIONS])
-        steps[s].append(m["train/steps"])
-        minutes[s].append(m["time/total_s"] / 60)
-        for name, values in _tuned_rows(job).items():
-            dice[name].append(values)
-            folds[name].add(job["fold"])
-    ref = float(np.mean(dice["paper"])) if dice.get("paper") else None
-    rows, figures = [], {}
-    for s in [*ORDER, "paper+cleanup", "paper+tta", "all+tuned"]:
-        if s not in dice:
+    runs = _runs(args.paths)
+    if "baseline" not in runs:
+        sys.exit(f"no finished baseline run under {', '.join(map(str, args.paths))}")
+    base = runs["baseline"]
+    # (row, run, prefix, reference run, reference prefix)
+    rows_spec = [(s, s, _plain(runs[s]), "baseline", _plain(base)) for s in ORDER if s in runs and s != "all"]
+    rows_spec += [
+        ("ema", "baseline", "cv_single", "baseline", "cv_raw"),
+        ("tta", "baseline", "cv_flips", "baseline", "cv_single"),
+        ("cleanup", "baseline", "cv", "baseline", "cv_flips"),
+    ]
+    if "all" in runs:
+        rows_spec.append(("all", "all", "cv", "baseline", "cv"))
+    out_rows, figures = [], {}
+    for name, run, prefix, ref_run, ref_prefix in rows_spec:
+        m, ref = runs[run], runs[ref_run]
+        if f"{prefix}/dice_mean" not in m or f"{ref_prefix}/dice_mean" not in ref:
             continue
-        d = np.mean(dice[s], axis=0)
-        mean = float(d.mean())
-        delta = f"{mean - ref:+.3f}" if ref is not None and s != "paper" else ""
-        st = f"{np.mean(steps[s]):.0f}" if s in steps else ""
-        mi = f"{np.mean(minutes[s]):.1f}" if s in minutes else ""
-        rows.append([NAMES.get(s, s), str(len(folds[s])), *(f"{v:.3f}" for v in d), f"{mean:.3f}", delta, st, mi])
-        figures[s] = {**{f"dice_{r}": float(v) for r, v in zip(REGIONS, d)}, "dice_mean": mean}
-        if s in minutes:
-            figures[s]["minutes"] = float(np.mean(minutes[s]))
-    header = ["setting", "folds", "Dice WT", "Dice TC", "Dice ET", "mean", "vs paper", "steps", "run min"]
-    print("Validation Dice (best epoch), mean over folds")
-    print(table(rows, header))
+        dice = [m[f"{prefix}/dice_{r}"] for r in REGIONS]
+        folds, ref_folds = _per_fold(m, prefix), _per_fold(ref, ref_prefix)
+        diff = folds - ref_folds if folds is not None and ref_folds is not None else None
+        is_ref = (run, prefix) == (ref_run, ref_prefix)
+        change = "" if is_ref or diff is None else f"{diff.mean():+.3f}"
+        spread = "" if is_ref or diff is None else f"{diff.std(ddof=1):.3f}"
+        steps = sum(v for k, v in m.items() if k.startswith("cv/fold") and k.endswith("/steps"))
+        out_rows.append(
+            [
+                NAMES.get(name, name),
+                f"{prefix} vs {ref_run}:{ref_prefix}",
+                *(f"{v:.3f}" for v in dice),
+                f"{np.mean(dice):.3f}",
+                change,
+                spread,
+                f"{steps:.0f}",
+            ]
+        )
+        figures[name] = {
+            **{f"dice_{r}": float(v) for r, v in zip(REGIONS, dice)},
+            "dice_mean": float(np.mean(dice)),
+            **({"change": float(diff.mean()), "spread": float(diff.std(ddof=1))} if change else {}),
+            "steps": float(steps),
+        }
+    header = ["setting", "compared", "Dice WT", "Dice TC", "Dice ET", "mean", "change", "spread", "steps"]
+    print("Out-of-fold Dice (5-fold cross-validation, every case by the model that never saw it)")
+    print(table(out_rows, header))
     print(json_line(figures))
 
 

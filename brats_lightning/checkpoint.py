@@ -173,8 +173,9 @@ def find_checkpoints(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     """The checkpoints named by ``spec``: files, run folders, or multirun folders (every job's).
 
     A run folder gives the checkpoint it reported (``summary.json``), else ``checkpoints/best.ckpt``,
-    else ``checkpoints/last.ckpt``; a multi-stage job (``pipeline.json``) its last stage's; a folder
-    of jobs (a Hydra multirun) every job's, in name order.
+    else ``checkpoints/last.ckpt``; a multi-stage job (``pipeline.json``) its last stage's; a
+    cross-validation run (``predictor.json``) its fold models; a folder of jobs (a Hydra multirun)
+    every job's, in name order.
 
     Raises:
         CheckpointError: a path that does not exist, or a folder without any checkpoint.
@@ -185,6 +186,10 @@ def find_checkpoints(spec: str | Path | Sequence[str | Path]) -> list[Path]:
         path = Path(str(item))
         if path.is_file():
             found.append(path)
+        elif path.is_dir() and (path / "predictor.json").is_file():  # a cross-validation run: its fold models
+            from brats_lightning.crossval import predictor_checkpoints
+
+            found += predictor_checkpoints(path)
         elif path.is_dir():
             own = _run_checkpoint(path)
             jobs = (

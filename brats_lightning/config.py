@@ -24,10 +24,10 @@ def config_dir() -> str:
     raise FileNotFoundError(f"brats_lightning configs not found next to {here} (looked for conf/train.yaml)")
 
 
-def _in_channels(modalities: Sequence[str], symmetry: bool) -> int:
+def _in_channels(modalities: Sequence[str], symmetry: bool, context: int = 0) -> int:
     from brats_lightning.data.channels import in_channels_for
 
-    return in_channels_for(list(modalities), bool(symmetry))
+    return in_channels_for(list(modalities), bool(symmetry), int(context))
 
 
 def _num_classes(convention: str) -> int:

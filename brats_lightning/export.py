@@ -85,6 +85,7 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
         "tta_flips": list(model.tta_flips),
         "data_config": {"convention": model.convention.name, **data_config},
         "inference_batch_size": model.inference_batch_size,
+        "decision": model.decision,
         "input": "zero-padded slices (N, C, H, W) float32, RAS: axis -2 = x (left-right)",
         "output": "class probabilities of every output pixel (N, K, H', W')",
     }
@@ -137,6 +138,7 @@ class OnnxModule(SegmentationModule, register=False):
             name=f"{meta['name']} (ONNX)",
         )
         self.tta_flips = list(meta["tta_flips"])
+        self.decision = meta["decision"]
         try:
             import onnxruntime as ort
         except ImportError as e:

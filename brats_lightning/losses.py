@@ -9,6 +9,11 @@ entropy. The region probabilities are sums of the softmax's class probabilities 
 union of classes: :meth:`~brats_lightning.data.labels.LabelConvention.region_classes`); the Dice is
 MONAI's ``DiceLoss`` over the whole batch ("batch Dice": slices without a region do not make it
 undefined).
+
+``dice_bce`` is the loss of region-based models (nnU-Net's BraTS setting, Isensee et al. 2021): the
+net outputs the regions themselves (:func:`~brats_lightning.inference.region_chain`: whole tumour,
+core given whole tumour, enhancing given core), trained with binary cross entropy plus the same
+batch soft Dice on the three region probabilities.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from brats_lightning.data.labels import REGIONS, LabelConvention
 
 __all__ = ["LOSSES", "SegmentationLoss", "region_maps"]
 
-#: the loss names ``model.loss`` takes
-LOSSES: tuple[str, ...] = ("ce", "ce_dice")
+#: the loss names ``model.loss`` takes (``dice_bce``: region-based outputs only)
+LOSSES: tuple[str, ...] = ("ce", "ce_dice", "dice_bce")
 
 
 def region_maps(per_class: torch.Tensor, convention: LabelConvention) -> torch.Tensor:
@@ -35,12 +40,13 @@ def region_maps(per_class: torch.Tensor, convention: LabelConvention) -> torch.T
 
 
 class SegmentationLoss(nn.Module):
-    """Per-pixel cross entropy (``"ce"``, the papers), or cross entropy plus region soft Dice (``"ce_dice"``).
+    """Per-pixel cross entropy (``"ce"``, the papers), or cross entropy plus region soft Dice (``"ce_dice"``),
+    or, for region logits, binary cross entropy plus region soft Dice (``"dice_bce"``).
 
     Args:
         convention: the label convention (its regions).
-        kind: ``"ce"`` or ``"ce_dice"``.
-        dice_weight: weight of the Dice term (``ce_dice``).
+        kind: ``"ce"``, ``"ce_dice"`` or ``"dice_bce"``.
+        dice_weight: weight of the Dice term.
 
     Computed in fp32 whatever the autocast precision.
     """
@@ -55,11 +61,24 @@ class SegmentationLoss(nn.Module):
         self.dice = DiceLoss(batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss of ``(N, K, H, W)`` logits against ``(N, H, W)`` class indices."""
+        """Loss of ``(N, K, H, W)`` logits (``(N, 3, H, W)`` region logits for ``dice_bce``) against ``(N, H, W)``
+        class indices."""
         logits = logits.float()
+        if self.kind == "dice_bce":
+            return self._regions(logits, target)
         loss = F.cross_entropy(logits, target)
         if self.kind == "ce_dice":
             probs = region_maps(torch.softmax(logits, dim=1), self.convention)
             onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
             loss = loss + self.dice_weight * self.dice(probs, region_maps(onehot, self.convention))
         return loss
+
+    def _regions(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # log q of the chained sigmoids (q_wt = s0, q_tc = s0 s1, q_et = s0 s1 s2), in log space for stability
+        log_s = F.logsigmoid(logits)
+        log_q = torch.cumsum(log_s, dim=1)
+        log_not_q = torch.log(-torch.expm1(log_q.clamp(max=-1e-7)))
+        onehot = F.one_hot(target, self.convention.num_classes).movedim(-1, 1).to(logits.dtype)
+        truth = region_maps(onehot, self.convention)
+        bce = -(truth * log_q + (1 - truth) * log_not_q).mean()
+        return bce + self.dice_weight * self.dice(log_q.exp(), truth)

@@ -7,6 +7,12 @@ whose volume is below ``min_volume_mm3`` or which spans fewer than ``min_slices`
 (a flat blob). ``largest_only`` keeps only the largest component (nnU-Net's rule, Isensee et al.
 2021, for single tumours). :class:`~brats_lightning.callbacks.postprocess.TunePostprocess` chooses
 among these rules on the validation cases.
+
+:func:`apply_cleanup` adds the BraTS rule of Isensee et al. (BraTS 2018 and nnU-Net's BraTS entry):
+a case whose predicted enhancing tumour is smaller than ``et_min_volume_mm3`` has it relabelled
+necrosis (the challenge scores an empty enhancing prediction of a case without enhancing tumour as
+Dice 1, a few false voxels as Dice 0). :func:`~brats_lightning.crossval.choose_cleanup` chooses both
+on out-of-fold segmentations.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["remove_small_components"]
+from brats_lightning.data.labels import LabelConvention
+
+__all__ = ["remove_small_components", "apply_cleanup", "enhancing_to_necrosis"]
 
 
 def remove_small_components(
@@ -58,3 +66,41 @@ def remove_small_components(
         remove[keep] = False
     out[remove[lab]] = 0
     return out
+
+
+def enhancing_to_necrosis(
+    classes: np.ndarray, convention: LabelConvention, spacing: Sequence[float], min_volume_mm3: float
+) -> np.ndarray:
+    """Relabel the whole enhancing tumour as necrosis when its volume is below ``min_volume_mm3`` (BraTS rule).
+
+    The necrosis class is the convention's first tumour-core class that is not enhancing (NCR/NET,
+    or BRATS 2013's necrosis). Returns ``classes`` itself when nothing changes.
+    """
+    (et,) = convention.region_classes("et")
+    core = [c for c in convention.region_classes("tc") if c != et]
+    enhancing = classes == et
+    volume = float(enhancing.sum()) * float(np.prod(spacing))
+    if min_volume_mm3 <= 0 or volume == 0 or volume >= min_volume_mm3 or not core:
+        return classes
+    out = np.array(classes, copy=True)
+    out[enhancing] = core[0]
+    return out
+
+
+def apply_cleanup(
+    classes: np.ndarray, spacing: Sequence[float], convention: LabelConvention, options: dict | None
+) -> np.ndarray:
+    """The clean-up ``options`` describe (:class:`~brats_lightning.schema.PostprocessOptions`) of ``(X, Y, Z)`` classes.
+
+    The tumour's small, flat or (with ``largest_only``) secondary components are removed
+    (:func:`remove_small_components`; skipped when ``min_volume_mm3`` and ``min_slices`` are 0 and
+    ``largest_only`` is off), then the enhancing-to-necrosis rule applies (``et_min_volume_mm3``).
+    """
+    if not options:
+        return classes
+    opts = dict(options)
+    et_min = float(opts.pop("et_min_volume_mm3", 0.0) or 0.0)
+    out = classes
+    if opts.get("largest_only") or float(opts.get("min_volume_mm3", 500.0)) > 0 or int(opts.get("min_slices", 3)) > 1:
+        out = remove_small_components(classes, spacing, **opts)
+    return enhancing_to_necrosis(out, convention, spacing, et_min) if et_min > 0 else out

@@ -62,7 +62,7 @@ from brats_lightning.export import load_onnx
 from brats_lightning.inference import predict_volume
 from brats_lightning.modules.ensemble import EnsembleModule, check_compatible, tta_flips
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.postprocess import remove_small_components
+from brats_lightning.postprocess import apply_cleanup
 from brats_lightning.precision import inference_dtype
 from brats_lightning.schema import PostprocessOptions, validate
 from brats_lightning.utils import atomic_path, remove_stale_temporaries, write_text_atomic
@@ -236,8 +236,9 @@ class Predictor(pl.LightningModule):
             image[z0:z1, :, x0:x1, y0:y1],
             self.batch_size,
             mask[z0:z1, x0:x1, y0:y1],
+            int(self.data_config.get("context_slices", 0)),
         )
-        classes = probs.argmax(1).to(torch.uint8)
+        classes = self.model.decide(probs).to(torch.uint8)
         out = {**batch, "classes": classes.cpu(), "image": None, "mask": mask.cpu()}
         if self.probabilities:
             out["probs"] = probs.float().cpu()
@@ -305,8 +306,7 @@ class CaseWriter(BasePredictionWriter):
         vol, box = p["volume"], p["box"]
         ras_shape = tuple(p["mask"].shape[1:]) + (p["mask"].shape[0],)  # (X, Y, Z)
         classes = uncrop(p["classes"].permute(1, 2, 0).numpy(), box, ras_shape)
-        if self.postprocess:
-            classes = remove_small_components(classes, p["spacing"], **self.postprocess)
+        classes = apply_cleanup(classes, p["spacing"], conv, self.postprocess)
         out_conv = get_convention(p["output_convention"])
         labels = out_conv.from_internal(convert(classes, conv, out_conv))
         outputs = CaseOutputs.of(self.out_dir, p["case_id"], "probs" in p)

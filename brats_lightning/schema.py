@@ -152,6 +152,7 @@ class DataConfig(_Strict):
     files: dict[Literal["flair", "t1", "t1c", "t2", "label", "mask"], Annotated[str, Field(max_length=512)]] | None = (
         None
     )
+    context_slices: Annotated[Int, Field(ge=0, le=5)] = 0
 
     @field_validator("modalities")
     @classmethod
@@ -173,11 +174,12 @@ class DataConfig(_Strict):
 
 
 class PostprocessOptions(_Strict):
-    """Options of :func:`~brats_lightning.postprocess.remove_small_components` (Havaei et al. Sec. 4)."""
+    """Options of :func:`~brats_lightning.postprocess.apply_cleanup` (Havaei et al. Sec. 4; the BraTS ET rule)."""
 
     min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 500.0
     min_slices: Annotated[Int, Field(ge=0, le=1000)] = 3
     largest_only: StrictBool = False
+    et_min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 0.0
 
 
 class InputPaddingOptions(_Strict):
@@ -211,6 +213,7 @@ class ExportSidecar(_Strict):
     tta_flips: Annotated[list[Name], Field(max_length=4)] = []
     data_config: DataConfig
     inference_batch_size: Annotated[Int, Field(ge=1, le=4096)] = 4
+    decision: Literal["argmax", "regions"] = "argmax"
     input: Annotated[str, Field(max_length=500)] = ""
     output: Annotated[str, Field(max_length=500)] = ""
 
@@ -253,6 +256,8 @@ class DataModuleOptions(BaseModel):
     test_fraction: Annotated[Number, Field(ge=0, lt=1)] = 0.2
     num_folds: Annotated[Int, Field(ge=2, le=100)] = 5
     fold: Annotated[Int, Field(ge=0, le=99)] = 0
+    groups: Annotated[str, Field(max_length=4096)] | None = "auto"
+    split: Literal["stratified", "site"] = "stratified"
     max_cases: Annotated[Int, Field(ge=1)] | None = None
     crop_size: Annotated[list[Annotated[Int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=2)] = [144, 192]
     batch_size: Annotated[Int, Field(ge=1, le=65536)] = 8
@@ -260,6 +265,7 @@ class DataModuleOptions(BaseModel):
     prepare_workers: Annotated[Int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     augment: StrictBool = True
     augment_options: dict[str, Any] | None = None
+    context_slices: Annotated[Int, Field(ge=0, le=5)] = 0
     tumour_fraction: Annotated[Number, Field(ge=0, le=1)] = 0.0
     mode: Literal["slices", "patches"] = "slices"
     patch_size: Annotated[Int, Field(ge=1, le=1024)] = 33

@@ -22,6 +22,7 @@ from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.checkpoint import check_fits
 from brats_lightning.config import check_budget, config_dir, register_resolvers
+from brats_lightning.crossval import run_cross_validation
 from brats_lightning.errors import CheckpointError, ConfigError, cli
 from brats_lightning.pipeline import run_pipeline
 from brats_lightning.results import print_table, run_metrics, summarise, write_results
@@ -212,9 +213,13 @@ register_resolvers()
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 @cli
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``test/dice_mean`` (for sweepers)."""
+    """Hydra entry point; returns ``test/dice_mean`` (for sweepers; ``cv/dice_mean`` for a cross-validation)."""
     if cfg.get("pipeline"):
         results = run_pipeline(cfg, train)
+    elif cfg.get("cross_validation"):
+        check_run_options(cfg)
+        results = run_cross_validation(cfg, train)
+        return results.get("cv/dice_mean")
     else:
         results = train(cfg)
     return results.get("test/dice_mean")

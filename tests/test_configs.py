@@ -67,31 +67,32 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
     },
     "real_fast": {
         "hydra.mode": None,
+        "cross_validation": True,
         "data._target_": "brats_lightning.data.datamodule.BratsDataModule",
         "data.synthetic": False,  # data=brats: real data only
-        "data.symmetry": True,
         "data.test_fraction": 0.0,
-        "data.tumour_fraction": 0.5,
-        "model.loss": "ce_dice",
-        "model.postprocess": None,
+        "data.num_folds": 5,
+        "data.split": "stratified",
         "budget_minutes": 90,
         "trainer.max_epochs": -1,
         "trainer.min_epochs": None,  # the budget stops it even inside the first epoch
-        "trainer.max_time": {"seconds": 87 * 60.0},
+        "trainer.limit_val_batches": 0,  # a fold's cases choose nothing: no validation, no best epoch
+        "callbacks.model_checkpoint": None,
         "callbacks.budget_schedule._target_": "brats_lightning.callbacks.budget.BudgetSchedule",
-        "callbacks.tune_postprocess._target_": "brats_lightning.callbacks.postprocess.TunePostprocess",
-        "callbacks.model_checkpoint.filename": "best",
+        "callbacks.ema._target_": "pytorch_lightning.callbacks.EMAWeightAveraging",
+        "callbacks.ema.decay": 0.99,
+        "model.postprocess": None,
+        "model.lesion_metrics": True,
     },
     "real_fast_ablation": {
         "hydra.mode": RunMode.MULTIRUN,
-        "hydra.sweeper.params": {
-            "+ablation": "paper,tumour_sampling,dice_loss,budget_lr,bf16,all",
-            "data.fold": "0,1,2,3,4",
-        },
-        "budget_minutes": 15,
-        "trainer.max_time": {"seconds": 13 * 60.0},
-        "test": False,
-        "data.tumour_fraction": 0.5,
+        "hydra.sweeper.params": {"+ablation": "paper,baseline,unet,regions,augment,context,narrow,dynunet,all"},
+        "cross_validation": True,
+        "budget_minutes": 30,
+        "reserve_minutes": 3,
+        "cv.tta_flips": ["lr", "ap"],
+        "cv.fold_minutes": 4.5,
+        "cv.raw_weights": True,
     },
     "havaei_cascade": {
         "hydra.mode": None,
@@ -247,44 +248,62 @@ def test_every_experiment_option_sets_its_values(tmp_path: Path, name: str) -> N
     _resolved(cfg)
 
 
-# ablation option -> what it sets on top of experiment=real_fast (the paper's training, then one option)
-PAPER = {"data.tumour_fraction": 0.0, "model.loss": "ce", "callbacks.budget_schedule": None, "trainer.precision": 32}
+# ablation option -> what it sets on top of experiment=real_fast_ablation's baseline (issue 15's recipe)
+BASELINE = {
+    "model.arch": "fcn",
+    "model.outputs": "softmax",
+    "model.loss": "ce_dice",
+    "data.symmetry": True,
+    "data.tumour_fraction": 0.5,
+    "data.context_slices": 0,
+    "data.augment_options": {},
+    "callbacks.budget_schedule.floor": 0.01,
+    "callbacks.ema.decay": 0.99,
+}
+AUGMENT = {"rotate_deg": 15.0, "scale": 0.15, "prob": 0.5, "flip_prob": 0.5, "elastic_prob": 0.2, "intensity": True}
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "paper": {**PAPER, "callbacks.tune_postprocess.tta_flips": ["lr"]},
-    "tumour_sampling": {**PAPER, "data.tumour_fraction": 0.5, "callbacks.tune_postprocess": None},
-    "dice_loss": {**PAPER, "model.loss": "ce_dice", "callbacks.tune_postprocess": None},
-    "budget_lr": {k: v for k, v in PAPER.items() if k != "callbacks.budget_schedule"}
-    | {"callbacks.budget_schedule.warmup": 0.02, "callbacks.tune_postprocess": None},
-    "bf16": {
-        **PAPER,
-        "trainer.precision": "bf16-mixed",
-        "model.channels_last": True,
-        "callbacks.tune_postprocess": None,
+    "paper": {k: v for k, v in BASELINE.items() if not k.startswith("callbacks.")}
+    | {
+        "data.tumour_fraction": 0.0,
+        "model.loss": "ce",
+        "callbacks.budget_schedule": None,
+        "callbacks.ema": None,
+        "trainer.precision": 32,
     },
-    "all": {
-        "data.tumour_fraction": 0.5,
-        "model.loss": "ce_dice",
-        "callbacks.budget_schedule.floor": 0.01,
-        "callbacks.tune_postprocess.tta_flips": ["lr"],
+    "baseline": BASELINE,
+    "unet": BASELINE | {"model.arch": "unet"},
+    "regions": BASELINE | {"model.outputs": "regions", "model.loss": "dice_bce"},
+    "augment": BASELINE | {"data.augment_options": AUGMENT},
+    "context": BASELINE | {"data.context_slices": 1, "data.in_channels": 24},
+    "narrow": BASELINE | {"model.width": 0.5},
+    "dynunet": BASELINE | {"model.arch": "dynunet", "model.levels": 5},
+    "all": BASELINE
+    | {
+        "model.arch": "unet",
+        "model.outputs": "regions",
+        "model.loss": "dice_bce",
+        "data.augment_options": AUGMENT,
+        "data.context_slices": 1,
     },
 }
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
-def test_every_ablation_switches_on_one_option_of_the_papers_training(tmp_path: Path, name: str) -> None:
+def test_every_ablation_switches_on_one_option_of_the_baseline(tmp_path: Path, name: str) -> None:
     assert sorted(p.stem for p in (CONF / "ablation").glob("*.yaml")) == sorted(ABLATIONS)
     cfg = compose(["experiment=real_fast_ablation", f"+ablation={name}", "data.root=r"], output_dir=str(tmp_path))
     for key, value in ABLATIONS[name].items():
         assert _plain(cfg, key) == value, key
-    assert cfg.test is False  # judged by the validation Dice of the best epoch
+    assert cfg.cross_validation is True and cfg.budget_minutes == 30  # a whole cross-validation in 30 minutes
     _resolved(cfg)
 
 
 def test_real_fast_on_a_gpu_has_a_longer_budget_and_larger_batches(tmp_path: Path) -> None:
     cfg = compose(["experiment=real_fast", "trainer=gpu", "budget_minutes=100"], output_dir=str(tmp_path))
-    assert _plain(cfg, "trainer.max_time") == {"seconds": 90 * 60.0} and cfg.data.batch_size == 32
+    assert cfg.budget_minutes == 100 and cfg.reserve_minutes == 10 and cfg.data.batch_size == 32
+    assert cfg.callbacks.ema.decay == 0.999  # a GPU fold trains thousands of steps: a longer average
     gpu = compose(["experiment=real_fast", "trainer=gpu"], output_dir=str(tmp_path))
-    assert _plain(gpu, "trainer.max_time") == {"seconds": 230 * 60.0}
+    assert gpu.budget_minutes == 240
 
 
 def test_the_cascade_experiment_follows_its_cascade_option(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""experiment=real_fast (issue 15): tumour-centred sampling, the region Dice loss, the time-budget
-schedule, the clean-up and test-time flips tuned on the validation cases and carried by best.ckpt."""
+"""real_fast's building blocks (issue 15): tumour-centred sampling, the region Dice loss, the time-budget
+schedule, and a single-fold run's clean-up and test-time flips tuned on its validation cases and carried
+by best.ckpt (callbacks=tuned). The cross-validation itself: tests/test_crossval.py."""
 
 from __future__ import annotations
 
@@ -248,62 +249,3 @@ def test_predict_applies_the_tuned_choice_unless_told_otherwise(tuned_run: dict)
     assert not isinstance(plain, EnsembleModule)
     with pytest.raises(ConfigError, match="tta must be"):
         _flips({"tta": "sometimes"})
-
-
-# -- the command ----------------------------------------------------------------------------------
-
-
-def test_the_real_fast_command_trains_on_a_budget_and_predict_uses_its_choice(
-    tmp_path: Path, synthetic_root: Path, cache_dir: Path
-) -> None:
-    import csv
-    import json
-    import shutil
-
-    import nibabel as nib
-
-    from brats_lightning import predict
-    from brats_lightning.data.io import discover_cases
-    from brats_lightning.train import main as train_main
-    from brats_lightning.utils import read_checkpoint
-    from tests.helpers import run_main
-
-    run = tmp_path / "run"
-    run_main(
-        train_main,
-        "experiment=real_fast",
-        f"data.root={synthetic_root}",
-        f"paths.cache_dir={cache_dir}",
-        "data.crop_size=[48,56]",
-        "model.width=0.25",
-        "model.test_hd95=false",
-        "budget_minutes=0.4",
-        "reserve_minutes=0.1",
-        "logger=none",
-        f"hydra.run.dir={run}",
-    )
-    ckpt = read_checkpoint(run / "checkpoints" / "best.ckpt")
-    assert ckpt["postprocess_tuning"]["cases"] >= 1 and "tta_flips" in ckpt
-    metrics = json.loads((run / "metrics.json").read_text())
-    with (run / "val_curve.csv").open() as f:
-        curve = [float(r["val/dice_mean"]) for r in csv.DictReader(f)]
-    assert metrics["val/best_dice_mean"] == pytest.approx(max(curve))
-    # Lightning's max_time stopped it: 18 s of training (plus the last validation), not epochs
-    assert metrics["time/fit_s"] < 0.4 * 60 + 60 and metrics["train/steps"] >= 1
-    # predict takes the checkpoint as it is, and applies what the run chose
-    case = discover_cases(synthetic_root)[0]
-    cases = tmp_path / "cases"
-    shutil.copytree(Path(case.images["flair"]).parent, cases / case.case_id)
-    out = tmp_path / "preds"
-    run_main(
-        predict.main,
-        f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
-        f"input_dir={cases}",
-        f"output_dir={out}",
-        f"hydra.run.dir={tmp_path / 'predict'}",
-    )
-    labels = np.asarray(nib.load(out / f"{case.case_id}.nii.gz").dataobj)
-    assert labels.shape == nib.load(case.images["flair"]).shape
-    if ckpt["postprocess"]:
-        kept = remove_small_components(labels, nib.load(case.images["flair"]).header.get_zooms(), **ckpt["postprocess"])
-        np.testing.assert_array_equal(kept, labels)  # nothing left to clean: it was cleaned

@@ -114,7 +114,7 @@ def test_a_finished_run_resumed_from_its_last_checkpoint_finishes_as_it_did(tmp_
     common = [
         "debug=default",
         "model.width=0.25",
-        "callbacks=real_fast",
+        "callbacks=tuned",
         "~callbacks.budget_schedule",
         "trainer.max_epochs=1",
         "callbacks.tune_postprocess.min_volumes_mm3=[100]",

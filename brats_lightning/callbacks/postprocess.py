@@ -32,7 +32,7 @@ from brats_lightning.errors import ConfigError
 from brats_lightning.inference import tta_flips as flip_dims
 from brats_lightning.metrics import dice
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.postprocess import remove_small_components
+from brats_lightning.postprocess import apply_cleanup
 from brats_lightning.utils import atomic_path, read_checkpoint
 
 __all__ = ["TunePostprocess", "candidates", "choose"]
@@ -135,9 +135,9 @@ class TunePostprocess(Callback):
             for s, flips in enumerate(settings):
                 with trainer.precision_plugin.forward_context():
                     probs = module.predict_case(batch, flips)
-                pred = probs.argmax(1).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
+                pred = module.decide(probs).permute(1, 2, 0).cpu().numpy().astype(np.uint8)
                 for c, option in enumerate(self.candidates):
-                    cleaned = remove_small_components(pred, batch["spacing"], **option) if option else pred
+                    cleaned = apply_cleanup(pred, batch["spacing"], module.convention, option)
                     scores[s, c] += region_dice(cleaned, label, module.convention)
             n += 1
             log.info("Tuning the clean-up: %d/%d validation cases", n, total)

@@ -40,12 +40,13 @@ from brats_lightning.data.cache import (
 )
 from brats_lightning.data.channels import in_channels_for
 from brats_lightning.data.datasets import EpochItems, SliceDataset, VolumeDataset, first_item
+from brats_lightning.data.groups import case_groups
 from brats_lightning.data.io import MODALITIES, CaseFiles, detect_layout, discover_cases
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.loading import RingLoader
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
 from brats_lightning.data.sampling import DISTRIBUTIONS, PatchBatchDataset, PatchSampler
-from brats_lightning.data.splits import SPLIT_FILE, fold_cases, load_or_create_splits, split_config
+from brats_lightning.data.splits import SPLIT_FILE, STRATEGIES, fold_cases, load_or_create_splits, split_config
 from brats_lightning.errors import ConfigError, DataError
 from brats_lightning.seeding import stream_seed, training_epoch
 
@@ -107,6 +108,10 @@ class BratsDataModule(pl.LightningDataModule):
         test_fraction: share of the cases held out for testing.
         num_folds: cross-validation folds of the remaining cases.
         fold: the fold used for validation.
+        groups: how a case's site is read (:func:`~brats_lightning.data.groups.case_groups`): ``auto``
+            (BraTS 2017-2019 ids), a regular expression with one group, or a CSV ``case,group``.
+        split: ``stratified`` (every fold and the test set hold every site in proportion) or
+            ``site`` (one fold per site: leave-one-site-out; ``num_folds`` is then the number of sites).
         max_cases: use only the first ``max_cases`` cases (quick runs).
         crop_size: in-plane ``(X, Y)`` training size (Shen et al.: 144 x 192).
         batch_size: training slices (or patches) per batch.
@@ -114,6 +119,8 @@ class BratsDataModule(pl.LightningDataModule):
         prepare_workers: processes preparing cases, or ``"auto"`` (the cores of this rank's share).
         augment: random window positions, flips, rotations and scaling of training slices.
         augment_options: keyword arguments of :class:`~brats_lightning.data.augment.SliceAugment`.
+        context_slices: 2.5D context: each slice comes with this many neighbouring slices on either side
+            as extra channels (training, validation, test and ``predict``; ``0``: 2D, the papers).
         tumour_fraction: share of training slices drawn through a tumour voxel, class-balanced, with
             the window placed to hold it (:class:`~brats_lightning.data.datasets.SliceDataset`);
             ``0``: every brain slice equally often (the papers).
@@ -144,6 +151,8 @@ class BratsDataModule(pl.LightningDataModule):
         test_fraction: float = 0.2,
         num_folds: int = 5,
         fold: int = 0,
+        groups: str | None = "auto",
+        split: str = "stratified",
         max_cases: int | None = None,
         crop_size: Sequence[int] = (144, 192),
         batch_size: int = 8,
@@ -151,6 +160,7 @@ class BratsDataModule(pl.LightningDataModule):
         prepare_workers: int | str = "auto",
         augment: bool = True,
         augment_options: dict | None = None,
+        context_slices: int = 0,
         tumour_fraction: float = 0.0,
         mode: str = "slices",
         patch_size: int = 33,
@@ -171,7 +181,19 @@ class BratsDataModule(pl.LightningDataModule):
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
             raise ConfigError(f"data.modalities: unknown {unknown}; expected names from {MODALITIES}")
-        _check_options(num_folds, fold, test_fraction, crop_size, batch_size, patch_size, patches_per_epoch)
+        if split not in STRATEGIES:
+            raise ConfigError(f"data.split must be one of {list(STRATEGIES)}, got {split!r}")
+        self.groups_spec, self.split = groups, split
+        # leave-one-site-out: as many folds as sites, known once the cases are found (data.fold checked then)
+        _check_options(
+            num_folds,
+            fold if split == "stratified" else 0,
+            test_fraction,
+            crop_size,
+            batch_size,
+            patch_size,
+            patches_per_epoch,
+        )
         self.convention = get_convention(convention)
         try:
             self.symmetry = SymmetryConfig(enabled=bool(symmetry), **(symmetry_options or {}))
@@ -205,6 +227,11 @@ class BratsDataModule(pl.LightningDataModule):
         if not isinstance(tumour_fraction, (int, float)) or not 0.0 <= float(tumour_fraction) <= 1.0:
             raise ConfigError(f"data.tumour_fraction must be a number in [0, 1], got {tumour_fraction!r}")
         self.tumour_fraction = float(tumour_fraction)
+        if not isinstance(context_slices, int) or isinstance(context_slices, bool) or not 0 <= context_slices <= 5:
+            raise ConfigError(f"data.context_slices must be an integer in 0..5, got {context_slices!r}")
+        if context_slices and mode != "slices":
+            raise ConfigError("data.context_slices: neighbouring slices are for slice models (data.mode=slices)")
+        self.context_slices = context_slices
         try:
             self.augmenter = SliceAugment(**(augment_options or {}))
         except TypeError as e:
@@ -235,7 +262,7 @@ class BratsDataModule(pl.LightningDataModule):
 
     @property
     def in_channels(self) -> int:
-        return in_channels_for(self.modalities, self.symmetry.enabled)
+        return in_channels_for(self.modalities, self.symmetry.enabled, self.context_slices)
 
     @property
     def num_classes(self) -> int:
@@ -378,14 +405,20 @@ class BratsDataModule(pl.LightningDataModule):
                 + "\n".join(f"  - {why}" for why in failed.values())
             )
 
-    def _split_path(self, case_ids: list[str]) -> Path:
+    def _split_path(self, case_ids: list[str], groups: dict[str, str] | None = None) -> Path:
         """The split file: ``split_file``, else ``<cache_dir>/splits/<dataset>-<hash>/split.json``."""
         if self.split_file is not None:
             return self.split_file
-        h = hashlib.sha1(
-            ("|".join(sorted(case_ids)) + f"|{self.seed}|{self.test_fraction}|{self.num_folds}").encode()
-        ).hexdigest()[:8]
+        key = "|".join(sorted(case_ids)) + f"|{self.seed}|{self.test_fraction}|{self.num_folds}"
+        if groups and (self.split != "stratified" or len(set(groups.values())) > 1):
+            # (a single group split as before: the same cases, the same file)
+            key += f"|{self.split}|" + ",".join(f"{c}={g}" for c, g in sorted(groups.items()))
+        h = hashlib.sha1(key.encode()).hexdigest()[:8]
         return self.cache_dir / "splits" / f"{self.dataset_name}-{h}" / SPLIT_FILE
+
+    def case_groups(self, case_ids: list[str]) -> dict[str, str]:
+        """Case id -> site (``data.groups``)."""
+        return case_groups(case_ids, self.groups_spec)
 
     def setup(self, stage: str | None = None) -> None:
         """Prepare this rank's share of the cases (under DDP), read the split and open the cases of each part."""
@@ -400,17 +433,19 @@ class BratsDataModule(pl.LightningDataModule):
         for c in cases:
             if not is_fresh(self.prepared_dir / c.case_id, c):
                 raise DataError(f"case {c.case_id} is not prepared in {self.prepared_dir}; call prepare_data() first")
+        groups = self.case_groups(ids)
         # a split folder of the cache gets a config.json; an explicit split_file's folder is the user's
         about = None
         if self.split_file is None:
             about = {"dataset": self.dataset_name, "root": str(self.dataset_root.resolve())}
-            about |= split_config(ids, self.seed, self.test_fraction, self.num_folds)
+            about |= split_config(ids, self.seed, self.test_fraction, self.num_folds, groups, self.split)
+        path = self._split_path(ids, groups)
         self.splits = load_or_create_splits(
-            self._split_path(ids), ids, self.seed, self.test_fraction, self.num_folds, config=about
+            path, ids, self.seed, self.test_fraction, self.num_folds, config=about, groups=groups, strategy=self.split
         )
         if self.fold >= len(self.splits["folds"]):
             raise ConfigError(
-                f"data.fold={self.fold}, but the split file {self._split_path(ids)} has "
+                f"data.fold={self.fold}, but the split file {path} has "
                 f"{len(self.splits['folds'])} folds (0..{len(self.splits['folds']) - 1})"
             )
         train, val, test = fold_cases(self.splits, self.fold)
@@ -499,7 +534,13 @@ class BratsDataModule(pl.LightningDataModule):
             batches = max(1, self.patches_per_epoch // self.batch_size)
             return PatchBatchDataset(self.patch_sampler, self.batch_size, batches, self.seed)
         return SliceDataset(
-            self.train_cases, self.crop_size, self.batch_size, self.augment, self.seed, self.tumour_fraction
+            self.train_cases,
+            self.crop_size,
+            self.batch_size,
+            self.augment,
+            self.seed,
+            self.tumour_fraction,
+            self.context_slices,
         )
 
     def _epoch_state(self) -> tuple:
@@ -536,7 +577,9 @@ class BratsDataModule(pl.LightningDataModule):
         opts = self._loader_options()
         opts["num_workers"] = min(opts["num_workers"], 2)
         opts["persistent_workers"] = opts["num_workers"] > 0
-        return DataLoader(VolumeDataset(cases), batch_size=1, shuffle=False, collate_fn=first_item, **opts)
+        return DataLoader(
+            VolumeDataset(cases, self.context_slices), batch_size=1, shuffle=False, collate_fn=first_item, **opts
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._volume_loader(self.val_cases)
@@ -566,8 +609,16 @@ class BratsDataModule(pl.LightningDataModule):
         t = self.trainer
         if self.mode == "slices" and self.augment and t is not None and t.training:
             seed = stream_seed(self.seed, training_epoch(t), t.global_step, t.global_rank)
-            inputs[0], y = self.augmenter(inputs[0], y, torch.Generator().manual_seed(seed))
+            generator = torch.Generator().manual_seed(seed)
+            inputs[0], y = self.augmenter(inputs[0], y, generator, self.intensity_channels)
         return (*inputs, y)
+
+    @property
+    def intensity_channels(self) -> list[int]:
+        """The input channels that are MR intensities (not symmetry maps), over every context slice."""
+        per_slice = len(self.modalities) * (2 if self.symmetry.enabled else 1)
+        images = range(len(self.modalities))  # (the cache stores the images first, then their maps)
+        return [j * per_slice + i for j in range(2 * self.context_slices + 1) for i in images]
 
     def describe(self) -> dict:
         """What a model needs to know of its data to predict new cases (stored in checkpoints)."""
@@ -578,6 +629,7 @@ class BratsDataModule(pl.LightningDataModule):
             "preprocess": self.prep.to_dict(),
             "layout": self.layout,
             "files": self.files,
+            "context_slices": self.context_slices,
         }
 
     def label_frequencies(self) -> list[float]:

@@ -91,6 +91,8 @@ class SliceDataset(Dataset):
         seed: seed of the window positions.
         tumour_fraction: probability that a slot draws a tumour-centred slice (``0``: the natural
             distribution of brain slices, as the papers).
+        context: neighbouring slices on each side stacked as channels before the slice's own
+            (:func:`~brats_lightning.inference.with_context`'s order; zeros beyond the volume).
     """
 
     ring: BatchRing | None = None  # set by RingLoader: shared batch buffers of the loader workers
@@ -103,6 +105,7 @@ class SliceDataset(Dataset):
         augment: bool = False,
         seed: int = 0,
         tumour_fraction: float = 0.0,
+        context: int = 0,
     ) -> None:
         for c in cases:
             if not c.has_label:
@@ -116,7 +119,8 @@ class SliceDataset(Dataset):
         self.index = [(i, z) for i, c in enumerate(self.cases) for z in c.brain_slices]
         self.augment = augment
         self.seed = seed
-        self.channels = self.cases[0].shape[1] if self.cases else 0
+        self.context = int(context)
+        self.channels = (self.cases[0].shape[1] if self.cases else 0) * (2 * self.context + 1)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -138,7 +142,15 @@ class SliceDataset(Dataset):
                 z, *centre = voxel
                 place = np.random.default_rng((self.seed, epoch, i, 2))
                 offsets = window_holding(centre, self.crop_size, case.shape[2:], place)
-            _window(case.image[z], image[k], offsets)
+            if self.context:
+                c = case.shape[1]
+                for j, d in enumerate(range(-self.context, self.context + 1)):
+                    if 0 <= z + d < case.shape[0]:
+                        _window(case.image[z + d], image[k, j * c : (j + 1) * c], offsets)
+                    else:
+                        image[k, j * c : (j + 1) * c] = 0
+            else:
+                _window(case.image[z], image[k], offsets)
             _window(case.label[z], label[k], offsets)  # type: ignore[index]
         return len(items)
 
@@ -181,12 +193,14 @@ class VolumeDataset(Dataset):
     """Whole prepared cases for validation, testing and prediction (one case per item).
 
     Items are dicts with ``image`` ``(Z, C, X, Y)`` float16, ``mask`` ``(Z, X, Y)`` bool,
-    ``label`` ``(Z, X, Y)`` uint8 (labelled cases only), ``index``, ``case_id`` and the geometry
-    needed to paste a prediction back into the full RAS grid (``box``, ``ras_shape``, ``spacing``).
+    ``label`` ``(Z, X, Y)`` uint8 (labelled cases only), ``index``, ``case_id``, the geometry
+    needed to paste a prediction back into the full RAS grid (``box``, ``ras_shape``, ``spacing``)
+    and ``context_slices`` (the model's 2.5D context, added at inference).
     """
 
-    def __init__(self, cases: Sequence[PreparedCase]) -> None:
+    def __init__(self, cases: Sequence[PreparedCase], context: int = 0) -> None:
         self.cases = list(cases)
+        self.context = int(context)
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -202,6 +216,7 @@ class VolumeDataset(Dataset):
             "ras_shape": c.ras_shape,
             "spacing": c.spacing,
             "channels": c.meta.get("channels", []),
+            "context_slices": self.context,
         }
         if c.has_label:
             item["label"] = torch.from_numpy(np.array(c.label))

@@ -2,16 +2,18 @@
 
 A split file holds the held-out test cases and ``num_folds`` folds of the remaining cases. Fold
 ``k`` validates on ``folds[k]`` and trains on the others (Shen et al. Sec. 3.2: 5-fold CV on the
-training cases). The file is created on first use and re-read afterwards, so every run, fold and
-model sees the same cases. A split folder of the cache also holds a readable ``config.json`` of
-what determines the split (:func:`split_config`).
+training cases). Folds are stratified by site (:mod:`brats_lightning.data.groups`): each holds every
+site in proportion, or, with ``strategy="site"``, each is one site (leave-one-site-out). The file
+is created on first use and re-read afterwards, so every run, fold and model sees the same cases.
+A split folder of the cache also holds a readable ``config.json`` of what determines the split
+(:func:`split_config`).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,49 +21,102 @@ from brats_lightning.data.io import DataError
 from brats_lightning.data.provenance import write_config
 from brats_lightning.utils import write_text_atomic
 
-__all__ = ["SPLIT_FILE", "make_splits", "split_config", "load_or_create_splits", "fold_cases"]
+__all__ = ["SPLIT_FILE", "STRATEGIES", "make_splits", "split_config", "load_or_create_splits", "fold_cases"]
 
 SPLIT_FILE = "split.json"
 """Name of the split file in a split folder of the cache."""
 
 
-def make_splits(case_ids: Sequence[str], seed: int = 0, test_fraction: float = 0.2, num_folds: int = 5) -> dict:
+#: how folds are made: ``stratified`` (every fold holds every site in proportion), ``site`` (one fold per site)
+STRATEGIES: tuple[str, ...] = ("stratified", "site")
+
+
+def make_splits(
+    case_ids: Sequence[str],
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    num_folds: int = 5,
+    groups: Mapping[str, str] | None = None,
+    strategy: str = "stratified",
+) -> dict:
     """Split case ids into test cases and ``num_folds`` folds (seeded, order-independent).
 
+    ``stratified``: the cases of every group (site) are shuffled; the test cases are the first
+    ``test_fraction`` of an ordering that spreads every group evenly (a case's key is its fractional
+    rank in its group); the remaining cases are dealt to the folds in turn, one group after the
+    other (largest first) with the turn carried over, so every fold holds every site in proportion
+    and no two cases of a site share a fold before every fold has one. With one group this is a
+    plain seeded shuffle dealt in turn. ``site``: one fold per site (leave-one-site-out;
+    ``num_folds`` is the number of sites; the test cases are still drawn stratified).
+
     Raises:
-        DataError: too few cases for the requested folds.
+        DataError: too few cases for the requested folds, or a single site with ``strategy="site"``.
     """
     ids = sorted(set(case_ids))
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if num_folds < 2:
         raise ValueError(f"num_folds must be >= 2, got {num_folds}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown split strategy {strategy!r}; expected one of {list(STRATEGIES)}")
+    group_of = {c: (groups or {}).get(c, "all") for c in ids}
     rng = random.Random(seed)
-    shuffled = ids[:]
-    rng.shuffle(shuffled)
+    keys: dict[str, float] = {}
+    for g in sorted(set(group_of.values())):
+        members = [c for c in ids if group_of[c] == g]
+        rng.shuffle(members)
+        keys.update({c: (i + 0.5) / len(members) for i, c in enumerate(members)})
+    order = sorted(ids, key=lambda c: (keys[c], group_of[c]))
     n_test = int(round(test_fraction * len(ids)))
-    test, rest = sorted(shuffled[:n_test]), shuffled[n_test:]
-    if len(rest) < num_folds:
-        raise DataError(
-            f"{len(ids)} cases leave {len(rest)} for training and validation, fewer than num_folds={num_folds}"
-        )
-    folds = [sorted(rest[i::num_folds]) for i in range(num_folds)]
+    test, rest = sorted(order[:n_test]), order[n_test:]
+    if strategy == "site":
+        sites = sorted({group_of[c] for c in rest})
+        if len(sites) < 2:
+            raise DataError(
+                f"data.split=site needs cases of at least two sites; all {len(rest)} are in {sites} "
+                "(set data.groups to say how a case's site is read from its id)"
+            )
+        folds = [sorted(c for c in rest if group_of[c] == s) for s in sites]
+    else:
+        if len(rest) < num_folds:
+            raise DataError(
+                f"{len(ids)} cases leave {len(rest)} for training and validation, fewer than num_folds={num_folds}"
+            )
+        sizes = {g: sum(group_of[c] == g for c in rest) for g in set(group_of.values())}
+        dealt = sorted(rest, key=lambda c: (-sizes[group_of[c]], group_of[c], keys[c]))
+        folds = [sorted(dealt[i::num_folds]) for i in range(num_folds)]
     return {
         "seed": seed,
         "test_fraction": test_fraction,
-        "num_folds": num_folds,
+        "num_folds": len(folds),
+        "strategy": strategy,
         "test": test,
         "folds": folds,
+        "groups": {c: group_of[c] for c in ids},
     }
 
 
-def split_config(case_ids: Sequence[str], seed: int, test_fraction: float, num_folds: int) -> dict[str, Any]:
-    """What determines a split (:func:`make_splits`): the number of cases (listed in the split), seed, fractions."""
+def split_config(
+    case_ids: Sequence[str],
+    seed: int,
+    test_fraction: float,
+    num_folds: int,
+    groups: Mapping[str, str] | None = None,
+    strategy: str = "stratified",
+) -> dict[str, Any]:
+    """What determines a split (:func:`make_splits`): the number of cases (listed in the split), seed,
+    fractions, folds, strategy and the number of cases of every group."""
+    counts: dict[str, int] = {}
+    for c in set(case_ids):
+        g = (groups or {}).get(c, "all")
+        counts[g] = counts.get(g, 0) + 1
     return {
         "n_cases": len(set(case_ids)),
         "seed": seed,
         "test_fraction": test_fraction,
         "num_folds": num_folds,
+        "strategy": strategy,
+        "groups": dict(sorted(counts.items())),
     }
 
 
@@ -72,6 +127,8 @@ def load_or_create_splits(
     test_fraction: float = 0.2,
     num_folds: int = 5,
     config: dict[str, Any] | None = None,
+    groups: Mapping[str, str] | None = None,
+    strategy: str = "stratified",
 ) -> dict:
     """Read the split file at ``path``, creating it (atomically) if it does not exist.
 
@@ -81,6 +138,8 @@ def load_or_create_splits(
         seed: see :func:`make_splits`.
         test_fraction: see :func:`make_splits`.
         num_folds: see :func:`make_splits`.
+        groups: see :func:`make_splits`.
+        strategy: see :func:`make_splits`.
         config: when given, written (once) as ``config.json`` beside the split file: what produced
             it (e.g. :func:`split_config` and the data set); for a folder of its own.
 
@@ -100,7 +159,7 @@ def load_or_create_splits(
         if missing:
             raise DataError(f"{path}: the split names cases that are not in the data: {missing[:5]}")
         return splits
-    splits = make_splits(case_ids, seed, test_fraction, num_folds)
+    splits = make_splits(case_ids, seed, test_fraction, num_folds, groups, strategy)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(splits, indent=1))
     return splits

@@ -23,7 +23,7 @@ from brats_lightning.modules.segmentation import SegmentationModule
 __all__ = ["EnsembleModule", "FLIPS", "check_compatible", "tta_flips"]
 
 #: what members must share: the data they take and the labels they give
-_MUST_AGREE = ("modalities", "convention", "preprocess", "symmetry")
+_MUST_AGREE = ("modalities", "convention", "preprocess", "symmetry", "context_slices")
 
 
 def check_compatible(data_configs: Sequence[dict], paths: Sequence[str | Path]) -> dict:
@@ -71,6 +71,11 @@ class EnsembleModule(SegmentationModule, register=False):
         for m in members[1:]:
             if m.convention.name != first.convention.name:
                 raise CheckpointError(f"cannot ensemble a {m.convention.name} model with a {first.convention.name} one")
+            if m.decision != first.decision:
+                raise CheckpointError(
+                    f"cannot ensemble a model decided by {m.decision} with one decided by {first.decision} "
+                    "(region-based and softmax models)"
+                )
         names = sorted({m.display_name for m in members})
         name = names[0] if len(names) == 1 else " + ".join(names)
         if len(members) > 1:
@@ -86,6 +91,7 @@ class EnsembleModule(SegmentationModule, register=False):
         )
         self.members = nn.ModuleList(members)
         self.flips = tuple(tuple(f) for f in flips)
+        self.decision = first.decision
 
     def _members(self) -> list[SegmentationModule]:
         return [m for m in self.members if isinstance(m, SegmentationModule)]

@@ -1,4 +1,11 @@
-"""LightningModule for Shen et al.'s (symmetry-driven) FCN."""
+"""LightningModule for Shen et al.'s (symmetry-driven) FCN and the slice nets that followed it.
+
+``arch`` chooses the net: ``fcn`` (Shen et al.'s, the papers' default), ``unet`` (Shen et al.'s VGG
+encoder with a U-Net decoder: :class:`~brats_lightning.nets.unet.ShenUNet`) or ``dynunet`` (MONAI's
+DynUNet in 2D, nnU-Net's net: the modern reference). ``outputs`` chooses what it predicts: a softmax
+over the classes (the papers), or the BraTS regions (whole tumour, core, enhancing) as chained
+sigmoids (:func:`~brats_lightning.inference.region_chain`, trained with ``loss=dice_bce``).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,16 @@ import torch
 
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.errors import ConfigError
-from brats_lightning.inference import InputPadding
+from brats_lightning.inference import InputPadding, region_chain, region_classes
 from brats_lightning.losses import SegmentationLoss
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN, load_vgg16_weights
+from brats_lightning.nets.unet import ShenUNet, dynunet_2d
+
+#: the nets ``model.arch`` builds
+ARCHS: tuple[str, ...] = ("fcn", "unet", "dynunet")
+#: what the net predicts: class logits (softmax) or region logits (chained sigmoids)
+OUTPUTS: tuple[str, ...] = ("softmax", "regions")
 
 __all__ = ["FCNModule"]
 
@@ -34,8 +47,13 @@ class FCNModule(SegmentationModule):
         upsample_mode: ``"nearest"`` (Keras ``UpSampling2D``) or ``"bilinear"``.
         lr: Adam learning rate.
         vgg_weights: path of a torchvision-format VGG-16 state dict, or ``None``.
-        loss: ``"ce"`` (the paper) or ``"ce_dice"`` (:class:`~brats_lightning.losses.SegmentationLoss`).
-        dice_weight: weight of the region Dice term of ``ce_dice``.
+        loss: ``"ce"`` (the paper) or ``"ce_dice"`` (softmax outputs), ``"dice_bce"`` (region outputs)
+            (:class:`~brats_lightning.losses.SegmentationLoss`).
+        dice_weight: weight of the region Dice term.
+        arch: ``"fcn"`` (Shen et al.), ``"unet"`` (their encoder, a U-Net decoder) or ``"dynunet"`` (MONAI).
+        outputs: ``"softmax"`` (class probabilities, argmax) or ``"regions"`` (chained region sigmoids,
+            decided by region thresholds).
+        levels: resolution levels of ``dynunet`` (``2 ** (levels - 1)`` divides the input sides).
         convention: label convention (regions of the metrics).
         inference_batch_size: slices per forward pass at inference.
         test_hd95: compute HD95 at test time.
@@ -61,6 +79,9 @@ class FCNModule(SegmentationModule):
         name: str | None = None,
         loss: str = "ce",
         dice_weight: float = 1.0,
+        arch: str = "fcn",
+        outputs: str = "softmax",
+        levels: int = 5,
     ) -> None:
         super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name)
         self.save_hyperparameters()
@@ -68,10 +89,41 @@ class FCNModule(SegmentationModule):
             raise ConfigError(
                 f"num_classes={num_classes} but convention {convention} has {self.convention.num_classes}"
             )
-        self.net: ShenFCN = ShenFCN(in_channels, num_classes, n_blocks, up_channels, width, upsample_mode)
+        if arch not in ARCHS:
+            raise ConfigError(f"model.arch must be one of {list(ARCHS)}, got {arch!r}")
+        if outputs not in OUTPUTS:
+            raise ConfigError(f"model.outputs must be one of {list(OUTPUTS)}, got {outputs!r}")
+        if (outputs == "regions") != (loss == "dice_bce"):
+            raise ConfigError(
+                f"model.loss={loss} does not suit model.outputs={outputs}: region outputs train with loss=dice_bce, "
+                "softmax outputs with ce or ce_dice"
+            )
+        if outputs == "regions":
+            try:
+                region_classes(self.convention)
+            except ValueError as e:
+                raise ConfigError(f"model.outputs=regions: {e}") from None
+        self.outputs = outputs
+        self.decision = "regions" if outputs == "regions" else "argmax"
+        out_channels = 3 if outputs == "regions" else num_classes
+        self.net: ShenFCN | ShenUNet | torch.nn.Module
+        if arch == "fcn":
+            self.net = ShenFCN(in_channels, out_channels, n_blocks, up_channels, width, upsample_mode)
+        elif arch == "unet":
+            self.net = ShenUNet(in_channels, out_channels, n_blocks, width)
+        else:
+            self.net = dynunet_2d(in_channels, out_channels, levels, width)
+        self._divisor = getattr(self.net, "divisor", 2 ** (levels - 1))
+        self._net_name = (
+            f"{levels}-level DynUNet"
+            if arch == "dynunet"
+            else f"{n_blocks}-block {dict(fcn='FCN', unet='U-Net')[arch]}"
+        )
         self._set_layout()
         self.lr = lr
         self.vgg_weights = vgg_weights
+        if vgg_weights and arch == "dynunet":
+            raise ConfigError("model.vgg_weights: VGG-16 initialisation needs arch=fcn or unet (Shen et al.'s encoder)")
         try:
             self.loss = SegmentationLoss(self.convention, loss, dice_weight)
         except ValueError as e:
@@ -79,18 +131,26 @@ class FCNModule(SegmentationModule):
 
     def prepare_for_inference(self) -> FCNModule:
         """Batch norms folded into the convolutions: the same outputs, one pass less per feature map."""
-        self.net.fuse_batchnorm_()
+        if isinstance(self.net, (ShenFCN, ShenUNet)):
+            self.net.fuse_batchnorm_()
         return self.eval()
+
+    def net_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of padded slices: a softmax, or the chained region sigmoids (fp32)."""
+        logits = self.net(self.layout(x))
+        if self.outputs == "regions":
+            return region_chain(logits, self.convention)
+        return torch.softmax(logits.float(), dim=1)
 
     def preflight(self, datamodule: object | None = None) -> None:
         """The training crop must suit the pooling; the VGG-16 file must exist."""
-        d = self.net.divisor
+        d = self._divisor
         crop = None
         if isinstance(datamodule, SegmentationData) and datamodule.mode == "slices":
             crop = datamodule.crop_size
         if crop is not None and any(int(c) % d for c in crop):
             raise ConfigError(
-                f"data.crop_size={list(crop)}: the {self.net.n_blocks}-block FCN needs multiples of {d} "
+                f"data.crop_size={list(crop)}: the {self._net_name} needs multiples of {d} "
                 f"(e.g. {[max(d, int(c) // d * d) for c in crop]})"
             )
         if self.vgg_weights and not Path(self.vgg_weights).is_file():
@@ -99,7 +159,7 @@ class FCNModule(SegmentationModule):
     def setup(self, stage: str) -> None:
         # VGG-16 initialisation is part of training from scratch, not of restoring a checkpoint.
         if stage == "fit" and self.vgg_weights and getattr(self.trainer, "ckpt_path", None) is None:
-            n = load_vgg16_weights(self.net, self.vgg_weights)
+            n = load_vgg16_weights(self.net, self.vgg_weights)  # type: ignore[arg-type]
             self.print(f"Initialised {n} downsampling convolutions from {self.vgg_weights}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +167,8 @@ class FCNModule(SegmentationModule):
 
     @property
     def input_padding(self) -> InputPadding:
-        """Slices are zero-padded to a multiple of the pooling factor ``2 ** (n_blocks - 1)``."""
-        return InputPadding(divisor=self.net.divisor)
+        """Slices are zero-padded to a multiple of the pooling factor (``2 ** (n_blocks - 1)``)."""
+        return InputPadding(divisor=self._divisor)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -13,9 +13,9 @@ import torch
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
-from brats_lightning.inference import InputPadding, flip_average, predict_padded, predict_volume, tta_flips
+from brats_lightning.inference import InputPadding, decide, flip_average, predict_padded, predict_volume, tta_flips
 from brats_lightning.metrics import dice_torch, region_metrics
-from brats_lightning.postprocess import remove_small_components
+from brats_lightning.postprocess import apply_cleanup
 from brats_lightning.seeding import stream_seed, training_epoch
 
 __all__ = ["SegmentationModule"]
@@ -37,7 +37,7 @@ class SegmentationModule(pl.LightningModule):
         channels_last: run the net in the channels-last memory layout (measured faster for every
             net here, fp32 and bf16, training and inference: ``benchmarks/bench_inference.py``).
         lesion_metrics: add the lesion-wise columns (:mod:`brats_lightning.lesions`) to the test metrics.
-        postprocess: options of :func:`~brats_lightning.postprocess.remove_small_components`, applied
+        postprocess: options of :func:`~brats_lightning.postprocess.apply_cleanup`, applied
             to the test predictions before scoring and, stored in the checkpoint, by ``predict``
             (Havaei et al. Sec. 4); ``None``: none. A run's
             :class:`~brats_lightning.callbacks.postprocess.TunePostprocess` may replace it (and set
@@ -86,6 +86,8 @@ class SegmentationModule(pl.LightningModule):
         self.val_history: list[dict] = []
         #: test-time flips (``lr``, ``ap``) to test and predict with (``predict tta=auto``); kept in checkpoints
         self.tta_flips: list[str] = []
+        #: how class maps are decided from class probabilities (:func:`~brats_lightning.inference.decide`)
+        self.decision = "argmax"
 
     @property
     def hp(self) -> Any:
@@ -160,18 +162,23 @@ class SegmentationModule(pl.LightningModule):
         """``(Z, K, X, Y)`` probabilities of one volume item (see ``data.datasets.VolumeDataset``).
 
         Args:
-            batch: the item.
+            batch: the item (with ``context_slices``, its slices get their neighbours as channels).
             flips: test-time flips (``lr``, ``ap``) whose probabilities are averaged in.
         """
         fn = flip_average(self.predict_slices, tta_flips(flips))
-        return predict_volume(fn, batch["image"], self.inference_batch_size, batch.get("mask"))
+        context = int(batch.get("context_slices", 0))
+        return predict_volume(fn, batch["image"], self.inference_batch_size, batch.get("mask"), context)
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """The class map of ``(N, K, ...)`` class probabilities, by :attr:`decision`."""
+        return decide(probs, self.convention, self.decision)
 
     def clean_up(self, pred: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
         """The ``(Z, X, Y)`` class map after :attr:`postprocess` (itself when there is none)."""
         if not self.postprocess:
             return pred
         classes = pred.permute(1, 2, 0).cpu().numpy().astype(np.uint8)
-        classes = remove_small_components(classes, spacing, **self.postprocess)
+        classes = apply_cleanup(classes, spacing, self.convention, self.postprocess)
         return torch.from_numpy(classes).permute(2, 0, 1).to(pred.device)
 
     def _region_dice(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -179,7 +186,7 @@ class SegmentationModule(pl.LightningModule):
         return torch.stack([dice_torch(p[r][None], g[r][None])[0] for r in REGIONS])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        pred = self.predict_case(batch).argmax(1)
+        pred = self.decide(self.predict_case(batch))
         d = self._region_dice(pred, batch["label"])
         self._val_rows.append(torch.cat([torch.tensor([float(batch["index"])], device=d.device), d]))
 
@@ -211,7 +218,7 @@ class SegmentationModule(pl.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         # the test metrics are those of what predict writes: test-time flips and clean-up included
-        pred = self.clean_up(self.predict_case(batch, self.tta_flips).argmax(1), batch["spacing"])
+        pred = self.clean_up(self.decide(self.predict_case(batch, self.tta_flips)), batch["spacing"])
         d = self._region_dice(pred, batch["label"])
         self._test_rows.append(torch.cat([torch.tensor([float(batch["index"])], device=d.device), d]))
         # Full metrics on the original (RAS) grid: specificity counts every voxel of the scan.
