@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_inference.py [--threads 2] [--device cpu|cuda] [--sample 24]
+    python benchmarks/bench_inference.py [--threads 2] [--device cpu|cuda] [--sample 24] [--cases 2]
 
 On a real 240x240x155 case of ``../shared/data/brats2018`` (a synthetic case of the same size when it
 is absent), in one run:
@@ -12,17 +12,35 @@ is absent), in one run:
   the FCN, FCN + symmetry maps, TwoPathCNN and the three cascades, in fp32 NCHW (the old default),
   fp32 channels-last and bf16 channels-last (the default where the hardware has bf16), with the
   GFLOP/s achieved. The default is timed on the whole volume; the slower settings of the patch CNNs
-  on ``--sample`` slices spread over the volume, scaled to the volume (marked ``*``);
-* ``python -m brats_lightning.predict`` of FCN + symmetry maps end to end on two cases (random
-  weights: speed only), split into read, preprocess, symmetry maps, inference and write;
-* MONAI's SegResNet as in MONAI's BraTS bundle (4 in, 3 out, ``init_filters=16``,
-  ``blocks_down=(1, 2, 2, 4)``, ``blocks_up=(1, 1, 1)``) with ``sliding_window_inference`` (ROI
-  240x240x160, overlap 0.5, one window at a time) on the same volume, fp32 and bf16;
+  on ``--sample`` slices spread over the volume, scaled to the volume (marked ``*``); the patch CNNs
+  also with their stride-1 pooling and 21x21 output layer run as written (``F.max_pool2d`` and the
+  convolution itself, ``nets.twopath.FAST_LAYERS=False``), the code before this change, in the same run;
+  and every net's bf16 rate as a fraction of the large convolution's;
+* ``model.compile``: FCN + symmetry maps with and without ``torch.compile`` (inductor): compile time
+  (the first call) and the steady speed, of inference (16 slices) and of a training step;
+* end to end, like for like, from the same NIfTI files of the same ``--cases`` cases to label files
+  written, on the CPU with the same threads, in fp32 and in bf16 (bf16 only on CPUs with bf16 units),
+  random weights (speed only):
+
+  - ours: ``python -m brats_lightning.predict`` of FCN + symmetry maps (``precision=fp32`` /
+    ``bf16``), split into read, preprocess, symmetry maps, inference and write;
+  - MONAI's SegResNet as MONAI's BraTS bundle runs it (``brats_mri_segmentation``: 4 in, 3 out,
+    ``init_filters=16``, ``blocks_down=(1, 2, 2, 4)``, ``blocks_up=(1, 1, 1)``; load, orientation,
+    1 mm spacing, foreground crop, ``NormalizeIntensityd(nonzero, channel_wise)``,
+    ``sliding_window_inference`` with ROI 240x240x160, overlap 0.5, one window at a time, sigmoid >
+    0.5 to BraTS labels, the crop undone, NIfTI written), fp32 and bf16 autocast, split into load,
+    preprocess, inference and write;
+
+  with SegResNet's seconds per case over ours, per precision;
 * training throughput: FCN + symmetry slices/s and TwoPathCNN patches/s, fp32 and bf16.
 
-The last line is a JSON object with ``predict_s_per_case``, ``twopath_volume_s``,
-``cascade_volume_s_max``, ``bf16_speedup_fcn_sym_inference``, ``bf16_speedup_fcn_training``,
-``segresnet_over_fcn_sym`` and the other figures.
+A failed case in any ``predict`` run fails the benchmark. The last line is a JSON object with
+``predict_s_per_case`` (the default precision: bf16 where the CPU has it), ``twopath_volume_s``,
+``cascade_volume_s_max``, ``twopath_fraction_of_ceiling``, ``twopath_speedup_vs_layers_as_written``,
+``cascade_speedup_vs_layers_as_written_min``, ``compile``, ``bf16_speedup_fcn_sym_inference``,
+``bf16_speedup_fcn_training``,
+``segresnet_over_fcn_sym`` (end to end, bf16), ``segresnet_over_fcn_sym_fp32`` (end to end, fp32),
+``predict_s_per_case_by_precision``, ``segresnet_s_per_case`` and the other figures.
 """
 
 from __future__ import annotations
@@ -45,8 +63,12 @@ from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, cr
 from brats_lightning.inference import predict_volume
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.modules.patch import PatchCNNModule
+from brats_lightning.nets import twopath
+from brats_lightning.precision import bf16_supported
 
 SETTINGS = (("fp32 NCHW", False, False), ("fp32 CL", True, False), ("bf16 CL", True, True))
+#: the patch CNNs in bf16 channels-last with their pooling and output layer as written (``FAST_LAYERS=False``)
+AS_WRITTEN = "bf16 CL, layers as written"
 #: the FCN as it ran before this work: fp32, NCHW, upsampling then convolving, batch norm unfused
 BEFORE = "fp32 NCHW, literal"
 
@@ -104,8 +126,26 @@ def build(name: str, channels: int, layout: bool, first: torch.nn.Module | None,
     return m.prepare_for_inference()
 
 
-def predict_end_to_end(root: Path, cases: list[str], threads: int) -> dict:
-    """``predict`` of FCN + symmetry maps on ``cases`` (a random-weights checkpoint), with its report."""
+def check_predict_report(report: dict, cases: list[str], what: str) -> None:
+    """Fail the benchmark unless ``predict`` wrote every case of ``cases``.
+
+    Raises:
+        SystemExit: a case failed (named, with the reason from the report's ``failed``), a case is
+            neither done nor failed, or no case is done.
+    """
+    problems = [f"{c} ({why})" for c, why in report["failed"].items()]
+    missing = [c for c in cases if c not in report["done"] and c not in report["failed"]]
+    problems += [f"{c} (neither done nor failed)" for c in missing]
+    if problems or not report["done"]:
+        raise SystemExit(f"{what}: {'failed: ' + '; '.join(problems) if problems else 'no case done'}")
+
+
+def predict_end_to_end(root: Path, cases: list[str], threads: int, precision: str = "auto") -> dict:
+    """``predict`` of FCN + symmetry maps on ``cases`` (a random-weights checkpoint), with its report.
+
+    Raises:
+        SystemExit: a case failed or none was done (:func:`check_predict_report`).
+    """
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
@@ -148,40 +188,174 @@ def predict_end_to_end(root: Path, cases: list[str], threads: int) -> dict:
                 "probabilities": False,
                 "postprocess": False,
                 "overwrite": True,
-                "precision": "auto",
+                "precision": precision,
             }
         )
         t0 = time.perf_counter()
         report = predict_dir(cfg)
         report["wall_s"] = time.perf_counter() - t0
+        check_predict_report(report, cases, f"predict FCN+sym (precision={precision})")
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def segresnet_time(volume: torch.Tensor, device: str, bf16: bool) -> float:
+#: MONAI's BraTS bundle, Project-MONAI/model-zoo ``models/brats_mri_segmentation``: the input channels
+#: in the order of its ``scripts/prepare_datalist.py`` (t1ce, t1, t2, flair), the sliding window of its
+#: ``configs/inference.json`` (ROI 240x240x160, ``sw_batch_size`` 1, overlap 0.5)
+SEGRESNET_MODALITIES = ("t1c", "t1", "t2", "flair")
+SEGRESNET_ROI = (240, 240, 160)
+SEGRESNET_STAGES = ("load", "preprocess", "inference", "write")
+
+
+def segresnet_end_to_end(root: Path, cases: list[str], bf16: bool, roi: tuple[int, int, int] = SEGRESNET_ROI) -> dict:
+    """MONAI's SegResNet as its BraTS bundle runs it, from the NIfTI files of ``cases`` to label files written.
+
+    Follows ``configs/inference.json`` of Project-MONAI/model-zoo ``models/brats_mri_segmentation``:
+    the network (SegResNet, 4 in, 3 out, ``init_filters=16``, ``blocks_down=(1, 2, 2, 4)``,
+    ``blocks_up=(1, 1, 1)``; its ``dropout_prob=0.2`` is inactive in eval mode), ``LoadImaged`` of
+    the four files, ``NormalizeIntensityd(nonzero=True, channel_wise=True)``, the sliding window,
+    sigmoid, ``Invertd``, threshold 0.5, its labels (ET -> 4, else TC -> 1, else WT -> 2) and the
+    label map saved in the input's geometry. Added, as MONAI's BraTS tutorial and ``predict`` do:
+    orientation to RAS and 1 mm spacing (a no-op on BraTS data), and a crop to the foreground
+    (undone before writing; with the bundle's ROI the window is padded back to 240x240x160, so it
+    saves nothing in inference). Random weights: speed only. One case after the other in this
+    process, with this process's threads.
+
+    Args:
+        root: the data set (a folder of case folders).
+        cases: the case ids to segment.
+        bf16: run the network under bf16 autocast (the bundle runs fp32 on a CPU: its ``amp`` is
+            CUDA autocast).
+        roi: the sliding window's ROI (smaller only for smoke tests).
+
+    Returns:
+        ``done``, ``times_s`` (per case: load, preprocess, inference, write, total), ``totals_s``
+        and ``wall_s`` (everything, building the network included).
+    """
+    import nibabel as nib
+    from monai.data import MetaTensor
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import SegResNet
+    from monai.transforms import (
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        Spacingd,
+    )
 
-    net = (
-        SegResNet(
+    by_id = {c.case_id: c for c in discover_cases(root)}
+    work = Path(tempfile.mkdtemp(prefix="bench_segresnet_"))
+    try:
+        t_start = time.perf_counter()
+        torch.manual_seed(0)
+        net = SegResNet(
             spatial_dims=3,
             in_channels=4,
             out_channels=3,
             init_filters=16,
             blocks_down=(1, 2, 2, 4),
             blocks_up=(1, 1, 1),
+        ).eval()
+        load = Compose([LoadImaged("image"), EnsureChannelFirstd("image")])
+        # the crop goes before the normalisation: CropForegroundd keeps voxels > 0 (any channel), and
+        # z-scores of brain voxels below the mean are negative
+        preprocess = Compose(
+            [
+                Orientationd("image", axcodes="RAS"),
+                Spacingd("image", pixdim=(1.0, 1.0, 1.0)),
+                CropForegroundd("image", source_key="image"),
+                NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+            ]
         )
-        .to(device)
-        .eval()
+        # the bundle inverts the sigmoid probabilities (interpolating) and thresholds after
+        invert = Invertd("pred", transform=preprocess, orig_keys="image", nearest_interp=False)
+        times: dict[str, dict[str, float]] = {}
+        for case_id in cases:
+            t0 = time.perf_counter()
+            d = load({"image": [str(by_id[case_id].images[m]) for m in SEGRESNET_MODALITIES]})
+            affine, shape = d["image"].affine.numpy(), tuple(d["image"].shape[1:])
+            t1 = time.perf_counter()
+            d = preprocess(d)
+            t2 = time.perf_counter()
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = sliding_window_inference(d["image"].as_tensor()[None], roi, 1, net, overlap=0.5)
+            d["pred"] = MetaTensor(torch.sigmoid(logits[0].float()))  # Invertd takes the image's transforms
+            t3 = time.perf_counter()
+            x = invert(d)["pred"].as_tensor() > 0.5  # (TC, WT, ET) in the input's grid
+            labels = torch.where(x[2], 4, torch.where(x[0], 1, torch.where(x[1], 2, 0))).to(torch.uint8).numpy()
+            if labels.shape != shape:
+                raise SystemExit(f"SegResNet: {case_id}: label map {labels.shape} != input {shape}")
+            nib.save(nib.Nifti1Image(labels, affine), work / f"{case_id}.nii.gz")
+            t4 = time.perf_counter()
+            t = dict(zip(SEGRESNET_STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True))
+            times[case_id] = {k: round(v, 3) for k, v in {**t, "total": t4 - t0}.items()}
+        wall = time.perf_counter() - t_start
+        totals = {s: round(sum(t[s] for t in times.values()), 3) for s in (*SEGRESNET_STAGES, "total")}
+        return {"done": list(times), "times_s": times, "totals_s": totals, "wall_s": wall}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def compile_figures(image8: torch.Tensor, mask: torch.Tensor, device: str) -> dict[str, float]:
+    """``model.compile``: FCN + symmetry maps with and without ``torch.compile`` (inductor), bf16 where the
+    hardware has it: the compile time (the first call) and the steady speed, inference and training."""
+    from brats_lightning.precision import bf16_supported
+
+    bf16 = bf16_supported(device)
+    out: dict[str, float] = {}
+    brain = torch.nonzero(mask.flatten(1).any(1)).flatten()
+    pick = brain[torch.linspace(0, brain.numel() - 1, 16).long()]
+    img, msk = image8[pick].to(device), mask[pick].to(device)
+    x = torch.randn(8, 8, 144, 192, device=device)
+    y = torch.randint(0, 4, (8, 144, 192), device=device)
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        m = FCNModule(8, 4, compile=compiled).to(device)
+        inf = FCNModule(8, 4, compile=compiled).to(device).prepare_for_inference()
+
+        def infer(inf=inf) -> None:
+            with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                predict_volume(inf.predict_slices, img, 4, msk)
+
+        opt = torch.optim.Adam(m.parameters(), 1e-3)
+
+        def step(m=m, opt=opt) -> None:
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                loss = m.loss(m.run_net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        key = "compiled" if compiled else "eager"
+        t0 = time.perf_counter()
+        infer()
+        out[f"{key}_first_inference_s"] = time.perf_counter() - t0
+        out[f"{key}_inference_s_16_slices"] = best_time(infer, device, repeats=2)
+        t0 = time.perf_counter()
+        step()
+        out[f"{key}_first_step_s"] = time.perf_counter() - t0
+        out[f"{key}_step_s"] = best_time(step, device, repeats=2)
+    out["compile_s_inference"] = out["compiled_first_inference_s"] - out["eager_inference_s_16_slices"]
+    out["compile_s_training"] = out["compiled_first_step_s"] - out["eager_step_s"]
+    out["compile_speedup_inference"] = out["eager_inference_s_16_slices"] / out["compiled_inference_s_16_slices"]
+    out["compile_speedup_training"] = out["eager_step_s"] / out["compiled_step_s"]
+    print(
+        table(
+            [[k, f"{v:.2f}"] for k, v in out.items()],
+            [f"torch.compile of FCN+sym ({'bf16' if bf16 else 'fp32'}), 16 slices / a batch of 8", "value"],
+        )
     )
-    x = volume[None].to(device)
-
-    def run() -> None:
-        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            sliding_window_inference(x, (240, 240, 160), 1, net, overlap=0.5)
-
-    return best_time(run, device, repeats=1, warmup=1)
+    print(
+        f"model.compile: compiling takes {out['compile_s_inference']:.0f} s (inference) and "
+        f"{out['compile_s_training']:.0f} s (training); then {out['compile_speedup_inference']:.2f}x inference, "
+        f"{out['compile_speedup_training']:.2f}x training\n"
+    )
+    return out
 
 
 def _train_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt, bf16: bool) -> None:
@@ -216,16 +390,85 @@ def training_rates(device: str) -> dict[str, float]:
     return out
 
 
+def s_per_case(report: dict) -> float:
+    """Wall seconds of an end-to-end run per case done."""
+    return report["wall_s"] / len(report["done"])
+
+
+def ratio(seg: dict[str, dict], ours: dict[str, dict], precision: str) -> float | None:
+    """SegResNet's seconds per case over ours in ``precision``, or ``None`` when either did not run."""
+    if precision not in seg or precision not in ours:
+        return None
+    return s_per_case(seg[precision]) / s_per_case(ours[precision])
+
+
+def stage_table(title: str, report: dict, stages: tuple[str, ...]) -> str:
+    """Per-case seconds of each stage of an end-to-end run."""
+    rows = [[c, *[f"{t[s]:.2f}" for s in (*stages, "total")]] for c, t in report["times_s"].items()]
+    return table(rows, [title, *stages, "total"])
+
+
+def end_to_end(root: Path, cases: list[str], threads: int, segresnet: bool) -> tuple[dict, dict]:
+    """Ours (``predict``, FCN + symmetry maps) and MONAI's SegResNet, NIfTI in to labels out, fp32 and bf16.
+
+    Both on the CPU with the same threads and cases; bf16 only on CPUs with bf16 units. Prints the
+    stages of every run and, per precision, which is faster.
+
+    Returns:
+        Our reports and SegResNet's by precision (``fp32``, ``bf16``).
+    """
+    from brats_lightning.predict import STAGES
+
+    precisions = ["fp32", "bf16"]
+    if not bf16_supported("cpu"):
+        precisions = ["fp32"]
+        print(
+            "bf16 end to end skipped: this CPU has no bf16 units (AMX or AVX-512 bf16), so predict refuses "
+            "precision=bf16; fp32 only\n"
+        )
+    ours: dict[str, dict] = {}
+    seg: dict[str, dict] = {}
+    for p in precisions:
+        ours[p] = predict_end_to_end(root, cases, threads, p)
+        print(stage_table(f"predict FCN+sym ({p}), s", ours[p], STAGES))
+        print(
+            f"end to end: {ours[p]['wall_s']:.1f} s for {len(ours[p]['done'])} cases = {s_per_case(ours[p]):.1f} s "
+            "per case (the next case is read while one is inferred)\n"
+        )
+        if segresnet:
+            seg[p] = segresnet_end_to_end(root, cases, p == "bf16")
+            print(stage_table(f"MONAI SegResNet ({p}), s", seg[p], SEGRESNET_STAGES))
+            print(
+                f"end to end: {seg[p]['wall_s']:.1f} s for {len(seg[p]['done'])} cases = "
+                f"{s_per_case(seg[p]):.1f} s per case (one case after the other)\n"
+            )
+    if not seg:
+        return ours, seg
+    rows = [
+        [p, f"{s_per_case(ours[p]):.1f}", f"{s_per_case(seg[p]):.1f}", f"{ratio(seg, ours, p):.2f}"] for p in precisions
+    ]
+    print(table(rows, ["end to end, s per case", "ours (FCN+sym)", "SegResNet", "SegResNet / ours"]))
+    for p in precisions:
+        a, b = s_per_case(ours[p]), s_per_case(seg[p])
+        if b > a:
+            print(f"{p}: ours is faster end to end, {a:.1f} s per case against SegResNet's {b:.1f} s ({b / a:.2f}x)")
+        else:
+            print(f"{p}: SegResNet is faster end to end, {b:.1f} s per case against our {a:.1f} s ({a / b:.2f}x)")
+    print()
+    return ours, seg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sample", type=int, default=24, help="slices timed for the slow settings of patch CNNs")
     parser.add_argument("--skip-segresnet", action="store_true")
+    parser.add_argument("--cases", type=int, default=2, help="cases of the end-to-end runs (ours and SegResNet)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dev = args.device
-    root, what = brats_root(2)
+    root, what = brats_root(args.cases)
     names = sorted(p.name for p in root.iterdir() if p.is_dir())
     case = discover_cases(root)[0]
     pre = preprocess_case(case, get_convention("brats2017"), PreprocessConfig(), SymmetryConfig(enabled=True))
@@ -248,6 +491,8 @@ def main() -> None:
     first = PatchCNNModule("twopath", 4, 4).net
     nets = [("fcn", 4), ("fcn_sym", 8), ("twopath", 4), ("input_cascade", 4), ("local_cascade", 4), ("mf_cascade", 4)]
     rows, vol = [], {}
+    flops_of: dict[str, float] = {}
+    fraction: dict[str, float] = {}
     for name, ch in nets:
         img = image8 if ch == 8 else image4
         flops = slice_flops(build(name, ch, True, first), img) * n_brain
@@ -264,31 +509,34 @@ def main() -> None:
             t = volume_time(m, img, mask, bf16, dev, 4, sample)
             vol[(name, label)] = t
             cells.append(f"{t:.1f}{'*' if sample else ''} ({flops / t / 1e9:.0f})")
+        if not name.startswith("fcn"):  # the same net, its pooling and output layer run as written (before)
+            twopath.FAST_LAYERS = False
+            try:
+                t = volume_time(build(name, ch, True, first).to(dev), img, mask, True, dev, 4)
+            finally:
+                twopath.FAST_LAYERS = True
+            vol[(name, AS_WRITTEN)] = t
+            cells.append(f"{t:.1f} ({flops / t / 1e9:.0f})")
+        else:
+            cells.append("-")
+        flops_of[name] = flops
         rows.append(cells)
-    print(table(rows, ["whole volume, s (GFLOP/s)", BEFORE, *[s[0] for s in SETTINGS]]))
-    print("* extrapolated from", args.sample, "slices spread over the volume\n")
-
-    report = predict_end_to_end(root, names[:2], args.threads)
-    per_case = report["wall_s"] / max(1, len(report["done"]))
-    stages = ("read", "preprocess", "symmetry", "inference", "write", "total")
-    rows = [[c, *[f"{t[s]:.2f}" for s in stages]] for c, t in report["times_s"].items()]
-    print(table(rows, ["predict FCN+sym (bf16), s", *stages]))
+    print(table(rows, ["whole volume, s (GFLOP/s)", BEFORE, *[s[0] for s in SETTINGS], AS_WRITTEN]))
+    print("* extrapolated from", args.sample, "slices spread over the volume")
+    for name in ("fcn_sym", "twopath", "input_cascade", "local_cascade", "mf_cascade"):
+        rate = flops_of[name] / vol[(name, "bf16 CL")] / 1e9
+        fraction[name] = rate / ceiling["bf16"]
     print(
-        f"end to end: {report['wall_s']:.1f} s for {len(report['done'])} cases = {per_case:.1f} s per case "
-        "(the next case is read while one is inferred)\n"
+        "bf16 channels-last whole-volume rate as a fraction of the large convolution's: "
+        + ", ".join(f"{n} {f:.0%}" for n, f in fraction.items())
+        + "\n"
     )
+    compiled = compile_figures(image8, mask, dev)
 
-    seg = {}
-    if not args.skip_segresnet:
-        full = torch.from_numpy(np.ascontiguousarray(pre.image[:4]))  # (4, X, Y, Z) of the whole 240x240x155 grid
-        for p in ("fp32", "bf16"):
-            seg[p] = segresnet_time(full, dev, p == "bf16")
-        ours = vol[("fcn_sym", "bf16 CL")]
-        print(
-            f"MONAI SegResNet (BraTS bundle), sliding window on the whole volume: {seg['fp32']:.1f} s fp32 (the "
-            f"bundle's setting on a CPU), {seg['bf16']:.1f} s bf16; our FCN+sym {ours:.1f} s (bf16 CL): SegResNet "
-            f"takes {seg['fp32'] / ours:.2f}x ours as the bundle runs, {seg['bf16'] / ours:.2f}x in bf16\n"
-        )
+    ours, seg = end_to_end(root, names[: args.cases], args.threads, not args.skip_segresnet)
+    # what predict runs by default (precision=auto): bf16 where the CPU has it
+    report = ours["bf16"] if "bf16" in ours else ours["fp32"]
+    per_case = s_per_case(report)
 
     train = training_rates(dev)
     print(table([[k, f"{v:,.1f}"] for k, v in train.items()], ["training throughput", "samples/s"]))
@@ -298,16 +546,26 @@ def main() -> None:
         "predict_stage_totals_s": report["totals_s"],
         "twopath_volume_s": vol[("twopath", "bf16 CL")],
         "cascade_volume_s_max": max(vol[(n, "bf16 CL")] for n in ("input_cascade", "local_cascade", "mf_cascade")),
+        "twopath_fraction_of_ceiling": fraction["twopath"],
+        "fcn_sym_fraction_of_ceiling": fraction["fcn_sym"],
+        "cascade_fraction_of_ceiling_min": min(fraction[n] for n in ("input_cascade", "local_cascade", "mf_cascade")),
+        "twopath_speedup_vs_layers_as_written": vol[("twopath", AS_WRITTEN)] / vol[("twopath", "bf16 CL")],
+        "cascade_speedup_vs_layers_as_written_min": min(
+            vol[(n, AS_WRITTEN)] / vol[(n, "bf16 CL")] for n in ("input_cascade", "local_cascade", "mf_cascade")
+        ),
+        "compile": compiled,
         "bf16_speedup_fcn_sym_inference": fcn_sym_speedup,
         "speedup_fcn_sym_inference_vs_fp32_nchw": vol[("fcn_sym", "fp32 NCHW")] / vol[("fcn_sym", "bf16 CL")],
         "speedup_fcn_sym_inference_vs_before": vol[("fcn_sym", BEFORE)] / vol[("fcn_sym", "bf16 CL")],
         "bf16_speedup_fcn_training": train["fcn_sym bf16 CL"] / train["fcn_sym fp32 CL"],
         "speedup_fcn_training_vs_fp32_nchw": train["fcn_sym bf16 CL"] / train["fcn_sym fp32 NCHW"],
         "bf16_speedup_twopath_training": train["twopath bf16 CL"] / train["twopath fp32 CL"],
-        # MONAI's bundle runs fp32 on a CPU (its amp is CUDA autocast): the peer as a user runs it here
-        "segresnet_over_fcn_sym": (seg["fp32"] / vol[("fcn_sym", "bf16 CL")]) if seg else None,
-        "segresnet_bf16_over_fcn_sym": (seg["bf16"] / vol[("fcn_sym", "bf16 CL")]) if seg else None,
-        "segresnet_s": seg,
+        # end to end, NIfTI files in, label files out, same cases and threads: SegResNet's s per case / ours
+        "segresnet_over_fcn_sym": ratio(seg, ours, "bf16"),
+        "segresnet_over_fcn_sym_fp32": ratio(seg, ours, "fp32"),
+        "predict_s_per_case_by_precision": {p: s_per_case(r) for p, r in ours.items()},
+        "segresnet_s_per_case": {p: s_per_case(r) for p, r in seg.items()},
+        "segresnet_stage_totals_s": {p: r["totals_s"] for p, r in seg.items()},
         "conv_gflops": ceiling,
         "volume_s": {f"{n} {s}": v for (n, s), v in vol.items()},
         "training_per_s": train,

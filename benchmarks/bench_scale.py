@@ -2,21 +2,37 @@
 
 Usage::
 
-    python benchmarks/bench_scale.py [--sizes 4 8 16] [--cascade-sizes 2 4 6] [--prepare-cases 8]
+    python benchmarks/bench_scale.py [--sizes 4 16 48] [--cascade-sizes 2 8 16] [--prepare-cases 16] [--repeats 3]
 
-Generates BraTS-size synthetic cases (240x240x155, 1 mm) and, in one run:
+Generates BraTS-size synthetic cases (240x240x155, 1 mm; ``--shape`` makes smaller ones, for smoke
+tests only) and, in one run:
 
 * prepares ``--prepare-cases`` of them with 1 and with 2 worker processes (separate caches) and
   prints the speed-up;
-* for each size N, starts a fresh process that sets up the data module on N cases (N - 1 for
-  training, 1 for validation) and trains a few steps of a slice model (the FCN) and of a cascade
-  (InputCascadeCNN, whose first-stage maps over the training cases are computed and cached on disk),
-  sampling the process's memory every 20 ms: private anonymous memory (``RssAnon``: what the process
-  owns) and file-backed memory (``RssFile``: pages of the memory-mapped cache, which the OS shares
-  between processes and ranks and can drop);
-* fits the peak private memory against N: the growth per added case, extrapolated to 1,251 cases.
+* for each size N, ``--repeats`` times (3), starts a fresh process that sets up the data module on N
+  cases (N - 1 for training, 1 for validation) and trains one epoch that visits every training case,
+  then validates on every validation case (``limit_val_batches=None``):
 
-The last line is a JSON object with ``mb_per_case_slices``, ``mb_per_case_cascade`` and
+  - the slice model (the FCN): a training loader of one brain slice of every training case (its
+    middle one), in full batches of 4 (the first slices again to fill the last one, so that the
+    batch size does not change with N), through the real fill path
+    (:class:`~brats_lightning.data.datasets.SliceDataset` over the data module's memory-mapped cache);
+  - the cascade (InputCascadeCNN, whose first-stage maps over the training cases are computed once
+    and cached on disk before any measured run): as many balanced patch batches of 64 as it takes
+    the data module's patch sampler to draw from every training case (found by replaying its seeded
+    draws, at least 4);
+
+  the process counts the training cases its batches were cut from and the validation cases it
+  scored, and both must equal the cases of the split; it samples its memory every 20 ms: private
+  anonymous memory (``RssAnon``: what the process owns) and file-backed memory (``RssFile``: pages
+  of the memory-mapped cache, which the OS shares between processes and ranks and can drop);
+* fits the peak private memory of every run against its number of training cases by least squares:
+  the growth per added case with its 95% confidence interval (the slope's standard error, Student's
+  t with runs - 2 degrees of freedom). The figure that counts is the interval's upper bound: what
+  the data do not rule out; it is extrapolated to 1,251 cases.
+
+The last line is a JSON object with ``mb_per_case_slices`` and ``mb_per_case_cascade`` (the upper
+bounds of the 95% intervals; the slopes are ``..._slope``, the lower bounds ``..._ci95_low``) and
 ``prepare_speedup_2_workers``, and the other figures.
 """
 
@@ -24,18 +40,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from _common import CACHE, json_line, table
 
+if TYPE_CHECKING:
+    from brats_lightning.data.datamodule import BratsDataModule
+
 RUN = r"""
 import json, sys, threading, time
+import numpy as np
 import torch
 
 def status():
@@ -59,28 +81,80 @@ threading.Thread(target=sample, daemon=True).start()
 
 import pytorch_lightning as pl
 from brats_lightning.data.datamodule import BratsDataModule
+from brats_lightning.data.datasets import SliceDataset
+from brats_lightning.data.loading import RingLoader
+from brats_lightning.data.sampling import PatchSampler
+from brats_lightning.seeding import training_epoch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(2)
+trained, validated = set(), set()  # case ids the training batches were cut from; validation cases scored
+
+class CountingSlices(SliceDataset):
+    def fill(self, items, arrays):
+        trained.update(self.cases[self.index[i][0]].case_id for _, i in items)
+        return super().fill(items, arrays)
+
+class CountingPatches(PatchSampler):
+    def sample(self, n, distribution, rng):
+        case, flat, label = super().sample(n, distribution, rng)
+        trained.update(self.cases[c].case_id for c in np.unique(case).tolist())
+        return case, flat, label
+
+class Covering(BratsDataModule):
+    # the real data module, whose training epoch visits every training case
+    @property
+    def patch_sampler(self):
+        sampler = BratsDataModule.patch_sampler.fget(self)
+        sampler.__class__ = CountingPatches  # the data module's own sampler, counting the cases it draws from
+        return sampler
+
+    def train_dataloader(self):
+        if self.mode == "patches":
+            return super().train_dataloader()
+        ds = CountingSlices(self.train_cases, self.crop_size, self.batch_size, self.augment, self.seed,
+                            self.tumour_fraction, self.context_slices)
+        where = {key: i for i, key in enumerate(ds.index)}
+        picks = [where[(k, c.brain_slices[len(c.brain_slices) // 2])] for k, c in enumerate(ds.cases)]
+        epoch = training_epoch(self.trainer)
+        # every batch full (the first slices again at the end): the batch size must not change with N
+        items = [(epoch, picks[k % len(picks)]) for k in range(-(-len(picks) // self.batch_size) * self.batch_size)]
+        batches = [items[k : k + self.batch_size] for k in range(0, len(items), self.batch_size)]
+        return RingLoader(ds, batch_size=None, sampler=batches, **self._loader_options())
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        if isinstance(batch, dict) and not self.trainer.training:
+            validated.add(batch["case_id"])
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
 kw = dict(root=args["root"], cache_dir=args["cache"], split_file=args["split"], max_cases=args["n"], num_folds=2,
           fold=1, test_fraction=0.0, crop_size=(144, 192), num_workers=0)
 if args["model"] == "fcn":
     from brats_lightning.modules.fcn import FCNModule
-    dm = BratsDataModule(**kw, batch_size=4)
+    dm = Covering(**kw, batch_size=4)
     model = FCNModule(4, 4, width=0.25, test_hd95=False, inference_batch_size=8)
 else:
     from brats_lightning.modules.patch import PatchCNNModule
-    dm = BratsDataModule(**kw, mode="patches", batch_size=64, patches_per_epoch=64 * 4)
+    dm = Covering(**kw, mode="patches", batch_size=args["patch_batch"],
+                  patches_per_epoch=args["patch_batch"] * args["patch_batches"])
     model = PatchCNNModule(
         "input_cascade", 4, 4, first_stage_ckpt=args["first"], inference_batch_size=8, test_hd95=False
     )
     model.preflight()
-trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=3, limit_val_batches=0, logger=False,
-                     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+trainer = pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=None, limit_val_batches=None,
+                     num_sanity_val_steps=0, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                     enable_checkpointing=False)
 trainer.fit(model, datamodule=dm)
 stop = True
 time.sleep(0.05)
-print("RESULT " + json.dumps({**peak, "train_cases": len(dm.train_cases)}))
+result = {**peak, "train_cases": len(dm.train_cases), "val_cases": len(dm.val_cases), "visited": len(trained),
+          "validated": len(validated), "train_batches": trainer.global_step}
+print("RESULT " + json.dumps(result))
+assert trained == {c.case_id for c in dm.train_cases}, f"visited {len(trained)} of {len(dm.train_cases)} cases"
+assert validated == {c.case_id for c in dm.val_cases}, f"validated {len(validated)} of {len(dm.val_cases)} cases"
 """
+
+#: patches per batch of the cascade's training loader
+PATCH_BATCH = 64
 
 
 def prepare_time(root: Path, n: int, workers: int, cache: Path) -> float:
@@ -106,9 +180,42 @@ def measure(args: dict) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def slope(ns: list[int], values: list[float]) -> float:
-    """Least-squares growth of ``values`` per unit of ``ns``."""
-    return float(np.polyfit(np.asarray(ns, float), np.asarray(values, float), 1)[0])
+def patch_batches_covering(dm: BratsDataModule, batch_size: int, seed: int = 0, at_least: int = 4) -> int:
+    """Patch batches of an epoch whose draws (balanced, epoch 0) cover every training case of ``dm``.
+
+    Replays :class:`~brats_lightning.data.sampling.PatchBatchDataset`'s seeded draws (batch ``i``:
+    ``default_rng((seed, 0, i))``) on the data module's training cases.
+    """
+    sampler = dm.patch_sampler
+    seen: set[int] = set()
+    i = 0
+    while len(seen) < len(sampler.cases):
+        case, _, _ = sampler.sample(batch_size, "balanced", np.random.default_rng((seed, 0, i)))
+        seen.update(case.tolist())
+        i += 1
+        if i > 100_000:
+            raise RuntimeError("the patch sampler does not reach every training case")
+    return max(at_least, i)
+
+
+def fit_slope(x: list[float], y: list[float]) -> dict[str, float]:
+    """Least-squares slope of ``y`` against ``x`` with its standard error and 95% confidence interval.
+
+    The interval is ``slope +- t(0.975, n - 2) * se`` with ``se = sqrt(SSR / (n - 2) / Sxx)``.
+    """
+    from scipy import stats
+
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    n = xs.size
+    sxx = float(((xs - xs.mean()) ** 2).sum())
+    if n < 3 or sxx == 0:
+        raise ValueError("a slope with a confidence interval needs 3 runs or more at 2 sizes or more")
+    slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / sxx)
+    intercept = float(ys.mean() - slope * xs.mean())
+    ssr = float(((ys - intercept - slope * xs) ** 2).sum())
+    se = math.sqrt(ssr / (n - 2) / sxx)
+    half = float(stats.t.ppf(0.975, n - 2)) * se
+    return {"slope": slope, "se": se, "low": slope - half, "high": slope + half, "intercept": intercept, "runs": n}
 
 
 def main() -> None:
@@ -116,13 +223,25 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 16, 48])
     parser.add_argument("--cascade-sizes", type=int, nargs="+", default=[2, 8, 16])
     parser.add_argument("--prepare-cases", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="measured processes per size")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=[240, 240, 155], help="synthetic volume shape (smaller: smoke tests only)"
+    )
     args = parser.parse_args()
+    for name, sizes in (("--sizes", args.sizes), ("--cascade-sizes", args.cascade_sizes)):
+        if min(sizes) < 2 or len(set(sizes)) < 2 or args.repeats * len(sizes) < 3:
+            parser.error(f"{name}: 2 different sizes or more, each >= 2, and 3 runs or more (with --repeats)")
+    if args.repeats < 1 or args.prepare_cases < 1:
+        parser.error("--repeats and --prepare-cases must be >= 1")
+    shape = tuple(args.shape)
     n_max = max(max(args.sizes), max(args.cascade_sizes), args.prepare_cases)
     from brats_lightning.data.synthetic import write_dataset
 
-    root = CACHE / f"synthetic-brats-size-n{n_max}"
-    write_dataset(root, n_cases=n_max, shape=(240, 240, 155), spacing=1.0, seed=0, progress=True)
-    print(f"Data: {n_max} synthetic 240x240x155 cases in {root}\n")
+    what = "x".join(map(str, shape))
+    name = "synthetic-brats-size" if shape == (240, 240, 155) else f"synthetic-{what}"
+    root = CACHE / f"{name}-n{n_max}"
+    write_dataset(root, n_cases=n_max, shape=shape, spacing=1.0, seed=0, progress=True)
+    print(f"Data: {n_max} synthetic {what} cases in {root}\n")
 
     # preparation with 1 and 2 workers, one run
     t1 = prepare_time(root, args.prepare_cases, 1, CACHE / "scale-prep-1")
@@ -152,44 +271,91 @@ def main() -> None:
     first_ckpt = CACHE / "scale-first-stage.ckpt"
     torch.save({"hyper_parameters": dict(first.hparams), "state_dict": first.state_dict()}, first_ckpt)
 
+    def split(n: int) -> Path:
+        path = CACHE / f"scale-split-{root.name}-{n}.json"
+        path.write_text(json.dumps({"test": [], "folds": [ids[: n - 1], ids[n - 1 : n]]}))
+        return path
+
     def run(model: str, n: int) -> dict:
-        split = CACHE / f"scale-split-{n}.json"
-        split.write_text(json.dumps({"test": [], "folds": [ids[: n - 1], ids[n - 1 : n]]}))
-        job = {"root": str(root), "cache": str(cache), "split": str(split), "n": n, "model": model}
-        return measure({**job, "first": str(first_ckpt)})
+        job = {"root": str(root), "cache": str(cache), "split": str(split(n)), "n": n, "model": model}
+        job |= {"first": str(first_ckpt), "patch_batch": PATCH_BATCH, "patch_batches": 4}
+        if model == "cascade":
+            patches = BratsDataModule(
+                root=str(root), cache_dir=str(cache), split_file=job["split"], max_cases=n, num_folds=2, fold=1,
+                test_fraction=0.0, mode="patches", batch_size=PATCH_BATCH,
+            )  # fmt: skip
+            patches.setup()
+            job["patch_batches"] = patch_batches_covering(patches, PATCH_BATCH, patches.seed)
+        r = measure(job)
+        if r["visited"] != r["train_cases"] or r["validated"] != r["val_cases"]:
+            raise RuntimeError(f"{model} on {n} cases visited {r['visited']} of {r['train_cases']} training cases")
+        return r
 
     # the first-stage maps are computed once and cached on disk: compute them before measuring, so
     # that every measured process does the same work (maps read, not computed)
     run("cascade", max(args.cascade_sizes))
     results: dict[str, list[dict]] = {"fcn": [], "cascade": []}
-    for model, sizes in (("fcn", args.sizes), ("cascade", args.cascade_sizes)):
-        for n in sizes:
-            results[model].append({"n": n, **run(model, n)})
-    rows = []
-    growth = {}
+    for repeat in range(args.repeats):  # sizes interleaved, so that a drift of the machine spreads over them
+        for model, sizes in (("fcn", args.sizes), ("cascade", args.cascade_sizes)):
+            for n in sizes:
+                r = run(model, n)
+                results[model].append({"n": n, "repeat": repeat + 1, **r})
+                print(
+                    f"  {model} N={n} run {repeat + 1}: {r['visited']} of {r['train_cases']} training cases "
+                    f"visited, {r['validated']} validated, peak RssAnon {r['RssAnon']:.0f} MB",
+                    flush=True,
+                )
+    fits = {}
     for model, rs in results.items():
-        for r in rs:
-            rows.append([model, str(r["train_cases"]), f"{r['RssAnon']:.0f}", f"{r['RssFile']:.0f}"])
-        growth[model] = slope([r["train_cases"] for r in rs], [r["RssAnon"] for r in rs])
-    print()
-    print(table(rows, ["model", "training cases", "peak private MB (RssAnon)", "peak file-backed MB (RssFile)"]))
-    for model, g in growth.items():
-        print(f"{model}: {g:+.2f} MB of private memory per added case -> {g * 1251:+.0f} MB at 1,251 cases")
-    print(
-        json_line(
-            {
-                "mb_per_case_slices": growth["fcn"],
-                "mb_per_case_cascade": growth["cascade"],
-                "prepare_speedup_2_workers": t1 / t2,
-                "prepare_s_per_case_1_worker": t1 / args.prepare_cases,
-                "prepare_s_per_case_2_workers": t2 / args.prepare_cases,
-                "extrapolated_mb_1251_slices": growth["fcn"] * 1251,
-                "extrapolated_mb_1251_cascade": growth["cascade"] * 1251,
-                **{f"peak_rss_anon_mb_{m}_{r['train_cases']}": r["RssAnon"] for m, rs in results.items() for r in rs},
-                **{f"peak_rss_file_mb_{m}_{r['train_cases']}": r["RssFile"] for m, rs in results.items() for r in rs},
-            }
+        rs.sort(key=lambda r: (r["n"], r["repeat"]))
+        rows = [
+            [
+                str(r["repeat"]),
+                str(r["train_cases"]),
+                f"{r['visited']}",
+                str(r["train_batches"]),
+                str(r["validated"]),
+                f"{r['RssAnon']:.1f}",
+                f"{r['RssFile']:.1f}",
+            ]
+            for r in rs
+        ]
+        header = ["run", "training cases", "visited", "training batches", "validation cases"]
+        header += ["peak private MB (RssAnon)", "peak file-backed MB (RssFile)"]
+        print(f"\n{model}\n" + table(rows, header))
+        f = fits[model] = fit_slope([r["train_cases"] for r in rs], [r["RssAnon"] for r in rs])
+        print(
+            f"{model}: {f['slope']:+.3f} MB of private memory per added case, 95% CI [{f['low']:+.3f}, "
+            f"{f['high']:+.3f}] (se {f['se']:.3f}, {f['runs']} runs) -> at most {f['high'] * 1251:+.0f} MB "
+            f"at 1,251 cases (slope: {f['slope'] * 1251:+.0f} MB)"
         )
-    )
+    figures: dict = {
+        "mb_per_case_slices": fits["fcn"]["high"],
+        "mb_per_case_cascade": fits["cascade"]["high"],
+        "prepare_speedup_2_workers": t1 / t2,
+        "prepare_s_per_case_1_worker": t1 / args.prepare_cases,
+        "prepare_s_per_case_2_workers": t2 / args.prepare_cases,
+    }
+    for model, key in (("fcn", "slices"), ("cascade", "cascade")):
+        f = fits[model]
+        figures |= {
+            f"mb_per_case_{key}_slope": f["slope"],
+            f"mb_per_case_{key}_ci95_low": f["low"],
+            f"mb_per_case_{key}_ci95_high": f["high"],
+            f"mb_per_case_{key}_se": f["se"],
+            f"extrapolated_mb_1251_{key}": f["high"] * 1251,
+            f"extrapolated_mb_1251_{key}_slope": f["slope"] * 1251,
+            f"runs_{key}": f["runs"],
+        }
+    for model, rs in results.items():
+        for n in sorted({r["train_cases"] for r in rs}):
+            same = [r for r in rs if r["train_cases"] == n]
+            figures[f"peak_rss_anon_mb_{model}_{n}"] = [round(r["RssAnon"], 1) for r in same]
+            figures[f"peak_rss_file_mb_{model}_{n}"] = [round(r["RssFile"], 1) for r in same]
+            figures[f"train_batches_{model}_{n}"] = same[0]["train_batches"]
+            figures[f"cases_visited_{model}_{n}"] = [r["visited"] for r in same]
+    figures |= {"repeats": args.repeats, "data": f"synthetic {what}"}
+    print(json_line(figures))
 
 
 if __name__ == "__main__":

@@ -43,19 +43,38 @@ def to_2023(src: Path, dst: Path) -> None:
     nib.save(nib.Nifti1Image(arr, img.affine, img.header), str(dst))
 
 
-def gt_file(gt: Path, case: str) -> Path:
-    flat = gt / f"{case}.nii.gz"
-    return flat if flat.is_file() else next((gt / case).glob("*seg.nii.gz"))
+def difference(mine: float, theirs: float) -> float:
+    """``|mine - theirs|``, 0 when both are NaN (undefined alike), infinite when only one is: a NaN never
+    hides a disagreement (``max(0.0, nan)`` is 0.0)."""
+    if np.isnan(mine) or np.isnan(theirs):
+        return 0.0 if np.isnan(mine) and np.isnan(theirs) else float("inf")
+    return abs(mine - theirs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ours", type=Path, required=True, help="per_case.csv written by brats_lightning.evaluate")
-    parser.add_argument("--pred", type=Path, required=True)
-    parser.add_argument("--gt", type=Path, required=True)
-    parser.add_argument("--brats2023", type=Path, required=True, help="a checkout of rachitsaluja/BraTS-2023-Metrics")
-    args = parser.parse_args()
-    sys.path.insert(0, str(args.brats2023))
+def official_scores(pred: Path, gt: Path, evaluator, get_lesion_wise_results) -> dict[str, dict[str, float]]:
+    """Both official scorers on one pair of BraTS 2023 label files: region -> our column -> value."""
+    panoptic = {k: v.to_dict(True) for k, v in evaluator.evaluate(str(pred), str(gt)).items()}
+    lesion = get_lesion_wise_results(str(pred), str(gt), "BraTS-GLI").set_index("Labels")
+    out = {}
+    for ours_region, label in REGIONS.items():
+        pr = panoptic[ours_region]
+        out[ours_region] = {
+            "tp_lesions": float(pr["tp"]),
+            "fp_lesions": float(pr["fp"]),
+            "fn_lesions": float(pr["fn"]),
+            "rq": float(pr["rq"]),
+            "sq_dice": float(pr["sq_dsc"]),
+            "pq_dice": float(pr["pq_dsc"]),
+            "lesion_dice": float(lesion.loc[label, "LesionWise_Score_Dice"]),
+            "lesion_hd95": float(lesion.loc[label, "LesionWise_Score_HD95"]),
+        }
+    return out
+
+
+def load_official(brats2023: Path):
+    """The official scorers: panoptica's evaluator of ``brats-evaluation``'s ``config_gli.yaml``, and the
+    BraTS 2023 ``get_LesionWiseResults`` (made to run on today's pandas)."""
+    sys.path.insert(0, str(brats2023))
     import pandas as pd
 
     # The 2023 code was written for an older pandas: DataFrame.append (only a log table uses it) and
@@ -75,11 +94,28 @@ def main() -> None:
         return _replace(self, to_replace, value, **kw)
 
     pd.DataFrame.replace = replace_numbers
+    if not hasattr(np, "Inf"):  # its vendored surface_distance predates NumPy 2 (np.Inf is np.inf)
+        np.Inf = np.inf
     from metrics import get_LesionWiseResults  # the official 2023 code
     from panoptica import Panoptica_Evaluator
 
     config = files("brats_evaluation").joinpath("configs", "config_gli.yaml")
-    evaluator = Panoptica_Evaluator.load_from_config(str(config))
+    return Panoptica_Evaluator.load_from_config(str(config)), get_LesionWiseResults
+
+
+def gt_file(gt: Path, case: str) -> Path:
+    flat = gt / f"{case}.nii.gz"
+    return flat if flat.is_file() else next((gt / case).glob("*seg.nii.gz"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ours", type=Path, required=True, help="per_case.csv written by brats_lightning.evaluate")
+    parser.add_argument("--pred", type=Path, required=True)
+    parser.add_argument("--gt", type=Path, required=True)
+    parser.add_argument("--brats2023", type=Path, required=True, help="a checkout of rachitsaluja/BraTS-2023-Metrics")
+    args = parser.parse_args()
+    evaluator, lesion_wise = load_official(args.brats2023)
     ours = {(r["case"], r["region"]): r for r in csv.DictReader(args.ours.open())}
     cases = sorted({c for c, _ in ours})
     official: dict[tuple[str, str], dict[str, float]] = {}
@@ -88,30 +124,13 @@ def main() -> None:
             p, g = Path(tmp) / f"{case}_pred.nii.gz", Path(tmp) / f"{case}_gt.nii.gz"
             to_2023(args.pred / f"{case}.nii.gz", p)
             to_2023(gt_file(args.gt, case), g)
-            panoptic = {k: v.to_dict(True) for k, v in evaluator.evaluate(str(p), str(g)).items()}
-            lesion = get_LesionWiseResults(str(p), str(g), "BraTS-GLI").set_index("Labels")
-            for ours_region, label in REGIONS.items():
-                pr = panoptic[ours_region]
-                official[(case, ours_region)] = {
-                    "tp_lesions": pr["tp"],
-                    "fp_lesions": pr["fp"],
-                    "fn_lesions": pr["fn"],
-                    "rq": pr["rq"],
-                    "sq_dice": pr["sq_dsc"],
-                    "pq_dice": pr["pq_dsc"],
-                    "lesion_dice": float(lesion.loc[label, "LesionWise_Score_Dice"]),
-                    "lesion_hd95": float(lesion.loc[label, "LesionWise_Score_HD95"]),
-                }
+            for region, scores in official_scores(p, g, evaluator, lesion_wise).items():
+                official[(case, region)] = scores
             print(case, {r: {k: round(v, 4) for k, v in official[(case, r)].items()} for r in REGIONS}, flush=True)
     worst: dict[str, float] = {}
     for key, theirs in official.items():
         for col, v in theirs.items():
-            mine = float(ours[key][col])
-            if np.isnan(mine) and np.isnan(v):
-                diff = 0.0
-            else:
-                diff = abs(mine - float(v))
-            worst[col] = max(worst.get(col, 0.0), diff)
+            worst[col] = max(worst.get(col, 0.0), difference(float(ours[key][col]), float(v)))
     print(f"{len(cases)} cases x 3 regions; largest difference per column (ours vs official):")
     for col, d in worst.items():
         print(f"  {col:12s} {d:.2e}")

@@ -160,3 +160,59 @@ def test_2017_and_2023_files_and_a_mixed_prediction_folder(tmp_path: Path) -> No
         assert float(rows[(case, "wt")]["pq_dice"]) == 1.0
     saved = json.loads((tmp_path / "e" / "summary.json").read_text())
     assert saved["metrics"]["et"]["rq"]["mean"] == 1.0 and saved["metrics"]["wt"]["tp_lesions"]["n"] == 2
+
+
+# -- the official scorers' own output -------------------------------------------------------------
+
+LESION_COLUMNS = ("tp_lesions", "fp_lesions", "fn_lesions", "rq", "sq_dice", "pq_dice", "lesion_dice", "lesion_hd95")
+
+
+def _reference() -> dict:
+    import json
+
+    return json.loads((Path(__file__).parent / "data" / "official_lesion_reference.json").read_text())
+
+
+def test_evaluate_equals_the_official_scorers_output(tmp_path: Path) -> None:
+    """``evaluate`` against what brats-evaluation 0.0.10 (gli) and the BraTS 2023 lesion-wise code wrote for the
+    cases of ``tests/data/lesion_cases.py`` (merges, splits, a lesion under 50 mm^3, the 3-voxel dilation,
+    empty regions): every lesion-wise column of every case and region (``scripts/make_lesion_reference.py``)."""
+    import csv
+
+    from brats_lightning.evaluate import evaluate_dirs
+    from tests.data import lesion_cases
+
+    ref = _reference()
+    assert ref["brats-evaluation"] == "0.0.10"
+    pred, gt = lesion_cases.write(tmp_path)
+    evaluate_dirs(pred, gt, tmp_path / "out", "brats2023", "brats2023", hd95=False, lesion_wise=True)
+    rows = {(r["case"], r["region"]): r for r in csv.DictReader((tmp_path / "out" / "per_case.csv").open())}
+    assert {c for c, _ in rows} == set(ref["cases"]) == set(lesion_cases.cases())
+    for case, regions in ref["cases"].items():
+        for region, columns in regions.items():
+            for col in LESION_COLUMNS:
+                theirs, mine = columns[col], float(rows[(case, region)][col])
+                if theirs is None:  # undefined (both masks empty): NaN in ours too, not averaged
+                    assert np.isnan(mine), (case, region, col, mine)
+                else:
+                    # (per_case.csv keeps 6 significant digits)
+                    assert mine == pytest.approx(theirs, rel=1e-5, abs=1e-6), (case, region, col, mine, theirs)
+
+
+@pytest.mark.parametrize("change", [{"min_volume_mm3": 0.0}, {"dilation": 0}, {"dilation": 1}])
+def test_the_reference_catches_a_lost_rule(change: dict) -> None:
+    """Without the 50 mm^3 rule or the 3-voxel dilation, the BraTS 2023 scores leave the official ones."""
+    from brats_lightning.data.labels import get_convention
+    from tests.data import lesion_cases
+
+    ref = _reference()["cases"]
+    conv = get_convention("brats2023")
+    differ = []
+    for case, (pred, gt) in lesion_cases.cases().items():
+        pm, gm = conv.region_masks(conv.to_internal(pred)), conv.region_masks(conv.to_internal(gt))
+        for region in ("wt", "tc", "et"):
+            kept = brats2023_lesion_metrics(pm[region], gm[region])["lesion_dice"]
+            changed = brats2023_lesion_metrics(pm[region], gm[region], **change)["lesion_dice"]
+            assert kept == pytest.approx(ref[case][region]["lesion_dice"], abs=1e-6)
+            differ += [(case, region)] if abs(changed - ref[case][region]["lesion_dice"]) > 1e-6 else []
+    assert differ, change

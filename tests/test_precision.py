@@ -1,4 +1,4 @@
-"""bf16 where the hardware has it: predictions agree with fp32."""
+"""bf16 where the hardware has it (and really used then), fp32 elsewhere; predictions agree with fp32."""
 
 from __future__ import annotations
 
@@ -14,18 +14,70 @@ from brats_lightning.metrics import dice
 from brats_lightning.precision import bf16_supported, inference_dtype, training_precision
 from brats_lightning.predict import predict_dir
 
-pytestmark = pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no bf16 units")
+needs_bf16 = pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no bf16 units")
 
 
-def test_policy_follows_the_hardware() -> None:
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_the_choice_follows_the_hardware(monkeypatch: pytest.MonkeyPatch, has_bf16: bool) -> None:
+    """The rule, on any CPU: the capability is faked both ways."""
     import torch
 
-    assert inference_dtype("auto", "cpu") == torch.bfloat16 and inference_dtype("fp32", "cpu") == torch.float32
-    assert training_precision() == "bf16-mixed"
+    from brats_lightning import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    assert inference_dtype("auto", "cpu") == (torch.bfloat16 if has_bf16 else torch.float32)
+    assert inference_dtype("fp32", "cpu") == torch.float32
+    assert training_precision() == ("bf16-mixed" if has_bf16 else "32")
+    if has_bf16:
+        assert inference_dtype("bf16", "cpu") == torch.bfloat16
+    else:
+        with pytest.raises(ValueError, match="precision=bf16, but cpu has no bf16 units"):
+            inference_dtype("bf16", "cpu")
     with pytest.raises(ValueError, match="precision must be auto, bf16 or fp32"):
         inference_dtype("half", "cpu")
 
 
+def _conv_dtypes(monkeypatch: pytest.MonkeyPatch, has_bf16: bool, ckpt: Path, root: Path, out: Path) -> set:
+    """The dtypes of every convolution's output while ``predict`` (precision auto) runs."""
+    import torch
+
+    from brats_lightning import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    seen: set = set()
+
+    def hook(module, inputs, output) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        case = discover_cases(root)[0]
+        single = out / "in"
+        import shutil
+
+        shutil.copytree(Path(case.images["flair"]).parent, single / case.case_id)
+        cfg = {"ckpt_path": str(ckpt), "input_dir": str(single), "output_dir": str(out / "pred"), "device": "cpu"}
+        report = predict_dir(OmegaConf.create({**cfg, "precision": "auto", "num_workers": 0, "postprocess": False}))
+        assert report["precision"] == ("bf16" if has_bf16 else "fp32") and report["done"]
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_bf16_is_really_used_where_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_ckpt: Path, synthetic_root: Path, has_bf16: bool
+) -> None:
+    """A forward hook sees bf16 activations when bf16 is chosen, fp32 ones otherwise (autocast runs bf16 on
+    any CPU, slowly without bf16 units: the faked capability is enough to see the choice take effect)."""
+    import torch
+
+    seen = _conv_dtypes(monkeypatch, has_bf16, trained_ckpt, synthetic_root, tmp_path)
+    assert seen == ({torch.bfloat16} if has_bf16 else {torch.float32}), seen
+
+
+@needs_bf16
 def test_predict_in_bf16_agrees_with_fp32(tmp_path: Path, well_trained_ckpt: Path, medium_root: Path) -> None:
     """The same labels on >= 99.5% of brain voxels and Dice per region (mean over cases) within 0.005."""
     cfg = {

@@ -10,6 +10,14 @@ Memory does not grow with the data set: the only per-case data in memory is a ro
 counts. The voxels of each class come from the case's compact on-disk index (``index.npy``,
 int32 offsets grouped by class, memory-mapped and shared by every process of a machine), and
 patches are cut from the memory-mapped images, one slice copy per patch (``benchmarks/bench_pipeline.py``).
+
+**Dense training** (``dense_size=D > 1``, an option beside the paper's per-patch training): around each
+sampled centre a window of ``P + D - 1`` pixels is cut, whose ``D x D`` centre pixels the fully
+convolutional net labels in one pass (the 33x33 patch of each is inside the window). The loss weights
+of a window's pixels (:func:`dense_weights`) keep the paper's class balance: with ``"balanced"``
+sampling every class present in the window weighs the same in all (the centre's class was drawn
+uniformly, so the expected balance is the paper's), with ``"natural"`` every brain pixel weighs the
+same; pixels outside the brain are not labelled (weight 0, label -1).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from brats_lightning.data.cache import PreparedCase, open_array
 from brats_lightning.data.loading import BatchRing, RingToken, produce
 from brats_lightning.errors import DataError
 
-__all__ = ["DISTRIBUTIONS", "PatchSampler", "PatchBatchDataset"]
+__all__ = ["DISTRIBUTIONS", "PatchSampler", "PatchBatchDataset", "dense_weights"]
 
 DISTRIBUTIONS = ("balanced", "natural")
 
@@ -44,11 +52,16 @@ class PatchSampler:
         cases: prepared, labelled training cases.
         num_classes: number of internal classes.
         patch_size: side of the square patches (33 for TwoPathCNN; larger for cascades).
+        dense_size: side of the square of pixels labelled per sample (1: the paper's per-patch
+            training; ``D > 1``: windows of ``patch_size + D - 1``, see the module docstring).
     """
 
-    def __init__(self, cases: Sequence[PreparedCase], num_classes: int, patch_size: int) -> None:
+    def __init__(self, cases: Sequence[PreparedCase], num_classes: int, patch_size: int, dense_size: int = 1) -> None:
         if patch_size < 1:
             raise ValueError(f"patch_size must be positive, got {patch_size}")
+        if dense_size < 1:
+            raise ValueError(f"dense_size must be positive, got {dense_size}")
+        self.dense_size = int(dense_size)
         if not cases:
             raise ValueError("no training cases to sample patches from")
         for c in cases:
@@ -134,10 +147,25 @@ class PatchSampler:
 
         Written into ``out`` (zeroed) when given.
         """
-        p = self.patch_size
+        p, d = self.patch_size, self.dense_size
+        side = p + d - 1
         if out is None:
-            out = np.zeros((case.size, int(self.shapes[0, 1]), p, p), dtype=np.float16)
-        _cut(out, [self.cases[c].image for c in case.tolist()], *self._centres(case, flat), p // 2)
+            out = np.zeros((case.size, int(self.shapes[0, 1]), side, side), dtype=np.float16)
+        _cut(out, [self.cases[c].image for c in case.tolist()], *self._centres(case, flat), p // 2 + d // 2)
+        return out
+
+    def extract_labels(self, case: np.ndarray, flat: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``(n, D, D)`` labels of the pixels a dense window labels: -1 outside the brain (not labelled)."""
+        d = self.dense_size
+        if out is None:
+            out = np.zeros((case.size, d, d), dtype=np.int64)
+        z, x, y = self._centres(case, flat)
+        labels = np.full((case.size, 1, d, d), 255, np.uint8)
+        brain = np.zeros((case.size, 1, d, d), np.uint8)
+        cases = [self.cases[c] for c in case.tolist()]
+        _cut(labels, [c.label[:, None] for c in cases], z, x, y, d // 2)
+        _cut(brain, [c.mask[:, None] for c in cases], z, x, y, d // 2)
+        out[:] = np.where(brain[:, 0] > 0, labels[:, 0].astype(np.int64), -1)
         return out
 
     @property
@@ -149,12 +177,17 @@ class PatchSampler:
         if self.aux is None:
             raise ValueError("no auxiliary maps attached (set_aux)")
         maps = [open_array(self.aux[c]) for c in case.tolist()]
-        s = self.aux_size
+        s = self.aux_size + self.dense_size - 1
         if out is None:
             out = np.zeros((case.size, maps[0].shape[1], s, s), dtype=maps[0].dtype)
         z, x, y = self._centres(case, flat)
         # map index margin + x is voxel x: the window starts aux_before pixels before the centre
-        _cut(out, maps, z, x + self.aux_margin, y + self.aux_margin, self.aux_before)
+        before = self.aux_before + self.dense_size // 2
+        if before > self.aux_margin:
+            raise ValueError(
+                f"dense windows need a first-stage map margin of {before}, the maps have {self.aux_margin}"
+            )
+        _cut(out, maps, z, x + self.aux_margin, y + self.aux_margin, before)
         return out
 
     def batch(self, n: int, distribution: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -214,11 +247,14 @@ class PatchBatchDataset(Dataset):
         return self.batches
 
     def batch_specs(self) -> list[tuple[tuple[int, ...], np.dtype]]:
-        s, n = self.sampler, self.batch_size
-        specs = [((n, int(s.shapes[0, 1]), s.patch_size, s.patch_size), np.dtype(np.float16))]
+        s, n, d = self.sampler, self.batch_size, self.sampler.dense_size
+        side = s.patch_size + d - 1
+        specs = [((n, int(s.shapes[0, 1]), side, side), np.dtype(np.float16))]
         if s.aux is not None:
-            specs.append(((n, s.aux_channels, s.aux_size, s.aux_size), np.dtype(np.float16)))
-        return specs + [((n,), np.dtype(np.int64))]
+            specs.append(((n, s.aux_channels, s.aux_size + d - 1, s.aux_size + d - 1), np.dtype(np.float16)))
+        if d == 1:
+            return specs + [((n,), np.dtype(np.int64))]
+        return specs + [((n, d, d), np.dtype(np.int64)), ((n, d, d), np.dtype(np.float32))]
 
     def fill(self, item: tuple[int, int, str], arrays: Sequence[np.ndarray]) -> int:
         epoch, i, distribution = item
@@ -227,8 +263,35 @@ class PatchBatchDataset(Dataset):
         s.extract(case, flat, out=arrays[0])
         if s.aux is not None:
             s.extract_aux(case, flat, out=arrays[1])
-        arrays[-1][:] = label
+        if s.dense_size == 1:
+            arrays[-1][:] = label
+        else:
+            labels = s.extract_labels(case, flat, out=arrays[-2])
+            arrays[-1][:] = dense_weights(labels, s.num_classes, distribution)
         return self.batch_size
 
     def __getitem__(self, item: tuple[int, int, str]) -> tuple[torch.Tensor, ...] | RingToken:
         return produce(self, item)
+
+
+def dense_weights(labels: np.ndarray, num_classes: int, distribution: str) -> np.ndarray:
+    """Loss weights of the pixels of dense windows ``(n, D, D)`` (label -1: not labelled, weight 0).
+
+    ``"balanced"``: in every window each class present weighs ``1 / n_present`` in all, shared by its
+    pixels; ``"natural"``: every labelled pixel of the window weighs the same. Each window sums to 1.
+    """
+    n = labels.shape[0]
+    flat = labels.reshape(n, -1)
+    valid = flat >= 0
+    out = np.zeros(flat.shape, np.float32)
+    for k in range(n):
+        v = flat[k][valid[k]]
+        if v.size == 0:
+            continue
+        if distribution == "natural":
+            out[k][valid[k]] = 1.0 / v.size
+        else:
+            counts = np.bincount(v, minlength=num_classes).astype(np.float64)
+            present = int((counts > 0).sum())
+            out[k][valid[k]] = 1.0 / (present * counts[v])
+    return out.reshape(labels.shape)

@@ -113,6 +113,7 @@ class PatchCNNModule(SegmentationModule):
             join the last hidden layer (off: they are an input of the output layer, not hidden units).
         convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name: see
             :class:`SegmentationModule`.
+        compile: run the net through ``torch.compile`` (inductor) in training and inference.
     """
 
     def __init__(
@@ -145,9 +146,11 @@ class PatchCNNModule(SegmentationModule):
         lesion_metrics: bool = False,
         postprocess: dict | None = None,
         name: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name)
         self.save_hyperparameters()
+        self.use_compile = bool(compile)
         try:
             net_class = patch_net_class(arch)
         except KeyError as e:
@@ -229,6 +232,8 @@ class PatchCNNModule(SegmentationModule):
                     f"{self.hp.arch} with model.first_stage_cache=true trains from a data module that samples "
                     "patches (brats_lightning.data.contract.PatchData)"
                 )
+            if getattr(dm, "dense_size", 1) > 1:
+                raise ConfigError("data.dense_size > 1 trains the single nets densely; cascades train per patch")
             self.attach_first_stage(dm)
 
     def attach_first_stage(self, datamodule: PatchData) -> None:
@@ -264,14 +269,21 @@ class PatchCNNModule(SegmentationModule):
         return [m.weight for m in self.net.modules() if isinstance(m, nn.Conv2d)]  # type: ignore[misc]
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        weights = None
+        if batch[-1].is_floating_point():  # dense windows: (windows, [maps,] labels, pixel weights)
+            *batch, weights = batch  # type: ignore[assignment]
         if len(batch) == 3:  # cascade with cached first-stage maps: (33x33 patches, aligned maps, labels)
             x, aux, y = batch
             assert isinstance(self.net, CascadeCNN)
-            logits = self.net.second_stage(self.layout(x), self.layout(aux))[:, :, 0, 0]
+            logits = self.net.second_stage(self.layout(x), self.layout(aux))
         else:
             x, y = batch
-            logits = self.net(self.layout(x))[:, :, 0, 0]
-        nll = F.cross_entropy(logits.float(), y)
+            logits = self.run_net(x)
+        if weights is None:
+            nll = F.cross_entropy(logits[:, :, 0, 0].float(), y)
+        else:  # every labelled pixel of a window; each window's weights sum to 1
+            ce = F.cross_entropy(logits.float(), y.clamp_min(0), reduction="none")
+            nll = (ce * weights).sum() / x.shape[0]
         loss = nll
         ws = [w for w in self.kernels() if w.requires_grad]
         if self.hp.l1:

@@ -88,6 +88,8 @@ class SegmentationModule(pl.LightningModule):
         self.tta_flips: list[str] = []
         #: how class maps are decided from class probabilities (:func:`~brats_lightning.inference.decide`)
         self.decision = "argmax"
+        #: run the net through ``torch.compile`` (inductor) in training and inference (``model.compile``)
+        self.use_compile = False
 
     @property
     def hp(self) -> Any:
@@ -110,9 +112,19 @@ class SegmentationModule(pl.LightningModule):
         """How the net takes a whole slice (:class:`~brats_lightning.inference.InputPadding`)."""
         raise NotImplementedError
 
+    def run_net(self, x: torch.Tensor) -> torch.Tensor:
+        """The net on ``x`` in its memory layout; through ``torch.compile`` (inductor, dynamic shapes) with
+        :attr:`use_compile`. The compiled function is kept outside the module's state (checkpoints are the same)."""
+        if not self.use_compile:
+            return self.net(self.layout(x))
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None or compiled[0] is not self.net:
+            compiled = self.__dict__["_compiled"] = (self.net, torch.compile(self.net, dynamic=True))
+        return compiled[1](self.layout(x))
+
     def net_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax of the net on slices already padded as :attr:`input_padding` says (fp32; what ``export`` exports)."""
-        return torch.softmax(self.net(self.layout(x)).float(), dim=1)
+        return torch.softmax(self.run_net(x).float(), dim=1)
 
     def predict_slices(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(N, K, H, W)`` of every pixel of slices ``(N, C, H, W)``."""

@@ -116,3 +116,68 @@ def test_aux_windows_are_aligned_with_the_patches(dm: BratsDataModule, tmp_path)
         np.testing.assert_array_equal(aux[k, 2, 0, :], np.arange(cy - 12, cy + 12))
     with pytest.raises(ValueError, match="auxiliary maps for"):
         s.set_aux(maps[:1], margin=margin, size=24, before=12)
+
+
+# -- dense training ----------------------------------------------------------------------------------
+
+
+def test_dense_weights_keep_the_class_balance_inside_every_window() -> None:
+    from brats_lightning.data.sampling import dense_weights
+
+    labels = np.array([[[0, 0, 0], [0, 3, 3], [-1, -1, 1]], [[0, 0, 0], [0, 0, 0], [0, 0, -1]]])
+    w = dense_weights(labels, 4, "balanced")
+    np.testing.assert_allclose(w.reshape(2, -1).sum(1), [1.0, 1.0], rtol=1e-6)
+    for k in (0, 1, 3):  # three classes present in window 0: a third of the weight each
+        assert w[0][labels[0] == k].sum() == pytest.approx(1 / 3)
+    assert (w[labels == -1] == 0).all()
+    natural = dense_weights(labels, 4, "natural")
+    assert np.allclose(natural[0][labels[0] >= 0], 1 / 7) and np.allclose(natural[1][labels[1] >= 0], 1 / 8)
+
+
+def test_a_dense_window_labels_its_centre_pixels_as_their_own_patches_would(dm: BratsDataModule) -> None:
+    """The D x D output of a window = the outputs of the D x D patches of 33x33 centred on those pixels,
+    and its labels are those pixels' labels (-1 outside the brain)."""
+    import torch
+
+    from brats_lightning.nets.twopath import TwoPathCNN
+
+    d = 5
+    dense = PatchSampler(dm.train_cases, dm.num_classes, 33, dense_size=d)
+    case, flat, _ = dense.sample(6, "balanced", np.random.default_rng(3))
+    windows = dense.extract(case, flat)
+    labels = dense.extract_labels(case, flat)
+    assert windows.shape == (6, 4, 37, 37) and labels.shape == (6, d, d)
+    torch.manual_seed(0)
+    net = TwoPathCNN(4, 4).eval()
+    with torch.no_grad():
+        out = net(torch.from_numpy(windows).float())
+    assert out.shape == (6, 4, d, d)
+    single = PatchSampler(dm.train_cases, dm.num_classes, 33)
+    for k in range(6):
+        c = dense.cases[case[k]]
+        z, x, y = np.unravel_index(flat[k], c.mask.shape)
+        for i, j in ((0, 0), (2, 2), (4, 1), (1, 4)):
+            px, py = x - d // 2 + i, y - d // 2 + j
+            if not (0 <= px < c.mask.shape[1] and 0 <= py < c.mask.shape[2]):
+                continue
+            f = np.ravel_multi_index((z, px, py), c.mask.shape)
+            patch = single.extract(np.array([case[k]]), np.array([f]))
+            with torch.no_grad():
+                ref = net(torch.from_numpy(patch).float())[0, :, 0, 0]
+            torch.testing.assert_close(out[k, :, i, j], ref, rtol=1e-4, atol=1e-5)
+            expected = int(c.label[z, px, py]) if c.mask[z, px, py] else -1
+            assert labels[k, i, j] == expected
+
+
+def test_dense_training_runs_and_learns(tiny_dm_kwargs: dict, tiny_trainer, tmp_path) -> None:
+    import torch
+
+    from brats_lightning.modules.patch import PatchCNNModule
+
+    dm = BratsDataModule(mode="patches", **{**tiny_dm_kwargs, "batch_size": 4}, dense_size=9, patches_per_epoch=64)
+    torch.manual_seed(0)
+    model = PatchCNNModule("twopath", 4, 4, test_hd95=False)
+    trainer = tiny_trainer(tmp_path, 3, limit_val_batches=0, precision="32")
+    trainer.fit(model, datamodule=dm)
+    losses = trainer.callback_metrics
+    assert torch.isfinite(losses["train/nll"]) and float(losses["train/nll"]) < np.log(4)  # below chance
