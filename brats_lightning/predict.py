@@ -113,6 +113,8 @@ def load_predictor(
     paths = find_checkpoints(ckpt_path)
     loaded = [load_model(p, device) for p in paths]
     data_config = check_compatible([d for _, d in loaded], paths)
+    # missing sequences are accepted only if every member learnt to do without them
+    data_config = {**data_config, "modality_dropout": min(float(d.get("modality_dropout", 0.0)) for _, d in loaded)}
     models = [m for m, _ in loaded]
     if flips is None:
         tuned = {tuple(m.tta_flips) for m in models}
@@ -134,19 +136,22 @@ class CaseOutputs:
     Attributes:
         labels: ``<output_dir>/<case>.nii.gz``.
         probabilities: ``<output_dir>/probabilities/<case>.nii.gz`` when asked for, else ``None``.
+        uncertainty: ``<output_dir>/uncertainty/<case>.nii.gz`` when asked for, else ``None``.
     """
 
     labels: Path
     probabilities: Path | None
+    uncertainty: Path | None = None
 
     @classmethod
-    def of(cls, out_dir: Path, case_id: str, probabilities: bool) -> CaseOutputs:
+    def of(cls, out_dir: Path, case_id: str, probabilities: bool, uncertainty: bool = False) -> CaseOutputs:
         probs = out_dir / "probabilities" / f"{case_id}.nii.gz" if probabilities else None
-        return cls(out_dir / f"{case_id}.nii.gz", probs)
+        unc = out_dir / "uncertainty" / f"{case_id}.nii.gz" if uncertainty else None
+        return cls(out_dir / f"{case_id}.nii.gz", probs, unc)
 
     @property
     def paths(self) -> list[Path]:
-        return [p for p in (self.labels, self.probabilities) if p is not None]
+        return [p for p in (self.labels, self.probabilities, self.uncertainty) if p is not None]
 
     def done(self) -> bool:
         """Every output asked for exists."""
@@ -185,12 +190,21 @@ class CaseDataset(Dataset):
         except UserError as e:
             return {**item, "error": str(e)}
         vol = pre.volume
+        modalities = list(self.data_config.get("modalities") or vol.modalities)
+        image = pre.image
+        missing = [m for m in modalities if m not in vol.modalities]
+        if missing:  # a model trained with data.modality_dropout: the missing sequences are zeros, as in training
+            image = np.zeros((len(modalities), *pre.image.shape[1:]), np.float32)
+            for c, m in enumerate(modalities):
+                if m in vol.modalities:
+                    image[c] = pre.image[list(vol.modalities).index(m)]
         item.update(
-            image=torch.from_numpy(np.ascontiguousarray(pre.image.transpose(3, 0, 1, 2))),
+            image=torch.from_numpy(np.ascontiguousarray(image.transpose(3, 0, 1, 2))),
             mask=torch.from_numpy(np.ascontiguousarray(pre.mask.transpose(2, 0, 1))),
             box=pre.box,
             spacing=vol.spacing,
-            modalities=list(vol.modalities),
+            modalities=modalities,
+            missing=missing,
             volume=replace(vol, image=np.empty(0, np.float32), label=None, mask=None),
             timings=pre.timings,
         )
@@ -205,16 +219,35 @@ class Predictor(pl.LightningModule):
         data_config: its data configuration (from the checkpoint).
         batch_size: slices per forward pass.
         probabilities: also return the class probabilities.
+        uncertainty: also return the voxel-wise uncertainty and the members' agreement
+            (:mod:`brats_lightning.uncertainty`; members: an ensemble's models times the test-time flips).
     """
 
     def __init__(
-        self, model: SegmentationModule, data_config: dict, batch_size: int = 8, probabilities: bool = False
+        self,
+        model: SegmentationModule,
+        data_config: dict,
+        batch_size: int = 8,
+        probabilities: bool = False,
+        uncertainty: bool = False,
     ) -> None:
         super().__init__()
         self.model = model.prepare_for_inference()
         self.data_config = data_config
         self.batch_size = batch_size
         self.probabilities = probabilities
+        self.uncertainty = uncertainty
+
+    def members(self) -> list:
+        """The predictions averaged: ``(N, C, H, W)`` slices -> probabilities, one per model and flip."""
+        if not isinstance(self.model, EnsembleModule):
+            return [self.model.predict_slices]
+        out: list = []
+        for m in self.model._members():
+            out.append(m.predict_slices)
+            for dims in self.model.flips:
+                out.append(lambda x, f=m.predict_slices, d=dims: f(x.flip(d)).flip(d))
+        return out
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         if "error" in batch:
@@ -224,6 +257,9 @@ class Predictor(pl.LightningModule):
         image, mask = batch["image"], batch["mask"]
         t0 = time.perf_counter()
         if sym.enabled:
+            present = [m for m in batch["modalities"] if m not in batch.get("missing", [])]
+            if sym.axis_modality not in present:  # the axis is found on another sequence when T1 is missing
+                sym = replace(sym, axis_modality=present[0])
             with torch.autocast(self.device.type, enabled=False):
                 maps, _ = symmetry_channels(image.float(), mask, batch["modalities"], sym)
             image = torch.cat([image, maps], dim=1)
@@ -231,15 +267,34 @@ class Predictor(pl.LightningModule):
         t1 = time.perf_counter()
         (x0, x1), (y0, y1), (z0, z1) = batch["box"]
         # the crop of training: the brain's box; (Z, C, X, Y) slices
-        probs = predict_volume(
-            self.model.predict_slices,
-            image[z0:z1, :, x0:x1, y0:y1],
-            self.batch_size,
-            mask[z0:z1, x0:x1, y0:y1],
-            int(self.data_config.get("context_slices", 0)),
-        )
+        box_image, box_mask = image[z0:z1, :, x0:x1, y0:y1], mask[z0:z1, x0:x1, y0:y1]
+        context = int(self.data_config.get("context_slices", 0))
+        extra = {}
+        if not self.uncertainty:
+            probs = predict_volume(self.model.predict_slices, box_image, self.batch_size, box_mask, context)
+        else:  # member by member: the same average, and how much they agree
+            from brats_lightning.uncertainty import agreement, normalised_entropy
+
+            total, member_classes = None, []
+            for fn in self.members():
+                p = predict_volume(fn, box_image, self.batch_size, box_mask, context)
+                total = p if total is None else total + p
+                member_classes.append(self.model.decide(p).to(torch.uint8).cpu())
+            assert total is not None
+            probs = total / len(member_classes)
+            unc = normalised_entropy(probs)
+            score = agreement(member_classes, self.model.convention)
+            tumour = self.model.decide(probs) > 0
+            extra = {
+                "uncertainty": unc.float().cpu(),
+                "uncertainty_score": {
+                    "agreement": None if score is None else round(score, 4),
+                    "members": len(member_classes),
+                    "mean_uncertainty_tumour": round(float(unc[tumour].mean()), 4) if bool(tumour.any()) else 0.0,
+                },
+            }
         classes = self.model.decide(probs).to(torch.uint8)
-        out = {**batch, "classes": classes.cpu(), "image": None, "mask": mask.cpu()}
+        out = {**batch, "classes": classes.cpu(), "image": None, "mask": mask.cpu(), **extra}
         if self.probabilities:
             out["probs"] = probs.float().cpu()
         _sync(self.device)
@@ -270,6 +325,8 @@ class CaseWriter(BasePredictionWriter):
         self.done: list[str] = []
         self.failed: dict[str, str] = {}
         self.times: dict[str, dict[str, float]] = {}
+        self.missing: dict[str, list[str]] = {}
+        self.uncertainty: dict[str, dict] = {}
 
     def write_on_batch_end(
         self,
@@ -299,6 +356,10 @@ class CaseWriter(BasePredictionWriter):
         timings = {**prediction["timings"], "write": time.perf_counter() - t0}
         timings["total"] = sum(timings[s] for s in STAGES if s in timings)
         self.times[case_id] = {k: round(v, 3) for k, v in timings.items()}
+        if prediction.get("missing"):
+            self.missing[case_id] = list(prediction["missing"])
+        if "uncertainty_score" in prediction:
+            self.uncertainty[case_id] = prediction["uncertainty_score"]
         self.done.append(case_id)
 
     def _write(self, p: dict) -> None:
@@ -309,8 +370,11 @@ class CaseWriter(BasePredictionWriter):
         classes = apply_cleanup(classes, p["spacing"], conv, self.postprocess)
         out_conv = get_convention(p["output_convention"])
         labels = out_conv.from_internal(convert(classes, conv, out_conv))
-        outputs = CaseOutputs.of(self.out_dir, p["case_id"], "probs" in p)
+        outputs = CaseOutputs.of(self.out_dir, p["case_id"], "probs" in p, "uncertainty" in p)
         # probabilities first: a case is done when its label map exists with everything asked for
+        if outputs.uncertainty is not None:
+            unc = uncrop(p["uncertainty"].permute(1, 2, 0).numpy().astype(np.float32), box, ras_shape)
+            _write_nifti(vol.to_original(unc).astype(np.float32), vol.affine, vol.header, outputs.uncertainty)
         if outputs.probabilities is not None:
             probs = p["probs"].permute(1, 2, 3, 0).numpy()  # (K, X, Y, Z) in the box
             full = np.zeros((probs.shape[0], *ras_shape), dtype=np.float32)
@@ -321,7 +385,10 @@ class CaseWriter(BasePredictionWriter):
         _write_nifti(vol.to_original(labels).astype(np.uint8), vol.affine, vol.header, outputs.labels)
 
     def report(self) -> dict:
-        return {"done": self.done, "failed": self.failed, "times_s": self.times}
+        out = {"done": self.done, "failed": self.failed, "times_s": self.times, "missing_modalities": self.missing}
+        if self.uncertainty:
+            out["uncertainty"] = self.uncertainty
+        return out
 
 
 def _write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None:
@@ -439,7 +506,13 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     modalities = data_config.get("modalities") or ["flair", "t1", "t1c", "t2"]
     files = cfg.get("files") or None
     bad: list[BadCase] = []
-    cases = discover_cases(cfg["input_dir"], cfg.get("layout") or "auto", modalities, files, problems=bad)
+    # a model trained with data.modality_dropout segments cases that lack sequences; another one cannot
+    dropout = float(data_config.get("modality_dropout", 0.0) or 0.0)
+    optional = modalities if dropout > 0 else ()
+    cases = discover_cases(cfg["input_dir"], cfg.get("layout") or "auto", modalities, files, bad, optional)
+    if not optional:
+        hint = " (this model was not trained for missing sequences: data.modality_dropout)"
+        bad = [replace(b, reason=b.reason + hint) if "missing" in b.reason and " image" in b.reason else b for b in bad]
     out_dir = Path(cfg["output_dir"])
     case_dirs = {Path(next(iter(c.images.values()))).parent for c in cases}
     _check_output_dir(out_dir, sorted(case_dirs), "the case folder")
@@ -466,15 +539,23 @@ def _predict_cases(
     """:func:`predict_dir` once the model is loaded and the cases found (see there)."""
     files = cfg.get("files") or None
     want_probs = bool(cfg.get("probabilities", False))
+    want_unc = bool(cfg.get("uncertainty", False))
+    if want_unc and not isinstance(model, EnsembleModule):
+        log.warning(
+            "uncertainty=true with one model and no test-time flips: the map is the model's own entropy, and "
+            "there is no agreement to rank cases by (give a cross-validation run, or tta=true)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     if want_probs:
         (out_dir / "probabilities").mkdir(exist_ok=True)
+    if want_unc:
+        (out_dir / "uncertainty").mkdir(exist_ok=True)
     # an earlier run's report goes first: whatever happens next, no report claims more than is on disk
     (out_dir / "predict_report.json").unlink(missing_ok=True)
-    for folder in (out_dir, out_dir / "probabilities"):
+    for folder in (out_dir, out_dir / "probabilities", out_dir / "uncertainty"):
         for p in remove_stale_temporaries(folder):
             log.info("Removed %s, left by a run that was stopped while writing it", p)
-    skipped = [c.case_id for c in cases if CaseOutputs.of(out_dir, c.case_id, want_probs).done()]
+    skipped = [c.case_id for c in cases if CaseOutputs.of(out_dir, c.case_id, want_probs, want_unc).done()]
     if cfg.get("overwrite", False):
         skipped = []
     todo = [c for c in cases if c.case_id not in skipped]
@@ -512,7 +593,9 @@ def _predict_cases(
         )
         try:
             trainer.predict(
-                Predictor(model, data_config, cfg.get("batch_size", 8), want_probs), loader, return_predictions=False
+                Predictor(model, data_config, cfg.get("batch_size", 8), want_probs, want_unc),
+                loader,
+                return_predictions=False,
             )
         except OutputError as e:  # the first full-disk error: no later case is tried
             stopped = e
@@ -522,6 +605,9 @@ def _predict_cases(
         report = writer.report()
     report["skipped"] = skipped
     report["precision"] = "bf16" if dtype == torch.bfloat16 else "fp32"
+    if report.get("uncertainty"):  # the cases the members agree on least first: those to look at first
+        scored = report["uncertainty"]
+        report["review_first"] = sorted(scored, key=lambda c: (scored[c]["agreement"] or 1.0, c))
     report["failed"] = dict(sorted({**{b.case_id: b.reason for b in bad}, **report["failed"]}.items()))
     if stopped is not None:
         tried = set(report["done"]) | set(report["failed"])
@@ -572,6 +658,9 @@ def _merge_ranks(trainer: pl.Trainer, out_dir: Path, mine: dict) -> dict:
         merged["done"] += other["done"]
         merged["failed"].update(other["failed"])
         merged["times_s"].update(other["times_s"])
+        merged.setdefault("missing_modalities", {}).update(other.get("missing_modalities", {}))
+        if "uncertainty" in other:
+            merged.setdefault("uncertainty", {}).update(other["uncertainty"])
     trainer.strategy.barrier("predict reports read")
     part.unlink(missing_ok=True)
     merged["done"].sort()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["in_channels_for"]
+__all__ = ["in_channels_for", "modality_channels"]
 
 
 def in_channels_for(modalities: Sequence[str], symmetry: bool, context: int = 0) -> int:
@@ -22,3 +22,15 @@ def in_channels_for(modalities: Sequence[str], symmetry: bool, context: int = 0)
         24
     """
     return len(modalities) * (2 if symmetry else 1) * (2 * int(context) + 1)
+
+
+def modality_channels(data_config: dict) -> dict[str, list[int]]:
+    """Modality -> the input channels of a prepared case that carry it: its image and symmetry map (when
+    the maps are on), in every slice of the 2.5D context (the cache's order: images, then maps)."""
+    modalities = list(data_config.get("modalities") or [])
+    per = len(modalities) * (2 if (data_config.get("symmetry") or {}).get("enabled") else 1)
+    context = int(data_config.get("context_slices", 0))
+    return {
+        m: [j * per + i + s * len(modalities) for j in range(2 * context + 1) for s in range(per // len(modalities))]
+        for i, m in enumerate(modalities)
+    }

@@ -10,13 +10,21 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, SequentialSampler
 
 from brats_lightning.data.cache import PreparedCase
 from brats_lightning.data.loading import BatchRing, RingToken, produce
 from brats_lightning.errors import DataError
 
-__all__ = ["EpochItems", "SliceDataset", "VolumeDataset", "crop_offsets", "first_item", "window_holding"]
+__all__ = [
+    "EpochItems",
+    "FixedBatches",
+    "SliceDataset",
+    "VolumeDataset",
+    "crop_offsets",
+    "first_item",
+    "window_holding",
+]
 
 
 class EpochItems(Sampler):
@@ -45,6 +53,30 @@ class EpochItems(Sampler):
         epoch, *tags = self.state()
         order = np.random.default_rng((self.seed, epoch, 1)).permutation(self.n) if self.shuffle else range(self.n)
         return iter([(int(epoch), int(i), *tags) for i in order])
+
+
+class FixedBatches(SequentialSampler):
+    """The first ``n_batches`` batches of epoch 0's shuffled order, as ``(0, slice)`` items, every epoch.
+
+    A ``SequentialSampler`` (of ``range(n_items)``), so that Lightning's ``overfit_batches`` keeps it.
+
+    Example:
+        >>> s = FixedBatches(10, seed=0, batch_size=4, n_batches=2)
+        >>> list(s) == list(s), len(s), [len(b) for b in s]
+        (True, 2, [4, 4])
+    """
+
+    def __init__(self, n_items: int, seed: int, batch_size: int, n_batches: int) -> None:
+        super().__init__(range(n_items))
+        # the order EpochItems gives epoch 0, cut to the batches kept
+        order = np.random.default_rng((seed, 0, 1)).permutation(n_items)[: max(1, n_batches) * batch_size]
+        self.batches = [[(0, int(i)) for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:  # type: ignore[override]
+        return iter([list(b) for b in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def crop_offsets(size: Sequence[int], shape: Sequence[int], rng: np.random.Generator | None) -> list[int]:

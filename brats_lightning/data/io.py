@@ -237,18 +237,24 @@ class Layout:
         """Whether ``case_dir`` holds at least one file named in this layout."""
         return bool(self.files(case_dir))
 
-    def case(self, case_dir: Path, modalities: Sequence[str]) -> CaseFiles:
-        """The case's files; every modality must be there (the label and mask are optional).
+    def case(self, case_dir: Path, modalities: Sequence[str], optional: Sequence[str] = ()) -> CaseFiles:
+        """The case's files; every modality must be there but those in ``optional`` (the label and mask are
+        optional too); at least one modality must be.
 
         Raises:
-            DataError: a modality is missing, or a file is a directory or a broken symbolic link.
+            DataError: a required modality is missing (or every one), or a file is a directory or a
+                broken symbolic link.
         """
         found = self.files(case_dir)
         images = {}
         for m in modalities:
             if m not in found:
+                if m in optional:
+                    continue
                 raise DataError(f"{case_dir}: missing {m} image (expected {self.expected(case_dir, m)})")
             images[m] = found[m]
+        if modalities and not images:
+            raise DataError(f"{case_dir}: no image of any of {list(modalities)} (expected e.g. {self.example})")
         for p in (*images.values(), found.get("label"), found.get("mask")):
             problem = file_problem(p) if p is not None else None
             if problem:
@@ -459,6 +465,7 @@ def discover_cases(
     modalities: Sequence[str] = MODALITIES,
     files: dict[str, str] | None = None,
     problems: list[BadCase] | None = None,
+    optional: Sequence[str] = (),
 ) -> list[CaseFiles]:
     """Find every case under ``root`` (case folders may sit in sub-folders such as ``HGG/``, ``LGG/``).
 
@@ -474,6 +481,7 @@ def discover_cases(
         modalities: canonical modalities every case must have.
         files: the generic layout's patterns.
         problems: where to collect bad cases instead of raising.
+        optional: modalities a case may lack (``predict`` of a model trained with ``data.modality_dropout``).
 
     Returns:
         The usable cases sorted by id.
@@ -498,7 +506,7 @@ def discover_cases(
     cases = []
     for d in dirs:
         try:
-            cases.append(lay.case(d, modalities))
+            cases.append(lay.case(d, modalities, optional))
         except DataError as e:
             bad.append(BadCase(d.name, str(e)))
     ids = [c.case_id for c in cases]

@@ -1,0 +1,431 @@
+"""Resumable hyper-parameter search (``hparams_search=<name>``) and its report.
+
+``python -m brats_lightning hparams_search=synthetic_example`` runs an Optuna study (TPE) through Hydra's
+Optuna sweeper plugin (the ``sweep`` extra: ``pip install -c constraints.txt -e ".[sweep]"``). The study is
+an SQLite file in the sweep folder, ``outputs/<task>/sweeps/<study_name>/optuna.db``, beside one folder per
+trial named by its job number (``0``, ``1``, ...). Running the same command again continues a sweep that was
+killed or stopped (:func:`resume_study`):
+
+* trials a killed sweep left ``RUNNING`` are marked ``FAIL`` (their job folders stay as they are);
+* only ``n_trials`` less the trials already ``COMPLETE`` run (a larger ``hydra.sweeper.n_trials`` extends it);
+* new job folders are numbered after every existing one: none is overwritten;
+* a seeded sampler continues with ``seed + trials so far`` instead of drawing its first trials again.
+
+One sweep of a folder runs at a time (a lock file there, released by the system if the sweep is killed), and a
+study refuses a command whose overrides differ from the ones it started with: another data set or budget is
+another study (``hydra.sweeper.study_name=...``).
+
+``python -m brats_lightning.sweep <sweep folder> [--top K] [--study NAME]`` prints the best trials (objective,
+parameters, job folder) and each parameter's importance, and writes ``optuna_report.png`` (the objective per
+trial, the best so far, the importances) into the folder. The study is read as data: nothing named in it is
+imported or called.
+
+Hydra instantiates sweepers only from the ``hydra_plugins`` package: the sweeper's entry point is
+``hydra_plugins.brats_lightning_sweeper`` (``conf/hydra/sweeper/resumable_optuna.yaml``), which checks the
+extra here (:func:`require_sweep_extra`) before it imports anything of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import math
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from brats_lightning.errors import ConfigError, OutputError, UserError, cli
+from brats_lightning.utils import atomic_path
+
+__all__ = [
+    "EXTRA_INSTALL",
+    "MissingExtraError",
+    "ResumePoint",
+    "require_sweep_extra",
+    "register_sweeper",
+    "sqlite_path",
+    "existing_jobs",
+    "study_lock",
+    "resume_study",
+    "build_sampler",
+    "open_study",
+    "param_importances",
+    "report",
+    "main",
+]
+
+log = logging.getLogger("brats_lightning.sweep")
+
+#: how to install what a hyper-parameter search needs
+EXTRA_INSTALL = 'pip install -c constraints.txt -e ".[sweep]"'
+#: the study file in a sweep folder, and the report's figure beside it
+DB_NAME = "optuna.db"
+REPORT_PNG = "optuna_report.png"
+LOCK_NAME = ".sweep.lock"
+#: user attributes the sweeper writes: the study's command-line overrides and objective, each trial's job number
+OVERRIDES_ATTR = "overrides"
+OBJECTIVE_ATTR = "objective"
+JOB_ATTR = "job"
+
+
+class MissingExtraError(UserError):
+    """A package of the ``sweep`` extra is missing or unusable; the message names it and the install command."""
+
+
+def _major(version: str) -> int:
+    match = re.match(r"\d+", version)
+    return int(match.group()) if match else 0
+
+
+def require_sweep_extra(what: str = "hparams_search") -> None:
+    """Check that the ``sweep`` extra is installed and usable (``what`` needs it: named in the message).
+
+    Raises:
+        MissingExtraError: one line naming the missing package (or the incompatible pair) and the install command.
+    """
+    # Optuna's schema migrations (alembic) log every plugin they load at INFO when imported: Hydra would show it
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    missing = []
+    for module, package in (
+        ("optuna", "optuna"),
+        ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
+        ("sqlalchemy", "SQLAlchemy"),
+    ):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise MissingExtraError(
+            f"{what} needs {' and '.join(missing)} (the 'sweep' extra), which is not installed: {EXTRA_INSTALL}"
+        )
+    import optuna
+    import sqlalchemy
+
+    if _major(optuna.__version__) < 3 and _major(sqlalchemy.__version__) >= 2:
+        raise MissingExtraError(
+            f"optuna {optuna.__version__} cannot store studies with SQLAlchemy {sqlalchemy.__version__} (it needs "
+            f"SQLAlchemy<2): {EXTRA_INSTALL}"
+        )
+
+
+def register_sweeper() -> None:
+    """Make the resumable sweeper known to Hydra (``Plugins.register``).
+
+    Hydra finds plugins by listing the ``hydra_plugins`` package, which misses the portion of an editable
+    install (``pip install -e``) unless the command runs from the repository's root; registered, the sweeper
+    is found from any folder. Nothing happens when the entry point is not installed.
+    """
+    try:
+        from hydra.core.plugins import Plugins
+
+        from hydra_plugins.brats_lightning_sweeper.resumable_optuna import ResumableOptunaSweeper
+    except ImportError:
+        return
+    Plugins.instance().register(ResumableOptunaSweeper)
+
+
+def sqlite_path(storage: str) -> Path | None:
+    """The file of an ``sqlite:///`` storage URL (``None`` for any other storage).
+
+    Example:
+        >>> sqlite_path("sqlite:////tmp/sweep/optuna.db"), sqlite_path("postgresql://db/x")
+        (PosixPath('/tmp/sweep/optuna.db'), None)
+    """
+    prefix = "sqlite:///"
+    return Path(storage[len(prefix) :]) if storage.startswith(prefix) else None
+
+
+def existing_jobs(sweep_dir: Path) -> list[int]:
+    """Job numbers of the folders in ``sweep_dir`` whose names start with one (``3``, ``3_model.lr=0.01``)."""
+    if not sweep_dir.is_dir():
+        return []
+    found = (re.match(r"(\d+)(?!\d)", p.name) for p in sweep_dir.iterdir() if p.is_dir())
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+@contextmanager
+def study_lock(sweep_dir: Path) -> Iterator[None]:
+    """Hold ``<sweep_dir>/.sweep.lock`` while a sweep runs (the system releases it when the process dies).
+
+    Raises:
+        OutputError: another sweep of this folder is running.
+    """
+    import fcntl
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / LOCK_NAME
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{sweep_dir}: another sweep of this study is running (it holds {path}); wait for it or stop it"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a study stands when a sweep starts.
+
+    Attributes:
+        trials: trials in the study before this sweep, whatever their state.
+        complete: those ``COMPLETE``.
+        marked_failed: numbers of the trials that were still ``RUNNING`` (killed) and are now ``FAIL``.
+        next_job: the first job number of this sweep (after every trial's and every folder's).
+    """
+
+    trials: int
+    complete: int
+    marked_failed: tuple[int, ...]
+    next_job: int
+
+
+def resume_study(
+    storage: str,
+    study_name: str,
+    directions: Sequence[str],
+    sweep_dir: Path,
+    overrides: Sequence[str],
+    objective: str | None = None,
+) -> ResumePoint:
+    """Create the study, or prepare an existing one to continue (call it holding :func:`study_lock`).
+
+    Trials still ``RUNNING`` belong to a sweep that was killed (the lock says no other is running): they
+    are marked ``FAIL``. A new study records ``overrides`` (the command's) and ``objective``.
+
+    Raises:
+        ConfigError: the study was started with other overrides.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    db = sqlite_path(storage)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, directions=list(directions), load_if_exists=True
+    )
+    attrs = study.user_attrs
+    overrides = sorted(str(o) for o in overrides)
+    if OVERRIDES_ATTR in attrs:
+        before = sorted(str(o) for o in attrs[OVERRIDES_ATTR])
+        if before != overrides:
+            added, dropped = sorted(set(overrides) - set(before)), sorted(set(before) - set(overrides))
+            raise ConfigError(
+                f"study {study_name!r} ({storage}) was started with other overrides (added now: {added}, "
+                f"missing now: {dropped}): run its own command to continue it, or name this search "
+                "hydra.sweeper.study_name=<another name>"
+            )
+    else:
+        study.set_user_attr(OVERRIDES_ATTR, overrides)
+        if objective:
+            study.set_user_attr(OBJECTIVE_ATTR, objective)
+    backend = optuna.storages.get_storage(storage)
+    study_id = backend.get_study_id_from_name(study_name)
+    trials = backend.get_all_trials(study_id, deepcopy=False)
+    stale = [t.number for t in trials if t.state == TrialState.RUNNING]
+    for number in stale:
+        trial_id = backend.get_trial_id_from_study_id_trial_number(study_id, number)
+        backend.set_trial_user_attr(trial_id, "failed", "still running when its sweep was resumed (killed)")
+        if hasattr(backend, "set_trial_state_values"):  # optuna >= 3
+            backend.set_trial_state_values(trial_id, TrialState.FAIL)
+        else:
+            backend.set_trial_state(trial_id, TrialState.FAIL)
+    jobs = [t.user_attrs[JOB_ATTR] for t in trials if isinstance(t.user_attrs.get(JOB_ATTR), int)]
+    next_job = max([len(trials), *(j + 1 for j in jobs), *(j + 1 for j in existing_jobs(sweep_dir))])
+    complete = sum(t.state == TrialState.COMPLETE for t in trials)
+    return ResumePoint(len(trials), complete, tuple(stale), next_job)
+
+
+def build_sampler(config: Any, trials_so_far: int) -> Any:
+    """The Optuna sampler of ``hydra.sweeper.sampler``; a seeded one gets ``seed + trials_so_far`` when
+    the study already holds trials, so that a resumed sweep does not propose its first trials again."""
+    from hydra.utils import instantiate
+
+    node = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else dict(config)
+    assert isinstance(node, dict)
+    if trials_so_far and node.get("seed") is not None:
+        node["seed"] = int(node["seed"]) + trials_so_far
+    return instantiate(node)
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def open_study(folder: Path, study_name: str | None = None) -> Any:
+    """The Optuna study of a sweep folder (its ``optuna.db``), read only as data.
+
+    Raises:
+        UserError: no study file there, a file that is not an Optuna study, or no such study in it.
+    """
+    require_sweep_extra("the sweep report")
+    import optuna
+
+    db = folder / DB_NAME
+    if not db.is_file():
+        raise ConfigError(f"{folder}: no {DB_NAME}; give the folder of a sweep (outputs/<task>/sweeps/<study>)")
+    try:  # read-only: a file that is not a study is left as it is (Optuna would create its tables in it)
+        with sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"{db}: not an SQLite database ({e})") from None
+    if not {"studies", "trials"} <= tables:
+        raise ConfigError(f"{db}: not an Optuna study (no studies/trials tables)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{db.resolve()}"
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
+    if study_name is None:
+        study_name = folder.name if folder.name in names else names[0] if len(names) == 1 else None
+    if study_name is None or study_name not in names:
+        raise ConfigError(f"{db}: holds the studies {names}; choose one with --study NAME")
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def param_importances(study: Any) -> tuple[dict[str, float], str]:
+    """Each parameter's importance for the objective (Optuna's mean decrease in impurity), and a note.
+
+    At least 2 complete trials with different objective values are needed; otherwise the importances are
+    empty and the note says why. (Optuna 2's default fANOVA evaluator fails with NumPy 2.)
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 2:
+        return {}, f"parameter importances need at least 2 complete trials ({len(done)} so far)"
+    if len({t.value for t in done}) < 2:
+        return {}, f"parameter importances need different objective values (all {len(done)} trials: {done[0].value:g})"
+    evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
+    try:
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except (RuntimeError, ValueError) as e:
+        return {}, f"parameter importances: {e}"
+    return {str(k): float(v) for k, v in found.items()}, (
+        f"parameter importances over {len(done)} complete trials (mean decrease in impurity of a random forest)"
+    )
+
+
+def _job_folder(folder: Path, trial: Any) -> str:
+    job = trial.user_attrs.get(JOB_ATTR)
+    if not isinstance(job, int):
+        return "-"
+    for p in sorted(folder.iterdir()):
+        m = re.match(r"(\d+)(?!\d)", p.name)
+        if p.is_dir() and m and int(m.group(1)) == job:
+            return str(p)
+    return f"job {job} (no folder)"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _plot(study: Any, objective: str, importances: dict[str, float], note: str, path: Path) -> Path:
+    """Objective per trial with the best so far, and the importances, as a PNG (Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from optuna.trial import TrialState
+
+    maximize = study.direction.name == "MAXIMIZE"
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, bx = fig.subplots(1, 2, width_ratios=[3, 2])
+    if done:
+        x = [t.number for t in done]
+        y = [float(t.value) for t in done]
+        best = [max(y[: i + 1]) if maximize else min(y[: i + 1]) for i in range(len(y))]
+        ax.scatter(x, y, s=22, color="tab:blue", label="trial", zorder=3)
+        ax.step(x, best, where="post", color="tab:red", label="best so far")
+        ax.legend(loc="best")
+    failed = [t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.COMPLETE]
+    for number in failed:
+        ax.axvline(number, color="0.8", lw=0.8, zorder=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial (grey: failed or unfinished)" if failed else "trial")
+    ax.set_ylabel(objective)
+    ax.set_title(f"{study.study_name}: {len(done)} complete trials ({'max' if maximize else 'min'}imised)")
+    if importances:
+        names = list(importances)[::-1]
+        bx.barh(names, [importances[n] for n in names], color="tab:green")
+        bx.set_xlabel("importance")
+        bx.set_title("parameter importances")
+    else:
+        bx.axis("off")
+        bx.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    return path
+
+
+def report(folder: Path, top: int = 5, study_name: str | None = None) -> str:
+    """The best trials and the parameters' importances of a sweep folder's study, as text; writes the plot.
+
+    Raises:
+        UserError: not a sweep folder, or a study with several objectives.
+    """
+    study = open_study(folder, study_name)  # checks the extra first
+    from optuna.trial import TrialState
+
+    if len(study.directions) != 1:
+        raise ConfigError(
+            f"{folder}: study {study.study_name!r} has {len(study.directions)} objectives; this report reads one"
+        )
+    objective = str(study.user_attrs.get(OBJECTIVE_ATTR) or "objective")
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)}
+    maximize = study.direction.name == "MAXIMIZE"
+    lines = [
+        f"Study {study.study_name} ({folder / DB_NAME}): {counts[TrialState.COMPLETE]} complete, "
+        f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running; "
+        f"{'maximising' if maximize else 'minimising'} {objective}"
+    ]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and not math.isnan(t.value)]
+    done.sort(key=lambda t: -t.value if maximize else t.value)
+    if done:
+        lines.append(f"Best trials (of {len(done)}):")
+        lines.append(f"{'rank':>4}  {'trial':>5}  {objective:>14}  parameters; job folder")
+        for rank, t in enumerate(done[: max(1, top)], 1):
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.params.items()))
+            lines.append(f"{rank:>4}  {t.number:>5}  {t.value:>14.4f}  {params}; {_job_folder(folder, t)}")
+    else:
+        lines.append("No complete trial yet.")
+    importances, note = param_importances(study)
+    lines.append(note[:1].upper() + note[1:] + (":" if importances else ""))
+    lines += [f"  {name:<32} {value:.3f}" for name, value in importances.items()]
+    png = _plot(study, objective, importances, note, folder / REPORT_PNG)
+    lines.append(f"Plot: {png}")
+    return "\n".join(lines)
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m brats_lightning.sweep <sweep folder> [--top K] [--study NAME]``: print the report."""
+    parser = argparse.ArgumentParser(
+        prog="python -m brats_lightning.sweep",
+        description="Best trials and parameter importances of a hyper-parameter search (hparams_search=...), "
+        f"and {REPORT_PNG} in its folder.",
+    )
+    parser.add_argument("folder", type=Path, help="the sweep folder (outputs/<task>/sweeps/<study>)")
+    parser.add_argument("--top", type=int, default=5, help="best trials shown (default 5)")
+    parser.add_argument("--study", default=None, help="the study, when the folder's optuna.db holds several")
+    args = parser.parse_args(argv)
+    print(report(args.folder, args.top, args.study))
+
+
+if __name__ == "__main__":
+    main()
