@@ -23,9 +23,21 @@ from brats_lightning.utils import read_checkpoint
 if TYPE_CHECKING:
     from brats_lightning.modules.segmentation import SegmentationModule
 
-__all__ = ["module_class", "stored_settings", "describe", "load_module", "check_fits", "find_checkpoints"]
+__all__ = [
+    "module_class",
+    "stored_settings",
+    "describe",
+    "load_module",
+    "check_fits",
+    "find_checkpoints",
+    "predictor_checkpoints",
+    "PREDICTOR_FILE",
+]
 
 log = logging.getLogger(__name__)
+
+#: a cross-validation run folder's list of its final predictor's checkpoints (:mod:`brats_lightning.crossval`)
+PREDICTOR_FILE = "predictor.json"
 
 #: hyper-parameters that point at other files (stage checkpoints, VGG weights): never compared
 _PATH_PARAMS = ("first_stage_ckpt", "local_ckpt", "global_ckpt", "vgg_weights")
@@ -186,9 +198,7 @@ def find_checkpoints(spec: str | Path | Sequence[str | Path]) -> list[Path]:
         path = Path(str(item))
         if path.is_file():
             found.append(path)
-        elif path.is_dir() and (path / "predictor.json").is_file():  # a cross-validation run: its fold models
-            from brats_lightning.crossval import predictor_checkpoints
-
+        elif path.is_dir() and (path / PREDICTOR_FILE).is_file():  # a cross-validation run: its fold models
             found += predictor_checkpoints(path)
         elif path.is_dir():
             own = _run_checkpoint(path)
@@ -202,6 +212,31 @@ def find_checkpoints(spec: str | Path | Sequence[str | Path]) -> list[Path]:
             raise CheckpointError(f"{path}: no such checkpoint file or run folder")
     if not found:
         raise CheckpointError("ckpt_path: no checkpoint given")
+    return found
+
+
+def predictor_checkpoints(run: Path) -> list[Path]:
+    """The checkpoints a cross-validation run's ``predictor.json`` lists (paths inside the run folder).
+
+    Raises:
+        CheckpointError: the file is not what a run writes, or names a path outside the run or missing.
+    """
+    from brats_lightning.schema import read_json
+
+    path = run / PREDICTOR_FILE
+    doc = read_json(path, "predictor list")
+    listed = doc.get("checkpoints") if isinstance(doc, dict) else None
+    if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
+        raise CheckpointError(f"{path}: expected a list of checkpoints under 'checkpoints'")
+    root = run.resolve()
+    found = []
+    for rel in listed:
+        p = (run / rel).resolve()
+        if not p.is_relative_to(root):
+            raise CheckpointError(f"{path}: {rel!r} is outside the run folder; it is not loaded")
+        if not p.is_file():
+            raise CheckpointError(f"{path}: {rel} is missing")
+        found.append(run / rel)
     return found
 
 

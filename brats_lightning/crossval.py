@@ -50,7 +50,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
+from brats_lightning.checkpoint import PREDICTOR_FILE, predictor_checkpoints
 from brats_lightning.data.cache import PreparedCase
+from brats_lightning.data.channels import modality_channels
 from brats_lightning.data.labels import REGIONS, LabelConvention
 from brats_lightning.data.preprocess import uncrop
 from brats_lightning.errors import ConfigError
@@ -67,8 +69,7 @@ __all__ = [
 
 log = logging.getLogger("brats_lightning.crossval")
 
-#: the run folder's list of the final predictor's checkpoints (:func:`~brats_lightning.checkpoint.find_checkpoints`)
-PREDICTOR_FILE = "predictor.json"
+
 #: seconds per case and pass assumed for out-of-fold inference before the first fold has measured it
 #: (Shen et al.'s FCN on a BraTS brain box in bf16 on 2 CPU cores: about 5 s)
 DEFAULT_INFERENCE_S = 6.0
@@ -150,6 +151,11 @@ class CVOptions:
             ablation: every setting trains the same minutes, whatever its inference costs).
         raw_weights: also segment with the weights before averaging (``callbacks.ema``), to measure
             the averaging (``cv_raw`` in ``metrics.json``; one more pass per case).
+        uncertainty: also keep, per case, the voxel-wise uncertainty of the test-time flips (normalised
+            entropy of their mean) and their agreement (:mod:`brats_lightning.uncertainty`).
+        missing_modalities: also segment every case with each of these modalities missing (its image
+            and symmetry-map channels zeroed, as ``data.modality_dropout`` trains), one pass each
+            (``cv_missing_<modality>`` in ``metrics.json``).
     """
 
     tta_flips: tuple[str, ...] = ("lr",)
@@ -161,6 +167,8 @@ class CVOptions:
     workers: int = 0
     fold_minutes: float | None = None
     raw_weights: bool = False
+    uncertainty: bool = False
+    missing_modalities: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, node: Any) -> CVOptions:
@@ -272,7 +280,8 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     rate = state.inference_s
     # measured before the first fold, so that every fold gets the same share of the budget, the first one included
     if timed and not rate and rank0 and not opts.fold_minutes:
-        rate = state.inference_s = inference_seconds(cfg, cases[folds[0][0]], opts, averaged, out / ".calibration")
+        rate = inference_seconds(cfg, dm.describe(), cases[folds[0][0]], opts, averaged, out / ".calibration")
+        state.inference_s = rate
         state.save()
         log.info("Out-of-fold inference: %.1f s per case (measured)", rate)
     rate = rate or DEFAULT_INFERENCE_S * (1 + len(opts.tta_flips) + int(averaged))
@@ -330,6 +339,10 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     figures["time/cv_s"] = state.spent_s
     figures["time/total_s"] = time.perf_counter() - t_all
     write_text_atomic(out / "metrics.json", json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    from brats_lightning.callbacks.wandb_run import log_cross_validation
+
+    # with logger=wandb: the figures as the summary of one W&B run for the whole cross-validation, in the folds' group
+    log_cross_validation(cfg, figures)
     return figures
 
 
@@ -357,27 +370,32 @@ class _OutOfFold(pl.LightningModule):
     measure the flips and the weight averaging on the same trained models (the ablation).
     """
 
-    def __init__(
-        self, model: Any, raw: Any | None, flips: Sequence[str], out_dir: Path, fold: int, probabilities: bool
-    ) -> None:
+    def __init__(self, model: Any, raw: Any | None, opts: CVOptions, out_dir: Path, fold: int, channels: dict) -> None:
         super().__init__()
         self.model = model.prepare_for_inference()
         self.raw = raw.prepare_for_inference() if raw is not None else None
-        self.flips = list(flips)
-        self.out_dir, self.fold, self.probabilities = out_dir, fold, probabilities
+        self.flips = list(opts.tta_flips)
+        self.opts, self.out_dir, self.fold = opts, out_dir, fold
+        #: modality -> the input channels that carry it (images and symmetry maps)
+        self.channels = channels
 
     def predict_step(self, batch: dict, batch_idx: int) -> None:
         from brats_lightning.inference import FLIPS
+        from brats_lightning.uncertainty import agreement, normalised_entropy
 
         item = {**batch, "image": batch["image"].float()}
         single = self.model.predict_case(item, [])
         total = single.clone()
+        decide = self.model.decide
+        members = [decide(single)] if self.opts.uncertainty else []
         for name in self.flips:  # the flipped case, flipped back: flip_average over the whole volume
             dims = FLIPS[name]
             flipped = {**item, "image": item["image"].flip(dims), "mask": item["mask"].flip([d - 1 for d in dims])}
-            total += self.model.predict_case(flipped, []).flip(dims)
+            p = self.model.predict_case(flipped, []).flip(dims)
+            total += p
+            if self.opts.uncertainty:
+                members.append(decide(p))
         probs = total / (1 + len(self.flips))
-        decide = self.model.decide
         arrays = {
             "classes": decide(probs).to(torch.uint8).cpu().numpy(),
             "classes_single": decide(single).to(torch.uint8).cpu().numpy(),
@@ -385,21 +403,31 @@ class _OutOfFold(pl.LightningModule):
         }
         if self.raw is not None:
             arrays["classes_raw"] = self.raw.decide(self.raw.predict_case(item, [])).to(torch.uint8).cpu().numpy()
-        if self.probabilities:
+        if self.opts.probabilities:
             arrays["probabilities"] = probs.to(torch.float16).cpu().numpy()
+        if self.opts.uncertainty:
+            arrays["uncertainty"] = normalised_entropy(probs).to(torch.float16).cpu().numpy()
+            score = agreement(members, self.model.convention)
+            arrays["agreement"] = np.array(np.nan if score is None else score)
+        for modality in self.opts.missing_modalities:
+            image = item["image"].clone()
+            image[:, self.channels[modality]] = 0
+            missing = self.model.predict_case({**item, "image": image}, [])
+            arrays[f"classes_missing_{modality}"] = decide(missing).to(torch.uint8).cpu().numpy()
         with atomic_path(self.out_dir / f"{batch['case_id']}.npz") as tmp:
             np.savez_compressed(tmp, **arrays)
 
 
-def inference_seconds(cfg: DictConfig, case: PreparedCase, opts: CVOptions, averaged: bool, scratch: Path) -> float:
+def inference_seconds(
+    cfg: DictConfig, data_config: dict, case: PreparedCase, opts: CVOptions, averaged: bool, scratch: Path
+) -> float:
     """Seconds the out-of-fold inference of one case will take: measured once, before the first fold trains,
     with the untrained model of this run (the same passes: flips, and the raw weights beside the averaged ones)."""
     from hydra.utils import instantiate
 
     model = instantiate(cfg.model, _convert_="all")
     t0 = time.perf_counter()
-    _predict_cases(model, copy.deepcopy(model) if averaged else None, [case], int(cfg.data.get("context_slices", 0)),
-                   opts, scratch, cfg, -1)  # fmt: skip
+    _predict_cases(model, copy.deepcopy(model) if averaged else None, [case], data_config, opts, scratch, cfg, -1)
     seconds = time.perf_counter() - t0
     for p in scratch.glob("*.npz"):
         p.unlink()
@@ -424,14 +452,14 @@ def predict_out_of_fold(
             raw.load_state_dict(current)
         except RuntimeError as e:
             raise CheckpointError(f"{ckpt}: its current_model_state does not fit the model ({e})") from e
-    _predict_cases(model, raw, cases, int(data_config.get("context_slices", 0)), opts, out_dir, cfg, fold)
+    _predict_cases(model, raw, cases, data_config, opts, out_dir, cfg, fold)
 
 
 def _predict_cases(
     model: Any,
     raw: Any | None,
     cases: list[PreparedCase],
-    context: int,
+    data_config: dict,
     opts: CVOptions,
     out_dir: Path,
     cfg: DictConfig,
@@ -440,6 +468,10 @@ def _predict_cases(
     from brats_lightning.data.datasets import VolumeDataset, first_item
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    unknown = set(opts.missing_modalities) - set(data_config.get("modalities") or [])
+    if unknown:
+        raise ConfigError(f"cv.missing_modalities: {sorted(unknown)} are not among data.modalities")
+    context = int(data_config.get("context_slices", 0))
     loader = DataLoader(VolumeDataset(cases, context), batch_size=1, collate_fn=first_item)
     trainer = pl.Trainer(
         accelerator=str(cfg.trainer.get("accelerator", "cpu")),
@@ -450,9 +482,8 @@ def _predict_cases(
         enable_model_summary=False,
         enable_progress_bar=True,
     )
-    trainer.predict(
-        _OutOfFold(model, raw, opts.tta_flips, out_dir, fold, opts.probabilities), loader, return_predictions=False
-    )
+    predictor = _OutOfFold(model, raw, opts, out_dir, fold, modality_channels(data_config))
+    trainer.predict(predictor, loader, return_predictions=False)
 
 
 # ------------------------------------------------------------------------------------------ scoring
@@ -515,7 +546,9 @@ def _variant_dice(job: tuple) -> dict[str, list[float]]:
     gm = convention.region_masks(np.asarray(label))
     out = {}
     with np.load(oof) as z:
-        for name, key in VARIANTS.items():
+        keys = {**VARIANTS, **{f"cv_missing_{k.removeprefix('classes_missing_')}": k for k in z.files
+                               if k.startswith("classes_missing_")}}  # fmt: skip
+        for name, key in keys.items():
             if key in z.files:
                 pm = convention.region_masks(z[key])
                 out[name] = [dice(pm[r], gm[r]) for r in REGIONS]
@@ -654,8 +687,47 @@ def aggregate(
     for name, values in variants.items():
         if len(values) == len(ids):
             figures |= _fold_means(values, fold_of, name)
+    if opts.uncertainty:
+        figures |= uncertainty_figures(out, ids, cases, per_case)
     figures["cv/cleanup_s"] = time.perf_counter() - t0
     return figures
+
+
+def _case_uncertainty(job: tuple) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """One case: the AUROC of its voxel uncertainty for its wrong voxels, its agreement, and a voxel sample."""
+    from brats_lightning.uncertainty import auroc
+
+    oof, folder, sample = job
+    with np.load(oof) as z:
+        classes, unc, score = z["classes"], z["uncertainty"].astype(np.float32), float(z["agreement"])
+    label, brain = np.load(folder / "label.npy"), np.load(folder / "mask.npy")
+    wrong, u = (classes != label)[brain], unc[brain]
+    pick = np.random.default_rng(0).choice(u.size, size=min(sample, u.size), replace=False)
+    return auroc(u, wrong), score, u[pick], wrong[pick]
+
+
+def uncertainty_figures(
+    out: Path, ids: list[str], cases: dict[str, PreparedCase], dice: dict[str, list[float]], sample: int = 200_000
+) -> dict[str, float]:
+    """How well the out-of-fold uncertainty does its job (``cv.uncertainty``): the AUROC of the voxel map for
+    the wrong voxels (pooled over the cases' brains, and per case), and Spearman's correlation between the
+    members' agreement and the case's real mean Dice; per case in ``cv/uncertainty.csv``."""
+    from brats_lightning.uncertainty import auroc, spearman
+
+    results = _pool_map(_case_uncertainty, [(out / "oof" / f"{c}.npz", cases[c].folder, sample) for c in ids], 0)
+    real = [float(np.mean(dice[c])) for c in ids]
+    rows = [
+        {"case": c, "voxel_auroc": a, "agreement": s, "mean_dice": d} for c, (a, s, _, _), d in zip(ids, results, real)
+    ]
+    write_csv_atomic(out / "cv" / "uncertainty.csv", rows, ["case", "voxel_auroc", "agreement", "mean_dice"])
+    voxel = auroc(np.concatenate([r[2] for r in results]), np.concatenate([r[3] for r in results]))
+    rho = spearman([r[1] for r in results], real)
+    log.info("Uncertainty, out of fold: voxel AUROC %.3f (pooled), Spearman(agreement, Dice) %+.3f", voxel, rho)
+    return {
+        "cv/uncertainty_voxel_auroc": voxel,
+        "cv/uncertainty_voxel_auroc_per_case": float(np.nanmean([r[0] for r in results])),
+        "cv/uncertainty_case_spearman": rho,
+    }
 
 
 def site_table(rows: list[dict], groups: dict[str, str]) -> str:
@@ -693,32 +765,6 @@ def _write_predictor(out: Path, n_folds: int, cleanup: dict, flips: list[str]) -
         "tta_flips": flips,
     }
     write_text_atomic(out / PREDICTOR_FILE, json.dumps(doc, indent=1) + "\n")
-
-
-def predictor_checkpoints(run: Path) -> list[Path]:
-    """The checkpoints a cross-validation run's ``predictor.json`` lists (paths inside the run folder).
-
-    Raises:
-        CheckpointError: the file is not what a run writes, or names a path outside the run or missing.
-    """
-    from brats_lightning.errors import CheckpointError
-    from brats_lightning.schema import read_json
-
-    path = run / PREDICTOR_FILE
-    doc = read_json(path, "predictor list")
-    listed = doc.get("checkpoints") if isinstance(doc, dict) else None
-    if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
-        raise CheckpointError(f"{path}: expected a list of checkpoints under 'checkpoints'")
-    root = run.resolve()
-    found = []
-    for rel in listed:
-        p = (run / rel).resolve()
-        if not p.is_relative_to(root):
-            raise CheckpointError(f"{path}: {rel!r} is outside the run folder; it is not loaded")
-        if not p.is_file():
-            raise CheckpointError(f"{path}: {rel} is missing")
-        found.append(run / rel)
-    return found
 
 
 def test_predictor(out: Path, dm: Any, cfg: DictConfig) -> dict[str, float]:

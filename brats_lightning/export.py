@@ -67,6 +67,7 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
     if out.suffix != ".onnx":
         raise ConfigError(f"out={out}: the file name must end in .onnx")
     model = model.prepare_for_inference().float()
+    model.use_compile = False  # the exported graph is traced from the plain net
     if isinstance(model.net, ShenFCN):
         model.net.low_res_upsampling = False  # standard operators (same function)
     in_channels = _in_channels(model)

@@ -153,6 +153,7 @@ class DataConfig(_Strict):
         None
     )
     context_slices: Annotated[Int, Field(ge=0, le=5)] = 0
+    modality_dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
 
     @field_validator("modalities")
     @classmethod
@@ -266,9 +267,11 @@ class DataModuleOptions(BaseModel):
     augment: StrictBool = True
     augment_options: dict[str, Any] | None = None
     context_slices: Annotated[Int, Field(ge=0, le=5)] = 0
+    modality_dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
     tumour_fraction: Annotated[Number, Field(ge=0, le=1)] = 0.0
     mode: Literal["slices", "patches"] = "slices"
     patch_size: Annotated[Int, Field(ge=1, le=1024)] = 33
+    dense_size: Annotated[Int, Field(ge=1, le=257)] = 1
     patches_per_epoch: Annotated[Int, Field(ge=1)] = 20000
     patch_distribution: Literal["balanced", "natural"] = "balanced"
     in_channels: Annotated[Int, Field(ge=1, le=64)] | None = None

@@ -16,16 +16,18 @@ import hydra
 import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
+from brats_lightning.callbacks.wandb_run import WandbRunId, fold_runs, is_wandb_logger, plain_config, wandb_init_args
 from brats_lightning.checkpoint import check_fits
 from brats_lightning.config import check_budget, config_dir, register_resolvers
 from brats_lightning.crossval import run_cross_validation
 from brats_lightning.errors import CheckpointError, ConfigError, cli
 from brats_lightning.pipeline import run_pipeline
 from brats_lightning.results import print_table, run_metrics, summarise, write_results
+from brats_lightning.sweep import register_sweeper
 from brats_lightning.utils import atomic_path, write_csv_atomic, write_text_atomic
 
 __all__ = ["check_run_options", "train", "main"]
@@ -37,10 +39,23 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def _instantiate_dict(node: DictConfig | None) -> list:
-    """Instantiate every entry of a config dict that has a ``_target_`` (callbacks, loggers)."""
+    """Instantiate every entry of a config dict that has a ``_target_`` (the callbacks)."""
     if not node:
         return []
     return [instantiate(v, _convert_="all") for v in node.values() if isinstance(v, DictConfig) and "_target_" in v]
+
+
+def _loggers(cfg: DictConfig) -> list:
+    """The configured loggers; a W&B logger gets its automatic group and, when training resumes from a
+    checkpoint of a W&B run, continues that run (:mod:`brats_lightning.callbacks.wandb_run`)."""
+    node = cfg.get("logger")
+    if not node:
+        return []
+    return [
+        instantiate(v, _convert_="all", **(wandb_init_args(cfg, v) if is_wandb_logger(v) else {}))
+        for v in node.values()
+        if isinstance(v, DictConfig) and "_target_" in v
+    ]
 
 
 def write_curve(path: Path, history: list[dict]) -> None:
@@ -154,13 +169,10 @@ def train(cfg: DictConfig) -> dict:
     model.preflight(datamodule)
     if cfg.get("ckpt_path"):
         check_fits(cfg.ckpt_path, model, "resume from" if cfg.get("train", True) else "test")
-    callbacks = _instantiate_dict(cfg.get("callbacks"))
-    loggers = _instantiate_dict(cfg.get("logger"))
-    run_config = {
-        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
-        for k, v in cfg.items()
-        if k != "hydra"
-    }
+    # WandbRunId: the W&B run's id in every checkpoint, so that a resume continues the run
+    callbacks = [*_instantiate_dict(cfg.get("callbacks")), WandbRunId()]
+    loggers = _loggers(cfg)
+    run_config = plain_config(cfg)
     for lg in loggers:
         lg.log_hyperparams(run_config)
     trainer: pl.Trainer = instantiate(
@@ -199,7 +211,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def _finish_wandb(loggers: list) -> None:
-    """Close W&B runs at the end of each job (one run per job of a multirun)."""
+    """Close W&B runs at the end of each job (one run per job of a multirun, per fold of a cross-validation)."""
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             import wandb
@@ -208,6 +220,8 @@ def _finish_wandb(loggers: list) -> None:
 
 
 register_resolvers()
+# hparams_search=...: the resumable Optuna sweeper (brats_lightning/sweep.py), however the package is installed
+register_sweeper()
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
@@ -218,7 +232,7 @@ def main(cfg: DictConfig) -> float | None:
         results = run_pipeline(cfg, train)
     elif cfg.get("cross_validation"):
         check_run_options(cfg)
-        results = run_cross_validation(cfg, train)
+        results = run_cross_validation(cfg, fold_runs(cfg, train))
         return results.get("cv/dice_mean")
     else:
         results = train(cfg)

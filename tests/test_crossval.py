@@ -329,6 +329,8 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
         "cv.min_volumes_mm3=[100]",
         "cv.et_volumes_mm3=[100]",
         "cv.raw_weights=true",
+        "cv.uncertainty=true",
+        "cv.missing_modalities=[t1]",
         "logger=none",
         f"hydra.run.dir={run}",
     ]
@@ -358,6 +360,10 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
     label = np.load(next((cache_dir / "prepared").glob(f"*/{case}/label.npy")))
     pm, gm = conv.region_masks(single), conv.region_masks(label)
     assert "cv_single/dice_mean" in metrics and "cv_raw/dice_mean" in metrics  # EMA: raw weights beside
+    assert "cv_missing_t1/dice_mean" in metrics  # and without T1
+    assert 0.0 <= metrics["cv/uncertainty_voxel_auroc"] <= 1.0 and -1 <= metrics["cv/uncertainty_case_spearman"] <= 1
+    unc_rows = list(csv.DictReader((run / "cv" / "uncertainty.csv").open()))
+    assert sorted(r["case"] for r in unc_rows) == cases
     assert np.isfinite([dice(pm[r], gm[r]) for r in REGIONS]).all()
     # the clean-up: chosen per fold without the fold's cases, and the final choice in every fold model
     cleanup = json.loads((run / "cv" / "cleanup.json").read_text())

@@ -19,7 +19,7 @@ Options (nnU-Net's augmentation, Isensee et al. 2021, Supplementary; off by defa
   Gaussian noise (p 0.1, variance up to 0.1), Gaussian blur (p 0.2, sigma 0.5-1), brightness (p 0.15,
   x0.75-1.25), contrast (p 0.15, x0.75-1.25 about the mean), simulated low resolution (p 0.25, down
   to half the size and back), gamma (p 0.3, 0.7-1.5 on the min-max range); ``strength`` scales every
-  probability (and the rotation range); the background stays zero.
+  probability of these and of the elastic deformation; the background stays zero.
 
 Every draw comes from the batch's generator after the papers' draws, so the papers' augmentation of
 a seed is the same with the options off.

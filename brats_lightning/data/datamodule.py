@@ -38,8 +38,8 @@ from brats_lightning.data.cache import (
     prepare_cases,
     write_cache_config,
 )
-from brats_lightning.data.channels import in_channels_for
-from brats_lightning.data.datasets import EpochItems, SliceDataset, VolumeDataset, first_item
+from brats_lightning.data.channels import in_channels_for, modality_channels
+from brats_lightning.data.datasets import EpochItems, FixedBatches, SliceDataset, VolumeDataset, first_item
 from brats_lightning.data.groups import case_groups
 from brats_lightning.data.io import MODALITIES, CaseFiles, detect_layout, discover_cases
 from brats_lightning.data.labels import get_convention
@@ -119,6 +119,9 @@ class BratsDataModule(pl.LightningDataModule):
         prepare_workers: processes preparing cases, or ``"auto"`` (the cores of this rank's share).
         augment: random window positions, flips, rotations and scaling of training slices.
         augment_options: keyword arguments of :class:`~brats_lightning.data.augment.SliceAugment`.
+        modality_dropout: slice mode: the probability that a training slice loses each of its modalities
+            (its image and symmetry-map channels zeroed; at least one is kept), so that the model learns
+            to segment cases that lack a sequence (``predict`` then accepts them, filling zeros).
         context_slices: 2.5D context: each slice comes with this many neighbouring slices on either side
             as extra channels (training, validation, test and ``predict``; ``0``: 2D, the papers).
         tumour_fraction: share of training slices drawn through a tumour voxel, class-balanced, with
@@ -126,6 +129,9 @@ class BratsDataModule(pl.LightningDataModule):
             ``0``: every brain slice equally often (the papers).
         mode: ``"slices"`` (whole 2D slices, Shen et al.) or ``"patches"`` (Havaei et al.'s patch CNNs).
         patch_size: side of training patches (the model's input size: 33, or larger for cascades).
+        dense_size: patch mode: pixels labelled per sample, ``D x D`` (1: the paper's one centre pixel
+            per patch; e.g. 33: windows of 65x65 whose 33x33 centre pixels are labelled in one pass, the
+            loss class-balanced inside each window; :mod:`~brats_lightning.data.sampling`).
         patches_per_epoch: training patches per epoch in patch mode (over all ranks).
         patch_distribution: label distribution of patch centres, ``"balanced"`` (phase 1) or
             ``"natural"`` (phase 2); the two-phase callback switches it.
@@ -160,10 +166,12 @@ class BratsDataModule(pl.LightningDataModule):
         prepare_workers: int | str = "auto",
         augment: bool = True,
         augment_options: dict | None = None,
+        modality_dropout: float = 0.0,
         context_slices: int = 0,
         tumour_fraction: float = 0.0,
         mode: str = "slices",
         patch_size: int = 33,
+        dense_size: int = 1,
         patches_per_epoch: int = 20000,
         patch_distribution: str = "balanced",
         in_channels: int | None = None,
@@ -232,6 +240,11 @@ class BratsDataModule(pl.LightningDataModule):
         if context_slices and mode != "slices":
             raise ConfigError("data.context_slices: neighbouring slices are for slice models (data.mode=slices)")
         self.context_slices = context_slices
+        if not isinstance(modality_dropout, (int, float)) or not 0.0 <= float(modality_dropout) < 1.0:
+            raise ConfigError(f"data.modality_dropout must be a probability in [0, 1), got {modality_dropout!r}")
+        if modality_dropout and mode != "slices":
+            raise ConfigError("data.modality_dropout is for slice models (data.mode=slices)")
+        self.modality_dropout = float(modality_dropout)
         try:
             self.augmenter = SliceAugment(**(augment_options or {}))
         except TypeError as e:
@@ -240,6 +253,9 @@ class BratsDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.mode must be 'slices' or 'patches', got {mode!r}")
         self.mode = mode
         self.patch_size = int(patch_size)
+        if not isinstance(dense_size, int) or isinstance(dense_size, bool) or not 1 <= dense_size <= 257:
+            raise ConfigError(f"data.dense_size must be an integer in 1..257, got {dense_size!r}")
+        self.dense_size = dense_size
         self.patches_per_epoch = int(patches_per_epoch)
         self.patch_distribution = "balanced"
         self.set_patch_distribution(patch_distribution)
@@ -474,7 +490,7 @@ class BratsDataModule(pl.LightningDataModule):
     def patch_sampler(self) -> PatchSampler:
         """Class-indexed patch sampler over the training cases (built once)."""
         if self._patch_sampler is None:
-            self._patch_sampler = PatchSampler(self.train_cases, self.num_classes, self.patch_size)
+            self._patch_sampler = PatchSampler(self.train_cases, self.num_classes, self.patch_size, self.dense_size)
         return self._patch_sampler
 
     def cache_first_stage(
@@ -543,6 +559,12 @@ class BratsDataModule(pl.LightningDataModule):
             self.context_slices,
         )
 
+    def _trainer_attached(self) -> bool:
+        try:
+            return self.trainer is not None
+        except RuntimeError:
+            return False
+
     def _epoch_state(self) -> tuple:
         epoch = training_epoch(self.trainer)
         return (epoch, self.patch_distribution) if self.mode == "patches" else (epoch,)
@@ -566,6 +588,12 @@ class BratsDataModule(pl.LightningDataModule):
         force (:class:`~brats_lightning.data.datasets.EpochItems`), so its workers persist."""
         ds = self.train_dataset()
         opts = self._loader_options()
+        overfit = float(getattr(self.trainer, "overfit_batches", 0) or 0) if self._trainer_attached() else 0.0
+        if overfit and isinstance(ds, SliceDataset):
+            # Lightning's overfit_batches (debug=overfit): the same few batches every epoch; a SequentialSampler,
+            # which Lightning keeps (it would replace any other by one over the data set's items)
+            n = int(overfit) if overfit >= 1 else max(1, int(overfit * -(-len(ds) // self.batch_size)))
+            return RingLoader(ds, batch_size=None, sampler=FixedBatches(len(ds), self.seed, self.batch_size, n), **opts)
         if isinstance(ds, PatchBatchDataset):
             items = EpochItems(len(ds), self.seed, self._epoch_state, shuffle=False)
             return RingLoader(ds, batch_size=None, sampler=items, **opts)
@@ -603,15 +631,42 @@ class BratsDataModule(pl.LightningDataModule):
             if "label" in batch:
                 batch["label"] = batch["label"].long()
             return batch
+        weights = None
+        if self.mode == "patches" and self.dense_size > 1:  # dense windows: (..., labels, pixel weights)
+            *batch, weights = batch
         *inputs, y = batch
         inputs = [x.float() for x in inputs]
         y = y.long()
+        if weights is not None:
+            return (*inputs, y, weights.float())
         t = self.trainer
         if self.mode == "slices" and self.augment and t is not None and t.training:
             seed = stream_seed(self.seed, training_epoch(t), t.global_step, t.global_rank)
             generator = torch.Generator().manual_seed(seed)
             inputs[0], y = self.augmenter(inputs[0], y, generator, self.intensity_channels)
+            if self.modality_dropout:
+                inputs[0] = self.drop_modalities(inputs[0], generator)
         return (*inputs, y)
+
+    def modality_channels(self) -> dict[str, list[int]]:
+        """Modality -> its input channels (image, symmetry map) in every context slice."""
+        return modality_channels(self.describe())
+
+    def drop_modalities(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Zero whole modalities of training slices, each with probability ``modality_dropout`` (one always kept)."""
+        n, m = image.shape[0], len(self.modalities)
+        drop = torch.rand(n, m, generator=generator) < self.modality_dropout
+        keep = torch.randint(0, m, (n,), generator=generator)
+        drop[torch.arange(n), keep] &= ~drop.all(1)  # a slice that would lose every modality keeps one
+        if not bool(drop.any()):
+            return image
+        out = image.clone()
+        channels = self.modality_channels()
+        for j, modality in enumerate(self.modalities):
+            rows = torch.nonzero(drop[:, j]).flatten().to(image.device)
+            if rows.numel():
+                out[rows[:, None], torch.tensor(channels[modality], device=image.device)[None]] = 0
+        return out
 
     @property
     def intensity_channels(self) -> list[int]:
@@ -630,6 +685,7 @@ class BratsDataModule(pl.LightningDataModule):
             "layout": self.layout,
             "files": self.files,
             "context_slices": self.context_slices,
+            "modality_dropout": self.modality_dropout,
         }
 
     def label_frequencies(self) -> list[float]:

@@ -54,6 +54,7 @@ class FCNModule(SegmentationModule):
         outputs: ``"softmax"`` (class probabilities, argmax) or ``"regions"`` (chained region sigmoids,
             decided by region thresholds).
         levels: resolution levels of ``dynunet`` (``2 ** (levels - 1)`` divides the input sides).
+        compile: run the net through ``torch.compile`` (inductor) in training and inference.
         convention: label convention (regions of the metrics).
         inference_batch_size: slices per forward pass at inference.
         test_hd95: compute HD95 at test time.
@@ -82,6 +83,7 @@ class FCNModule(SegmentationModule):
         arch: str = "fcn",
         outputs: str = "softmax",
         levels: int = 5,
+        compile: bool = False,
     ) -> None:
         super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name)
         self.save_hyperparameters()
@@ -104,6 +106,7 @@ class FCNModule(SegmentationModule):
             except ValueError as e:
                 raise ConfigError(f"model.outputs=regions: {e}") from None
         self.outputs = outputs
+        self.use_compile = bool(compile)
         self.decision = "regions" if outputs == "regions" else "argmax"
         out_channels = 3 if outputs == "regions" else num_classes
         self.net: ShenFCN | ShenUNet | torch.nn.Module
@@ -137,7 +140,7 @@ class FCNModule(SegmentationModule):
 
     def net_probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of padded slices: a softmax, or the chained region sigmoids (fp32)."""
-        logits = self.net(self.layout(x))
+        logits = self.run_net(x)
         if self.outputs == "regions":
             return region_chain(logits, self.convention)
         return torch.softmax(logits.float(), dim=1)
@@ -172,7 +175,7 @@ class FCNModule(SegmentationModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = self.loss(self.net(self.layout(x)), y)
+        loss = self.loss(self.run_net(x), y)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 
