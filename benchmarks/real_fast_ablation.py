@@ -15,7 +15,9 @@ model that never trained on it (``metrics.json``). The rows compare like for lik
 * weight averaging (EMA): the baseline run's averaged weights against its raw weights (same training);
 * test-time mirroring (all flips): the baseline run's averaged weights with and without flips;
 * the clean-up (chosen out of fold, nested): the baseline run with flips, with and without it;
-* all options: that run's full pipeline (averaged weights, flips, clean-up) against the baseline's.
+* all options together: that run's plain weights against the baseline's (as an option's row); then,
+  on that run, mirroring and the clean-up as above, and its whole pipeline (weights, flips, clean-up)
+  against the paper's whole pipeline (flips and clean-up chosen the same way).
 
 "Change" is the mean over folds of the per-fold difference of mean Dice (the same cases in both
 runs), "spread" the standard deviation of those per-fold differences. The last line is a JSON object.
@@ -47,7 +49,10 @@ NAMES = {
     "ema": "+ weight averaging (EMA) [baseline run]",
     "tta": "+ test-time mirroring, all flips [baseline run, EMA weights]",
     "cleanup": "+ clean-up chosen out of fold, nested [baseline run]",
-    "all": "all options: U-Net, regions, augmentation, 2.5D, EMA, flips, clean-up",
+    "all": "all options: U-Net, regions, augmentation, 2.5D",
+    "all_tta": "+ test-time mirroring, all flips [all-options run]",
+    "all_cleanup": "+ clean-up chosen out of fold, nested [all-options run]",
+    "all_vs_paper": "all options, whole pipeline vs the paper's whole pipeline",
 }
 
 
@@ -92,14 +97,19 @@ def main() -> None:
         sys.exit(f"no finished baseline run under {', '.join(map(str, args.paths))}")
     base = runs["baseline"]
     # (row, run, prefix, reference run, reference prefix)
-    rows_spec = [(s, s, _plain(runs[s]), "baseline", _plain(base)) for s in ORDER if s in runs and s != "all"]
+    rows_spec = [(s, s, _plain(runs[s]), "baseline", _plain(base)) for s in ORDER if s in runs]
     rows_spec += [
         ("ema", "baseline", "cv_single", "baseline", "cv_raw"),
         ("tta", "baseline", "cv_flips", "baseline", "cv_single"),
         ("cleanup", "baseline", "cv", "baseline", "cv_flips"),
     ]
     if "all" in runs:
-        rows_spec.append(("all", "all", "cv", "baseline", "cv"))
+        rows_spec += [
+            ("all_tta", "all", "cv_flips", "all", "cv_single"),
+            ("all_cleanup", "all", "cv", "all", "cv_flips"),
+        ]
+        if "paper" in runs:
+            rows_spec.append(("all_vs_paper", "all", "cv", "paper", "cv"))
     out_rows, figures = [], {}
     for name, run, prefix, ref_run, ref_prefix in rows_spec:
         m, ref = runs[run], runs[ref_run]
@@ -129,7 +139,7 @@ def main() -> None:
             **({"change": float(diff.mean()), "spread": float(diff.std(ddof=1))} if change else {}),
             "steps": float(steps),
         }
-    header = ["setting", "compared", "Dice WT", "Dice TC", "Dice ET", "mean", "change", "spread", "steps"]
+    header = ["setting", "compared", "Dice WT", "Dice TC", "Dice ET", "mean", "change", "spread", "steps (5 folds)"]
     print("Out-of-fold Dice (5-fold cross-validation, every case by the model that never saw it)")
     print(table(out_rows, header))
     print(json_line(figures))

@@ -329,6 +329,7 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
         "cv.min_volumes_mm3=[100]",
         "cv.et_volumes_mm3=[100]",
         "cv.raw_weights=true",
+        "callbacks.ema={_target_:pytorch_lightning.callbacks.EMAWeightAveraging,decay:0.99}",
         "cv.uncertainty=true",
         "cv.missing_modalities=[t1]",
         "logger=none",
