@@ -89,6 +89,17 @@ def fold_seconds(left_s: float, folds_left: int, inference_s: float, minimum_s: 
     return max(minimum_s, left_s / max(1, folds_left) - inference_s)
 
 
+def case_channels(data_config: dict) -> dict[str, list[int]]:
+    """Modality -> its channels in a prepared case (image and symmetry map), before the 2.5D context is
+    stacked: what a missing sequence zeroes in a case given to ``predict_case``.
+
+    Example:
+        >>> case_channels({"modalities": ["flair", "t1"], "symmetry": {"enabled": True}, "context_slices": 1})
+        {'flair': [0, 2], 't1': [1, 3]}
+    """
+    return modality_channels({**data_config, "context_slices": 0})
+
+
 # ------------------------------------------------------------------------------------------ clean-up
 
 
@@ -482,7 +493,7 @@ def _predict_cases(
         enable_model_summary=False,
         enable_progress_bar=True,
     )
-    predictor = _OutOfFold(model, raw, opts, out_dir, fold, modality_channels(data_config))
+    predictor = _OutOfFold(model, raw, opts, out_dir, fold, case_channels(data_config))
     trainer.predict(predictor, loader, return_predictions=False)
 
 

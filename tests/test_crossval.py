@@ -416,3 +416,16 @@ def test_a_predictor_list_may_not_point_outside_its_run(tmp_path: Path) -> None:
     (run / "predictor.json").write_text(json.dumps({"checkpoints": "fold_0"}))
     with pytest.raises(CheckpointError, match="expected a list of checkpoints"):
         find_checkpoints(run)
+
+
+@pytest.mark.parametrize("context", [0, 1, 2])
+def test_a_missing_sequence_zeroes_its_image_and_map_in_the_prepared_case(context: int) -> None:
+    """The out-of-fold pass with a sequence missing zeroes channels of the prepared case (images, then
+    maps; 2.5D neighbours are stacked later), whatever the context: never an index past its channels."""
+    from brats_lightning.crossval import case_channels
+
+    modalities = ["flair", "t1", "t1c", "t2"]
+    cfg = {"modalities": modalities, "symmetry": {"enabled": True}, "context_slices": context}
+    channels = case_channels(cfg)
+    assert channels == {m: [i, i + 4] for i, m in enumerate(modalities)}
+    assert case_channels({**cfg, "symmetry": {"enabled": False}}) == {m: [i] for i, m in enumerate(modalities)}
