@@ -262,6 +262,9 @@ class Predictor(pl.LightningModule):
                 sym = replace(sym, axis_modality=present[0])
             with torch.autocast(self.device.type, enabled=False):
                 maps, _ = symmetry_channels(image.float(), mask, batch["modalities"], sym)
+            for c, m in enumerate(batch["modalities"]):
+                if m in batch.get("missing", []):  # zeroed with its image, as data.modality_dropout trains
+                    maps[:, c] = 0
             image = torch.cat([image, maps], dim=1)
         _sync(self.device)
         t1 = time.perf_counter()

@@ -98,6 +98,7 @@ def test_predict_fills_a_missing_sequence_only_for_a_model_trained_without_it(
 
     from brats_lightning.data.datamodule import BratsDataModule
     from brats_lightning.modules.fcn import FCNModule
+    from brats_lightning.nets.fcn import ShenFCN
 
     dm = BratsDataModule(**tiny_dm_kwargs, symmetry=True, modality_dropout=0.3)
     model = FCNModule(8, 4, width=0.25, test_hd95=False)
@@ -108,9 +109,23 @@ def test_predict_fills_a_missing_sequence_only_for_a_model_trained_without_it(
     folder = shutil.copytree(Path(case.images["flair"]).parent, inp / case.case_id)
     shutil.copytree(Path(whole.images["flair"]).parent, inp / whole.case_id)
     (folder / f"{case.case_id}_t1.nii.gz").unlink()  # no T1: the symmetry axis is found on another sequence
-    report = predict_dir(
-        _cfg(ckpt_path=str(tmp_path / "ck" / "last.ckpt"), input_dir=str(inp), output_dir=str(tmp_path / "o"))
-    )
+    seen: list[torch.Tensor] = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, ShenFCN) and args[0].shape[1] == 8:
+            seen.append(args[0].detach().float())
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        report = predict_dir(
+            _cfg(ckpt_path=str(tmp_path / "ck" / "last.ckpt"), input_dir=str(inp), output_dir=str(tmp_path / "o"))
+        )
+    finally:
+        hook.remove()
+    # the case without T1 reaches the net as training showed it: T1's image and its symmetry map zero (the map
+    # of a zero image is 0 by construction; predict also zeroes it explicitly)
+    zeroed = [x for x in seen if x[:, [1, 5]].abs().max() == 0]
+    assert zeroed and all(x[:, [0, 2, 3, 4, 6, 7]].abs().max() > 0 for x in zeroed)
     assert report["done"] == sorted([case.case_id, whole.case_id])
     assert report["missing_modalities"] == {case.case_id: ["t1"]}
     assert nib.load(tmp_path / "o" / f"{case.case_id}.nii.gz").shape == nib.load(case.images["flair"]).shape
