@@ -110,3 +110,29 @@ def test_average_cnn_averages_probabilities() -> None:
         want = (torch.softmax(local(x), 1) + torch.softmax(glob(x), 1)) / 2
         got = torch.softmax(avg(x), 1)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_stride_one_pooling_by_shifted_views_is_max_pool2d(k: int) -> None:
+    from brats_lightning.nets.twopath import max_pool_stride1
+
+    x = torch.randn(2, 3, 17, 19)
+    assert torch.equal(max_pool_stride1(x, k), F.max_pool2d(x, k, stride=1))
+
+
+def test_whole_slice_output_is_the_same_with_the_fast_layers_and_as_written() -> None:
+    """The stride-1 pooling by shifts and the 21x21 output convolution by rows compute the same net."""
+    from brats_lightning.nets import twopath
+
+    torch.manual_seed(0)
+    net = twopath.TwoPathCNN(4, 5).eval()
+    x = torch.randn(1, 4, 72, 80)
+    with torch.no_grad():
+        fast = net(x)
+        twopath.FAST_LAYERS = False
+        try:
+            written = net(x)
+        finally:
+            twopath.FAST_LAYERS = True
+    assert fast.shape == written.shape == (1, 5, 40, 48)
+    torch.testing.assert_close(fast, written, rtol=1e-4, atol=1e-4)
