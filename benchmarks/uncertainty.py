@@ -39,24 +39,31 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a cross-validation run folder (experiment=real_fast)")
     args = parser.parse_args()
     metrics = json.loads((args.run / "metrics.json").read_text())
-    if "cv/uncertainty_voxel_auroc" not in metrics:
-        sys.exit(f"{args.run}: no uncertainty figures (run the cross-validation with cv.uncertainty=true)")
-    rows = list(csv.DictReader((args.run / "cv" / "uncertainty.csv").open()))
-    cells = [
-        [r["case"], *(f"{float(r[k]):.3f}" for k in ("voxel_auroc", "agreement", "mean_dice"))]
-        for r in sorted(rows, key=lambda r: float(r["agreement"]))
-    ]
-    print(table(cells, ["case (least agreement first)", "voxel AUROC", "agreement", "real mean Dice"]))
-    figures = {
-        "voxel_auroc": metrics["cv/uncertainty_voxel_auroc"],
-        "voxel_auroc_per_case_mean": metrics["cv/uncertainty_voxel_auroc_per_case"],
-        "case_spearman": metrics["cv/uncertainty_case_spearman"],
-        "cases": len(rows),
-    }
-    print(
-        f"\nvoxel AUROC {figures['voxel_auroc']:.3f} (pooled), {figures['voxel_auroc_per_case_mean']:.3f} (mean per "
-        f"case); Spearman(agreement, real mean Dice) {figures['case_spearman']:+.3f} over {len(rows)} cases\n"
-    )
+    figures: dict = {}
+    has_missing = any(k.startswith("cv_missing_") for k in metrics)
+    if "cv/uncertainty_voxel_auroc" not in metrics and not has_missing:
+        sys.exit(
+            f"{args.run}: neither uncertainty nor missing-sequence figures (run the cross-validation with "
+            "cv.uncertainty=true or cv.missing_modalities=[...])"
+        )
+    if "cv/uncertainty_voxel_auroc" in metrics:
+        rows = list(csv.DictReader((args.run / "cv" / "uncertainty.csv").open()))
+        cells = [
+            [r["case"], *(f"{float(r[k]):.3f}" for k in ("voxel_auroc", "agreement", "mean_dice"))]
+            for r in sorted(rows, key=lambda r: float(r["agreement"]))
+        ]
+        print(table(cells, ["case (least agreement first)", "voxel AUROC", "agreement", "real mean Dice"]))
+        figures |= {
+            "voxel_auroc": metrics["cv/uncertainty_voxel_auroc"],
+            "voxel_auroc_per_case_mean": metrics["cv/uncertainty_voxel_auroc_per_case"],
+            "case_spearman": metrics["cv/uncertainty_case_spearman"],
+            "cases": len(rows),
+        }
+        print(
+            f"\nvoxel AUROC {figures['voxel_auroc']:.3f} (pooled), "
+            f"{figures['voxel_auroc_per_case_mean']:.3f} (mean per case); Spearman(agreement, real mean Dice) "
+            f"{figures['case_spearman']:+.3f} over {len(rows)} cases\n"
+        )
     missing = sorted({k.split("/")[0].removeprefix("cv_missing_") for k in metrics if k.startswith("cv_missing_")})
     if missing:
         out = [["all four present", *(f"{metrics[f'cv_single/dice_{r}']:.3f}" for r in REGIONS)]]
