@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,6 +60,17 @@ def inference_times(net: torch.nn.Module, size: int, dev: torch.device, sample: 
     return t_whole, t_sample * (size * size) / sample
 
 
+def steps_per_second(step: Callable[[], None], dev: torch.device, steps: int) -> float:
+    """Rate of ``step`` over ``steps`` calls after one untimed call."""
+    step()
+    sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(dev)
+    return steps / (time.perf_counter() - t0)
+
+
 def training_throughput(net: torch.nn.Module, dev: torch.device, batch: int, steps: int) -> float:
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.005, momentum=0.9)
@@ -71,14 +83,9 @@ def training_throughput(net: torch.nn.Module, dev: torch.device, batch: int, ste
         loss.backward()
         opt.step()
 
-    step()
-    sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(dev)
+    rate = steps_per_second(step, dev, steps)
     net.eval()
-    return batch * steps / (time.perf_counter() - t0)
+    return batch * rate
 
 
 def dense_throughput(net: torch.nn.Module, dev: torch.device, windows: int, dense: int, steps: int) -> float:
@@ -98,14 +105,9 @@ def dense_throughput(net: torch.nn.Module, dev: torch.device, windows: int, dens
         loss.backward()
         opt.step()
 
-    step()
-    sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(dev)
+    rate = steps_per_second(step, dev, steps)
     net.eval()
-    return windows * dense * dense * steps / (time.perf_counter() - t0)
+    return windows * dense * dense * rate
 
 
 def equal_time_runs(minutes: float, dense: int, threads: int) -> dict[str, dict[str, float]]:

@@ -89,6 +89,19 @@ def fold_seconds(left_s: float, folds_left: int, inference_s: float, minimum_s: 
     return max(minimum_s, left_s / max(1, folds_left) - inference_s)
 
 
+def _inference_trainer(cfg: DictConfig, progress: bool) -> pl.Trainer:
+    """A one-device Trainer for inference with the run's accelerator and precision, nothing written."""
+    return pl.Trainer(
+        accelerator=str(cfg.trainer.get("accelerator", "cpu")),
+        devices=1,
+        precision=cfg.trainer.get("precision", "32"),
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+    )
+
+
 def case_channels(data_config: dict) -> dict[str, list[int]]:
     """Modality -> its channels in a prepared case (image and symmetry map), before the 2.5D context is
     stacked: what a missing sequence zeroes in a case given to ``predict_case``.
@@ -343,7 +356,7 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     for key, rec in state.folds.items():
         figures[f"cv/fold{key}/steps"] = float(rec.get("steps") or 0)
     if dm.test_cases:
-        figures |= test_predictor(out, dm, cfg)
+        figures |= held_out_test(out, dm, cfg)
     state.spent_s = time.monotonic() - start
     state.save()
     figures["time/budget_s"] = budget_s
@@ -484,15 +497,7 @@ def _predict_cases(
         raise ConfigError(f"cv.missing_modalities: {sorted(unknown)} are not among data.modalities")
     context = int(data_config.get("context_slices", 0))
     loader = DataLoader(VolumeDataset(cases, context), batch_size=1, collate_fn=first_item)
-    trainer = pl.Trainer(
-        accelerator=str(cfg.trainer.get("accelerator", "cpu")),
-        devices=1,
-        precision=cfg.trainer.get("precision", "32"),
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=True,
-    )
+    trainer = _inference_trainer(cfg, progress=True)
     predictor = _OutOfFold(model, raw, opts, out_dir, fold, case_channels(data_config))
     trainer.predict(predictor, loader, return_predictions=False)
 
@@ -778,7 +783,7 @@ def _write_predictor(out: Path, n_folds: int, cleanup: dict, flips: list[str]) -
     write_text_atomic(out / PREDICTOR_FILE, json.dumps(doc, indent=1) + "\n")
 
 
-def test_predictor(out: Path, dm: Any, cfg: DictConfig) -> dict[str, float]:
+def held_out_test(out: Path, dm: Any, cfg: DictConfig) -> dict[str, float]:
     """The final predictor (the fold models' ensemble, its clean-up and flips) on the held-out test cases."""
     from brats_lightning.checkpoint import load_module
     from brats_lightning.inference import tta_flips
@@ -787,15 +792,7 @@ def test_predictor(out: Path, dm: Any, cfg: DictConfig) -> dict[str, float]:
 
     members = [load_module(p)[0] for p in predictor_checkpoints(out)]
     ensemble = EnsembleModule(members, tta_flips(members[0].tta_flips))
-    trainer = pl.Trainer(
-        accelerator=str(cfg.trainer.get("accelerator", "cpu")),
-        devices=1,
-        precision=cfg.trainer.get("precision", "32"),
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-    )
+    trainer = _inference_trainer(cfg, progress=False)
     trainer.test(ensemble, datamodule=dm, verbose=False)
     name = f"{cfg.model.get('name') or 'model'} (ensemble of {len(members)} folds)"
     summary = summarise(

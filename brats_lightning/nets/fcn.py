@@ -99,6 +99,18 @@ def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+def he_init(net: nn.Module) -> None:
+    """He initialisation of every convolution of ``net`` (Shen et al. Sec. 3.1), unit BN, zero biases."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ShenFCN(nn.Module):
     """VGG-style FCN with one upsampling path per block, concatenated before one classifier.
 
@@ -180,14 +192,7 @@ class ShenFCN(nn.Module):
 
     def reset_parameters(self) -> None:
         """He initialisation of every convolution (Shen et al. Sec. 3.1), unit BN, zero biases."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel class logits ``(N, num_classes, H, W)`` for input ``(N, in_channels, H, W)``."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from brats_lightning.nets.fcn import VGG16_BLOCKS, _conv_bn_relu
+from brats_lightning.nets.fcn import VGG16_BLOCKS, _conv_bn_relu, he_init
 
 __all__ = ["ShenUNet", "dynunet_2d", "DYNUNET_FILTERS"]
 
@@ -84,14 +84,7 @@ class ShenUNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """He initialisation of every convolution, unit BN, zero biases (as :class:`ShenFCN`)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel logits ``(N, num_classes, H, W)`` for input ``(N, in_channels, H, W)``."""
