@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_inference.py [--threads 2] [--device cpu|cuda] [--sample 24] [--cases 2]
+        [--compile-timeout 900]
 
 On a real 240x240x155 case of ``../shared/data/brats2018`` (a synthetic case of the same size when it
 is absent), in one run:
@@ -17,7 +18,10 @@ is absent), in one run:
   convolution itself, ``nets.twopath.FAST_LAYERS=False``), the code before this change, in the same run;
   and every net's bf16 rate as a fraction of the large convolution's;
 * ``model.compile``: FCN + symmetry maps with and without ``torch.compile`` (inductor): compile time
-  (the first call) and the steady speed, of inference (16 slices) and of a training step;
+  (the first call) and the steady speed, of inference (16 slices) and of a training step; in a child
+  process given ``--compile-timeout`` seconds (inductor compiles C++ kernels with the machine's
+  compiler, which can take long on few cores): when it runs out, the JSON says so
+  (``compile.finished: false``) and the rest of the figures stand;
 * end to end, like for like, from the same NIfTI files of the same ``--cases`` cases to label files
   written, on the CPU with the same threads, in fp32 and in bf16 (bf16 only on CPUs with bf16 units),
   random weights (speed only):
@@ -47,7 +51,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -458,6 +467,41 @@ def end_to_end(root: Path, cases: list[str], threads: int, segresnet: bool) -> t
     return ours, seg
 
 
+def compile_in_child(threads: int, device: str, timeout_s: float) -> dict:
+    """:func:`compile_figures` in a child process (this script with ``--compile-only``), killed after
+    ``timeout_s`` seconds; ``finished`` says whether it completed."""
+    if timeout_s <= 0:
+        print("model.compile: skipped (--compile-timeout 0)\n")
+        return {"finished": False, "skipped": True}
+    cmd = [sys.executable, __file__, "--compile-only", "--threads", str(threads), "--device", device, "--cases", "1"]
+    t0 = time.perf_counter()
+    # a session of its own, so that inductor's compile workers go with it when it is stopped
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = child.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        print(f"model.compile: not finished after {timeout_s:.0f} s (compiling + timing); not measured\n")
+        return {"finished": False, "timeout_s": timeout_s}
+    done = subprocess.CompletedProcess(cmd, child.returncode, stdout, stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"the compile section failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    print(done.stdout[: done.stdout.rstrip().rfind("\n") + 1])
+    figures = json.loads(done.stdout.rstrip().splitlines()[-1])
+    return {"finished": True, "wall_s": time.perf_counter() - t0, **figures}
+
+
+def load_case(cases: int) -> tuple[Path, str, str, torch.Tensor, torch.Tensor]:
+    """The benchmark's folder, its description, the first case's id, its 8-channel brain box and brain mask."""
+    root, what = brats_root(cases)
+    case = discover_cases(root)[0]
+    pre = preprocess_case(case, get_convention("brats2017"), PreprocessConfig(), SymmetryConfig(enabled=True))
+    image8 = torch.from_numpy(np.ascontiguousarray(crop(pre.image, pre.box).transpose(3, 0, 1, 2)))
+    mask = torch.from_numpy(np.ascontiguousarray(crop(pre.mask, pre.box).transpose(2, 0, 1)))
+    return root, what, case.case_id, image8, mask
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -465,19 +509,22 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=24, help="slices timed for the slow settings of patch CNNs")
     parser.add_argument("--skip-segresnet", action="store_true")
     parser.add_argument("--cases", type=int, default=2, help="cases of the end-to-end runs (ours and SegResNet)")
+    parser.add_argument(
+        "--compile-timeout", type=float, default=900, help="seconds for the torch.compile section (0: skip it)"
+    )
+    parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dev = args.device
-    root, what = brats_root(args.cases)
+    root, what, case_id, image8, mask = load_case(args.cases)
+    if args.compile_only:
+        print(json_line(compile_figures(image8, mask, dev)))
+        return
     names = sorted(p.name for p in root.iterdir() if p.is_dir())
-    case = discover_cases(root)[0]
-    pre = preprocess_case(case, get_convention("brats2017"), PreprocessConfig(), SymmetryConfig(enabled=True))
-    image8 = torch.from_numpy(np.ascontiguousarray(crop(pre.image, pre.box).transpose(3, 0, 1, 2)))
-    mask = torch.from_numpy(np.ascontiguousarray(crop(pre.mask, pre.box).transpose(2, 0, 1)))
     image4 = image8[:, :4].contiguous()
     n_brain = int(mask.flatten(1).any(1).sum())
     print(
-        f"Data: {what}; {case.case_id}: brain box {tuple(image8.shape[2:])}, {n_brain} slices with brain; "
+        f"Data: {what}; {case_id}: brain box {tuple(image8.shape[2:])}, {n_brain} slices with brain; "
         f"{args.threads} threads on {dev}\n"
     )
 
@@ -531,8 +578,6 @@ def main() -> None:
         + ", ".join(f"{n} {f:.0%}" for n, f in fraction.items())
         + "\n"
     )
-    compiled = compile_figures(image8, mask, dev)
-
     ours, seg = end_to_end(root, names[: args.cases], args.threads, not args.skip_segresnet)
     # what predict runs by default (precision=auto): bf16 where the CPU has it
     report = ours["bf16"] if "bf16" in ours else ours["fp32"]
@@ -540,6 +585,7 @@ def main() -> None:
 
     train = training_rates(dev)
     print(table([[k, f"{v:,.1f}"] for k, v in train.items()], ["training throughput", "samples/s"]))
+    compiled = compile_in_child(args.threads, dev, args.compile_timeout)
     fcn_sym_speedup = vol[("fcn_sym", "fp32 CL")] / vol[("fcn_sym", "bf16 CL")]
     figures = {
         "predict_s_per_case": per_case,

@@ -14,8 +14,9 @@ tests only) and, in one run:
   then validates on every validation case (``limit_val_batches=None``):
 
   - the slice model (the FCN): a training loader of one brain slice of every training case (its
-    middle one), in full batches of 4 (the first slices again to fill the last one, so that the
-    batch size does not change with N), through the real fill path
+    middle one), in full batches of 4, at least 4 of them (the first slices again to fill the last one,
+    so that the batch size does not change with N, and every size runs past the first optimiser
+    steps), through the real fill path
     (:class:`~brats_lightning.data.datasets.SliceDataset` over the data module's memory-mapped cache);
   - the cascade (InputCascadeCNN, whose first-stage maps over the training cases are computed once
     and cached on disk before any measured run): as many balanced patch batches of 64 as it takes
@@ -116,8 +117,10 @@ class Covering(BratsDataModule):
         where = {key: i for i, key in enumerate(ds.index)}
         picks = [where[(k, c.brain_slices[len(c.brain_slices) // 2])] for k, c in enumerate(ds.cases)]
         epoch = training_epoch(self.trainer)
-        # every batch full (the first slices again at the end): the batch size must not change with N
-        items = [(epoch, picks[k % len(picks)]) for k in range(-(-len(picks) // self.batch_size) * self.batch_size)]
+        # every batch full (the first slices again at the end): the batch size must not change with N; at
+        # least 4 batches, so that every size runs past the first optimiser step (Adam's state, allocator)
+        n_batches = max(4, -(-len(picks) // self.batch_size))
+        items = [(epoch, picks[k % len(picks)]) for k in range(n_batches * self.batch_size)]
         batches = [items[k : k + self.batch_size] for k in range(0, len(items), self.batch_size)]
         return RingLoader(ds, batch_size=None, sampler=batches, **self._loader_options())
 
