@@ -71,6 +71,18 @@ def best_time(fn: Callable[[], object], device: torch.device | str = "cpu", repe
     return best
 
 
+def mean_time(fn: Callable[[], object], device: torch.device | str, repeats: int = 20, warmup: int = 2) -> float:
+    """Mean seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones (for work whose cost varies)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
 def train_flops(net: torch.nn.Module, x: torch.Tensor) -> float:
     """FLOPs of one forward and backward pass of ``net`` on ``x`` (convolutions and matrix products)."""
     from torch.utils.flop_counter import FlopCounterMode

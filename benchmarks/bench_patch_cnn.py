@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import CACHE, ROOT, SHARED, best_time, json_line, sync
+from _common import CACHE, ROOT, SHARED, best_time, json_line, mean_time
 
 from brats_lightning.nets.cascade import InputCascadeCNN, LocalCascadeCNN, MFCascadeCNN
 from brats_lightning.nets.twopath import GlobalPathCNN, LocalPathCNN, TwoPathCNN
@@ -62,13 +62,7 @@ def inference_times(net: torch.nn.Module, size: int, dev: torch.device, sample: 
 
 def steps_per_second(step: Callable[[], None], dev: torch.device, steps: int) -> float:
     """Rate of ``step`` over ``steps`` calls after one untimed call."""
-    step()
-    sync(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(dev)
-    return steps / (time.perf_counter() - t0)
+    return 1.0 / mean_time(step, dev, repeats=steps, warmup=1)
 
 
 def training_throughput(net: torch.nn.Module, dev: torch.device, batch: int, steps: int) -> float:

@@ -48,12 +48,11 @@ import gc
 import mmap
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from _common import CACHE, best_time, brats_root, json_line, sync, table, train_flops
+from _common import CACHE, best_time, brats_root, json_line, mean_time, table, train_flops
 from torch.utils.data import BatchSampler
 
 from brats_lightning.data.augment import SliceAugment
@@ -170,18 +169,6 @@ def cold_reads(dm: BratsDataModule, cases: list[PreparedCase]) -> list[dict]:
         out.append({"case": case.case_id, "slices": n, "cold": cold, "hot": hot, "resident": before, "mb": mb})
     open_array.cache_clear()
     return out
-
-
-def mean_time(fn: Callable[[], object], device: str, repeats: int = 20, warmup: int = 2) -> float:
-    """Mean seconds of ``repeats`` calls of ``fn`` after ``warmup`` (for random work, whose cost varies by call)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / repeats
 
 
 def fcn_step_time(x: torch.Tensor, y: torch.Tensor, device: str, bf16: bool, channels_last: bool = True) -> float:
