@@ -149,8 +149,10 @@ def check_predict_report(report: dict, cases: list[str], what: str) -> None:
         raise SystemExit(f"{what}: {'failed: ' + '; '.join(problems) if problems else 'no case done'}")
 
 
-def predict_end_to_end(root: Path, cases: list[str], threads: int, precision: str = "auto") -> dict:
+def predict_end_to_end(root: Path, cases: list[str], threads: int, precision: str = "auto", width: float = 1.0) -> dict:
     """``predict`` of FCN + symmetry maps on ``cases`` (a random-weights checkpoint), with its report.
+
+    ``width`` scales every layer's channels (``model.width``; 0.5: a quarter of the FLOPs).
 
     Raises:
         SystemExit: a case failed or none was done (:func:`check_predict_report`).
@@ -163,7 +165,7 @@ def predict_end_to_end(root: Path, cases: list[str], threads: int, precision: st
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     try:
         torch.manual_seed(0)
-        m = FCNModule(8, 4)
+        m = FCNModule(8, 4, width=width)
         data_config = {
             "modalities": ["flair", "t1", "t1c", "t2"],
             "convention": "brats2017",
@@ -203,7 +205,7 @@ def predict_end_to_end(root: Path, cases: list[str], threads: int, precision: st
         t0 = time.perf_counter()
         report = predict_dir(cfg)
         report["wall_s"] = time.perf_counter() - t0
-        check_predict_report(report, cases, f"predict FCN+sym (precision={precision})")
+        check_predict_report(report, cases, f"predict FCN+sym (precision={precision}, width={width})")
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
