@@ -277,7 +277,9 @@ def main() -> None:
     if not first_ckpt.is_file():
         torch.manual_seed(0)
         first = PatchCNNModule("twopath", 4, 4)
-        torch.save({"hyper_parameters": dict(first.hparams), "state_dict": first.state_dict()}, first_ckpt)
+        tmp = first_ckpt.with_suffix(".tmp")
+        torch.save({"hyper_parameters": dict(first.hparams), "state_dict": first.state_dict()}, tmp)
+        os.replace(tmp, first_ckpt)  # atomic: an interrupted run leaves no half-written checkpoint to reuse
 
     def split(n: int) -> Path:
         path = CACHE / f"scale-split-{root.name}-{n}.json"
