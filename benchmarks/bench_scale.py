@@ -271,15 +271,11 @@ def main() -> None:
 
     from brats_lightning.modules.patch import PatchCNNModule
 
-    # its maps are cached under a hash of its weights: keep the checkpoint of an earlier run (our own
-    # weights-only file) so that a later run reuses them
+    # seeded: its maps are cached under a hash of its weights, so every run reuses the first run's maps
+    torch.manual_seed(0)
+    first = PatchCNNModule("twopath", 4, 4)
     first_ckpt = CACHE / "scale-first-stage.ckpt"
-    if not first_ckpt.is_file():
-        torch.manual_seed(0)
-        first = PatchCNNModule("twopath", 4, 4)
-        tmp = first_ckpt.with_suffix(".tmp")
-        torch.save({"hyper_parameters": dict(first.hparams), "state_dict": first.state_dict()}, tmp)
-        os.replace(tmp, first_ckpt)  # atomic: an interrupted run leaves no half-written checkpoint to reuse
+    torch.save({"hyper_parameters": dict(first.hparams), "state_dict": first.state_dict()}, first_ckpt)
 
     def split(n: int) -> Path:
         path = CACHE / f"scale-split-{root.name}-{n}.json"
