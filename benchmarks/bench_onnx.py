@@ -27,7 +27,7 @@ from brats_lightning.data.io import discover_cases
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case
 from brats_lightning.export import OnnxModule, export_onnx
-from brats_lightning.inference import predict_volume
+from brats_lightning.inference.volume import predict_volume
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.modules.patch import PatchCNNModule
 from brats_lightning.modules.segmentation import SegmentationModule

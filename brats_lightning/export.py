@@ -4,7 +4,7 @@ The ONNX model maps zero-padded slices ``(N, C, H, W)`` (float32) to class proba
 output pixel (softmax included), with the batch size and the slice size dynamic; cascades carry their
 frozen first stage. Beside it, ``model.json`` (:func:`sidecar_path`) holds what the model expects
 and gives: the data configuration of its training (modalities, clipping, N4, z-score, symmetry
-maps), the label convention, the padding of a slice (:class:`~brats_lightning.inference.InputPadding`),
+maps), the label convention, the padding of a slice (:class:`~brats_lightning.inference.volume.InputPadding`),
 the post-processing its checkpoint asks for, and its name. ``predict ckpt_path=model.onnx`` runs it
 with onnxruntime (``pip install -c constraints.txt -e ".[onnx]"``), no training stack needed for the net.
 
@@ -28,10 +28,10 @@ from omegaconf import DictConfig
 
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.errors import CheckpointError, ConfigError, cli
-from brats_lightning.inference import InputPadding
+from brats_lightning.files import atomic_path, write_text_atomic
+from brats_lightning.inference.volume import InputPadding
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN
-from brats_lightning.utils import atomic_path, write_text_atomic
 
 __all__ = ["OnnxModule", "export_onnx", "load_onnx", "sidecar_path", "main"]
 
@@ -209,7 +209,7 @@ register_resolvers()
 @cli
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (see ``conf/export.yaml``)."""
-    from brats_lightning.checkpoint import load_module
+    from brats_lightning.load.checkpoint import load_module
 
     model, data_config = load_module(cfg.ckpt_path)
     out = export_onnx(model, data_config, cfg.out, int(cfg.opset))

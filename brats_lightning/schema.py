@@ -175,7 +175,7 @@ class DataConfig(_Strict):
 
 
 class PostprocessOptions(_Strict):
-    """Options of :func:`~brats_lightning.postprocess.apply_cleanup` (Havaei et al. Sec. 4; the BraTS ET rule)."""
+    """Options of :func:`~brats_lightning.inference.cleanup.apply_cleanup` (Havaei et al. Sec. 4; the BraTS ET rule)."""
 
     min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 500.0
     min_slices: Annotated[Int, Field(ge=0, le=1000)] = 3
@@ -184,7 +184,7 @@ class PostprocessOptions(_Strict):
 
 
 class InputPaddingOptions(_Strict):
-    """:class:`~brats_lightning.inference.InputPadding` as stored in a sidecar."""
+    """:class:`~brats_lightning.inference.volume.InputPadding` as stored in a sidecar."""
 
     divisor: Annotated[Int, Field(ge=1, le=1024)] = 1
     before: Annotated[Int, Field(ge=0, le=1024)] = 0
@@ -192,7 +192,7 @@ class InputPaddingOptions(_Strict):
 
 
 def _flip_names(v: list[str]) -> list[str]:
-    from brats_lightning.inference import FLIPS
+    from brats_lightning.inference.volume import FLIPS
 
     bad = [f for f in v if f not in FLIPS]
     if bad:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from brats_lightning.data.labels import REGION_TITLES, REGIONS, LabelConvention, get_convention
-from brats_lightning.utils import atomic_path
+from brats_lightning.files import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,7 +37,7 @@ OVERLAY_ALPHA = 0.55
 
 
 class RunLike(Protocol):
-    """What the report's figures read of a run (:class:`brats_lightning.report.Run`)."""
+    """What the report's figures read of a run (:class:`brats_lightning.report.runs.Run`)."""
 
     setting: str
     fold: int

@@ -69,7 +69,10 @@ def test_find_cycle_finds_one() -> None:
 
 def test_no_import_cycle_in_the_package() -> None:
     graph = import_graph()
-    assert "brats_lightning.train" in graph and "brats_lightning.pipeline" in graph["brats_lightning.train"]
+    assert (
+        "brats_lightning.training.train" in graph
+        and "brats_lightning.training.pipeline" in graph["brats_lightning.training.train"]
+    )
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
 
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brats_lightning.crossval import choose_cleanup, cleanup_candidates, et_rule_candidates, fold_seconds
+from brats_lightning.crossval.run import choose_cleanup, cleanup_candidates, et_rule_candidates, fold_seconds
 from brats_lightning.data.groups import case_groups
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.splits import make_splits
 from brats_lightning.errors import CheckpointError, ConfigError, DataError
-from brats_lightning.inference import decide, region_chain, with_context
-from brats_lightning.postprocess import apply_cleanup, enhancing_to_necrosis
+from brats_lightning.inference.cleanup import apply_cleanup, enhancing_to_necrosis
+from brats_lightning.inference.volume import decide, region_chain, with_context
 
 BRATS18 = [
     "Brats18_2013_11_1",
@@ -161,7 +161,7 @@ def test_region_outputs_nest_and_are_decided_by_region_thresholds() -> None:
 
 
 def test_the_region_loss_is_bce_plus_soft_dice_of_the_nested_regions() -> None:
-    from brats_lightning.losses import SegmentationLoss
+    from brats_lightning.modules.losses import SegmentationLoss
 
     conv = get_convention("brats2017")
     logits = torch.randn(3, 3, 12, 10, generator=torch.Generator().manual_seed(1))
@@ -305,12 +305,12 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
 
     import nibabel as nib
 
-    from brats_lightning import predict
-    from brats_lightning.checkpoint import find_checkpoints
     from brats_lightning.data.io import discover_cases
-    from brats_lightning.metrics import dice
-    from brats_lightning.train import main as train_main
-    from brats_lightning.utils import read_checkpoint
+    from brats_lightning.evaluation.metrics import dice
+    from brats_lightning.files import read_checkpoint
+    from brats_lightning.load.checkpoint import find_checkpoints
+    from brats_lightning.predict import run as predict
+    from brats_lightning.training.train import main as train_main
     from tests.helpers import run_main
 
     run = tmp_path / "run"
@@ -405,7 +405,7 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
 
 
 def test_a_predictor_list_may_not_point_outside_its_run(tmp_path: Path) -> None:
-    from brats_lightning.checkpoint import find_checkpoints
+    from brats_lightning.load.checkpoint import find_checkpoints
 
     run = tmp_path / "run"
     run.mkdir()
@@ -422,7 +422,7 @@ def test_a_predictor_list_may_not_point_outside_its_run(tmp_path: Path) -> None:
 def test_a_missing_sequence_zeroes_its_image_and_map_in_the_prepared_case(context: int) -> None:
     """The out-of-fold pass with a sequence missing zeroes channels of the prepared case (images, then
     maps; 2.5D neighbours are stacked later), whatever the context: never an index past its channels."""
-    from brats_lightning.crossval import case_channels
+    from brats_lightning.crossval.run import case_channels
 
     modalities = ["flair", "t1", "t1c", "t2"]
     cfg = {"modalities": modalities, "symmetry": {"enabled": True}, "context_slices": context}

@@ -29,7 +29,7 @@ def one_thread() -> Iterator[None]:
 
 def test_overfit_drives_the_training_loss_near_zero(tmp_path: Path, cache_dir: Path) -> None:
     from brats_lightning.config import compose
-    from brats_lightning.train import train
+    from brats_lightning.training.train import train
 
     out = tmp_path / "run"
     cfg = compose(["debug=overfit", f"paths.cache_dir={cache_dir}"], output_dir=str(out))
@@ -46,7 +46,7 @@ def test_overfit_drives_the_training_loss_near_zero(tmp_path: Path, cache_dir: P
 
 def test_profiler_writes_its_report_into_the_run_folder(tmp_path: Path, cache_dir: Path) -> None:
     from brats_lightning.config import compose
-    from brats_lightning.train import train
+    from brats_lightning.training.train import train
 
     out = tmp_path / "run"
     overrides = ["debug=profiler", "model.width=0.25", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]

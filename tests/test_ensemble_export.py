@@ -12,14 +12,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from brats_lightning.checkpoint import find_checkpoints
 from brats_lightning.data.io import discover_cases
 from brats_lightning.errors import CheckpointError
+from brats_lightning.load.checkpoint import find_checkpoints
 from brats_lightning.modules.ensemble import EnsembleModule, check_compatible, tta_flips
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.modules.patch import PatchCNNModule
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.predict import load_model, predict_dir
+from brats_lightning.predict.run import load_model, predict_dir
 
 pytest.importorskip("onnxruntime")
 
@@ -163,7 +163,7 @@ def test_report_adds_the_ensemble_of_folds_scored_on_the_same_test_cases(tmp_pat
     checkpoint twice must reproduce that fold's own test metrics (same test cases, same metrics)."""
     import csv
 
-    from brats_lightning.report import write_report
+    from brats_lightning.report.runs import write_report
 
     sweep = cv_multirun
     rows = {r["setting"]: r for r in csv.DictReader(write_report(sweep, tmp_path / "r1")["results.csv"].open())}

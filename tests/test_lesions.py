@@ -12,8 +12,8 @@ import pytest
 
 from brats_lightning.data.labels import AmbiguousConventionError, resolve_convention
 from brats_lightning.errors import DataError
-from brats_lightning.evaluate import evaluate_dirs
-from brats_lightning.lesions import LESION_HD95_PENALTY, brats2023_lesion_metrics, panoptic_metrics
+from brats_lightning.evaluation.folders import evaluate_dirs
+from brats_lightning.evaluation.lesions import LESION_HD95_PENALTY, brats2023_lesion_metrics, panoptic_metrics
 
 
 def _cube(shape, corner, side) -> np.ndarray:
@@ -179,7 +179,7 @@ def test_evaluate_equals_the_official_scorers_output(tmp_path: Path) -> None:
     empty regions): every lesion-wise column of every case and region (``scripts/make_lesion_reference.py``)."""
     import csv
 
-    from brats_lightning.evaluate import evaluate_dirs
+    from brats_lightning.evaluation.folders import evaluate_dirs
     from tests.data import lesion_cases
 
     ref = _reference()

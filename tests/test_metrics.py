@@ -1,4 +1,4 @@
-"""Tests for brats_lightning.metrics against independent reference computations."""
+"""Tests for brats_lightning.evaluation.metrics against independent reference computations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from monai.metrics import compute_dice
 from scipy.spatial.distance import cdist
 
-from brats_lightning import metrics as M
+from brats_lightning.evaluation import metrics as M
 
 # --------------------------------------------------------------------------- helpers / references
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from brats_lightning import train
+from brats_lightning.training import train
 from tests.helpers import run_main
 
 # the smallest runs that still go through both phases of two-phase training and validate once (in phase 2)

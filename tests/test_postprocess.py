@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from brats_lightning.postprocess import remove_small_components
+from brats_lightning.inference.cleanup import remove_small_components
 
 
 def test_removes_small_and_flat_blobs_keeps_the_tumour() -> None:

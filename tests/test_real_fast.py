@@ -17,8 +17,8 @@ from brats_lightning.callbacks.postprocess import TunePostprocess, candidates, c
 from brats_lightning.data.datasets import SliceDataset, crop_offsets, window_holding
 from brats_lightning.data.labels import get_convention
 from brats_lightning.errors import ConfigError
-from brats_lightning.losses import SegmentationLoss
-from brats_lightning.postprocess import remove_small_components
+from brats_lightning.inference.cleanup import remove_small_components
+from brats_lightning.modules.losses import SegmentationLoss
 
 # -- sampling -------------------------------------------------------------------------------------
 
@@ -217,8 +217,8 @@ def tuned_run(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: dict) ->
 
 
 def test_tuning_scores_the_best_checkpoint_and_stores_its_choice_in_it(tuned_run: dict) -> None:
-    from brats_lightning.checkpoint import load_module
-    from brats_lightning.utils import read_checkpoint
+    from brats_lightning.files import read_checkpoint
+    from brats_lightning.load.checkpoint import load_module
 
     result = tuned_run["tune"].result
     ckpt = read_checkpoint(tuned_run["ckpt"])
@@ -241,7 +241,7 @@ def test_tuning_scores_the_best_checkpoint_and_stores_its_choice_in_it(tuned_run
 
 def test_predict_applies_the_tuned_choice_unless_told_otherwise(tuned_run: dict) -> None:
     from brats_lightning.modules.ensemble import EnsembleModule
-    from brats_lightning.predict import _flips, load_predictor
+    from brats_lightning.predict.run import _flips, load_predictor
 
     auto, _ = load_predictor(tuned_run["ckpt"], _flips({"tta": "auto"}))
     assert isinstance(auto, EnsembleModule) and auto.flips == ((2,),)

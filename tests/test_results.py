@@ -1,4 +1,4 @@
-"""One results path for train, evaluate and report: the metric registry and brats_lightning.results."""
+"""One results path for train, evaluate and report: the metric registry and brats_lightning.evaluation.results."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brats_lightning import metrics as M
 from brats_lightning.data.labels import REGIONS
-from brats_lightning.evaluate import evaluate_dirs
-from brats_lightning.results import markdown_table, run_metrics, summarise
+from brats_lightning.evaluation import metrics as M
+from brats_lightning.evaluation.folders import evaluate_dirs
+from brats_lightning.evaluation.results import markdown_table, run_metrics, summarise
 
 
 def _rows(rng: np.random.Generator, cases: int) -> list[dict]:
@@ -95,7 +95,7 @@ def test_method_names_follow_the_model_config_and_two_phase_training() -> None:
     from brats_lightning.config import compose
     from brats_lightning.modules.fcn import FCNModule
     from brats_lightning.modules.patch import PatchCNNModule
-    from brats_lightning.train import method_name
+    from brats_lightning.training.train import method_name
 
     names = {m: compose([f"model={m}"], output_dir="/tmp/x").model.name for m in ("fcn", "fcn4_sym", "mf_cascade")}
     assert names == {"fcn": "FCN (3 blocks)", "fcn4_sym": "FCN + symmetry (4 blocks)", "mf_cascade": "MFCascadeCNN"}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from brats_lightning.sweep import EXTRA_INSTALL, MissingExtraError, require_sweep_extra
+from brats_lightning.sweep.study import EXTRA_INSTALL, MissingExtraError, require_sweep_extra
 from tests.helpers import ROOT
 
 
@@ -149,7 +149,7 @@ def test_resume_study_fails_killed_trials_and_numbers_jobs_after_every_folder(tm
     from optuna.trial import TrialState
 
     from brats_lightning.errors import ConfigError
-    from brats_lightning.sweep import resume_study
+    from brats_lightning.sweep.study import resume_study
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
@@ -174,7 +174,7 @@ def test_resume_study_fails_killed_trials_and_numbers_jobs_after_every_folder(tm
 @requires_extra
 def test_one_sweep_of_a_folder_at_a_time(tmp_path: Path) -> None:
     from brats_lightning.errors import OutputError
-    from brats_lightning.sweep import study_lock
+    from brats_lightning.sweep.study import study_lock
 
     with study_lock(tmp_path):
         with pytest.raises(OutputError, match="another sweep of this study is running"):
@@ -188,7 +188,7 @@ def test_one_sweep_of_a_folder_at_a_time(tmp_path: Path) -> None:
 def test_report_of_a_single_trial_says_importances_need_two(tmp_path: Path) -> None:
     import optuna
 
-    from brats_lightning.sweep import report
+    from brats_lightning.sweep.study import report
 
     study = optuna.create_study(study_name="one", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="minimize")
     study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0) ** 2, n_trials=1)
@@ -217,7 +217,7 @@ def test_without_the_extra_hparams_search_stops_with_one_line(tmp_path: Path) ->
     code = (
         "import sys; sys.modules['optuna'] = None; "
         f"sys.argv = ['brats_lightning', 'hparams_search=synthetic_example', 'paths.log_dir={tmp_path / 'logs'}']; "
-        "from brats_lightning.train import main; main()"
+        "from brats_lightning.cli import train_command; train_command()"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -257,7 +257,7 @@ def test_hparams_search_configs_name_a_stable_study_folder(tmp_path: Path, name:
     assert h.sweeper.storage == f"sqlite:///{tmp_path}/{task}/sweeps/{name}/optuna.db"
     assert h.sweeper.direction == "maximize" and h.sweeper.sampler._target_ == "optuna.samplers.TPESampler"
     assert sorted(h.sweeper.params) == params and "log" in h.sweeper.params["model.lr"]
-    assert h.sweeper._target_ == "hydra_plugins.brats_lightning_sweeper.resumable_optuna.ResumableOptunaSweeper"
+    assert h.sweeper._target_ == "hydra_plugins.brats_lightning_sweeper.ResumableOptunaSweeper"
     assert cfg.model.lr == 0.002 and cfg.data.tumour_fraction == 0.3
     if name == "real_fast":  # the cross-validation, whose main returns cv/dice_mean
         assert cfg.cross_validation is True and cfg.model.dice_weight == 1.5

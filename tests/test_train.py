@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from brats_lightning.config import compose
 from brats_lightning.data.labels import REGIONS
-from brats_lightning.train import train
+from brats_lightning.training.train import train
 
 
 def _overrides(cache_dir: Path, *extra: str) -> list[str]:

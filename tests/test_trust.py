@@ -17,13 +17,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from brats_lightning.checkpoint import check_fits, load_module
 from brats_lightning.config import compose
 from brats_lightning.data.io import discover_cases
 from brats_lightning.errors import CheckpointError, ConfigError, DataError
-from brats_lightning.evaluate import evaluate_dirs
-from brats_lightning.predict import predict_dir
-from brats_lightning.train import train
+from brats_lightning.evaluation.folders import evaluate_dirs
+from brats_lightning.load.checkpoint import check_fits, load_module
+from brats_lightning.predict.run import predict_dir
+from brats_lightning.training.train import train
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
@@ -219,7 +219,7 @@ def test_predict_completes_what_a_kill_or_a_new_option_left_missing(
     a_probs.unlink()
     stale = out / "probabilities" / ".A.somehost_x-999999.tmp.nii.gz"
     stale.write_bytes(b"partial")
-    dead = out / f".A_probs.{__import__('brats_lightning.utils', fromlist=['x'])._HOST}-999999.tmp.nii.gz"
+    dead = out / f".A_probs.{__import__('brats_lightning.files', fromlist=['x'])._HOST}-999999.tmp.nii.gz"
     dead.write_bytes(b"partial")
     os.utime(stale, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     third = predict_dir(

@@ -17,15 +17,15 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from brats_lightning.checkpoint import load_module
 from brats_lightning.config import compose
 from brats_lightning.data import cache
 from brats_lightning.data.datamodule import BratsDataModule
 from brats_lightning.data.io import discover_cases
 from brats_lightning.errors import CheckpointError, ConfigError, DataError, find_user_error
 from brats_lightning.export import read_sidecar
-from brats_lightning.predict import load_predictor, predict_dir
-from brats_lightning.train import train
+from brats_lightning.load.checkpoint import load_module
+from brats_lightning.predict.run import load_predictor, predict_dir
+from brats_lightning.training.train import train
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
@@ -57,7 +57,7 @@ def _predict_cfg(**kw) -> dict:
 def test_report_never_calls_what_a_results_folder_names(tmp_path: Path, cv_multirun: Path) -> None:
     """A shared multirun folder whose job config names ``shutil.copyfile`` (or hides ``numpy.save`` in an
     option): the report refuses the ensemble row and says why; nothing named is called."""
-    from brats_lightning.report import job_datamodule, write_report
+    from brats_lightning.report.runs import job_datamodule, write_report
 
     victim = tmp_path / "secret.txt"
     victim.write_text("secret")

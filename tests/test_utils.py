@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from brats_lightning.errors import CheckpointError
-from brats_lightning.utils import atomic_path, load_torch_file, write_text_atomic
+from brats_lightning.files import atomic_path, load_torch_file, write_text_atomic
 
 
 def test_atomic_path_keeps_the_old_file_on_error_and_leaves_no_temporary(tmp_path: Path) -> None:

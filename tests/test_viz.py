@@ -74,6 +74,6 @@ def test_report_figures(tmp_path: Path) -> None:
 
 
 def test_importing_the_package_pictures_does_not_import_matplotlib() -> None:
-    code = "import sys, brats_lightning.viz, brats_lightning.report; print('matplotlib' in sys.modules)"
+    code = "import sys, brats_lightning.viz, brats_lightning.report.runs; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -197,8 +197,8 @@ def test_the_jobs_of_a_multirun_are_one_wandb_group(tmp_path: Path, cache_dir: P
 
 
 def test_a_cross_validation_is_one_wandb_group_with_one_summary_run(tmp_path: Path) -> None:
-    from brats_lightning.crossval import _fold_config
-    from brats_lightning.train import _loggers
+    from brats_lightning.crossval.run import _fold_config
+    from brats_lightning.training.train import _loggers
 
     run = tmp_path / "run"
     cfg = compose(["experiment=real_fast", "logger=wandb"], output_dir=str(run))

@@ -29,11 +29,11 @@ from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, LabelConvention
 from brats_lightning.errors import ConfigError
-from brats_lightning.inference import tta_flips as flip_dims
-from brats_lightning.metrics import dice
+from brats_lightning.evaluation.metrics import dice
+from brats_lightning.files import atomic_path, read_checkpoint
+from brats_lightning.inference.cleanup import apply_cleanup
+from brats_lightning.inference.volume import tta_flips as flip_dims
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.postprocess import apply_cleanup
-from brats_lightning.utils import atomic_path, read_checkpoint
 
 __all__ = ["TunePostprocess", "candidates", "choose"]
 

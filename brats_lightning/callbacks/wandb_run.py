@@ -111,7 +111,7 @@ class WandbRunId(Callback):
 
 def wandb_run_in_checkpoint(path: str | Path) -> tuple[str | None, str | None]:
     """The W&B run id and group that :class:`WandbRunId` stored in a checkpoint (``None`` where absent or invalid)."""
-    from brats_lightning.utils import read_checkpoint
+    from brats_lightning.files import read_checkpoint
 
     callbacks = read_checkpoint(path).get("callbacks")
     state = callbacks.get(WandbRunId.__qualname__) if isinstance(callbacks, dict) else None
@@ -239,7 +239,7 @@ def log_cross_validation(cfg: DictConfig, figures: dict[str, float]) -> str | No
     import wandb
     from hydra.utils import instantiate
 
-    from brats_lightning.utils import write_text_atomic
+    from brats_lightning.files import write_text_atomic
 
     key = keys[0]
     id_file = Path(str(cfg.paths.output_dir)) / "wandb" / CV_RUN_ID_FILE

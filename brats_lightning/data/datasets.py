@@ -124,7 +124,7 @@ class SliceDataset(Dataset):
         tumour_fraction: probability that a slot draws a tumour-centred slice (``0``: the natural
             distribution of brain slices, as the papers).
         context: neighbouring slices on each side stacked as channels before the slice's own
-            (:func:`~brats_lightning.inference.with_context`'s order; zeros beyond the volume).
+            (:func:`~brats_lightning.inference.volume.with_context`'s order; zeros beyond the volume).
     """
 
     ring: BatchRing | None = None  # set by RingLoader: shared batch buffers of the loader workers

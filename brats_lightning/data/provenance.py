@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from brats_lightning.utils import write_text_atomic
+from brats_lightning.files import write_text_atomic
 
 __all__ = ["CONFIG_FILE", "package_version", "write_config"]
 

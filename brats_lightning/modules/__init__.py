@@ -2,7 +2,7 @@
 
 Importing this package imports every module in it, which registers each
 :class:`~brats_lightning.modules.segmentation.SegmentationModule` subclass for checkpoint loading
-(:mod:`brats_lightning.checkpoint`: a checkpoint may only name a registered class).
+(:mod:`brats_lightning.load.checkpoint`: a checkpoint may only name a registered class).
 """
 
 from __future__ import annotations

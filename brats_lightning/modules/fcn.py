@@ -4,7 +4,7 @@
 encoder with a U-Net decoder: :class:`~brats_lightning.nets.unet.ShenUNet`) or ``dynunet`` (MONAI's
 DynUNet in 2D, nnU-Net's net: the modern reference). ``outputs`` chooses what it predicts: a softmax
 over the classes (the papers), or the BraTS regions (whole tumour, core, enhancing) as chained
-sigmoids (:func:`~brats_lightning.inference.region_chain`, trained with ``loss=dice_bce``).
+sigmoids (:func:`~brats_lightning.inference.volume.region_chain`, trained with ``loss=dice_bce``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.errors import ConfigError
-from brats_lightning.inference import InputPadding, region_chain, region_classes
-from brats_lightning.losses import SegmentationLoss
+from brats_lightning.inference.volume import InputPadding, region_chain, region_classes
+from brats_lightning.modules.losses import SegmentationLoss
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN, load_vgg16_weights
 from brats_lightning.nets.unet import ShenUNet, dynunet_2d
@@ -33,7 +33,7 @@ class FCNModule(SegmentationModule):
     """Trains :class:`~brats_lightning.nets.fcn.ShenFCN` on 2D axial slices.
 
     Shen et al. Sec. 2.1 and 3.1: per-pixel categorical cross entropy (``loss="ce"``; ``"ce_dice"``
-    adds a soft Dice on the BraTS regions: :mod:`brats_lightning.losses`), Adam with a constant learning
+    adds a soft Dice on the BraTS regions: :mod:`brats_lightning.modules.losses`), Adam with a constant learning
     rate of 1e-3 (``BudgetSchedule`` anneals it over a time budget), downsampling path initialised
     from VGG-16 (when ``vgg_weights`` names a local torchvision state dict; otherwise He
     initialisation). Inference pads each slice to a multiple of ``2 ** (n_blocks - 1)`` and runs it whole.
@@ -48,7 +48,7 @@ class FCNModule(SegmentationModule):
         lr: Adam learning rate.
         vgg_weights: path of a torchvision-format VGG-16 state dict, or ``None``.
         loss: ``"ce"`` (the paper) or ``"ce_dice"`` (softmax outputs), ``"dice_bce"`` (region outputs)
-            (:class:`~brats_lightning.losses.SegmentationLoss`).
+            (:class:`~brats_lightning.modules.losses.SegmentationLoss`).
         dice_weight: weight of the region Dice term.
         arch: ``"fcn"`` (Shen et al.), ``"unet"`` (their encoder, a U-Net decoder) or ``"dynunet"`` (MONAI).
         outputs: ``"softmax"`` (class probabilities, argmax) or ``"regions"`` (chained region sigmoids,

@@ -11,12 +11,12 @@ from torch import nn
 
 from brats_lightning.data.contract import PatchData, SegmentationData
 from brats_lightning.errors import CheckpointError, ConfigError
-from brats_lightning.inference import InputPadding
+from brats_lightning.files import read_checkpoint
+from brats_lightning.inference.volume import InputPadding
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets import patch_net_class
 from brats_lightning.nets.cascade import CascadeCNN
 from brats_lightning.nets.twopath import PatchCNN, set_output_bias_
-from brats_lightning.utils import read_checkpoint
 
 __all__ = ["PatchCNNModule", "load_patch_net"]
 

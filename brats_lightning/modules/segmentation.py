@@ -13,9 +13,16 @@ import torch
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
-from brats_lightning.inference import InputPadding, decide, flip_average, predict_padded, predict_volume, tta_flips
-from brats_lightning.metrics import dice_torch, region_metrics
-from brats_lightning.postprocess import apply_cleanup
+from brats_lightning.evaluation.metrics import dice_torch, region_metrics
+from brats_lightning.inference.cleanup import apply_cleanup
+from brats_lightning.inference.volume import (
+    InputPadding,
+    decide,
+    flip_average,
+    predict_padded,
+    predict_volume,
+    tta_flips,
+)
 from brats_lightning.seeding import stream_seed, training_epoch
 
 __all__ = ["SegmentationModule"]
@@ -27,7 +34,7 @@ class SegmentationModule(pl.LightningModule):
     Validation and test run on whole cases (every slice, fully convolutional) and report, per BraTS
     region (whole tumour, tumour core, enhancing tumour), ``val/dice_wt``, ``val/dice_tc``,
     ``val/dice_et`` and their mean ``val/dice_mean``; the test adds sensitivity, specificity, PPV
-    and HD95 on the full original grid (:mod:`brats_lightning.metrics`). Under DDP every case is
+    and HD95 on the full original grid (:mod:`brats_lightning.evaluation.metrics`). Under DDP every case is
     counted once, whatever the sampler padded.
 
     Args:
@@ -36,8 +43,8 @@ class SegmentationModule(pl.LightningModule):
         test_hd95: compute HD95 at test time (the slowest metric).
         channels_last: run the net in the channels-last memory layout (measured faster for every
             net here, fp32 and bf16, training and inference: ``benchmarks/bench_inference.py``).
-        lesion_metrics: add the lesion-wise columns (:mod:`brats_lightning.lesions`) to the test metrics.
-        postprocess: options of :func:`~brats_lightning.postprocess.apply_cleanup`, applied
+        lesion_metrics: add the lesion-wise columns (:mod:`brats_lightning.evaluation.lesions`) to the test metrics.
+        postprocess: options of :func:`~brats_lightning.inference.cleanup.apply_cleanup`, applied
             to the test predictions before scoring and, stored in the checkpoint, by ``predict``
             (Havaei et al. Sec. 4); ``None``: none. A run's
             :class:`~brats_lightning.callbacks.postprocess.TunePostprocess` may replace it (and set
@@ -52,7 +59,7 @@ class SegmentationModule(pl.LightningModule):
     #: the net (a plain ``nn.Module``), built by the subclass
     net: torch.nn.Module
 
-    #: Every subclass, by qualified name: the only classes a checkpoint may name (:mod:`brats_lightning.checkpoint`).
+    #: Every subclass, by qualified name: the only classes a checkpoint may name (:mod:`brats_lightning.load`).
     registry: ClassVar[dict[str, type[SegmentationModule]]] = {}
 
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
@@ -86,7 +93,7 @@ class SegmentationModule(pl.LightningModule):
         self.val_history: list[dict] = []
         #: test-time flips (``lr``, ``ap``) to test and predict with (``predict tta=auto``); kept in checkpoints
         self.tta_flips: list[str] = []
-        #: how class maps are decided from class probabilities (:func:`~brats_lightning.inference.decide`)
+        #: how class maps are decided from class probabilities (:func:`~brats_lightning.inference.volume.decide`)
         self.decision = "argmax"
         #: run the net through ``torch.compile`` (inductor) in training and inference (``model.compile``)
         self.use_compile = False
@@ -109,7 +116,7 @@ class SegmentationModule(pl.LightningModule):
 
     @property
     def input_padding(self) -> InputPadding:
-        """How the net takes a whole slice (:class:`~brats_lightning.inference.InputPadding`)."""
+        """How the net takes a whole slice (:class:`~brats_lightning.inference.volume.InputPadding`)."""
         raise NotImplementedError
 
     def run_net(self, x: torch.Tensor) -> torch.Tensor:

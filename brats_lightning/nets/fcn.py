@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from brats_lightning.utils import load_torch_file
+from brats_lightning.files import load_torch_file
 
 __all__ = ["VGG16_BLOCKS", "ShenFCN", "load_vgg16_weights", "nearest_upsample_conv3x3"]
 

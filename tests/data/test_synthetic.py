@@ -13,9 +13,9 @@ import pytest
 from scipy import ndimage
 
 from brats_lightning.data import synthetic
-from brats_lightning.data.phantom import MODALITIES, brats_affine, case_id, case_seed, generate_case
 from brats_lightning.data.synthetic import FILE_KEYS, write_dataset
 from brats_lightning.data.synthetic import __main__ as synthetic_cli
+from brats_lightning.data.synthetic.phantom import MODALITIES, brats_affine, case_id, case_seed, generate_case
 from brats_lightning.viz import save_montage
 
 ROOT = Path(__file__).resolve().parents[2]

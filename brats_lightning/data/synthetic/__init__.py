@@ -1,4 +1,4 @@
-"""The synthetic BraTS-like data set on disk: phantom cases (:mod:`~brats_lightning.data.phantom`) as NIfTI files.
+"""The synthetic BraTS-like data set on disk: phantom cases (:mod:`.phantom`) written as NIfTI files.
 
 Cases are written in the BraTS layout ``<out>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``, each
 atomically, so that the framework runs with no real data.
@@ -23,7 +23,7 @@ from typing import cast
 import nibabel as nib
 import numpy as np
 
-from brats_lightning.data.phantom import (
+from brats_lightning.data.synthetic.phantom import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
     MODALITIES,
@@ -68,7 +68,7 @@ def write_case(case: dict[str, np.ndarray], folder: str | Path, spacing: float =
     """Write a case atomically: into a temporary sibling folder, then renamed into place.
 
     Args:
-        case: output of :func:`~brats_lightning.data.phantom.generate_case`.
+        case: output of :func:`~brats_lightning.data.synthetic.phantom.generate_case`.
         folder: case folder; its name is the case id.
         spacing: voxel size in mm.
 
@@ -106,7 +106,7 @@ def write_dataset(
     """Write ``n_cases`` synthetic cases in the BraTS layout, skipping the complete ones.
 
     Case ``i`` is ``Synth_<i:04d>``, generated from
-    :func:`~brats_lightning.data.phantom.case_seed` ``(seed, i)``. Each case is written atomically,
+    :func:`~brats_lightning.data.synthetic.phantom.case_seed` ``(seed, i)``. Each case is written atomically,
     so an interrupted run never leaves a half-written case folder.
 
     Args:

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brats_lightning.data.phantom import DEFAULT_SHAPE, DEFAULT_SPACING
 from brats_lightning.data.synthetic import write_dataset
+from brats_lightning.data.synthetic.phantom import DEFAULT_SHAPE, DEFAULT_SPACING
 
 __all__ = ["main"]
 

@@ -42,14 +42,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from brats_lightning.errors import ConfigError, OutputError, UserError, cli
-from brats_lightning.utils import atomic_path
+from brats_lightning.files import atomic_path
 
 __all__ = [
     "EXTRA_INSTALL",
     "MissingExtraError",
     "ResumePoint",
     "require_sweep_extra",
-    "register_sweeper",
     "sqlite_path",
     "existing_jobs",
     "study_lock",
@@ -61,7 +60,7 @@ __all__ = [
     "main",
 ]
 
-log = logging.getLogger("brats_lightning.sweep")
+log = logging.getLogger("brats_lightning.sweep.study")
 
 #: how to install what a hyper-parameter search needs
 EXTRA_INSTALL = 'pip install -c constraints.txt -e ".[sweep]"'
@@ -114,22 +113,6 @@ def require_sweep_extra(what: str = "hparams_search") -> None:
             f"optuna {optuna.__version__} cannot store studies with SQLAlchemy {sqlalchemy.__version__} (it needs "
             f"SQLAlchemy<2): {EXTRA_INSTALL}"
         )
-
-
-def register_sweeper() -> None:
-    """Make the resumable sweeper known to Hydra (``Plugins.register``).
-
-    Hydra finds plugins by listing the ``hydra_plugins`` package, which misses the portion of an editable
-    install (``pip install -e``) unless the command runs from the repository's root; registered, the sweeper
-    is found from any folder. Nothing happens when the entry point is not installed.
-    """
-    try:
-        from hydra.core.plugins import Plugins
-
-        from hydra_plugins.brats_lightning_sweeper.resumable_optuna import ResumableOptunaSweeper
-    except ImportError:
-        return
-    Plugins.instance().register(ResumableOptunaSweeper)
 
 
 def sqlite_path(storage: str) -> Path | None:

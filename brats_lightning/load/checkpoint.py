@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from brats_lightning.errors import CheckpointError
-from brats_lightning.utils import read_checkpoint
+from brats_lightning.files import read_checkpoint
 
 if TYPE_CHECKING:
     from brats_lightning.modules.segmentation import SegmentationModule
@@ -36,7 +36,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: a cross-validation run folder's list of its final predictor's checkpoints (:mod:`brats_lightning.crossval`)
+#: a cross-validation run folder's list of its final predictor's checkpoints (:mod:`brats_lightning.crossval.run`)
 PREDICTOR_FILE = "predictor.json"
 
 #: hyper-parameters that point at other files (stage checkpoints, VGG weights): never compared

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from brats_lightning.utils import write_text_atomic
+from brats_lightning.files import write_text_atomic
 
 __all__ = ["run_pipeline", "stage_overrides"]
 
@@ -71,7 +71,7 @@ def run_pipeline(
     Args:
         cfg: the composed experiment config.
         train: runs one stage's config and returns its results with ``best_ckpt``
-            (:func:`brats_lightning.train.train`, which calls this module: it is passed in, not imported).
+            (:func:`brats_lightning.training.train.train`, which calls this module: it is passed in, not imported).
         cli_overrides: the command line's overrides (default: read from the running Hydra job).
     """
     if cli_overrides is None:

@@ -1,8 +1,9 @@
-"""Hydra's entry point of the resumable Optuna sweeper (``hydra/sweeper=resumable_optuna``).
+"""The resumable Optuna sweeper, a Hydra ``Sweeper`` (``hydra/sweeper=resumable_optuna``).
 
-Hydra imports every module of ``hydra_plugins`` when it starts, so this one imports nothing of the optional
-``sweep`` extra: the extra is checked when the sweeper is built (one line and exit status 2 when it is
-missing), and the work is done by :class:`._impl.ResumableOptunaSweeperImpl` and :mod:`brats_lightning.sweep`.
+Hydra imports every module of ``hydra_plugins`` when it starts, and ``hydra_plugins.brats_lightning_sweeper``
+re-exports this class, so this module imports nothing of the optional ``sweep`` extra: the extra is checked
+when the sweeper is built (one line and exit status 2 when it is missing), and the work is done by
+:class:`~brats_lightning.sweep.optuna_impl.ResumableOptunaSweeperImpl` and :mod:`brats_lightning.sweep.study`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ class ResumableOptunaSweeper(Sweeper):
 
     def __init__(self, **config: Any) -> None:
         from brats_lightning.errors import cli
-        from brats_lightning.sweep import require_sweep_extra
+        from brats_lightning.sweep.study import require_sweep_extra
 
         cli(require_sweep_extra)()
-        from hydra_plugins.brats_lightning_sweeper._impl import ResumableOptunaSweeperImpl
+        from brats_lightning.sweep.sweeper import ResumableOptunaSweeperImpl
 
         self.sweeper = ResumableOptunaSweeperImpl(**config)
 

@@ -50,13 +50,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
-from brats_lightning.checkpoint import PREDICTOR_FILE, predictor_checkpoints
 from brats_lightning.data.cache import PreparedCase
 from brats_lightning.data.channels import modality_channels
 from brats_lightning.data.labels import REGIONS, LabelConvention
 from brats_lightning.data.preprocess import uncrop
 from brats_lightning.errors import ConfigError
-from brats_lightning.utils import atomic_path, write_csv_atomic, write_text_atomic
+from brats_lightning.files import atomic_path, write_csv_atomic, write_text_atomic
+from brats_lightning.load.checkpoint import PREDICTOR_FILE, predictor_checkpoints
 
 __all__ = [
     "run_cross_validation",
@@ -67,7 +67,7 @@ __all__ = [
     "PREDICTOR_FILE",
 ]
 
-log = logging.getLogger("brats_lightning.crossval")
+log = logging.getLogger("brats_lightning.crossval.run")
 
 
 #: seconds per case and pass assumed for out-of-fold inference before the first fold has measured it
@@ -176,7 +176,7 @@ class CVOptions:
         raw_weights: also segment with the weights before averaging (``callbacks.ema``), to measure
             the averaging (``cv_raw`` in ``metrics.json``; one more pass per case).
         uncertainty: also keep, per case, the voxel-wise uncertainty of the test-time flips (normalised
-            entropy of their mean) and their agreement (:mod:`brats_lightning.uncertainty`).
+            entropy of their mean) and their agreement (:mod:`brats_lightning.inference.uncertainty`).
         missing_modalities: also segment every case with each of these modalities missing (its image
             and symmetry-map channels zeroed, as ``data.modality_dropout`` trains), one pass each
             (``cv_missing_<modality>`` in ``metrics.json``).
@@ -196,7 +196,7 @@ class CVOptions:
 
     @classmethod
     def from_config(cls, node: Any) -> CVOptions:
-        from brats_lightning.inference import tta_flips
+        from brats_lightning.inference.volume import tta_flips
 
         raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
         if not isinstance(raw, dict):
@@ -269,7 +269,7 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
 
     Args:
         cfg: the composed config (``cross_validation: true``).
-        train: trains one fold's config and returns its results (:func:`brats_lightning.train.train`,
+        train: trains one fold's config and returns its results (:func:`brats_lightning.training.train.train`,
             passed in: it calls this module).
 
     Returns:
@@ -404,8 +404,8 @@ class _OutOfFold(pl.LightningModule):
         self.channels = channels
 
     def predict_step(self, batch: dict, batch_idx: int) -> None:
-        from brats_lightning.inference import FLIPS
-        from brats_lightning.uncertainty import agreement, normalised_entropy
+        from brats_lightning.inference.uncertainty import agreement, normalised_entropy
+        from brats_lightning.inference.volume import FLIPS
 
         item = {**batch, "image": batch["image"].float()}
         single = self.model.predict_case(item, [])
@@ -463,9 +463,9 @@ def predict_out_of_fold(
     ckpt: Path, cases: list[PreparedCase], opts: CVOptions, out_dir: Path, cfg: DictConfig, fold: int
 ) -> None:
     """Segment ``cases`` with the fold's final checkpoint (test-time flips ``opts.tta_flips``) into ``out_dir``."""
-    from brats_lightning.checkpoint import load_module
     from brats_lightning.errors import CheckpointError
-    from brats_lightning.utils import read_checkpoint
+    from brats_lightning.files import read_checkpoint
+    from brats_lightning.load.checkpoint import load_module
 
     model, data_config = load_module(ckpt)
     raw = None
@@ -515,8 +515,8 @@ def _load_case(oof: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _score(pred: np.ndarray, gt: np.ndarray, convention: LabelConvention, spacing, regions: Sequence[str]) -> float:
     """Mean over ``regions`` of (Dice + lesion-wise Dice) / 2: the clean-up's objective."""
-    from brats_lightning.lesions import brats2023_lesion_metrics
-    from brats_lightning.metrics import dice
+    from brats_lightning.evaluation.lesions import brats2023_lesion_metrics
+    from brats_lightning.evaluation.metrics import dice
 
     pm, gm = convention.region_masks(pred), convention.region_masks(gt)
     values = [
@@ -527,7 +527,7 @@ def _score(pred: np.ndarray, gt: np.ndarray, convention: LabelConvention, spacin
 
 def _candidate_scores(job: tuple) -> list[float]:
     """Scores of the candidates of one case (a worker's job)."""
-    from brats_lightning.postprocess import apply_cleanup
+    from brats_lightning.inference.cleanup import apply_cleanup
 
     oof, folder, spacing, convention, candidates, regions = job
     pred, gt = _load_case(oof, folder)
@@ -536,8 +536,8 @@ def _candidate_scores(job: tuple) -> list[float]:
 
 def _case_metrics(job: tuple) -> list[dict]:
     """Every metric of every region of one case on its full grid, after its clean-up (a worker's job)."""
-    from brats_lightning.metrics import region_metrics
-    from brats_lightning.postprocess import apply_cleanup
+    from brats_lightning.evaluation.metrics import region_metrics
+    from brats_lightning.inference.cleanup import apply_cleanup
 
     case_id, oof, folder, spacing, box, ras_shape, convention, options = job
     pred, gt = _load_case(oof, folder)
@@ -555,7 +555,7 @@ VARIANTS = {"cv_flips": "classes", "cv_single": "classes_single", "cv_raw": "cla
 
 def _variant_dice(job: tuple) -> dict[str, list[float]]:
     """Region Dice of every saved prediction of one case, without clean-up (a worker's job)."""
-    from brats_lightning.metrics import dice
+    from brats_lightning.evaluation.metrics import dice
 
     oof, folder, convention = job
     label = np.load(folder / "label.npy", mmap_mode="r")
@@ -619,7 +619,7 @@ def aggregate(
 ) -> dict[str, float]:
     """Choose the clean-up on the out-of-fold segmentations, score every case with the choice made
     without it, write ``cv/`` and the final predictor. Returns the ``cv/...`` figures."""
-    from brats_lightning.results import print_table, run_metrics, summarise, write_results
+    from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
 
     conv: LabelConvention = dm.convention
     fold_of = {c: k for k, f in enumerate(folds) for c in f}
@@ -711,7 +711,7 @@ def aggregate(
 
 def _case_uncertainty(job: tuple) -> tuple[float, float, np.ndarray, np.ndarray]:
     """One case: the AUROC of its voxel uncertainty for its wrong voxels, its agreement, and a voxel sample."""
-    from brats_lightning.uncertainty import auroc
+    from brats_lightning.inference.uncertainty import auroc
 
     oof, folder, sample = job
     with np.load(oof) as z:
@@ -728,7 +728,7 @@ def uncertainty_figures(
     """How well the out-of-fold uncertainty does its job (``cv.uncertainty``): the AUROC of the voxel map for
     the wrong voxels (pooled over the cases' brains, and per case), and Spearman's correlation between the
     members' agreement and the case's real mean Dice; per case in ``cv/uncertainty.csv``."""
-    from brats_lightning.uncertainty import auroc, spearman
+    from brats_lightning.inference.uncertainty import auroc, spearman
 
     results = _pool_map(_case_uncertainty, [(out / "oof" / f"{c}.npz", cases[c].folder, sample) for c in ids], 0)
     real = [float(np.mean(dice[c])) for c in ids]
@@ -765,7 +765,7 @@ def site_table(rows: list[dict], groups: dict[str, str]) -> str:
 
 def _write_predictor(out: Path, n_folds: int, cleanup: dict, flips: list[str]) -> None:
     """Store the final clean-up and flips in every fold's checkpoint, and list them in ``predictor.json``."""
-    from brats_lightning.utils import read_checkpoint
+    from brats_lightning.files import read_checkpoint
 
     paths = [out / f"fold_{k}" / "checkpoints" / "last.ckpt" for k in range(n_folds)]
     for p in paths:
@@ -785,10 +785,10 @@ def _write_predictor(out: Path, n_folds: int, cleanup: dict, flips: list[str]) -
 
 def held_out_test(out: Path, dm: Any, cfg: DictConfig) -> dict[str, float]:
     """The final predictor (the fold models' ensemble, its clean-up and flips) on the held-out test cases."""
-    from brats_lightning.checkpoint import load_module
-    from brats_lightning.inference import tta_flips
+    from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
+    from brats_lightning.inference.volume import tta_flips
+    from brats_lightning.load.checkpoint import load_module
     from brats_lightning.modules.ensemble import EnsembleModule
-    from brats_lightning.results import print_table, run_metrics, summarise, write_results
 
     members = [load_module(p)[0] for p in predictor_checkpoints(out)]
     ensemble = EnsembleModule(members, tta_flips(members[0].tta_flips))

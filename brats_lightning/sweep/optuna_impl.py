@@ -1,6 +1,6 @@
 """The plugin's ``OptunaSweeperImpl``, resumable (imported once the ``sweep`` extra has been checked).
 
-Before the plugin's loop runs, :func:`brats_lightning.sweep.resume_study` marks the trials a killed sweep left
+Before the plugin's loop runs, :func:`brats_lightning.sweep.study.resume_study` marks the trials a killed sweep left
 running as failed and counts the complete ones: only the missing trials run, their job folders are numbered
 after the existing ones, and a seeded sampler continues its seed. Each trial records its job number.
 """
@@ -15,9 +15,9 @@ from typing import Any
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
 from brats_lightning.errors import ConfigError
-from brats_lightning.sweep import JOB_ATTR, build_sampler, resume_study, study_lock
+from brats_lightning.sweep.study import JOB_ATTR, build_sampler, resume_study, study_lock
 
-log = logging.getLogger("brats_lightning.sweep")
+log = logging.getLogger("brats_lightning.sweep.study")
 
 
 class ResumableOptunaSweeperImpl(OptunaSweeperImpl):

@@ -28,7 +28,7 @@ Where they differ: the panoptic definition matches one-to-one and counts a split
 pieces as false positives; the 2023 one gives a lesion every component near it, merges nearby
 ground-truth components, ignores small lesions and penalises false positives with fixed scores.
 The legacy metrics stay the default columns; every column is registered, with its title and the
-score of a missing prediction, in :mod:`brats_lightning.metrics`.
+score of a missing prediction, in :mod:`brats_lightning.evaluation.metrics`.
 """
 
 from __future__ import annotations

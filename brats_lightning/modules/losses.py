@@ -11,7 +11,7 @@ MONAI's ``DiceLoss`` over the whole batch ("batch Dice": slices without a region
 undefined).
 
 ``dice_bce`` is the loss of region-based models (nnU-Net's BraTS setting, Isensee et al. 2021): the
-net outputs the regions themselves (:func:`~brats_lightning.inference.region_chain`: whole tumour,
+net outputs the regions themselves (:func:`~brats_lightning.inference.volume.region_chain`: whole tumour,
 core given whole tumour, enhancing given core), trained with binary cross entropy plus the same
 batch soft Dice on the three region probabilities.
 """

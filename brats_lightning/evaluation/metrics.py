@@ -15,10 +15,10 @@ Conventions for empty masks (BraTS/CaPTk):
 * HD95 (mm): 0 when both are empty, :data:`HD95_EMPTY_PENALTY` (373.13, the 240x240x155 diagonal)
   when only one is.
 
-Every column of the results (these, and the lesion-wise ones of :mod:`brats_lightning.lesions`) is
+Every column of the results (these, and the lesion-wise ones of :mod:`brats_lightning.evaluation.lesions`) is
 registered here once (:data:`METRICS`, :func:`register_metric`): its name, table title and the score
 of a missing prediction. ``evaluate``, a run's test metrics, ``per_case.csv``, ``summary.json``, the
-printed tables and the report (:mod:`brats_lightning.results`) all read the registry.
+printed tables and the report (:mod:`brats_lightning.evaluation.results`) all read the registry.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from brats_lightning.lesions import LESION_HD95_PENALTY, brats2023_lesion_metrics, panoptic_metrics
+from brats_lightning.evaluation.lesions import LESION_HD95_PENALTY, brats2023_lesion_metrics, panoptic_metrics
 
 __all__ = [
     "BRATS_VOLUME_DIAGONAL_MM",
@@ -331,7 +331,7 @@ def region_metrics(
         gt: Ground-truth mask of the same shape.
         spacing: Voxel size in mm along each axis (HD95, lesion volumes).
         include_hd95: Compute HD95; when False the ``hd95`` key is left out.
-        lesion_wise: Add the lesion-wise columns (:mod:`brats_lightning.lesions`).
+        lesion_wise: Add the lesion-wise columns (:mod:`brats_lightning.evaluation.lesions`).
 
     Returns:
         ``{name: value}`` in :data:`METRICS` order: ``dice``, ``hd95`` (only if ``include_hd95``),

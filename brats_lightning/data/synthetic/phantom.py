@@ -44,7 +44,7 @@ small, so the anatomy scales with the shape without being distorted.
   Gaussian blur, skull stripping (exactly 0 outside the brain) and rounding to int16.
 
 Example:
-    >>> from brats_lightning.data.phantom import generate_case
+    >>> from brats_lightning.data.synthetic.phantom import generate_case
     >>> case = generate_case(seed=0, shape=(48, 56, 32))
     >>> sorted(case)
     ['flair', 'seg', 't1', 't1ce', 't2']

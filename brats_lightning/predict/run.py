@@ -45,7 +45,6 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from brats_lightning.checkpoint import find_checkpoints, load_module
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.datasets import first_item
 from brats_lightning.data.io import BadCase, CaseFiles, discover_cases, get_layout
@@ -59,17 +58,18 @@ from brats_lightning.data.preprocess import (
 )
 from brats_lightning.errors import ConfigError, OutputError, UserError, cli, disk_full
 from brats_lightning.export import load_onnx
-from brats_lightning.inference import predict_volume
+from brats_lightning.files import atomic_path, remove_stale_temporaries, write_text_atomic
+from brats_lightning.inference.cleanup import apply_cleanup
+from brats_lightning.inference.volume import predict_volume
+from brats_lightning.load.checkpoint import find_checkpoints, load_module
 from brats_lightning.modules.ensemble import EnsembleModule, check_compatible, tta_flips
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.postprocess import apply_cleanup
 from brats_lightning.precision import inference_dtype
 from brats_lightning.schema import PostprocessOptions, validate
-from brats_lightning.utils import atomic_path, remove_stale_temporaries, write_text_atomic
 
 __all__ = ["load_model", "CaseOutputs", "CaseDataset", "Predictor", "CaseWriter", "predict_dir", "main"]
 
-log = logging.getLogger("brats_lightning.predict")
+log = logging.getLogger("brats_lightning.predict.run")
 
 #: the stages of a case whose seconds ``predict_report.json`` records
 STAGES = ("read", "preprocess", "symmetry", "inference", "write")
@@ -78,7 +78,7 @@ STAGES = ("read", "preprocess", "symmetry", "inference", "write")
 def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModule, dict]:
     """Rebuild a trained model (eval mode, on ``device``) and its data configuration from a checkpoint.
 
-    Only brats_lightning's own model classes can be rebuilt (see :mod:`brats_lightning.checkpoint`).
+    Only brats_lightning's own model classes can be rebuilt (see :mod:`brats_lightning.load.checkpoint`).
 
     Raises:
         CheckpointError: missing, unreadable or foreign checkpoint, or weights that do not fit.
@@ -96,9 +96,9 @@ def load_predictor(
 
     Args:
         ckpt_path: a checkpoint, a list of them, a run or multirun folder (its best checkpoints:
-            :func:`~brats_lightning.checkpoint.find_checkpoints`), or a ``.onnx`` file written by
+            :func:`~brats_lightning.load.checkpoint.find_checkpoints`), or a ``.onnx`` file written by
             ``python -m brats_lightning.export``.
-        flips: test-time flips (``lr``, ``ap``; :data:`~brats_lightning.inference.FLIPS`); ``None``:
+        flips: test-time flips (``lr``, ``ap``; :data:`~brats_lightning.inference.volume.FLIPS`); ``None``:
             those the checkpoints were tuned with (``tta_flips`` of
             :class:`~brats_lightning.callbacks.postprocess.TunePostprocess`; none unless all agree).
 
@@ -220,7 +220,7 @@ class Predictor(pl.LightningModule):
         batch_size: slices per forward pass.
         probabilities: also return the class probabilities.
         uncertainty: also return the voxel-wise uncertainty and the members' agreement
-            (:mod:`brats_lightning.uncertainty`; members: an ensemble's models times the test-time flips).
+            (:mod:`brats_lightning.inference.uncertainty`; members: an ensemble's models times the test-time flips).
     """
 
     def __init__(
@@ -276,7 +276,7 @@ class Predictor(pl.LightningModule):
         if not self.uncertainty:
             probs = predict_volume(self.model.predict_slices, box_image, self.batch_size, box_mask, context)
         else:  # member by member: the same average, and how much they agree
-            from brats_lightning.uncertainty import agreement, normalised_entropy
+            from brats_lightning.inference.uncertainty import agreement, normalised_entropy
 
             total, member_classes = None, []
             for fn in self.members():

@@ -1,7 +1,7 @@
 """Results of a set of scored cases, one way everywhere: ``train``'s test set, ``evaluate``, the report.
 
 A *row* is one case and region: ``{"case", "region", <metric>: value, ...}``, with the metrics of
-the registry (:data:`brats_lightning.metrics.METRICS`). From rows this module makes
+the registry (:data:`brats_lightning.evaluation.metrics.METRICS`). From rows this module makes
 
 * the **summary** (:func:`summarise`): mean, median, std and count per region and metric, over the
   cases where the value is defined (lesion-wise scores are NaN for two empty masks);
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from brats_lightning.data.labels import REGION_TITLES, REGIONS
-from brats_lightning.metrics import METRICS
-from brats_lightning.utils import write_csv_atomic, write_text_atomic
+from brats_lightning.evaluation.metrics import METRICS
+from brats_lightning.files import write_csv_atomic, write_text_atomic
 
 __all__ = [
     "PAPER_METRICS",

@@ -11,7 +11,7 @@ among these rules on the validation cases.
 :func:`apply_cleanup` adds the BraTS rule of Isensee et al. (BraTS 2018 and nnU-Net's BraTS entry):
 a case whose predicted enhancing tumour is smaller than ``et_min_volume_mm3`` has it relabelled
 necrosis (the challenge scores an empty enhancing prediction of a case without enhancing tumour as
-Dice 1, a few false voxels as Dice 0). :func:`~brats_lightning.crossval.choose_cleanup` chooses both
+Dice 1, a few false voxels as Dice 0). :func:`~brats_lightning.crossval.run.choose_cleanup` chooses both
 on out-of-fold segmentations.
 """
 

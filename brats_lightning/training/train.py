@@ -21,14 +21,13 @@ from omegaconf import DictConfig
 from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.callbacks.wandb_run import WandbRunId, fold_runs, is_wandb_logger, plain_config, wandb_init_args
-from brats_lightning.checkpoint import check_fits
 from brats_lightning.config import check_budget, config_dir, register_resolvers
-from brats_lightning.crossval import run_cross_validation
+from brats_lightning.crossval.run import run_cross_validation
 from brats_lightning.errors import CheckpointError, ConfigError, cli
-from brats_lightning.pipeline import run_pipeline
-from brats_lightning.results import print_table, run_metrics, summarise, write_results
-from brats_lightning.sweep import register_sweeper
-from brats_lightning.utils import atomic_path, write_csv_atomic, write_text_atomic
+from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
+from brats_lightning.files import atomic_path, write_csv_atomic, write_text_atomic
+from brats_lightning.load.checkpoint import check_fits
+from brats_lightning.training.pipeline import run_pipeline
 
 __all__ = ["check_run_options", "train", "main"]
 
@@ -146,7 +145,7 @@ def train(cfg: DictConfig) -> dict:
 
     Writes checkpoints, ``val_curve.csv``, ``metrics.json`` (the flat test figures and
     :func:`training_figures`), the test set's ``per_case.csv``, ``summary.json`` and ``summary.md``
-    (as ``evaluate``'s: :mod:`brats_lightning.results`) and ``test_slices.npz`` (a display slice per
+    (as ``evaluate``'s: :mod:`brats_lightning.evaluation.results`) and ``test_slices.npz`` (a display slice per
     test case, for reports) into ``cfg.paths.output_dir``.
     With ``train=false`` and ``ckpt_path=...`` it tests that checkpoint.
 
@@ -220,8 +219,6 @@ def _finish_wandb(loggers: list) -> None:
 
 
 register_resolvers()
-# hparams_search=...: the resumable Optuna sweeper (brats_lightning/sweep.py), however the package is installed
-register_sweeper()
 
 
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")

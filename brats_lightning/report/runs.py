@@ -33,10 +33,10 @@ import numpy as np
 import yaml
 
 from brats_lightning.data.labels import REGION_TITLES, REGIONS
-from brats_lightning.metrics import METRICS
-from brats_lightning.papers import LAYOUTS, PUBLISHED, SOURCES, paper_of
-from brats_lightning.results import PAPER_METRICS
-from brats_lightning.utils import write_csv_atomic, write_text_atomic
+from brats_lightning.evaluation.metrics import METRICS
+from brats_lightning.evaluation.papers import LAYOUTS, PUBLISHED, SOURCES, paper_of
+from brats_lightning.evaluation.results import PAPER_METRICS
+from brats_lightning.files import write_csv_atomic, write_text_atomic
 from brats_lightning.viz import group_by_setting, plot_curves, plot_overlays
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Run", "collect_runs", "job_datamodule", "write_report", "main"]
 
-log = logging.getLogger("brats_lightning.report")
+log = logging.getLogger("brats_lightning.report.runs")
 
 _IGNORED = ("data.fold", "experiment", "hydra.", "paths.", "trainer.", "logger", "data.patches_per_epoch", "seed")
 #: overrides that choose the method: a setting shows the method's name (``summary.json``) instead
@@ -209,11 +209,11 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
     import pytorch_lightning as pl
     import torch
 
-    from brats_lightning.checkpoint import find_checkpoints, load_module
     from brats_lightning.errors import UserError
+    from brats_lightning.evaluation.results import run_metrics, summarise
+    from brats_lightning.load.checkpoint import find_checkpoints, load_module
     from brats_lightning.modules.ensemble import EnsembleModule, check_compatible
     from brats_lightning.precision import inference_dtype
-    from brats_lightning.results import run_metrics, summarise
 
     if len(group) < 2:
         return None, "one fold"

@@ -1,0 +1,5 @@
+"""``python -m brats_lightning.sweep <sweep folder>``: the best trials, importances and a plot."""
+
+from brats_lightning.sweep.study import main
+
+main()
