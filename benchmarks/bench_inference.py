@@ -66,8 +66,8 @@ import torch
 import torch.nn.functional as F
 from _common import best_time, brats_root, json_line, table
 
-from brats_lightning.data.io import discover_cases
 from brats_lightning.data.labels import get_convention
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case
 from brats_lightning.inference.volume import predict_volume
 from brats_lightning.modules.fcn import FCNModule

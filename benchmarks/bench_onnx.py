@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from _common import best_time, brats_root, json_line, table
 
-from brats_lightning.data.io import discover_cases
 from brats_lightning.data.labels import get_convention
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case
 from brats_lightning.export import OnnxModule, export_onnx
 from brats_lightning.inference.volume import predict_volume

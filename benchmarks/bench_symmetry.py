@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from _common import best_time, json_line, load_test_module, sync
 
-from brats_lightning.data.io import discover_cases, load_case
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.data.preprocess import zscore
+from brats_lightning.data.readers import load_case
 from brats_lightning.data.symmetry import (
     estimate_axis,
     gaussian_smooth,

@@ -55,7 +55,7 @@ class _Strict(BaseModel):
 
 
 def _modalities() -> tuple[str, ...]:
-    from brats_lightning.data.io import MODALITIES
+    from brats_lightning.data.readers import MODALITIES
 
     return MODALITIES
 
@@ -131,7 +131,7 @@ class PreprocessOptions(_Strict):
 
 
 def _layout_name(value: str) -> str:
-    from brats_lightning.data.io import LAYOUTS
+    from brats_lightning.data.layouts import LAYOUTS
 
     if value not in ("auto", "generic", "") and value not in LAYOUTS:
         raise ValueError(f"unknown layout {value!r} (expected auto, generic or one of {sorted(LAYOUTS)})")
@@ -192,7 +192,7 @@ class InputPaddingOptions(_Strict):
 
 
 def _flip_names(v: list[str]) -> list[str]:
-    from brats_lightning.inference.volume import FLIPS
+    from brats_lightning.inference.flips import FLIPS
 
     bad = [f for f in v if f not in FLIPS]
     if bad:

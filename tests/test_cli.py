@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from brats_lightning import evaluate, prepare
-from brats_lightning.data.io import discover_cases
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.predict import run as predict
 from tests.helpers import run_main
 

@@ -17,7 +17,8 @@ from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.splits import make_splits
 from brats_lightning.errors import CheckpointError, ConfigError, DataError
 from brats_lightning.inference.cleanup import apply_cleanup, enhancing_to_necrosis
-from brats_lightning.inference.volume import decide, region_chain, with_context
+from brats_lightning.inference.decision import decide, region_chain
+from brats_lightning.inference.volume import with_context
 
 BRATS18 = [
     "Brats18_2013_11_1",
@@ -305,7 +306,7 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
 
     import nibabel as nib
 
-    from brats_lightning.data.io import discover_cases
+    from brats_lightning.data.layouts import discover_cases
     from brats_lightning.evaluation.metrics import dice
     from brats_lightning.files import read_checkpoint
     from brats_lightning.load.checkpoint import find_checkpoints

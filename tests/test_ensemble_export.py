@@ -12,10 +12,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from brats_lightning.data.io import discover_cases
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import CheckpointError
+from brats_lightning.inference.flips import tta_flips
 from brats_lightning.load.checkpoint import find_checkpoints
-from brats_lightning.modules.ensemble import EnsembleModule, check_compatible, tta_flips
+from brats_lightning.modules.ensemble import EnsembleModule, check_compatible
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.modules.patch import PatchCNNModule
 from brats_lightning.modules.segmentation import SegmentationModule

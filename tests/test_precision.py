@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from brats_lightning.data.io import discover_cases
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.evaluation.metrics import dice
 from brats_lightning.precision import bf16_supported, inference_dtype, training_precision
 from brats_lightning.predict.run import predict_dir

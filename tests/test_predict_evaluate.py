@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from brats_lightning.data.io import discover_cases
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import DataError
 from brats_lightning.evaluation.folders import evaluate_dirs
 from brats_lightning.predict.run import load_model, predict_dir

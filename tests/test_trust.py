@@ -18,7 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from brats_lightning.config import compose
-from brats_lightning.data.io import discover_cases
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import CheckpointError, ConfigError, DataError
 from brats_lightning.evaluation.folders import evaluate_dirs
 from brats_lightning.load.checkpoint import check_fits, load_module

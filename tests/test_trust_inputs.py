@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from brats_lightning.config import compose
 from brats_lightning.data import cache
 from brats_lightning.data.datamodule import BratsDataModule
-from brats_lightning.data.io import discover_cases
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import CheckpointError, ConfigError, DataError, find_user_error
 from brats_lightning.export import read_sidecar
 from brats_lightning.load.checkpoint import load_module

@@ -32,7 +32,7 @@ from brats_lightning.errors import ConfigError
 from brats_lightning.evaluation.metrics import dice
 from brats_lightning.files import atomic_path, read_checkpoint
 from brats_lightning.inference.cleanup import apply_cleanup
-from brats_lightning.inference.volume import tta_flips as flip_dims
+from brats_lightning.inference.flips import tta_flips as flip_dims
 from brats_lightning.modules.segmentation import SegmentationModule
 
 __all__ = ["TunePostprocess", "candidates", "choose"]

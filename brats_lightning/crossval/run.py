@@ -196,7 +196,7 @@ class CVOptions:
 
     @classmethod
     def from_config(cls, node: Any) -> CVOptions:
-        from brats_lightning.inference.volume import tta_flips
+        from brats_lightning.inference.flips import tta_flips
 
         raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
         if not isinstance(raw, dict):
@@ -404,8 +404,8 @@ class _OutOfFold(pl.LightningModule):
         self.channels = channels
 
     def predict_step(self, batch: dict, batch_idx: int) -> None:
+        from brats_lightning.inference.flips import FLIPS
         from brats_lightning.inference.uncertainty import agreement, normalised_entropy
-        from brats_lightning.inference.volume import FLIPS
 
         item = {**batch, "image": batch["image"].float()}
         single = self.model.predict_case(item, [])
@@ -786,7 +786,7 @@ def _write_predictor(out: Path, n_folds: int, cleanup: dict, flips: list[str]) -
 def held_out_test(out: Path, dm: Any, cfg: DictConfig) -> dict[str, float]:
     """The final predictor (the fold models' ensemble, its clean-up and flips) on the held-out test cases."""
     from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
-    from brats_lightning.inference.volume import tta_flips
+    from brats_lightning.inference.flips import tta_flips
     from brats_lightning.load.checkpoint import load_module
     from brats_lightning.modules.ensemble import EnsembleModule
 

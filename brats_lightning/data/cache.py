@@ -50,10 +50,10 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from brats_lightning.data.io import CaseFiles
 from brats_lightning.data.labels import LabelConvention
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case
 from brats_lightning.data.provenance import write_config
+from brats_lightning.data.readers import CaseFiles
 from brats_lightning.errors import DataError
 
 __all__ = [

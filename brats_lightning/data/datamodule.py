@@ -41,10 +41,11 @@ from brats_lightning.data.cache import (
 from brats_lightning.data.channels import in_channels_for, modality_channels
 from brats_lightning.data.datasets import EpochItems, FixedBatches, SliceDataset, VolumeDataset, first_item
 from brats_lightning.data.groups import case_groups
-from brats_lightning.data.io import MODALITIES, CaseFiles, detect_layout, discover_cases
 from brats_lightning.data.labels import get_convention
+from brats_lightning.data.layouts import detect_layout, discover_cases
 from brats_lightning.data.loading import RingLoader
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
+from brats_lightning.data.readers import MODALITIES, CaseFiles
 from brats_lightning.data.sampling import DISTRIBUTIONS, PatchBatchDataset, PatchSampler
 from brats_lightning.data.splits import SPLIT_FILE, STRATEGIES, fold_cases, load_or_create_splits, split_config
 from brats_lightning.errors import ConfigError, DataError
@@ -89,7 +90,7 @@ class BratsDataModule(pl.LightningDataModule):
     Args:
         root: folder of BraTS cases; ``None`` for the built-in synthetic data set.
         layout: file layout (``"auto"`` detects it; ``"generic"`` uses ``files``; see
-            :data:`brats_lightning.data.io.LAYOUTS`).
+            :data:`brats_lightning.data.layouts.LAYOUTS`).
         files: the generic layout's filename pattern per modality (and ``label``, ``mask``).
         modalities: canonical modalities stacked as channels, in this order.
         convention: label convention of the files (:mod:`brats_lightning.data.labels`).

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from brats_lightning.data.io import CaseFiles, Volume, load_case
 from brats_lightning.data.labels import LabelConvention
+from brats_lightning.data.readers import CaseFiles, Volume, load_case
 from brats_lightning.errors import ConfigError, DataError
 
 __all__ = [

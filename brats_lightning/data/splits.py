@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from brats_lightning.data.io import DataError
 from brats_lightning.data.provenance import write_config
+from brats_lightning.errors import DataError
 from brats_lightning.files import write_text_atomic
 
 __all__ = ["SPLIT_FILE", "STRATEGIES", "make_splits", "split_config", "load_or_create_splits", "fold_cases"]

@@ -308,7 +308,7 @@ def symmetry_maps(
         slices: ``(N, C, H, W)`` z-scored images of one volume (``H`` left-right).
         mask: ``(N, H, W)`` brain mask (default: any channel non-zero).
         ref_channel: channel used to locate the axis (T1 in the paper; index 1 in
-            :data:`brats_lightning.data.io.MODALITIES`).
+            :data:`brats_lightning.data.readers.MODALITIES`).
         axis: a known axis; estimated from ``ref_channel`` when ``None``.
         window: search window side (11).
         kernel_size: Gaussian kernel side (5).

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from nibabel.affines import voxel_sizes
 
-from brats_lightning.data.io import BadCase, detect_layout, discover_cases, read_label
 from brats_lightning.data.labels import REGIONS, AmbiguousConventionError, LabelConvention, resolve_convention
+from brats_lightning.data.layouts import BadCase, detect_layout, discover_cases
+from brats_lightning.data.readers import read_label
 from brats_lightning.errors import DataError, UserError
 from brats_lightning.evaluation.metrics import failure_scores, metric_names, region_metrics
 from brats_lightning.evaluation.results import summarise, write_results

@@ -1,37 +1,18 @@
 """Whole-volume inference: every axial slice of a case through a fully convolutional net.
 
-Also the two ways a class map is decided from class probabilities (:func:`decide`): the papers'
-argmax, and the region thresholds of region-based models (nnU-Net's BraTS setting, Isensee et al.
-2021), whose nested sigmoid outputs become class probabilities through :func:`region_chain`; and
-2.5D context (:func:`with_context`): each slice with its neighbours as extra channels.
+Slices are padded as the net needs (:class:`InputPadding`), batched over the brain's slices, and given
+their 2.5D context (:func:`with_context`: each slice with its neighbours as extra channels).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from brats_lightning.data.labels import LabelConvention
-
-__all__ = [
-    "DECISIONS",
-    "FLIPS",
-    "InputPadding",
-    "decide",
-    "flip_average",
-    "predict_padded",
-    "predict_volume",
-    "region_chain",
-    "region_classes",
-    "tta_flips",
-    "with_context",
-]
-
-#: how a class map is decided from class probabilities: ``argmax`` (the papers) or ``regions``
-DECISIONS: tuple[str, ...] = ("argmax", "regions")
+__all__ = ["InputPadding", "predict_padded", "predict_volume", "with_context"]
 
 
 @dataclass(frozen=True)
@@ -72,102 +53,6 @@ def predict_padded(
     probs = net_probs(F.pad(x, pads))
     top, left = top - padding.before, left - padding.before
     return probs[..., top : top + h, left : left + w]
-
-
-#: in-plane flips by name, as dims of ``(N, C, X, Y)`` RAS slices
-FLIPS: dict[str, tuple[int, ...]] = {"lr": (2,), "ap": (3,)}
-
-
-def tta_flips(names: Sequence[str]) -> tuple[tuple[int, ...], ...]:
-    """The flips named (``lr``: left-right mirroring, ``ap``: anterior-posterior).
-
-    Raises:
-        ValueError: an unknown name.
-    """
-    bad = [n for n in names if n not in FLIPS]
-    if bad:
-        raise ValueError(f"unknown test-time flip(s) {bad}; expected some of {sorted(FLIPS)}")
-    return tuple(FLIPS[n] for n in dict.fromkeys(names))
-
-
-def flip_average(
-    predict_slices: Callable[[torch.Tensor], torch.Tensor], flips: tuple[tuple[int, ...], ...]
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Test-time augmentation: the mean of the probabilities of the slices and of their flips.
-
-    Args:
-        predict_slices: ``(N, C, H, W)`` slices -> ``(N, K, H, W)`` probabilities.
-        flips: the flips besides the identity, as tensor dims (``(2,)``: left-right in the RAS slices
-            of this package, whose axis -2 is x; ``(3,)``: anterior-posterior). Every input channel is
-            flipped, symmetry maps included: the map of a mirrored image is the mirrored map.
-    """
-    if not flips:
-        return predict_slices
-
-    def averaged(x: torch.Tensor) -> torch.Tensor:
-        total = predict_slices(x).float()
-        for dims in flips:
-            total = total + predict_slices(x.flip(dims)).float().flip(dims)
-        return total / (1 + len(flips))
-
-    return averaged
-
-
-def region_classes(convention: LabelConvention) -> tuple[int, int, int]:
-    """The internal classes ``(edema, necrosis, enhancing)`` of a convention whose regions nest one class deep.
-
-    Whole tumour = edema + core, core = necrosis + enhancing (BraTS 2017+; BRATS 2013's two core
-    classes, necrosis and non-enhancing tumour, cannot be told apart by regions).
-
-    Raises:
-        ValueError: the convention has another structure.
-    """
-    wt, tc, et = (set(convention.region_classes(r)) for r in ("wt", "tc", "et"))
-    edema, necrosis = wt - tc, tc - et
-    if len(edema) != 1 or len(necrosis) != 1 or len(et) != 1 or convention.num_classes != 4:
-        raise ValueError(
-            f"region-based outputs need a convention with one class per region level (background, edema, "
-            f"necrosis, enhancing); {convention.name} has {convention.num_classes} classes"
-        )
-    return edema.pop(), necrosis.pop(), et.pop()
-
-
-def region_chain(logits: torch.Tensor, convention: LabelConvention) -> torch.Tensor:
-    """Class probabilities ``(N, K, ...)`` of region logits ``(N, 3, ...)``: whole tumour, core given whole
-    tumour, enhancing given core (sigmoids chained, so the regions nest by construction).
-
-    ``q_wt = s0``, ``q_tc = q_wt s1``, ``q_et = q_tc s2``; background ``1 - q_wt``, edema ``q_wt - q_tc``,
-    necrosis ``q_tc - q_et``, enhancing ``q_et``: a distribution whose region sums are the ``q``.
-    """
-    edema, necrosis, et = region_classes(convention)
-    s = torch.sigmoid(logits.float())
-    q_wt = s[:, 0]
-    q_tc = q_wt * s[:, 1]
-    q_et = q_tc * s[:, 2]
-    out = torch.empty((logits.shape[0], 4, *logits.shape[2:]), dtype=s.dtype, device=s.device)
-    out[:, 0], out[:, edema], out[:, necrosis], out[:, et] = 1 - q_wt, q_wt - q_tc, q_tc - q_et, q_et
-    return out
-
-
-def decide(probs: torch.Tensor, convention: LabelConvention, rule: str = "argmax") -> torch.Tensor:
-    """The class map of class probabilities ``(N, K, ...)`` (classes on dim 1).
-
-    ``argmax``: the most probable class (the papers). ``regions``: the region probabilities (sums of
-    class probabilities) thresholded at 0.5 from the innermost out: enhancing where ``q_et > 0.5``,
-    else necrosis where ``q_tc > 0.5``, else edema where ``q_wt > 0.5`` (nnU-Net's BraTS rule).
-    """
-    if rule == "argmax":
-        return probs.argmax(1)
-    if rule != "regions":
-        raise ValueError(f"unknown decision rule {rule!r}; expected one of {list(DECISIONS)}")
-    edema, necrosis, et = region_classes(convention)
-    q_et = probs[:, et]
-    q_tc = probs[:, necrosis] + q_et
-    q_wt = 1 - probs[:, 0]
-    out = torch.zeros(q_wt.shape, dtype=torch.long, device=probs.device)
-    out = torch.where(q_wt > 0.5, edema, out)
-    out = torch.where(q_tc > 0.5, necrosis, out)
-    return torch.where(q_et > 0.5, et, out)
 
 
 def with_context(image: torch.Tensor, idx: torch.Tensor, context: int) -> torch.Tensor:

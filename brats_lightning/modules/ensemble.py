@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from brats_lightning.errors import CheckpointError
-from brats_lightning.inference.volume import FLIPS, flip_average, tta_flips
+from brats_lightning.inference.flips import FLIPS, flip_average, tta_flips
 from brats_lightning.modules.segmentation import SegmentationModule
 
 __all__ = ["EnsembleModule", "FLIPS", "check_compatible", "tta_flips"]

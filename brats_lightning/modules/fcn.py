@@ -15,7 +15,8 @@ import torch
 
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.errors import ConfigError
-from brats_lightning.inference.volume import InputPadding, region_chain, region_classes
+from brats_lightning.inference.decision import region_chain, region_classes
+from brats_lightning.inference.volume import InputPadding
 from brats_lightning.modules.losses import SegmentationLoss
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN, load_vgg16_weights

@@ -15,14 +15,9 @@ from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
 from brats_lightning.evaluation.metrics import dice_torch, region_metrics
 from brats_lightning.inference.cleanup import apply_cleanup
-from brats_lightning.inference.volume import (
-    InputPadding,
-    decide,
-    flip_average,
-    predict_padded,
-    predict_volume,
-    tta_flips,
-)
+from brats_lightning.inference.decision import decide
+from brats_lightning.inference.flips import flip_average, tta_flips
+from brats_lightning.inference.volume import InputPadding, predict_padded, predict_volume
 from brats_lightning.seeding import stream_seed, training_epoch
 
 __all__ = ["SegmentationModule"]
@@ -93,7 +88,7 @@ class SegmentationModule(pl.LightningModule):
         self.val_history: list[dict] = []
         #: test-time flips (``lr``, ``ap``) to test and predict with (``predict tta=auto``); kept in checkpoints
         self.tta_flips: list[str] = []
-        #: how class maps are decided from class probabilities (:func:`~brats_lightning.inference.volume.decide`)
+        #: how class maps are decided from class probabilities (:func:`~brats_lightning.inference.decision.decide`)
         self.decision = "argmax"
         #: run the net through ``torch.compile`` (inductor) in training and inference (``model.compile``)
         self.use_compile = False

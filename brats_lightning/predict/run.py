@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.data.datasets import first_item
-from brats_lightning.data.io import BadCase, CaseFiles, discover_cases, get_layout
 from brats_lightning.data.labels import CONVENTIONS, convert, get_convention
+from brats_lightning.data.layouts import BadCase, discover_cases, get_layout
 from brats_lightning.data.preprocess import (
     PreprocessConfig,
     SymmetryConfig,
@@ -56,13 +56,15 @@ from brats_lightning.data.preprocess import (
     symmetry_channels,
     uncrop,
 )
+from brats_lightning.data.readers import CaseFiles
 from brats_lightning.errors import ConfigError, OutputError, UserError, cli, disk_full
 from brats_lightning.export import load_onnx
 from brats_lightning.files import atomic_path, remove_stale_temporaries, write_text_atomic
 from brats_lightning.inference.cleanup import apply_cleanup
+from brats_lightning.inference.flips import tta_flips
 from brats_lightning.inference.volume import predict_volume
 from brats_lightning.load.checkpoint import find_checkpoints, load_module
-from brats_lightning.modules.ensemble import EnsembleModule, check_compatible, tta_flips
+from brats_lightning.modules.ensemble import EnsembleModule, check_compatible
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.precision import inference_dtype
 from brats_lightning.schema import PostprocessOptions, validate
@@ -98,7 +100,7 @@ def load_predictor(
         ckpt_path: a checkpoint, a list of them, a run or multirun folder (its best checkpoints:
             :func:`~brats_lightning.load.checkpoint.find_checkpoints`), or a ``.onnx`` file written by
             ``python -m brats_lightning.export``.
-        flips: test-time flips (``lr``, ``ap``; :data:`~brats_lightning.inference.volume.FLIPS`); ``None``:
+        flips: test-time flips (``lr``, ``ap``; :data:`~brats_lightning.inference.flips.FLIPS`); ``None``:
             those the checkpoints were tuned with (``tta_flips`` of
             :class:`~brats_lightning.callbacks.postprocess.TunePostprocess`; none unless all agree).
 

@@ -9,7 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brats_lightning.data.io import MODALITIES, DataError, detect_layout, discover_cases, load_case
+from brats_lightning.data.layouts import detect_layout, discover_cases
+from brats_lightning.data.readers import MODALITIES, load_case
+from brats_lightning.errors import DataError
 from tests.helpers import shared
 
 LPS = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 239.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])

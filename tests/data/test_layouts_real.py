@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from brats_lightning.data.io import DataError, PatternLayout, detect_layout, discover_cases, load_case
 from brats_lightning.data.labels import get_convention
+from brats_lightning.data.layouts import PatternLayout, detect_layout, discover_cases
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, n4_correct, preprocess_case
+from brats_lightning.data.readers import load_case
+from brats_lightning.errors import DataError
 from tests.helpers import shared
 
 DEEPMEDIC_FILES = {
