@@ -26,8 +26,9 @@ from _common import best_time, brats_root, json_line, table
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.layouts import discover_cases
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case
-from brats_lightning.export import OnnxModule, export_onnx
+from brats_lightning.export import export_onnx
 from brats_lightning.inference.volume import predict_volume
+from brats_lightning.load.onnx import OnnxModule
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.modules.patch import PatchCNNModule
 from brats_lightning.modules.segmentation import SegmentationModule

@@ -2,10 +2,11 @@
 
 The ONNX model maps zero-padded slices ``(N, C, H, W)`` (float32) to class probabilities of every
 output pixel (softmax included), with the batch size and the slice size dynamic; cascades carry their
-frozen first stage. Beside it, ``model.json`` (:func:`sidecar_path`) holds what the model expects
-and gives: the data configuration of its training (modalities, clipping, N4, z-score, symmetry
-maps), the label convention, the padding of a slice (:class:`~brats_lightning.inference.volume.InputPadding`),
-the post-processing its checkpoint asks for, and its name. ``predict ckpt_path=model.onnx`` runs it
+frozen first stage. Beside it, ``model.json`` (:func:`~brats_lightning.load.onnx.sidecar_path`) holds
+what the model expects and gives: the data configuration of its training (modalities, clipping, N4,
+z-score, symmetry maps), the label convention, the padding of a slice
+(:class:`~brats_lightning.inference.volume.InputPadding`), the post-processing its checkpoint asks for,
+and its name. ``predict ckpt_path=model.onnx`` runs it
 with onnxruntime (``pip install -c constraints.txt -e ".[onnx]"``), no training stack needed for the net.
 
 Batch norms are folded into the convolutions before export (as ``predict`` does), and the FCN's
@@ -19,31 +20,22 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig
 
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.errors import CheckpointError, ConfigError, cli
 from brats_lightning.files import atomic_path, write_text_atomic
-from brats_lightning.inference.volume import InputPadding
+from brats_lightning.load.checkpoint import load_module
+from brats_lightning.load.onnx import FORMAT, OnnxModule, sidecar_path
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN
 
-__all__ = ["OnnxModule", "export_onnx", "load_onnx", "sidecar_path", "main"]
+__all__ = ["export_onnx", "check_export", "main"]
 
 log = logging.getLogger("brats_lightning.export")
-
-#: the sidecar's format version
-FORMAT = 1
-
-
-def sidecar_path(onnx_path: str | Path) -> Path:
-    """``model.onnx`` -> ``model.json``."""
-    return Path(onnx_path).with_suffix(".json")
 
 
 class _NetProbabilities(torch.nn.Module):
@@ -120,79 +112,6 @@ def _in_channels(model: SegmentationModule) -> int:
     return int(first.in_channels)
 
 
-class OnnxModule(SegmentationModule, register=False):
-    """An exported model run by onnxruntime (CPU), usable wherever a trained module predicts.
-
-    Args:
-        path: the ``.onnx`` file (its sidecar JSON beside it).
-        threads: onnxruntime's intra-op threads (0: its default).
-    """
-
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
-        path = Path(path)
-        meta = read_sidecar(path)
-        super().__init__(
-            convention=meta["convention"],
-            inference_batch_size=meta["inference_batch_size"],
-            channels_last=False,
-            postprocess=meta["postprocess"],
-            name=f"{meta['name']} (ONNX)",
-        )
-        self.tta_flips = list(meta["tta_flips"])
-        self.decision = meta["decision"]
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ConfigError(
-                f"{path}: running an ONNX model needs onnxruntime: pip install -c constraints.txt -e '.[onnx]'"
-            ) from e
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise CheckpointError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
-        self.input_name = self.session.get_inputs()[0].name
-        self.meta = meta
-        self._padding = InputPadding(**meta["input_padding"])
-
-    @property
-    def input_padding(self) -> InputPadding:
-        return self._padding
-
-    def net_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
-        return torch.from_numpy(out).to(x.device)
-
-
-def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The sidecar of an exported model, validated (:class:`~brats_lightning.schema.ExportSidecar`).
-
-    Raises:
-        CheckpointError: the ``.onnx`` file or its ``.json`` is missing, or the sidecar is not what
-            ``export`` writes (a value of the wrong type or range, an unknown key); names ``model.json``.
-    """
-    from brats_lightning.schema import ExportSidecar, read_json, validate
-
-    path = Path(path)
-    side = sidecar_path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such ONNX file")
-    if not side.is_file():
-        raise CheckpointError(f"{side}: the sidecar of {path.name} is missing (export writes both)")
-    meta = read_json(side, f"sidecar of {path.name}")
-    if not isinstance(meta, dict) or "format" not in meta:
-        raise CheckpointError(f"{side}: not a brats_lightning export sidecar (no format key)")
-    return validate(ExportSidecar, meta, side).model_dump(mode="json")
-
-
-def load_onnx(path: str | Path, threads: int = 0) -> tuple[OnnxModule, dict]:
-    """An exported model and the data configuration it expects."""
-    module = OnnxModule(path, threads)
-    return module, dict(module.meta["data_config"])
-
-
 def check_export(model: SegmentationModule, onnx_path: Path, seed: int = 0) -> float:
     """The largest difference between torch's and onnxruntime's probabilities on a random slice batch."""
     exported = OnnxModule(onnx_path)
@@ -209,8 +128,6 @@ register_resolvers()
 @cli
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (see ``conf/export.yaml``)."""
-    from brats_lightning.load.checkpoint import load_module
-
     model, data_config = load_module(cfg.ckpt_path)
     out = export_onnx(model, data_config, cfg.out, int(cfg.opset))
     log.info("Wrote %s and %s (%s)", out, sidecar_path(out), model.display_name)

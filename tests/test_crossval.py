@@ -11,12 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brats_lightning.crossval.run import choose_cleanup, cleanup_candidates, et_rule_candidates, fold_seconds
+from brats_lightning.crossval.options import fold_seconds
 from brats_lightning.data.groups import case_groups
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.splits import make_splits
 from brats_lightning.errors import CheckpointError, ConfigError, DataError
-from brats_lightning.inference.cleanup import apply_cleanup, enhancing_to_necrosis
+from brats_lightning.inference.cleanup import (
+    apply_cleanup,
+    candidates,
+    choose_cleanup,
+    enhancing_to_necrosis,
+    et_rule_candidates,
+)
 from brats_lightning.inference.decision import decide, region_chain
 from brats_lightning.inference.volume import with_context
 
@@ -113,7 +119,7 @@ def test_a_clean_up_is_chosen_only_when_it_beats_none_by_more_than_the_folds_spr
 
 
 def test_the_candidates_start_with_no_clean_up_and_the_et_rule_is_the_brats_rule() -> None:
-    comps = cleanup_candidates([500, 100], largest_only=True)
+    comps = candidates([500, 100], largest_only=True)
     assert comps[0] == {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": False, "et_min_volume_mm3": 0.0}
     assert [c["min_volume_mm3"] for c in comps[1:3]] == [100.0, 500.0] and comps[-1]["largest_only"]
     rules = et_rule_candidates(comps[1], [200])
@@ -309,7 +315,7 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
     from brats_lightning.data.layouts import discover_cases
     from brats_lightning.evaluation.metrics import dice
     from brats_lightning.files import read_checkpoint
-    from brats_lightning.load.checkpoint import find_checkpoints
+    from brats_lightning.load.runs import find_checkpoints
     from brats_lightning.predict import run as predict
     from brats_lightning.training.train import main as train_main
     from tests.helpers import run_main
@@ -406,7 +412,7 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
 
 
 def test_a_predictor_list_may_not_point_outside_its_run(tmp_path: Path) -> None:
-    from brats_lightning.load.checkpoint import find_checkpoints
+    from brats_lightning.load.runs import find_checkpoints
 
     run = tmp_path / "run"
     run.mkdir()
@@ -423,7 +429,7 @@ def test_a_predictor_list_may_not_point_outside_its_run(tmp_path: Path) -> None:
 def test_a_missing_sequence_zeroes_its_image_and_map_in_the_prepared_case(context: int) -> None:
     """The out-of-fold pass with a sequence missing zeroes channels of the prepared case (images, then
     maps; 2.5D neighbours are stacked later), whatever the context: never an index past its channels."""
-    from brats_lightning.crossval.run import case_channels
+    from brats_lightning.crossval.oof import case_channels
 
     modalities = ["flair", "t1", "t1c", "t2"]
     cfg = {"modalities": modalities, "symmetry": {"enabled": True}, "context_slices": context}

@@ -15,12 +15,13 @@ from omegaconf import OmegaConf
 from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import CheckpointError
 from brats_lightning.inference.flips import tta_flips
-from brats_lightning.load.checkpoint import find_checkpoints
-from brats_lightning.modules.ensemble import EnsembleModule, check_compatible
+from brats_lightning.load.predictor import check_compatible, load_model
+from brats_lightning.load.runs import find_checkpoints
+from brats_lightning.modules.ensemble import EnsembleModule
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.modules.patch import PatchCNNModule
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.predict.run import load_model, predict_dir
+from brats_lightning.predict.run import predict_dir
 
 pytest.importorskip("onnxruntime")
 
@@ -104,7 +105,8 @@ def test_checkpoints_are_found_in_run_and_multirun_folders(tmp_path: Path, train
     ids=["fcn_sym", "twopath", "local_cascade"],
 )
 def test_onnx_equals_torch(tmp_path: Path, make, shape: tuple[int, ...]) -> None:
-    from brats_lightning.export import OnnxModule, export_onnx, read_sidecar
+    from brats_lightning.export import export_onnx
+    from brats_lightning.load.onnx import OnnxModule, read_sidecar
 
     torch.manual_seed(0)
     model = make().eval()

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from brats_lightning.callbacks.budget import BudgetSchedule, budget_factor
-from brats_lightning.callbacks.postprocess import TunePostprocess, candidates, choose
+from brats_lightning.callbacks.postprocess import TunePostprocess
 from brats_lightning.data.datasets import SliceDataset, crop_offsets, window_holding
 from brats_lightning.data.labels import get_convention
 from brats_lightning.errors import ConfigError
-from brats_lightning.inference.cleanup import remove_small_components
+from brats_lightning.inference.cleanup import candidates, choose_within_tolerance, is_noop, remove_small_components
 from brats_lightning.modules.losses import SegmentationLoss
 
 # -- sampling -------------------------------------------------------------------------------------
@@ -185,14 +185,16 @@ def test_largest_only_keeps_the_largest_component() -> None:
 
 
 def test_the_strongest_clean_up_within_the_tolerance_is_chosen() -> None:
-    assert choose([0.80, 0.85, 0.849, 0.70], tolerance=0.002) == 2
-    assert choose([0.80, 0.85, 0.847, 0.70], tolerance=0.002) == 1
+    assert choose_within_tolerance([0.80, 0.85, 0.849, 0.70], tolerance=0.002) == 2
+    assert choose_within_tolerance([0.80, 0.85, 0.847, 0.70], tolerance=0.002) == 1
+    none = {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": False, "et_min_volume_mm3": 0.0}
     assert candidates([500, 100], largest_only=True) == [
-        None,
-        {"min_volume_mm3": 100.0, "min_slices": 1},
-        {"min_volume_mm3": 500.0, "min_slices": 1},
-        {"min_volume_mm3": 0.0, "min_slices": 1, "largest_only": True},
+        none,
+        {**none, "min_volume_mm3": 100.0, "min_slices": 1},
+        {**none, "min_volume_mm3": 500.0, "min_slices": 1},
+        {**none, "largest_only": True},
     ]
+    assert is_noop(None) and is_noop(none) and not is_noop({"largest_only": True})
 
 
 @pytest.fixture(scope="module")
@@ -240,8 +242,9 @@ def test_tuning_scores_the_best_checkpoint_and_stores_its_choice_in_it(tuned_run
 
 
 def test_predict_applies_the_tuned_choice_unless_told_otherwise(tuned_run: dict) -> None:
+    from brats_lightning.load.predictor import load_predictor
     from brats_lightning.modules.ensemble import EnsembleModule
-    from brats_lightning.predict.run import _flips, load_predictor
+    from brats_lightning.predict.run import _flips
 
     auto, _ = load_predictor(tuned_run["ckpt"], _flips({"tta": "auto"}))
     assert isinstance(auto, EnsembleModule) and auto.flips == ((2,),)

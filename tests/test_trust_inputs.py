@@ -22,9 +22,10 @@ from brats_lightning.data import cache
 from brats_lightning.data.datamodule import BratsDataModule
 from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import CheckpointError, ConfigError, DataError, find_user_error
-from brats_lightning.export import read_sidecar
 from brats_lightning.load.checkpoint import load_module
-from brats_lightning.predict.run import load_predictor, predict_dir
+from brats_lightning.load.onnx import read_sidecar
+from brats_lightning.load.predictor import load_predictor
+from brats_lightning.predict.run import predict_dir
 from brats_lightning.training.train import train
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

@@ -31,34 +31,19 @@ from brats_lightning.data.labels import REGIONS, LabelConvention
 from brats_lightning.errors import ConfigError
 from brats_lightning.evaluation.metrics import dice
 from brats_lightning.files import atomic_path, read_checkpoint
-from brats_lightning.inference.cleanup import apply_cleanup
+from brats_lightning.inference.cleanup import apply_cleanup, candidates, choose_within_tolerance, is_noop
 from brats_lightning.inference.flips import tta_flips as flip_dims
 from brats_lightning.modules.segmentation import SegmentationModule
 
-__all__ = ["TunePostprocess", "candidates", "choose"]
+__all__ = ["TunePostprocess", "region_dice"]
 
 log = logging.getLogger(__name__)
-
-
-def candidates(min_volumes_mm3: Sequence[float], largest_only: bool = True) -> list[dict | None]:
-    """The clean-ups compared, weakest first: none, each volume threshold, then the largest component only."""
-    out: list[dict | None] = [None]
-    out += [{"min_volume_mm3": float(v), "min_slices": 1} for v in sorted(min_volumes_mm3)]
-    if largest_only:
-        out.append({"min_volume_mm3": 0.0, "min_slices": 1, "largest_only": True})
-    return out
 
 
 def region_dice(pred: np.ndarray, label: np.ndarray, convention: LabelConvention) -> list[float]:
     """Dice of every BraTS region of class maps ``pred`` against ``label``."""
     p, g = convention.region_masks(pred), convention.region_masks(label)
     return [dice(p[r], g[r]) for r in REGIONS]
-
-
-def choose(scores: Sequence[float], tolerance: float) -> int:
-    """Index of the chosen candidate: the last (strongest) within ``tolerance`` of the best score."""
-    best = max(scores)
-    return max(i for i, s in enumerate(scores) if s >= best - tolerance)
 
 
 class TunePostprocess(Callback):
@@ -147,13 +132,14 @@ class TunePostprocess(Callback):
             return None
         scores /= n
         means = scores.mean(-1)
-        picks = [choose(list(m), self.tolerance) for m in means]
+        picks = [choose_within_tolerance(list(m), self.tolerance) for m in means]
         s = 1 if len(settings) > 1 and means[1, picks[1]] >= means[0, picks[0]] + self.tta_min_gain else 0
-        chosen, flips = self.candidates[picks[s]], settings[s]
+        chosen = None if is_noop(self.candidates[picks[s]]) else self.candidates[picks[s]]
+        flips = settings[s]
         table = [
             {
                 "tta_flips": list(settings[si]),
-                "postprocess": self.candidates[ci],
+                "postprocess": None if is_noop(self.candidates[ci]) else self.candidates[ci],
                 **{f"dice_{r}": float(scores[si, ci, ri]) for ri, r in enumerate(REGIONS)},
                 "dice_mean": float(means[si, ci]),
             }

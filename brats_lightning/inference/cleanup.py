@@ -11,20 +11,31 @@ among these rules on the validation cases.
 :func:`apply_cleanup` adds the BraTS rule of Isensee et al. (BraTS 2018 and nnU-Net's BraTS entry):
 a case whose predicted enhancing tumour is smaller than ``et_min_volume_mm3`` has it relabelled
 necrosis (the challenge scores an empty enhancing prediction of a case without enhancing tumour as
-Dice 1, a few false voxels as Dice 0). :func:`~brats_lightning.crossval.run.choose_cleanup` chooses both
+Dice 1, a few false voxels as Dice 0). :func:`choose_cleanup` chooses both
 on out-of-fold segmentations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from brats_lightning.data.labels import LabelConvention
 
-__all__ = ["remove_small_components", "apply_cleanup", "enhancing_to_necrosis"]
+__all__ = [
+    "NO_CLEANUP",
+    "apply_cleanup",
+    "candidates",
+    "choose_cleanup",
+    "choose_within_tolerance",
+    "enhancing_to_necrosis",
+    "et_rule_candidates",
+    "is_noop",
+    "remove_small_components",
+]
 
 
 def remove_small_components(
@@ -104,3 +115,69 @@ def apply_cleanup(
     if opts.get("largest_only") or float(opts.get("min_volume_mm3", 500.0)) > 0 or int(opts.get("min_slices", 3)) > 1:
         out = remove_small_components(classes, spacing, **opts)
     return enhancing_to_necrosis(out, convention, spacing, et_min) if et_min > 0 else out
+
+
+# ------------------------------------------------------------------------------------------ choosing
+
+
+#: the clean-up that changes nothing (the first candidate of every comparison)
+NO_CLEANUP: dict = {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": False, "et_min_volume_mm3": 0.0}
+
+
+def candidates(min_volumes_mm3: Sequence[float], largest_only: bool = True) -> list[dict]:
+    """Clean-ups of the tumour's connected components to compare, weakest first: none, each volume threshold,
+    then the largest component only.
+
+    Example:
+        >>> [c["min_volume_mm3"] for c in candidates([500, 100], largest_only=False)]
+        [0.0, 100.0, 500.0]
+    """
+    out = [dict(NO_CLEANUP)]
+    out += [{**NO_CLEANUP, "min_volume_mm3": float(v), "min_slices": 1} for v in sorted(min_volumes_mm3)]
+    if largest_only:
+        out.append({**NO_CLEANUP, "largest_only": True})
+    return out
+
+
+def is_noop(options: dict | None) -> bool:
+    """Whether the clean-up ``options`` changes nothing (``None`` included)."""
+    return not options or {**NO_CLEANUP, **options} == NO_CLEANUP
+
+
+def choose_within_tolerance(scores: Sequence[float], tolerance: float) -> int:
+    """Index of the chosen candidate (validation rule of
+    :class:`~brats_lightning.callbacks.postprocess.TunePostprocess`): the last (strongest) within
+    ``tolerance`` of the best score.
+    """
+    best = max(scores)
+    return max(i for i, s in enumerate(scores) if s >= best - tolerance)
+
+
+def et_rule_candidates(base: dict, et_volumes_mm3: Sequence[float]) -> list[dict]:
+    """``base`` with each threshold of the enhancing-to-necrosis rule (0 = off, first)."""
+    off = {**base, "et_min_volume_mm3": 0.0}
+    return [off] + [{**base, "et_min_volume_mm3": float(v)} for v in sorted(et_volumes_mm3)]
+
+
+def choose_cleanup(scores: np.ndarray, folds: np.ndarray, use: np.ndarray) -> tuple[int, dict[str, Any]]:
+    """The candidate that beats the first (no clean-up) by more than the folds' spread.
+
+    Args:
+        scores: ``(cases, candidates)`` score of every candidate on every case.
+        folds: ``(cases,)`` the fold of every case.
+        use: ``(cases,)`` boolean, the cases the choice may look at.
+
+    Returns:
+        The chosen index (0 when no candidate's mean gain over candidate 0 exceeds one standard
+        error of its per-fold gains, the folds' spread) and the figures: per candidate the gain and
+        its standard error.
+    """
+    kept = np.flatnonzero(use)
+    fold_ids = sorted(set(folds[kept].tolist()))
+    per_fold = np.stack([scores[kept[folds[kept] == f]].mean(0) for f in fold_ids])  # (F, candidates)
+    gains = per_fold - per_fold[:, :1]
+    mean = gains.mean(0)
+    se = gains.std(0, ddof=1) / np.sqrt(len(fold_ids)) if len(fold_ids) > 1 else np.zeros_like(mean)
+    eligible = [i for i in range(1, scores.shape[1]) if mean[i] > se[i] and mean[i] > 0]
+    best = max(eligible, key=lambda i: mean[i]) if eligible else 0
+    return best, {"gain": mean.tolist(), "se": se.tolist(), "folds": len(fold_ids)}

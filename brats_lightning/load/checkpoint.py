@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,21 +22,9 @@ from brats_lightning.files import read_checkpoint
 if TYPE_CHECKING:
     from brats_lightning.modules.segmentation import SegmentationModule
 
-__all__ = [
-    "module_class",
-    "stored_settings",
-    "describe",
-    "load_module",
-    "check_fits",
-    "find_checkpoints",
-    "predictor_checkpoints",
-    "PREDICTOR_FILE",
-]
+__all__ = ["module_class", "stored_settings", "describe", "load_module", "check_fits"]
 
 log = logging.getLogger(__name__)
-
-#: a cross-validation run folder's list of its final predictor's checkpoints (:mod:`brats_lightning.crossval.run`)
-PREDICTOR_FILE = "predictor.json"
 
 #: hyper-parameters that point at other files (stage checkpoints, VGG weights): never compared
 _PATH_PARAMS = ("first_stage_ckpt", "local_ckpt", "global_ckpt", "vgg_weights")
@@ -179,90 +166,3 @@ def check_fits(path: str | Path, model: SegmentationModule, purpose: str = "resu
             f"{path}: cannot {purpose} it: its weights do not fit this run's model "
             f"({'; '.join(differ) if differ else '; '.join(problems[:3])})"
         )
-
-
-def find_checkpoints(spec: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The checkpoints named by ``spec``: files, run folders, or multirun folders (every job's).
-
-    A run folder gives the checkpoint it reported (``summary.json``), else ``checkpoints/best.ckpt``,
-    else ``checkpoints/last.ckpt``; a multi-stage job (``pipeline.json``) its last stage's; a
-    cross-validation run (``predictor.json``) its fold models; a folder of jobs (a Hydra multirun)
-    every job's, in name order.
-
-    Raises:
-        CheckpointError: a path that does not exist, or a folder without any checkpoint.
-    """
-    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    found: list[Path] = []
-    for item in items:
-        path = Path(str(item))
-        if path.is_file():
-            found.append(path)
-        elif path.is_dir() and (path / PREDICTOR_FILE).is_file():  # a cross-validation run: its fold models
-            found += predictor_checkpoints(path)
-        elif path.is_dir():
-            own = _run_checkpoint(path)
-            jobs = (
-                [] if own else [c for d in sorted(p for p in path.iterdir() if p.is_dir()) if (c := _run_checkpoint(d))]
-            )
-            if not own and not jobs:
-                raise CheckpointError(f"{path}: no checkpoint in this folder (nor in its job folders)")
-            found += [own] if own else jobs
-        else:
-            raise CheckpointError(f"{path}: no such checkpoint file or run folder")
-    if not found:
-        raise CheckpointError("ckpt_path: no checkpoint given")
-    return found
-
-
-def predictor_checkpoints(run: Path) -> list[Path]:
-    """The checkpoints a cross-validation run's ``predictor.json`` lists (paths inside the run folder).
-
-    Raises:
-        CheckpointError: the file is not what a run writes, or names a path outside the run or missing.
-    """
-    from brats_lightning.schema import read_json
-
-    path = run / PREDICTOR_FILE
-    doc = read_json(path, "predictor list")
-    listed = doc.get("checkpoints") if isinstance(doc, dict) else None
-    if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
-        raise CheckpointError(f"{path}: expected a list of checkpoints under 'checkpoints'")
-    root = run.resolve()
-    found = []
-    for rel in listed:
-        p = (run / rel).resolve()
-        if not p.is_relative_to(root):
-            raise CheckpointError(f"{path}: {rel!r} is outside the run folder; it is not loaded")
-        if not p.is_file():
-            raise CheckpointError(f"{path}: {rel} is missing")
-        found.append(run / rel)
-    return found
-
-
-def _run_checkpoint(run: Path) -> Path | None:
-    """The checkpoint a run folder reported, or ``None`` when it is not a run folder.
-
-    ``pipeline.json`` and ``summary.json`` are read as data (:func:`~brats_lightning.schema.read_json`);
-    what they name is only a path, and the file there is read like any checkpoint.
-    """
-    from brats_lightning.errors import UserError
-    from brats_lightning.schema import read_json
-
-    def reported(doc_path: Path, pick) -> Path | None:
-        if not doc_path.is_file():
-            return None
-        try:
-            value = pick(read_json(doc_path, doc_path.name))
-        except (UserError, LookupError, AttributeError, TypeError):
-            return None
-        return Path(value) if isinstance(value, str) and value and Path(value).is_file() else None
-
-    best = reported(run / "pipeline.json", lambda stages: list(stages.values())[-1].get("best_ckpt"))
-    best = best or reported(run / "summary.json", lambda summary: summary.get("checkpoint"))
-    if best is not None:
-        return best
-    for name in ("best.ckpt", "last.ckpt"):
-        if (run / "checkpoints" / name).is_file():
-            return run / "checkpoints" / name
-    return None

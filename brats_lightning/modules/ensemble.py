@@ -4,60 +4,30 @@ An :class:`EnsembleModule` is a :class:`~brats_lightning.modules.segmentation.Se
 for inference only (validation, test, ``predict``): every slice batch goes through each member,
 and, with test-time augmentation, through each member again on the left-right mirrored slices
 (optionally the other in-plane flip too); the probabilities are averaged. The members must agree on
-what they were trained on (:func:`check_compatible`), so that the preprocessing and the symmetry
-maps are computed once per case for all of them.
+what they were trained on (:func:`brats_lightning.load.predictor.check_compatible`), so that the
+preprocessing and the symmetry maps are computed once per case for all of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from brats_lightning.errors import CheckpointError
-from brats_lightning.inference.flips import FLIPS, flip_average, tta_flips
+from brats_lightning.inference.flips import flip_average
 from brats_lightning.modules.segmentation import SegmentationModule
 
-__all__ = ["EnsembleModule", "FLIPS", "check_compatible", "tta_flips"]
-
-#: what members must share: the data they take and the labels they give
-_MUST_AGREE = ("modalities", "convention", "preprocess", "symmetry", "context_slices")
-
-
-def check_compatible(data_configs: Sequence[dict], paths: Sequence[str | Path]) -> dict:
-    """The shared data configuration of an ensemble's checkpoints.
-
-    Raises:
-        CheckpointError: two checkpoints differ in modalities, label convention, preprocessing or
-            symmetry maps; the message names both files and the values.
-    """
-    ref, ref_path = data_configs[0], paths[0]
-    for cfg, path in zip(data_configs[1:], paths[1:]):
-        for key in _MUST_AGREE:
-            if _plain(cfg.get(key)) != _plain(ref.get(key)):
-                raise CheckpointError(
-                    f"{path}: cannot be ensembled with {ref_path}: its {key} is {cfg.get(key)!r}, "
-                    f"the other's {ref.get(key)!r} (an ensemble shares one preprocessing)"
-                )
-    return ref
-
-
-def _plain(value: object) -> object:
-    """Lists and tuples compare alike (a checkpoint read back may hold either)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if k != "device"}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+__all__ = ["EnsembleModule"]
 
 
 class EnsembleModule(SegmentationModule, register=False):
     """The mean class probabilities of ``members``, each on the slices and on their ``flips``.
 
     Args:
-        members: trained models with the same label convention (and data: :func:`check_compatible`).
+        members: trained models with the same label convention (and data:
+            :func:`~brats_lightning.load.predictor.check_compatible`).
         flips: test-time flips besides the identity (:data:`FLIPS`); ``()`` for none.
 
     Whole-slice inference stays exact: a member sees whole slices (flipped or not) and pads them as it

@@ -58,77 +58,22 @@ from brats_lightning.data.preprocess import (
 )
 from brats_lightning.data.readers import CaseFiles
 from brats_lightning.errors import ConfigError, OutputError, UserError, cli, disk_full
-from brats_lightning.export import load_onnx
 from brats_lightning.files import atomic_path, remove_stale_temporaries, write_text_atomic
 from brats_lightning.inference.cleanup import apply_cleanup
 from brats_lightning.inference.flips import tta_flips
 from brats_lightning.inference.volume import predict_volume
-from brats_lightning.load.checkpoint import find_checkpoints, load_module
-from brats_lightning.modules.ensemble import EnsembleModule, check_compatible
+from brats_lightning.load.predictor import load_predictor
+from brats_lightning.modules.ensemble import EnsembleModule
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.precision import inference_dtype
 from brats_lightning.schema import PostprocessOptions, validate
 
-__all__ = ["load_model", "CaseOutputs", "CaseDataset", "Predictor", "CaseWriter", "predict_dir", "main"]
+__all__ = ["CaseOutputs", "CaseDataset", "Predictor", "CaseWriter", "predict_dir", "main"]
 
 log = logging.getLogger("brats_lightning.predict.run")
 
 #: the stages of a case whose seconds ``predict_report.json`` records
 STAGES = ("read", "preprocess", "symmetry", "inference", "write")
-
-
-def load_model(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[SegmentationModule, dict]:
-    """Rebuild a trained model (eval mode, on ``device``) and its data configuration from a checkpoint.
-
-    Only brats_lightning's own model classes can be rebuilt (see :mod:`brats_lightning.load.checkpoint`).
-
-    Raises:
-        CheckpointError: missing, unreadable or foreign checkpoint, or weights that do not fit.
-    """
-    model, data_config = load_module(ckpt_path)
-    return model.to(device).eval(), data_config
-
-
-def load_predictor(
-    ckpt_path: str | Path | Sequence[str | Path],
-    flips: Sequence[str] | None = (),
-    device: str | torch.device = "cpu",
-) -> tuple[SegmentationModule, dict]:
-    """What ``predict`` runs: one checkpoint, an ensemble, or an exported ONNX model, with test-time flips.
-
-    Args:
-        ckpt_path: a checkpoint, a list of them, a run or multirun folder (its best checkpoints:
-            :func:`~brats_lightning.load.checkpoint.find_checkpoints`), or a ``.onnx`` file written by
-            ``python -m brats_lightning.export``.
-        flips: test-time flips (``lr``, ``ap``; :data:`~brats_lightning.inference.flips.FLIPS`); ``None``:
-            those the checkpoints were tuned with (``tta_flips`` of
-            :class:`~brats_lightning.callbacks.postprocess.TunePostprocess`; none unless all agree).
-
-    Raises:
-        CheckpointError: unreadable checkpoints, or checkpoints of models trained on other data
-            (modalities, convention, preprocessing, symmetry maps) than each other.
-    """
-    if isinstance(ckpt_path, (str, Path)) and str(ckpt_path).endswith(".onnx"):
-        model, data_config = load_onnx(ckpt_path)
-        flip_dims = tta_flips(model.tta_flips if flips is None else flips)
-        return (EnsembleModule([model], flip_dims) if flip_dims else model), data_config
-    paths = find_checkpoints(ckpt_path)
-    loaded = [load_model(p, device) for p in paths]
-    data_config = check_compatible([d for _, d in loaded], paths)
-    # missing sequences are accepted only if every member learnt to do without them
-    data_config = {**data_config, "modality_dropout": min(float(d.get("modality_dropout", 0.0)) for _, d in loaded)}
-    models = [m for m, _ in loaded]
-    if flips is None:
-        tuned = {tuple(m.tta_flips) for m in models}
-        flips = list(tuned.pop()) if len(tuned) == 1 else []
-        if flips:
-            log.info("Test-time flips %s, as chosen on the validation cases (tta=auto)", flips)
-    flip_dims = tta_flips(flips)
-    if len(models) == 1 and not flip_dims:
-        return models[0], data_config
-    if len(models) > 1:
-        log.info("Ensemble of %d checkpoints: %s", len(models), ", ".join(map(str, paths)))
-    return EnsembleModule(models, flip_dims).eval(), data_config
 
 
 @dataclass(frozen=True)

@@ -211,8 +211,7 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
 
     from brats_lightning.errors import UserError
     from brats_lightning.evaluation.results import run_metrics, summarise
-    from brats_lightning.load.checkpoint import find_checkpoints, load_module
-    from brats_lightning.modules.ensemble import EnsembleModule, check_compatible
+    from brats_lightning.load import find_checkpoints, load_predictor
     from brats_lightning.precision import inference_dtype
 
     if len(group) < 2:
@@ -226,9 +225,7 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
         dm.setup("test")
         if not dm.test_cases:
             return None, "no held-out test cases (data.test_fraction=0: each fold is scored on its own validation fold)"
-        loaded = [load_module(p) for p in paths]
-        check_compatible([d for _, d in loaded], paths)
-        ensemble = EnsembleModule([m for m, _ in loaded])
+        ensemble, _ = load_predictor(paths, flips=[])  # the members must share their data (else: an error)
     except (UserError, OSError) as e:
         log.warning("No ensemble of the folds of %s: %s", group[0].setting, e)
         return None, str(e)

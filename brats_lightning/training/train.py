@@ -22,7 +22,7 @@ from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.callbacks.wandb_run import WandbRunId, fold_runs, is_wandb_logger, plain_config, wandb_init_args
 from brats_lightning.config import check_budget, config_dir, register_resolvers
-from brats_lightning.crossval.run import run_cross_validation
+from brats_lightning.crossval import run_cross_validation
 from brats_lightning.errors import CheckpointError, ConfigError, cli
 from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
 from brats_lightning.files import atomic_path, write_csv_atomic, write_text_atomic

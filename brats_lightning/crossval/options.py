@@ -1,0 +1,132 @@
+"""The options of a cross-validation (``cv.*``) and the state a killed run resumes from (``cv_state.json``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from brats_lightning.errors import ConfigError, UserError
+from brats_lightning.files import write_text_atomic
+from brats_lightning.inference.flips import tta_flips
+from brats_lightning.schema import read_json
+
+__all__ = ["DEFAULT_INFERENCE_S", "CVOptions", "CVState", "fold_seconds"]
+
+log = logging.getLogger("brats_lightning.crossval")
+
+#: seconds per case and pass assumed for out-of-fold inference before the first fold has measured it
+#: (Shen et al.'s FCN on a BraTS brain box in bf16 on 2 CPU cores: about 5 s)
+DEFAULT_INFERENCE_S = 6.0
+
+
+def fold_seconds(left_s: float, folds_left: int, inference_s: float, minimum_s: float = 30.0) -> float:
+    """Training seconds of the next fold: an even share of what is left, less its inference.
+
+    Example:
+        >>> fold_seconds(3000.0, 5, 60.0)
+        540.0
+    """
+    return max(minimum_s, left_s / max(1, folds_left) - inference_s)
+
+
+@dataclass(frozen=True)
+class CVOptions:
+    """``cv.*`` of the config (``conf/experiment/real_fast.yaml``).
+
+    Attributes:
+        tta_flips: test-time flips of the out-of-fold predictions and of the final predictor.
+        min_volumes_mm3: component-volume thresholds of the clean-up compared.
+        largest_only: also compare keeping only the largest tumour component.
+        et_volumes_mm3: thresholds of the enhancing-to-necrosis rule compared.
+        tune_max_cases: score the clean-ups on at most this many out-of-fold cases (spread over the folds).
+        probabilities: also keep the out-of-fold class probabilities (float16) in ``oof/``.
+        workers: processes scoring cases (``0``: this machine's cores).
+        fold_minutes: train every fold exactly this long instead of its share of the budget (the
+            ablation: every setting trains the same minutes, whatever its inference costs).
+        raw_weights: also segment with the weights before averaging (``callbacks.ema``), to measure
+            the averaging (``cv_raw`` in ``metrics.json``; one more pass per case).
+        uncertainty: also keep, per case, the voxel-wise uncertainty of the test-time flips (normalised
+            entropy of their mean) and their agreement (:mod:`brats_lightning.inference.uncertainty`).
+        missing_modalities: also segment every case with each of these modalities missing (its image
+            and symmetry-map channels zeroed, as ``data.modality_dropout`` trains), one pass each
+            (``cv_missing_<modality>`` in ``metrics.json``).
+    """
+
+    tta_flips: tuple[str, ...] = ("lr",)
+    min_volumes_mm3: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0, 2000.0)
+    largest_only: bool = True
+    et_volumes_mm3: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
+    tune_max_cases: int = 300
+    probabilities: bool = False
+    workers: int = 0
+    fold_minutes: float | None = None
+    raw_weights: bool = False
+    uncertainty: bool = False
+    missing_modalities: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, node: Any) -> CVOptions:
+
+        raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"cv must be a mapping of options, got {raw!r}")
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"cv: unknown option(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        opts: dict[str, Any] = {str(k): tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        out = cls(**opts)
+        try:
+            tta_flips(out.tta_flips)
+        except ValueError as e:
+            raise ConfigError(f"cv.tta_flips: {e}") from None
+        if any(float(v) <= 0 for v in (*out.min_volumes_mm3, *out.et_volumes_mm3)):
+            raise ConfigError("cv.min_volumes_mm3 and cv.et_volumes_mm3 must be positive volumes")
+        if out.fold_minutes is not None and not float(out.fold_minutes) > 0:
+            raise ConfigError(f"cv.fold_minutes must be positive minutes (or null), got {out.fold_minutes!r}")
+        return out
+
+
+@dataclass
+class CVState:
+    """``cv_state.json``: what a killed run had done (resumed in place)."""
+
+    path: Path
+    spent_s: float = 0.0
+    folds: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: seconds of out-of-fold inference per case, measured before the first fold
+    inference_s: float = 0.0
+
+    @classmethod
+    def load(cls, out: Path) -> CVState:
+
+        path = out / "cv_state.json"
+        if not path.is_file():
+            return cls(path)
+        try:
+            doc = read_json(path, "cross-validation state")
+        except UserError as e:
+            log.warning("%s; starting the cross-validation afresh", e)
+            return cls(path)
+        if not isinstance(doc, dict):
+            return cls(path)
+
+        def number(key: str) -> float:
+            v = doc.get(key)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0.0
+
+        folds = doc.get("folds")
+        return cls(
+            path,
+            number("spent_s"),
+            {str(k): v for k, v in folds.items() if isinstance(v, dict)} if isinstance(folds, dict) else {},
+            number("inference_s"),
+        )
+
+    def save(self) -> None:
+        doc = {"spent_s": self.spent_s, "inference_s": self.inference_s, "folds": self.folds}
+        write_text_atomic(self.path, json.dumps(doc, indent=1) + "\n")

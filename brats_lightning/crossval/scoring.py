@@ -1,0 +1,279 @@
+"""Scoring the out-of-fold segmentations: the clean-up chosen on them (nested), every case's figures, the
+run's ``cv/`` folder (per case, per fold, per site, the uncertainty's figures) and ``metrics.json`` figures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from brats_lightning.crossval.options import CVOptions
+from brats_lightning.crossval.predictor import write_predictor
+from brats_lightning.data.cache import PreparedCase, available_cores
+from brats_lightning.data.labels import REGIONS, LabelConvention
+from brats_lightning.data.preprocess import uncrop
+from brats_lightning.evaluation.lesions import brats2023_lesion_metrics
+from brats_lightning.evaluation.metrics import dice, region_metrics
+from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
+from brats_lightning.files import write_csv_atomic, write_text_atomic
+from brats_lightning.inference.cleanup import apply_cleanup, candidates, choose_cleanup, et_rule_candidates
+from brats_lightning.inference.uncertainty import auroc, spearman
+
+__all__ = ["VARIANTS", "aggregate", "site_table", "uncertainty_figures"]
+
+log = logging.getLogger("brats_lightning.crossval")
+
+
+def _load_case(oof: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A case's out-of-fold classes and its label, ``(X, Y, Z)`` in the brain's box (the cache's crop)."""
+    with np.load(oof) as z:
+        classes = z["classes"]
+    label = np.load(folder / "label.npy", mmap_mode="r")
+    return np.ascontiguousarray(classes.transpose(1, 2, 0)), np.ascontiguousarray(label.transpose(1, 2, 0))
+
+
+def _score(pred: np.ndarray, gt: np.ndarray, convention: LabelConvention, spacing, regions: Sequence[str]) -> float:
+    """Mean over ``regions`` of (Dice + lesion-wise Dice) / 2: the clean-up's objective."""
+
+    pm, gm = convention.region_masks(pred), convention.region_masks(gt)
+    values = [
+        (dice(pm[r], gm[r]) + brats2023_lesion_metrics(pm[r], gm[r], spacing)["lesion_dice"]) / 2 for r in regions
+    ]
+    return float(np.mean(values))
+
+
+def _candidate_scores(job: tuple) -> list[float]:
+    """Scores of the candidates of one case (a worker's job)."""
+
+    oof, folder, spacing, convention, candidates, regions = job
+    pred, gt = _load_case(oof, folder)
+    return [_score(apply_cleanup(pred, spacing, convention, c), gt, convention, spacing, regions) for c in candidates]
+
+
+def _case_metrics(job: tuple) -> list[dict]:
+    """Every metric of every region of one case on its full grid, after its clean-up (a worker's job)."""
+
+    case_id, oof, folder, spacing, box, ras_shape, convention, options = job
+    pred, gt = _load_case(oof, folder)
+    pred = apply_cleanup(pred, spacing, convention, options)
+    p, g = uncrop(pred, box, ras_shape), uncrop(gt, box, ras_shape)
+    pm, gm = convention.region_masks(p), convention.region_masks(g)
+    return [
+        {"case": case_id, "region": r, **region_metrics(pm[r], gm[r], spacing, True, lesion_wise=True)} for r in REGIONS
+    ]
+
+
+#: the out-of-fold predictions scored without clean-up (Dice only): name in metrics.json -> array in the npz
+VARIANTS = {"cv_flips": "classes", "cv_single": "classes_single", "cv_raw": "classes_raw"}
+
+
+def _variant_dice(job: tuple) -> dict[str, list[float]]:
+    """Region Dice of every saved prediction of one case, without clean-up (a worker's job)."""
+
+    oof, folder, convention = job
+    label = np.load(folder / "label.npy", mmap_mode="r")
+    gm = convention.region_masks(np.asarray(label))
+    out = {}
+    with np.load(oof) as z:
+        keys = {**VARIANTS, **{f"cv_missing_{k.removeprefix('classes_missing_')}": k for k in z.files
+                               if k.startswith("classes_missing_")}}  # fmt: skip
+        for name, key in keys.items():
+            if key in z.files:
+                pm = convention.region_masks(z[key])
+                out[name] = [dice(pm[r], gm[r]) for r in REGIONS]
+    return out
+
+
+def _fold_means(values: dict[str, list[float]], fold_of: dict[str, int], prefix: str) -> dict[str, float]:
+    """``<prefix>/dice_<region>``, ``<prefix>/dice_mean`` and ``<prefix>/fold<k>/dice_mean`` of per-case region Dice."""
+    arr = np.array([values[c] for c in sorted(values)])
+    out = {f"{prefix}/dice_{r}": float(arr[:, i].mean()) for i, r in enumerate(REGIONS)}
+    out[f"{prefix}/dice_mean"] = float(arr.mean())
+    for k in sorted(set(fold_of.values())):
+        sel = [values[c] for c in sorted(values) if fold_of[c] == k]
+        out[f"{prefix}/fold{k}/dice_mean"] = float(np.mean(sel))
+    return out
+
+
+def _pool_map(fn: Callable[[tuple], Any], jobs: list[tuple], workers: int) -> list[Any]:
+
+    workers = min(len(jobs), workers or available_cores())
+    if workers <= 1:
+        return [fn(j) for j in jobs]
+
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(fn, jobs))
+
+
+def _tuning_subset(ids: list[str], fold_of: dict[str, int], n: int) -> list[str]:
+    """At most ``n`` cases, spread evenly over the folds (deterministic)."""
+    if len(ids) <= n:
+        return ids
+    by_fold: dict[int, list[str]] = {}
+    for c in ids:
+        by_fold.setdefault(fold_of[c], []).append(c)
+    per = max(1, n // len(by_fold))
+    return sorted(c for members in by_fold.values() for c in members[:: max(1, len(members) // per)][:per])
+
+
+def aggregate(
+    out: Path,
+    dm: Any,
+    folds: list[list[str]],
+    groups: dict[str, str],
+    cases: dict[str, PreparedCase],
+    opts: CVOptions,
+    cfg: DictConfig,
+) -> dict[str, float]:
+    """Choose the clean-up on the out-of-fold segmentations, score every case with the choice made
+    without it, write ``cv/`` and the final predictor. Returns the ``cv/...`` figures."""
+
+    conv: LabelConvention = dm.convention
+    fold_of = {c: k for k, f in enumerate(folds) for c in f}
+    ids = sorted(fold_of)
+    oof = {c: out / "oof" / f"{c}.npz" for c in ids}
+    missing = [c for c in ids if not oof[c].is_file()]
+    if missing:
+        raise FileNotFoundError(f"out-of-fold predictions missing for {missing[:5]} in {out / 'oof'}")
+    tune = _tuning_subset(ids, fold_of, opts.tune_max_cases)
+    fold_arr = np.array([fold_of[c] for c in tune])
+    t0 = time.perf_counter()
+    comps = candidates(opts.min_volumes_mm3, opts.largest_only)
+    jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, comps, REGIONS) for c in tune]
+    score_a = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
+    n_folds = len(folds)
+    pick_a = {k: choose_cleanup(score_a, fold_arr, fold_arr != k)[0] for k in range(n_folds)}
+    final_a, figures_a = choose_cleanup(score_a, fold_arr, np.ones(len(tune), bool))
+    et_scores: dict[int, np.ndarray] = {}
+    for a in sorted({final_a, *pick_a.values()}):
+        rules = et_rule_candidates(comps[a], opts.et_volumes_mm3)
+        jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, rules, ("et",)) for c in tune]
+        et_scores[a] = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
+    final_b, figures_b = choose_cleanup(et_scores[final_a], fold_arr, np.ones(len(tune), bool))
+    final = et_rule_candidates(comps[final_a], opts.et_volumes_mm3)[final_b]
+    nested = {}
+    for k in range(n_folds):
+        b = choose_cleanup(et_scores[pick_a[k]], fold_arr, fold_arr != k)[0]
+        nested[k] = et_rule_candidates(comps[pick_a[k]], opts.et_volumes_mm3)[b]
+    tuning = {
+        "cases": len(tune),
+        "components": [{"option": c, "gain": g, "se": e} for c, g, e in zip(comps, figures_a["gain"], figures_a["se"])],
+        "et_rule": [
+            {"option": c, "gain": g, "se": e}
+            for c, g, e in zip(
+                et_rule_candidates(comps[final_a], opts.et_volumes_mm3), figures_b["gain"], figures_b["se"]
+            )
+        ],
+        "final": final,
+        "nested": {str(k): v for k, v in nested.items()},
+        "seconds": time.perf_counter() - t0,
+    }
+    log.info("Clean-up chosen on %d out-of-fold cases: %s (nested per fold: %s)", len(tune), final, nested)
+    metric_jobs = [
+        (c, oof[c], cases[c].folder, cases[c].spacing, cases[c].box, cases[c].ras_shape, conv, nested[fold_of[c]])
+        for c in ids
+    ]
+    rows = [row for case_rows in _pool_map(_case_metrics, metric_jobs, opts.workers) for row in case_rows]
+    name = str(cfg.model.get("name") or "model")
+    summary = summarise(
+        rows,
+        method=name,
+        evaluation="cross-validation: every case segmented by the fold model that never trained on it, "
+        "cleaned up as chosen on the other folds",
+        run=str(out),
+        folds=n_folds,
+        cleanup=final,
+        tta_flips=list(opts.tta_flips),
+    )
+    cv_dir = out / "cv"
+    write_results(cv_dir, rows, summary, f"{name} (cross-validation)")
+    write_csv_atomic(
+        cv_dir / "folds.csv",
+        [
+            {"case": c, "fold": fold_of[c], "site": groups.get(c, "all"), "cleanup": json.dumps(nested[fold_of[c]])}
+            for c in ids
+        ],
+        ["case", "fold", "site", "cleanup"],
+    )
+    write_text_atomic(cv_dir / "cleanup.json", json.dumps(tuning, indent=1) + "\n")
+    write_text_atomic(cv_dir / "sites.md", site_table(rows, groups))
+    print_table(summary, f"Cross-validation, out of fold ({summary['n_cases']} cases, {n_folds} folds) - {out}")
+    print(site_table(rows, groups))
+    write_predictor(out, len(folds), final, list(opts.tta_flips))
+    figures = run_metrics(summary, prefix="cv/")
+    per_case = {c: [next(r["dice"] for r in rows if r["case"] == c and r["region"] == g) for g in REGIONS] for c in ids}
+    figures |= {k: v for k, v in _fold_means(per_case, fold_of, "cv").items() if "/fold" in k}
+    variants: dict[str, dict[str, list[float]]] = {}
+    for c, scores in zip(ids, _pool_map(_variant_dice, [(oof[c], cases[c].folder, conv) for c in ids], opts.workers)):
+        for name, values in scores.items():
+            variants.setdefault(name, {})[c] = values
+    for name, values in variants.items():
+        if len(values) == len(ids):
+            figures |= _fold_means(values, fold_of, name)
+    if opts.uncertainty:
+        figures |= uncertainty_figures(out, ids, cases, per_case)
+    figures["cv/cleanup_s"] = time.perf_counter() - t0
+    return figures
+
+
+def _case_uncertainty(job: tuple) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """One case: the AUROC of its voxel uncertainty for its wrong voxels, its agreement, and a voxel sample."""
+
+    oof, folder, sample = job
+    with np.load(oof) as z:
+        classes, unc, score = z["classes"], z["uncertainty"].astype(np.float32), float(z["agreement"])
+    label, brain = np.load(folder / "label.npy"), np.load(folder / "mask.npy")
+    wrong, u = (classes != label)[brain], unc[brain]
+    pick = np.random.default_rng(0).choice(u.size, size=min(sample, u.size), replace=False)
+    return auroc(u, wrong), score, u[pick], wrong[pick]
+
+
+def uncertainty_figures(
+    out: Path, ids: list[str], cases: dict[str, PreparedCase], dice: dict[str, list[float]], sample: int = 200_000
+) -> dict[str, float]:
+    """How well the out-of-fold uncertainty does its job (``cv.uncertainty``): the AUROC of the voxel map for
+    the wrong voxels (pooled over the cases' brains, and per case), and Spearman's correlation between the
+    members' agreement and the case's real mean Dice; per case in ``cv/uncertainty.csv``."""
+
+    results = _pool_map(_case_uncertainty, [(out / "oof" / f"{c}.npz", cases[c].folder, sample) for c in ids], 0)
+    real = [float(np.mean(dice[c])) for c in ids]
+    rows = [
+        {"case": c, "voxel_auroc": a, "agreement": s, "mean_dice": d} for c, (a, s, _, _), d in zip(ids, results, real)
+    ]
+    write_csv_atomic(out / "cv" / "uncertainty.csv", rows, ["case", "voxel_auroc", "agreement", "mean_dice"])
+    voxel = auroc(np.concatenate([r[2] for r in results]), np.concatenate([r[3] for r in results]))
+    rho = spearman([r[1] for r in results], real)
+    log.info("Uncertainty, out of fold: voxel AUROC %.3f (pooled), Spearman(agreement, Dice) %+.3f", voxel, rho)
+    return {
+        "cv/uncertainty_voxel_auroc": voxel,
+        "cv/uncertainty_voxel_auroc_per_case": float(np.nanmean([r[0] for r in results])),
+        "cv/uncertainty_case_spearman": rho,
+    }
+
+
+def site_table(rows: list[dict], groups: dict[str, str]) -> str:
+    """Markdown: per site (and all), the number of cases and the mean Dice, HD95 and lesion-wise Dice per region."""
+    sites = sorted({groups.get(r["case"], "all") for r in rows})
+    head = ["site", "cases"] + [f"{m} {r.upper()}" for m in ("Dice", "HD95", "lesion Dice") for r in REGIONS]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for site in [*sites, None] if len(sites) > 1 else sites:
+        sel = [r for r in rows if site is None or groups.get(r["case"], "all") == site]
+        n = len({r["case"] for r in sel})
+        cells = []
+        for metric, fmt in (("dice", "{:.3f}"), ("hd95", "{:.1f}"), ("lesion_dice", "{:.3f}")):
+            for region in REGIONS:
+                vals = [r[metric] for r in sel if r["region"] == region and metric in r]
+                cells.append(fmt.format(float(np.mean(vals))) if vals else "–")
+        lines.append(f"| {site if site is not None else '**all**'} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,101 @@
+"""Exported models: an ONNX file run by onnxruntime, with the settings it was exported with.
+
+``python -m brats_lightning.export`` writes ``model.onnx`` and, beside it, ``model.json`` (:func:`sidecar_path`):
+the data configuration of its training, the label convention, the padding of a slice, the clean-up and the
+flips its checkpoint asks for. :func:`load_onnx` reads both back, the sidecar validated as data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from brats_lightning.errors import CheckpointError, ConfigError
+from brats_lightning.inference.volume import InputPadding
+from brats_lightning.modules.segmentation import SegmentationModule
+
+__all__ = ["FORMAT", "OnnxModule", "load_onnx", "read_sidecar", "sidecar_path"]
+
+#: the sidecar's format version
+FORMAT = 1
+
+
+def sidecar_path(onnx_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.json``."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+class OnnxModule(SegmentationModule, register=False):
+    """An exported model run by onnxruntime (CPU), usable wherever a trained module predicts.
+
+    Args:
+        path: the ``.onnx`` file (its sidecar JSON beside it).
+        threads: onnxruntime's intra-op threads (0: its default).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        path = Path(path)
+        meta = read_sidecar(path)
+        super().__init__(
+            convention=meta["convention"],
+            inference_batch_size=meta["inference_batch_size"],
+            channels_last=False,
+            postprocess=meta["postprocess"],
+            name=f"{meta['name']} (ONNX)",
+        )
+        self.tta_flips = list(meta["tta_flips"])
+        self.decision = meta["decision"]
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ConfigError(
+                f"{path}: running an ONNX model needs onnxruntime: pip install -c constraints.txt -e '.[onnx]'"
+            ) from e
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise CheckpointError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+        self.input_name = self.session.get_inputs()[0].name
+        self.meta = meta
+        self._padding = InputPadding(**meta["input_padding"])
+
+    @property
+    def input_padding(self) -> InputPadding:
+        return self._padding
+
+    def net_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().float().cpu().numpy())})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of an exported model, validated (:class:`~brats_lightning.schema.ExportSidecar`).
+
+    Raises:
+        CheckpointError: the ``.onnx`` file or its ``.json`` is missing, or the sidecar is not what
+            ``export`` writes (a value of the wrong type or range, an unknown key); names ``model.json``.
+    """
+    from brats_lightning.schema import ExportSidecar, read_json, validate
+
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such ONNX file")
+    if not side.is_file():
+        raise CheckpointError(f"{side}: the sidecar of {path.name} is missing (export writes both)")
+    meta = read_json(side, f"sidecar of {path.name}")
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise CheckpointError(f"{side}: not a brats_lightning export sidecar (no format key)")
+    return validate(ExportSidecar, meta, side).model_dump(mode="json")
+
+
+def load_onnx(path: str | Path, threads: int = 0) -> tuple[OnnxModule, dict]:
+    """An exported model and the data configuration it expects."""
+    module = OnnxModule(path, threads)
+    return module, dict(module.meta["data_config"])

@@ -1,0 +1,106 @@
+"""Run folders as model sources: the checkpoint a run, a multi-stage job, a multirun or a cross-validation
+names.
+
+``predict ckpt_path=<folder>`` and ``report`` find their checkpoints here. Every JSON file of a run folder is
+read as data (:func:`~brats_lightning.schema.read_json`), and a path it names is only a path, resolved inside
+the folder it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from brats_lightning.errors import CheckpointError
+
+__all__ = ["PREDICTOR_FILE", "find_checkpoints", "predictor_checkpoints"]
+
+#: a cross-validation run folder's list of its final predictor's checkpoints (:mod:`brats_lightning.crossval`)
+PREDICTOR_FILE = "predictor.json"
+
+
+def find_checkpoints(spec: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The checkpoints named by ``spec``: files, run folders, or multirun folders (every job's).
+
+    A run folder gives the checkpoint it reported (``summary.json``), else ``checkpoints/best.ckpt``,
+    else ``checkpoints/last.ckpt``; a multi-stage job (``pipeline.json``) its last stage's; a
+    cross-validation run (``predictor.json``) its fold models; a folder of jobs (a Hydra multirun)
+    every job's, in name order.
+
+    Raises:
+        CheckpointError: a path that does not exist, or a folder without any checkpoint.
+    """
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    found: list[Path] = []
+    for item in items:
+        path = Path(str(item))
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir() and (path / PREDICTOR_FILE).is_file():  # a cross-validation run: its fold models
+            found += predictor_checkpoints(path)
+        elif path.is_dir():
+            own = _run_checkpoint(path)
+            jobs = (
+                [] if own else [c for d in sorted(p for p in path.iterdir() if p.is_dir()) if (c := _run_checkpoint(d))]
+            )
+            if not own and not jobs:
+                raise CheckpointError(f"{path}: no checkpoint in this folder (nor in its job folders)")
+            found += [own] if own else jobs
+        else:
+            raise CheckpointError(f"{path}: no such checkpoint file or run folder")
+    if not found:
+        raise CheckpointError("ckpt_path: no checkpoint given")
+    return found
+
+
+def predictor_checkpoints(run: Path) -> list[Path]:
+    """The checkpoints a cross-validation run's ``predictor.json`` lists (paths inside the run folder).
+
+    Raises:
+        CheckpointError: the file is not what a run writes, or names a path outside the run or missing.
+    """
+    from brats_lightning.schema import read_json
+
+    path = run / PREDICTOR_FILE
+    doc = read_json(path, "predictor list")
+    listed = doc.get("checkpoints") if isinstance(doc, dict) else None
+    if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
+        raise CheckpointError(f"{path}: expected a list of checkpoints under 'checkpoints'")
+    root = run.resolve()
+    found = []
+    for rel in listed:
+        p = (run / rel).resolve()
+        if not p.is_relative_to(root):
+            raise CheckpointError(f"{path}: {rel!r} is outside the run folder; it is not loaded")
+        if not p.is_file():
+            raise CheckpointError(f"{path}: {rel} is missing")
+        found.append(run / rel)
+    return found
+
+
+def _run_checkpoint(run: Path) -> Path | None:
+    """The checkpoint a run folder reported, or ``None`` when it is not a run folder.
+
+    ``pipeline.json`` and ``summary.json`` are read as data (:func:`~brats_lightning.schema.read_json`);
+    what they name is only a path, and the file there is read like any checkpoint.
+    """
+    from brats_lightning.errors import UserError
+    from brats_lightning.schema import read_json
+
+    def reported(doc_path: Path, pick) -> Path | None:
+        if not doc_path.is_file():
+            return None
+        try:
+            value = pick(read_json(doc_path, doc_path.name))
+        except (UserError, LookupError, AttributeError, TypeError):
+            return None
+        return Path(value) if isinstance(value, str) and value and Path(value).is_file() else None
+
+    best = reported(run / "pipeline.json", lambda stages: list(stages.values())[-1].get("best_ckpt"))
+    best = best or reported(run / "summary.json", lambda summary: summary.get("checkpoint"))
+    if best is not None:
+        return best
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run / "checkpoints" / name).is_file():
+            return run / "checkpoints" / name
+    return None
