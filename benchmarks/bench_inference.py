@@ -160,7 +160,7 @@ def predict_end_to_end(root: Path, cases: list[str], threads: int, precision: st
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from brats_lightning.predict.run import predict_dir
+    from brats_lightning.predict import predict_dir
 
     work = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     try:
@@ -428,7 +428,7 @@ def end_to_end(root: Path, cases: list[str], threads: int, segresnet: bool) -> t
     Returns:
         Our reports and SegResNet's by precision (``fp32``, ``bf16``).
     """
-    from brats_lightning.predict.run import STAGES
+    from brats_lightning.predict.cases import STAGES
 
     precisions = ["fp32", "bf16"]
     if not bf16_supported("cpu"):

@@ -31,7 +31,7 @@ from bench_inference import conv_ceiling, load_case, predict_end_to_end, s_per_c
 
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.precision import bf16_supported
-from brats_lightning.predict.run import STAGES
+from brats_lightning.predict.cases import STAGES
 
 
 def main() -> None:

@@ -11,9 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brats_lightning import evaluate, prepare
+from brats_lightning import evaluate, predict, prepare
 from brats_lightning.data.layouts import discover_cases
-from brats_lightning.predict import run as predict
 from tests.helpers import run_main
 
 #: BraTS 2017-2021 file labels -> internal classes (NCR/NET, edema, enhancing)

@@ -312,11 +312,11 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
 
     import nibabel as nib
 
+    from brats_lightning import predict
     from brats_lightning.data.layouts import discover_cases
     from brats_lightning.evaluation.metrics import dice
     from brats_lightning.files import read_checkpoint
     from brats_lightning.load.runs import find_checkpoints
-    from brats_lightning.predict import run as predict
     from brats_lightning.training.train import main as train_main
     from tests.helpers import run_main
 

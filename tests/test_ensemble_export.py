@@ -21,7 +21,7 @@ from brats_lightning.modules.ensemble import EnsembleModule
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.modules.patch import PatchCNNModule
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.predict.run import predict_dir
+from brats_lightning.predict import predict_dir
 
 pytest.importorskip("onnxruntime")
 

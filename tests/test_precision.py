@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from brats_lightning.data.layouts import discover_cases
 from brats_lightning.evaluation.metrics import dice
 from brats_lightning.precision import bf16_supported, inference_dtype, training_precision
-from brats_lightning.predict.run import predict_dir
+from brats_lightning.predict import predict_dir
 
 needs_bf16 = pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no bf16 units")
 

@@ -18,7 +18,7 @@ from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import DataError
 from brats_lightning.evaluation.folders import evaluate_dirs
 from brats_lightning.load.predictor import load_model
-from brats_lightning.predict.run import predict_dir
+from brats_lightning.predict import predict_dir
 from tests.helpers import shared
 
 

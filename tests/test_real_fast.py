@@ -244,11 +244,11 @@ def test_tuning_scores_the_best_checkpoint_and_stores_its_choice_in_it(tuned_run
 def test_predict_applies_the_tuned_choice_unless_told_otherwise(tuned_run: dict) -> None:
     from brats_lightning.load.predictor import load_predictor
     from brats_lightning.modules.ensemble import EnsembleModule
-    from brats_lightning.predict.run import _flips
+    from brats_lightning.predict.options import flips_option
 
-    auto, _ = load_predictor(tuned_run["ckpt"], _flips({"tta": "auto"}))
+    auto, _ = load_predictor(tuned_run["ckpt"], flips_option({"tta": "auto"}))
     assert isinstance(auto, EnsembleModule) and auto.flips == ((2,),)
-    plain, _ = load_predictor(tuned_run["ckpt"], _flips({"tta": False}))
+    plain, _ = load_predictor(tuned_run["ckpt"], flips_option({"tta": False}))
     assert not isinstance(plain, EnsembleModule)
     with pytest.raises(ConfigError, match="tta must be"):
-        _flips({"tta": "sometimes"})
+        flips_option({"tta": "sometimes"})

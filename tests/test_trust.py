@@ -22,7 +22,7 @@ from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import CheckpointError, ConfigError, DataError
 from brats_lightning.evaluation.folders import evaluate_dirs
 from brats_lightning.load.checkpoint import check_fits, load_module
-from brats_lightning.predict.run import predict_dir
+from brats_lightning.predict import predict_dir
 from brats_lightning.training.train import train
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

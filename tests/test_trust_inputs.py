@@ -25,7 +25,7 @@ from brats_lightning.errors import CheckpointError, ConfigError, DataError, find
 from brats_lightning.load.checkpoint import load_module
 from brats_lightning.load.onnx import read_sidecar
 from brats_lightning.load.predictor import load_predictor
-from brats_lightning.predict.run import predict_dir
+from brats_lightning.predict import predict_dir
 from brats_lightning.training.train import train
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.layouts import discover_cases
 from brats_lightning.inference.uncertainty import agreement, auroc, normalised_entropy, spearman
-from brats_lightning.predict.run import predict_dir
+from brats_lightning.predict import predict_dir
 
 
 def _cfg(**kw) -> dict:
