@@ -166,7 +166,7 @@ def test_report_adds_the_ensemble_of_folds_scored_on_the_same_test_cases(tmp_pat
     checkpoint twice must reproduce that fold's own test metrics (same test cases, same metrics)."""
     import csv
 
-    from brats_lightning.report.runs import write_report
+    from brats_lightning.report import write_report
 
     sweep = cv_multirun
     rows = {r["setting"]: r for r in csv.DictReader(write_report(sweep, tmp_path / "r1")["results.csv"].open())}

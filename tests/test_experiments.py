@@ -16,10 +16,10 @@ import torch
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
+from brats_lightning import report
 from brats_lightning.config import compose, config_dir
 from brats_lightning.data.labels import REGIONS
-from brats_lightning.report import runs as report
-from brats_lightning.report.runs import write_report
+from brats_lightning.report import write_report
 
 EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*.yaml"))
 

@@ -188,7 +188,7 @@ def test_one_sweep_of_a_folder_at_a_time(tmp_path: Path) -> None:
 def test_report_of_a_single_trial_says_importances_need_two(tmp_path: Path) -> None:
     import optuna
 
-    from brats_lightning.sweep.study import report
+    from brats_lightning.sweep.report import report
 
     study = optuna.create_study(study_name="one", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="minimize")
     study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0) ** 2, n_trials=1)

@@ -58,7 +58,8 @@ def _predict_cfg(**kw) -> dict:
 def test_report_never_calls_what_a_results_folder_names(tmp_path: Path, cv_multirun: Path) -> None:
     """A shared multirun folder whose job config names ``shutil.copyfile`` (or hides ``numpy.save`` in an
     option): the report refuses the ensemble row and says why; nothing named is called."""
-    from brats_lightning.report.runs import job_datamodule, write_report
+    from brats_lightning.report import write_report
+    from brats_lightning.report.ensembles import job_datamodule
 
     victim = tmp_path / "secret.txt"
     victim.write_text("secret")

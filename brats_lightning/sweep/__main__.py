@@ -1,5 +1,5 @@
 """``python -m brats_lightning.sweep <sweep folder>``: the best trials, importances and a plot."""
 
-from brats_lightning.sweep.study import main
+from brats_lightning.sweep.report import main
 
 main()

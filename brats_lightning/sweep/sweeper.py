@@ -1,7 +1,7 @@
 """The resumable Optuna sweeper, a Hydra ``Sweeper`` (``hydra/sweeper=resumable_optuna``).
 
 Hydra imports every module of ``hydra_plugins`` when it starts, and ``hydra_plugins.brats_lightning_sweeper``
-re-exports this class, so this module imports nothing of the optional ``sweep`` extra: the extra is checked
+defines its plugin class over this one, so this module imports nothing of the optional ``sweep`` extra: the extra is checked
 when the sweeper is built (one line and exit status 2 when it is missing), and the work is done by
 :class:`~brats_lightning.sweep.optuna_impl.ResumableOptunaSweeperImpl` and :mod:`brats_lightning.sweep.study`.
 """
@@ -28,7 +28,7 @@ class ResumableOptunaSweeper(Sweeper):
         from brats_lightning.sweep.study import require_sweep_extra
 
         cli(require_sweep_extra)()
-        from brats_lightning.sweep.sweeper import ResumableOptunaSweeperImpl
+        from brats_lightning.sweep.optuna_impl import ResumableOptunaSweeperImpl
 
         self.sweeper = ResumableOptunaSweeperImpl(**config)
 
