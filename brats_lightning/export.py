@@ -82,7 +82,8 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
         "input": "zero-padded slices (N, C, H, W) float32, RAS: axis -2 = x (left-right)",
         "output": "class probabilities of every output pixel (N, K, H', W')",
     }
-    from brats_lightning.schema import ExportSidecar, validate
+    from brats_lightning.load.onnx import ExportSidecar
+    from brats_lightning.schema import validate
 
     validate(ExportSidecar, json.loads(json.dumps(meta)), sidecar_path(out))  # what predict will accept
     dynamic = torch.export.Dim.DYNAMIC

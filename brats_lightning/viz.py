@@ -133,40 +133,33 @@ def _save(fig: Figure, path: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def save_montage(root: str | Path, out_png: str | Path, cases: int = 4) -> Path:
-    """Save a PNG montage of the first cases of a synthetic (BraTS 2017 labels) data set.
+def save_montage(cases: Sequence[tuple[str, dict[str, np.ndarray]]], out_png: str | Path) -> Path:
+    """Save a PNG montage of BraTS cases (2017-2021 labels), one row per case.
 
-    One row per case; columns FLAIR, T1, T1c, T2 and FLAIR with the labels (the convention's
-    colours: NCR/NET red, edema green, enhancing yellow) on the axial slice where the tumour is
-    largest, shown in radiological convention (anterior up, the patient's right on the left).
+    Columns FLAIR, T1, T1c, T2 and FLAIR with the labels (the convention's colours: NCR/NET red, edema
+    green, enhancing yellow) on the axial slice where the tumour is largest, shown in radiological
+    convention (anterior up, the patient's right on the left).
 
     Args:
-        root: data-set folder holding BraTS-layout case folders.
+        cases: ``(name, arrays)`` per row; arrays ``flair``, ``t1``, ``t1ce``, ``t2``, ``seg`` in the files'
+            voxel order (:func:`brats_lightning.data.synthetic.read_cases` reads a synthetic data set's).
         out_png: output file.
-        cases: number of cases (rows).
 
     Returns:
         The PNG path.
 
     Raises:
-        FileNotFoundError: ``root`` holds no complete case folder.
+        ValueError: no case given.
     """
-    from brats_lightning.data.synthetic import case_complete, read_case
-
-    root = Path(root)
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and case_complete(p))
-    folders = folders[: int(cases)]
-    if not folders:
-        raise FileNotFoundError(f"no complete case folder in {root}")
+    if not cases:
+        raise ValueError("no case to show")
     conv = get_convention("brats2017")
     titles = ("FLAIR", "T1", "T1c", "T2", "FLAIR + labels")
-    first = read_case(folders[0])
-    nx, ny = first["seg"].shape[:2]
+    nx, ny = cases[0][1]["seg"].shape[:2]
     panel = 2.2  # inches per panel height
-    fig = _figure((5 * panel * nx / ny + 0.5, panel * len(folders) + 0.7))
-    axes = fig.subplots(len(folders), 5, squeeze=False)
-    for row, folder in enumerate(folders):
-        case = first if row == 0 else read_case(folder)
+    fig = _figure((5 * panel * nx / ny + 0.5, panel * len(cases) + 0.7))
+    axes = fig.subplots(len(cases), 5, squeeze=False)
+    for row, (name, case) in enumerate(cases):
         area = (case["seg"] > 0).sum(axis=(0, 1))
         brain = (case["t1"] > 0).sum(axis=(0, 1))
         z = int(np.argmax(area)) if area.max() > 0 else int(np.argmax(brain))
@@ -176,14 +169,14 @@ def save_montage(root: str | Path, out_png: str | Path, cases: int = 4) -> Path:
             vmax = float(np.percentile(vol[vol > 0], 99.5)) if (vol > 0).any() else 1.0
             ax.imshow(vol[:, :, z].T, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
             if col == 4:
-                classes = conv.to_internal(case["seg"][:, :, z].T, str(folder))
+                classes = conv.to_internal(case["seg"][:, :, z].T, name)
                 ax.imshow(label_rgba(classes, conv), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(titles[col], fontsize=9)
             if col == 0:
-                ax.set_ylabel(f"{folder.name}\nz={z}", fontsize=8)
+                ax.set_ylabel(f"{name}\nz={z}", fontsize=8)
     handles = _legend_handles(conv, with_values=True)
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from brats_lightning.training import train
+from brats_lightning.training.train import main as train_main
 from tests.helpers import run_main
 
 # the smallest runs that still go through both phases of two-phase training and validate once (in phase 2)
@@ -27,7 +27,7 @@ TINY_STAGES = [
 
 def test_the_second_stage_is_built_on_the_first_stages_best_checkpoint(tmp_path: Path, cache_dir: Path) -> None:
     run_main(
-        train.main,
+        train_main,
         "experiment=havaei_cascade",
         "cascade=local_cascade",
         *TINY_STAGES,

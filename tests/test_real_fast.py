@@ -158,7 +158,8 @@ def test_the_schedule_follows_the_time_spent_in_a_real_run(tmp_path: Path, tiny_
     trainer.fit(model, datamodule=BratsDataModule(**tiny_dm_kwargs))
     before, after, lrs = np.array(rec.seen).T
     assert len(lrs) > 5 and np.all(np.diff(before) > 0)
-    cosine = lambda p: 0.01 * 0.5 * (1 + np.cos(np.pi * p))  # noqa: E731
+    # (a step may start just after the budget ran out, before Lightning stops: the schedule holds its end)
+    cosine = lambda p: 0.01 * 0.5 * (1 + np.cos(np.pi * np.minimum(p, 1.0)))  # noqa: E731
     # the rate set at each step is the cosine of the budget's fraction spent at that moment
     assert np.all(cosine(after) <= lrs + 1e-12) and np.all(lrs <= cosine(before) + 1e-12)
     assert lrs[-1] < 0.1 * lrs[0]  # annealed by the end of the budget

@@ -314,8 +314,8 @@ def test_evaluate_scores_the_good_cases_and_lists_the_bad_ones(tmp_path: Path, s
         ("data.fold=7", r"data.fold must be one of 0..4"),
         ("trainer.max_epochs=-1", r"trainer.max_epochs=-1 trains without end"),
         ("data.crop_size=[50,56]", r"data.crop_size=\[50, 56\]: the 3-block FCN needs multiples of 4"),
-        ("data.crop_size=[48]", r"data.crop_size must be two positive integers"),
-        ("data.batch_size=0", r"data.batch_size must be a positive integer"),
+        ("data.crop_size=[48]", r"data.crop_size: must be two positive integers"),
+        ("data.batch_size=0", r"data.batch_size: Input should be greater than or equal to 1 \(got 0\)"),
         ("ckpt_path=/nonexistent/last.ckpt", r"ckpt_path=/nonexistent/last.ckpt: no such file"),
     ],
 )

@@ -94,17 +94,26 @@ def test_report_never_calls_what_a_results_folder_names(tmp_path: Path, cv_multi
     assert "ensemble of 2 folds" in write_report(cv_multirun, tmp_path / "clean")["results.md"].read_text()
 
 
-def test_the_results_folder_schema_follows_the_data_module() -> None:
-    """DataModuleOptions lists exactly the data module's options (so a new option cannot be forgotten)."""
-    import inspect
+def test_the_data_options_are_declared_once() -> None:
+    """DataOptions is the one declaration of data.*: every data config composes into it, the data module takes
+    it (or the same options as keyword arguments), and an option it does not declare is refused by name."""
+    from brats_lightning.config import compose, config_dir
+    from brats_lightning.data.options import DataOptions
+    from brats_lightning.errors import ConfigError
 
-    from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
-    from brats_lightning.schema import DataModuleOptions, PreprocessOptions, SymmetryOptions
-
-    params = set(inspect.signature(BratsDataModule.__init__).parameters) - {"self"}
-    assert set(DataModuleOptions.model_fields) - {"target"} == params
-    assert set(SymmetryOptions.model_fields) == set(SymmetryConfig.__dataclass_fields__)
-    assert set(PreprocessOptions.model_fields) == set(PreprocessConfig.__dataclass_fields__)
+    for name in sorted(p.stem for p in (Path(config_dir()) / "data").glob("*.yaml")):
+        data = OmegaConf.to_container(compose([f"data={name}", "data.root=x"]).data, resolve=True)
+        assert isinstance(data, dict) and data.pop("_target_").endswith("BratsDataModule")
+        assert set(data) <= set(DataOptions.model_fields), name
+        DataOptions.of(data)
+    options = DataOptions(batch_size=3, symmetry=True, symmetry_options={"window": 7})
+    dm = BratsDataModule(options)
+    assert dm.batch_size == 3 and dm.symmetry.enabled and dm.symmetry.window == 7
+    assert BratsDataModule(batch_size=3, symmetry=True, symmetry_options={"window": 7}).options == options
+    with pytest.raises(ConfigError, match=r"^data\.nope: Extra inputs are not permitted \(got 1\)$"):
+        BratsDataModule(nope=1)
+    with pytest.raises(ConfigError, match=r"^data\.symmetry_options\.window: must be odd \(got 8\)$"):
+        BratsDataModule(symmetry_options={"window": 8})
 
 
 # ------------------------------------------------------------------------------------- 2. resume from any point

@@ -87,7 +87,7 @@ def test_modality_dropout_zeroes_whole_modalities_and_never_all(tiny_dm_kwargs: 
     assert abs(float(images.float().mean()) - 0.4) < 0.04
     kept = ~zero
     assert torch.equal(out[kept.view(2000, 8, 1, 1).expand_as(x)], x[kept.view(2000, 8, 1, 1).expand_as(x)])
-    with pytest.raises(Exception, match="modality_dropout must be a probability"):
+    with pytest.raises(Exception, match=r"data.modality_dropout: Input should be less than 1 \(got 1.0\)"):
         BratsDataModule(**tiny_dm_kwargs, modality_dropout=1.0)
 
 

@@ -18,8 +18,9 @@ from omegaconf import DictConfig
 
 from brats_lightning.crossval.options import CVOptions
 from brats_lightning.crossval.predictor import write_predictor
-from brats_lightning.data.cache import PreparedCase, available_cores
+from brats_lightning.data.cache import PreparedCase
 from brats_lightning.data.labels import REGIONS, LabelConvention
+from brats_lightning.data.preparation import available_cores
 from brats_lightning.data.preprocess import uncrop
 from brats_lightning.evaluation.lesions import brats2023_lesion_metrics
 from brats_lightning.evaluation.metrics import dice, region_metrics

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SliceAugment"]
+__all__ = ["SliceAugment", "drop_modalities"]
 
 
 @dataclass(frozen=True)
@@ -191,3 +191,26 @@ class SliceAugment:
         out = image.clone()
         out[:, channels] = (x * brain).to(dt)
         return out
+
+
+def drop_modalities(
+    image: torch.Tensor, generator: torch.Generator, p: float, channels: dict[str, list[int]]
+) -> torch.Tensor:
+    """Zero whole modalities of a batch of training slices ``(N, C, H, W)``, each with probability ``p``.
+
+    A slice that would lose every modality keeps one (drawn at random). ``channels`` maps each modality to
+    the input channels that carry it (its image and symmetry map in every context slice,
+    :func:`~brats_lightning.data.channels.modality_channels`), so a missing sequence takes its map with it.
+    """
+    n, m = image.shape[0], len(channels)
+    drop = torch.rand(n, m, generator=generator) < p
+    keep = torch.randint(0, m, (n,), generator=generator)
+    drop[torch.arange(n), keep] &= ~drop.all(1)  # a slice that would lose every modality keeps one
+    if not bool(drop.any()):
+        return image
+    out = image.clone()
+    for j, modality in enumerate(channels):
+        rows = torch.nonzero(drop[:, j]).flatten().to(image.device)
+        if rows.numel():
+            out[rows[:, None], torch.tensor(channels[modality], device=image.device)[None]] = 0
+    return out

@@ -41,20 +41,23 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import xxhash
+from pydantic import BaseModel, ConfigDict, Field
 
 from brats_lightning.data.labels import LabelConvention
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, crop, preprocess_case
 from brats_lightning.data.provenance import write_config
 from brats_lightning.data.readers import CaseFiles
+from brats_lightning.data.splits import CaseId
 from brats_lightning.errors import DataError
+from brats_lightning.schema import Int, Number, read_json, validate
 
 __all__ = [
     "CACHE_VERSION",
@@ -63,7 +66,6 @@ __all__ = [
     "cache_key",
     "write_cache_config",
     "prepare_case",
-    "prepare_cases",
     "load_prepared",
     "is_fresh",
     "open_array",
@@ -71,6 +73,25 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+class PreparedMeta(BaseModel):
+    """The fields of a prepared case's ``meta.json`` (:mod:`brats_lightning.data.cache`) that training reads."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    case_id: CaseId
+    cached_shape: Annotated[list[Annotated[Int, Field(ge=1, le=4096)]], Field(min_length=4, max_length=4)]
+    ras_shape: Annotated[list[Annotated[Int, Field(ge=1, le=4096)]], Field(min_length=3, max_length=3)]
+    box: Annotated[
+        list[Annotated[list[Annotated[Int, Field(ge=0, le=4096)]], Field(min_length=2, max_length=2)]],
+        Field(min_length=3, max_length=3),
+    ]
+    spacing: Annotated[list[Annotated[Number, Field(gt=0, le=100)]], Field(min_length=3, max_length=3)]
+    brain_slices: list[Annotated[Int, Field(ge=0, le=4096)]]
+    label_counts: list[Annotated[Int, Field(ge=0)]] | None = None
+    channels: list[Annotated[str, Field(max_length=64)]] = []
+
 
 CACHE_VERSION = 3
 #: the arrays of a prepared case (``label`` and ``index`` for labelled cases only)
@@ -342,91 +363,8 @@ def prepare_case(
     return folder
 
 
-_IN_WORKER = False
-
-
-def _init_worker(threads: int) -> None:
-    """A preparation worker: its share of the cores for torch (symmetry maps) and ITK (N4)."""
-    import torch
-
-    global _IN_WORKER
-    _IN_WORKER = True
-    torch.set_num_threads(threads)
-    try:
-        import SimpleITK as sitk
-
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    except ImportError:  # pragma: no cover - SimpleITK is a dependency
-        pass
-
-
-def _prepare_one(args: tuple) -> tuple[str, str | None]:
-    case, folder, convention, prep, sym = args
-    if _IN_WORKER:  # a forked worker cannot use CUDA: symmetry maps on its CPU share
-        sym = replace(sym, device="cpu")
-    try:
-        prepare_case(case, folder, convention, prep, sym)
-        return case.case_id, None
-    except DataError as e:
-        return case.case_id, str(e)
-
-
-def available_cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def prepare_cases(
-    cases: Sequence[CaseFiles],
-    out_dir: Path,
-    convention: LabelConvention,
-    prep: PreprocessConfig,
-    sym: SymmetryConfig,
-    workers: int = 1,
-    advance: Callable[[], None] | None = None,
-) -> dict[str, str]:
-    """Prepare ``cases`` into ``out_dir/<case_id>`` with a pool of ``workers`` processes.
-
-    One worker runs in this process (with every thread); several are forked processes with one
-    thread each, as PyTorch's loader workers (forking is safe after torch has run only so, and it
-    does not re-import the caller's script the way ``spawn`` does). A case that fails does not stop
-    the others.
-
-    Returns:
-        case id -> reason, for the cases that could not be prepared.
-    """
-    jobs = [(c, out_dir / c.case_id, convention, prep, sym) for c in cases]
-    failed: dict[str, str] = {}
-    workers = max(1, min(int(workers), len(jobs)))
-    if workers == 1:
-        results = map(_prepare_one, jobs)
-        for case_id, error in results:
-            if error:
-                failed[case_id] = error
-            if advance:
-                advance()
-        return failed
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    threads = 1 if "fork" in methods else max(1, available_cores() // workers)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-        for case_id, error in pool.map(_prepare_one, jobs):
-            if error:
-                failed[case_id] = error
-            if advance:
-                advance()
-    return failed
-
-
 def load_prepared(folder: str | Path) -> PreparedCase:
     """Open a prepared case (its metadata only; arrays are mapped on first use)."""
-    from brats_lightning.schema import PreparedMeta, read_json, validate
 
     folder = Path(folder)
     meta = read_json(folder / "meta.json", "prepared case's metadata", DataError)

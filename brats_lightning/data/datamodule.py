@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,249 +26,70 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from brats_lightning.data.augment import SliceAugment
-from brats_lightning.data.cache import (
-    PreparedCase,
-    available_cores,
-    cache_config,
-    cache_key,
-    is_fresh,
-    load_prepared,
-    prepare_cases,
-    write_cache_config,
-)
+from brats_lightning.data.augment import SliceAugment, drop_modalities
+from brats_lightning.data.cache import PreparedCase, cache_config, cache_key, is_fresh, load_prepared
 from brats_lightning.data.channels import in_channels_for, modality_channels
 from brats_lightning.data.datasets import EpochItems, FixedBatches, SliceDataset, VolumeDataset, first_item
 from brats_lightning.data.groups import case_groups
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.layouts import detect_layout, discover_cases
-from brats_lightning.data.loading import RingLoader
+from brats_lightning.data.loading import RingLoader, resolve_workers
+from brats_lightning.data.options import DataOptions
+from brats_lightning.data.preparation import available_cores, first_stage_maps, prepare_missing
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
-from brats_lightning.data.readers import MODALITIES, CaseFiles
+from brats_lightning.data.readers import CaseFiles
 from brats_lightning.data.sampling import DISTRIBUTIONS, PatchBatchDataset, PatchSampler
-from brats_lightning.data.splits import SPLIT_FILE, STRATEGIES, fold_cases, load_or_create_splits, split_config
+from brats_lightning.data.splits import SPLIT_FILE, fold_cases, load_or_create_splits, split_config
 from brats_lightning.errors import ConfigError, DataError
 from brats_lightning.seeding import stream_seed, training_epoch
 
-__all__ = ["BratsDataModule", "resolve_workers"]
+__all__ = ["BratsDataModule"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_workers(value: int | str, ranks_per_node: int = 1, accelerator: str = "cpu") -> int:
-    """Loader workers for ``value`` (an integer, or ``"auto"``).
-
-    ``auto``: on a GPU, the cores of this rank's share of the machine minus one (for the training
-    process), at most 8; on the CPU, where the training process needs every core and the loader
-    only copies from memory maps, ``cores // 4`` (0 on a 2-core machine).
-    """
-    if value == "auto":
-        cores = max(1, available_cores() // max(1, ranks_per_node))
-        return min(8, max(1, cores - 1)) if accelerator != "cpu" else cores // 4
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"data.num_workers must be auto or an integer >= 0, got {value!r}")
-    return value
-
-
-def _progress(description: str, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-    return progress, progress.add_task(description, total=total)
 
 
 class BratsDataModule(pl.LightningDataModule):
     """Slices (or patches) for training, whole volumes for validation and test.
 
     Args:
-        root: folder of BraTS cases; ``None`` for the built-in synthetic data set.
-        layout: file layout (``"auto"`` detects it; ``"generic"`` uses ``files``; see
-            :data:`brats_lightning.data.layouts.LAYOUTS`).
-        files: the generic layout's filename pattern per modality (and ``label``, ``mask``).
-        modalities: canonical modalities stacked as channels, in this order.
-        convention: label convention of the files (:mod:`brats_lightning.data.labels`).
-        symmetry: append Shen et al.'s symmetry maps as extra channels (the one switch for them).
-        symmetry_options: keyword arguments of :class:`~brats_lightning.data.preprocess.SymmetryConfig`.
-        preprocess: keyword arguments of :class:`~brats_lightning.data.preprocess.PreprocessConfig`.
-        synthetic: options of :func:`brats_lightning.data.synthetic.write_dataset` (``n_cases``,
-            ``shape``, ``spacing``, ``seed``), used when ``root`` is ``None``; ``False`` forbids the
-            synthetic fallback (``data=brats``: a missing root is then an error).
-        cache_dir: where prepared cases, splits and synthetic data are stored.
-        cache_shared: the cache folder is on storage shared by every node (prepared once in all,
-            split over the global ranks); otherwise every node prepares its own copy.
-        split_file: an explicit split file; default ``<cache_dir>/splits/<dataset>-<hash>/split.json``
-            (beside it, ``config.json`` says what produced it).
-        seed: seed of the split, the data order and the augmentation.
-        test_fraction: share of the cases held out for testing.
-        num_folds: cross-validation folds of the remaining cases.
-        fold: the fold used for validation.
-        groups: how a case's site is read (:func:`~brats_lightning.data.groups.case_groups`): ``auto``
-            (BraTS 2017-2019 ids), a regular expression with one group, or a CSV ``case,group``.
-        split: ``stratified`` (every fold and the test set hold every site in proportion) or
-            ``site`` (one fold per site: leave-one-site-out; ``num_folds`` is then the number of sites).
-        max_cases: use only the first ``max_cases`` cases (quick runs).
-        crop_size: in-plane ``(X, Y)`` training size (Shen et al.: 144 x 192).
-        batch_size: training slices (or patches) per batch.
-        num_workers: loader workers per rank, or ``"auto"`` (see :func:`resolve_workers`).
-        prepare_workers: processes preparing cases, or ``"auto"`` (the cores of this rank's share).
-        augment: random window positions, flips, rotations and scaling of training slices.
-        augment_options: keyword arguments of :class:`~brats_lightning.data.augment.SliceAugment`.
-        modality_dropout: slice mode: the probability that a training slice loses each of its modalities
-            (its image and symmetry-map channels zeroed; at least one is kept), so that the model learns
-            to segment cases that lack a sequence (``predict`` then accepts them, filling zeros).
-        context_slices: 2.5D context: each slice comes with this many neighbouring slices on either side
-            as extra channels (training, validation, test and ``predict``; ``0``: 2D, the papers).
-        tumour_fraction: share of training slices drawn through a tumour voxel, class-balanced, with
-            the window placed to hold it (:class:`~brats_lightning.data.datasets.SliceDataset`);
-            ``0``: every brain slice equally often (the papers).
-        mode: ``"slices"`` (whole 2D slices, Shen et al.) or ``"patches"`` (Havaei et al.'s patch CNNs).
-        patch_size: side of training patches (the model's input size: 33, or larger for cascades).
-        dense_size: patch mode: pixels labelled per sample, ``D x D`` (1: the paper's one centre pixel
-            per patch; e.g. 33: windows of 65x65 whose 33x33 centre pixels are labelled in one pass, the
-            loss class-balanced inside each window; :mod:`~brats_lightning.data.sampling`).
-        patches_per_epoch: training patches per epoch in patch mode (over all ranks).
-        patch_distribution: label distribution of patch centres, ``"balanced"`` (phase 1) or
-            ``"natural"`` (phase 2); the two-phase callback switches it.
-        in_channels: expected input channels; checked against modalities and symmetry when given.
-        num_classes: expected classes; checked against the convention when given.
+        options: the data options (:class:`~brats_lightning.data.options.DataOptions`: every ``data.*`` option,
+            documented there), or nothing and the options as keyword arguments (how Hydra builds it:
+            ``BratsDataModule(root="/data/BraTS2021", symmetry=True)``). They are checked before anything is
+            read: a wrong type, range or combination is a :class:`~brats_lightning.errors.ConfigError` naming
+            the option.
     """
 
-    def __init__(
-        self,
-        root: str | None = None,
-        layout: str = "auto",
-        files: dict | None = None,
-        modalities: Sequence[str] = MODALITIES,
-        convention: str = "brats2017",
-        symmetry: bool = False,
-        symmetry_options: dict | None = None,
-        preprocess: dict | None = None,
-        synthetic: dict | bool | None = None,
-        cache_dir: str = "data/cache",
-        cache_shared: bool = False,
-        split_file: str | None = None,
-        seed: int = 0,
-        test_fraction: float = 0.2,
-        num_folds: int = 5,
-        fold: int = 0,
-        groups: str | None = "auto",
-        split: str = "stratified",
-        max_cases: int | None = None,
-        crop_size: Sequence[int] = (144, 192),
-        batch_size: int = 8,
-        num_workers: int | str = "auto",
-        prepare_workers: int | str = "auto",
-        augment: bool = True,
-        augment_options: dict | None = None,
-        modality_dropout: float = 0.0,
-        context_slices: int = 0,
-        tumour_fraction: float = 0.0,
-        mode: str = "slices",
-        patch_size: int = 33,
-        dense_size: int = 1,
-        patches_per_epoch: int = 20000,
-        patch_distribution: str = "balanced",
-        in_channels: int | None = None,
-        num_classes: int | None = None,
-    ) -> None:
+    def __init__(self, options: DataOptions | None = None, /, **kwargs: Any) -> None:
         super().__init__()
-        self.root = None if root in (None, "", "null") else Path(root)
-        if self.root is None and synthetic is False:
-            raise ConfigError(
-                "data.root is not set: give the folder of your BraTS cases, e.g. data.root=/data/BraTS2021"
-            )
-        self.layout = layout
-        self.files = dict(files) if files else None
-        self.modalities = tuple(modalities)
-        unknown = [m for m in self.modalities if m not in MODALITIES]
-        if unknown:
-            raise ConfigError(f"data.modalities: unknown {unknown}; expected names from {MODALITIES}")
-        if split not in STRATEGIES:
-            raise ConfigError(f"data.split must be one of {list(STRATEGIES)}, got {split!r}")
-        self.groups_spec, self.split = groups, split
-        # leave-one-site-out: as many folds as sites, known once the cases are found (data.fold checked then)
-        _check_options(
-            num_folds,
-            fold if split == "stratified" else 0,
-            test_fraction,
-            crop_size,
-            batch_size,
-            patch_size,
-            patches_per_epoch,
-        )
-        self.convention = get_convention(convention)
-        try:
-            self.symmetry = SymmetryConfig(enabled=bool(symmetry), **(symmetry_options or {}))
-        except TypeError as e:
-            raise ConfigError(f"data.symmetry_options: {e}") from None
-        if self.symmetry.enabled and self.symmetry.axis_modality not in self.modalities:
-            raise ConfigError(
-                f"data.symmetry: the mid-sagittal axis is found on {self.symmetry.axis_modality}, which "
-                f"data.modalities={list(self.modalities)} lacks: add it, or set "
-                f"data.symmetry_options.axis_modality to one of them"
-            )
-        self.prep = PreprocessConfig.from_dict(preprocess or {})
-        self.synthetic = dict(synthetic) if isinstance(synthetic, dict) else {}
-        self.cache_dir = Path(cache_dir)
+        if options is None:
+            options = DataOptions.of(kwargs)
+        elif kwargs:
+            raise TypeError("give the data options either as a DataOptions or as keyword arguments, not both")
+        self.options = o = options
+        self.root = None if o.root is None else Path(o.root)
+        self.layout, self.modalities = o.layout, tuple(o.modalities)
+        self.files: dict[str, str] | None = {str(k): v for k, v in o.files.items()} if o.files else None
+        self.groups_spec, self.split = o.groups, o.split
+        self.convention = get_convention(o.convention)
+        self.symmetry = o.symmetry_config()
+        self.prep = o.preprocess_config()
+        self.cache_dir = Path(o.cache_dir)
         # Lightning calls prepare_data on every node's local rank 0 unless the storage is shared
-        self.prepare_data_per_node = not cache_shared
-        self.split_file = None if split_file in (None, "", "null") else Path(split_file)
-        self.seed = seed
-        self.test_fraction = test_fraction
-        self.num_folds = num_folds
-        self.fold = fold
-        self.max_cases = max_cases
-        self.crop_size = tuple(int(s) for s in crop_size)
-        self.batch_size = batch_size
-        resolve_workers(num_workers)  # checks the value
-        self.num_workers = num_workers
-        if prepare_workers != "auto" and (not isinstance(prepare_workers, int) or prepare_workers < 1):
-            raise ConfigError(f"data.prepare_workers must be auto or an integer >= 1, got {prepare_workers!r}")
-        self.prepare_workers = prepare_workers
-        self.augment = augment
-        if not isinstance(tumour_fraction, (int, float)) or not 0.0 <= float(tumour_fraction) <= 1.0:
-            raise ConfigError(f"data.tumour_fraction must be a number in [0, 1], got {tumour_fraction!r}")
-        self.tumour_fraction = float(tumour_fraction)
-        if not isinstance(context_slices, int) or isinstance(context_slices, bool) or not 0 <= context_slices <= 5:
-            raise ConfigError(f"data.context_slices must be an integer in 0..5, got {context_slices!r}")
-        if context_slices and mode != "slices":
-            raise ConfigError("data.context_slices: neighbouring slices are for slice models (data.mode=slices)")
-        self.context_slices = context_slices
-        if not isinstance(modality_dropout, (int, float)) or not 0.0 <= float(modality_dropout) < 1.0:
-            raise ConfigError(f"data.modality_dropout must be a probability in [0, 1), got {modality_dropout!r}")
-        if modality_dropout and mode != "slices":
-            raise ConfigError("data.modality_dropout is for slice models (data.mode=slices)")
-        self.modality_dropout = float(modality_dropout)
+        self.prepare_data_per_node = not o.cache_shared
+        self.split_file = None if o.split_file is None else Path(o.split_file)
+        self.seed, self.test_fraction, self.num_folds, self.fold = o.seed, o.test_fraction, o.num_folds, o.fold
+        self.max_cases, self.crop_size, self.batch_size = o.max_cases, tuple(o.crop_size), o.batch_size
+        self.num_workers, self.prepare_workers = o.num_workers, o.prepare_workers
+        self.augment, self.tumour_fraction = o.augment, o.tumour_fraction
+        self.context_slices, self.modality_dropout = o.context_slices, o.modality_dropout
         try:
-            self.augmenter = SliceAugment(**(augment_options or {}))
+            self.augmenter = SliceAugment(**(o.augment_options or {}))
         except TypeError as e:
             raise ConfigError(f"data.augment_options: {e}") from None
-        if mode not in ("slices", "patches"):
-            raise ConfigError(f"data.mode must be 'slices' or 'patches', got {mode!r}")
-        self.mode = mode
-        self.patch_size = int(patch_size)
-        if not isinstance(dense_size, int) or isinstance(dense_size, bool) or not 1 <= dense_size <= 257:
-            raise ConfigError(f"data.dense_size must be an integer in 1..257, got {dense_size!r}")
-        self.dense_size = dense_size
-        self.patches_per_epoch = int(patches_per_epoch)
-        self.patch_distribution = "balanced"
-        self.set_patch_distribution(patch_distribution)
+        self.mode, self.patch_size, self.dense_size = o.mode, o.patch_size, o.dense_size
+        self.patches_per_epoch = o.patches_per_epoch
+        self.patch_distribution: str = o.patch_distribution
         self._patch_sampler: PatchSampler | None = None
-        if in_channels is not None and in_channels != self.in_channels:
-            raise ConfigError(
-                f"data.in_channels={in_channels} but {len(self.modalities)} modalities"
-                f"{' with symmetry maps' if self.symmetry.enabled else ''} give {self.in_channels}"
-            )
-        if num_classes is not None and num_classes != self.num_classes:
-            raise ConfigError(
-                f"data.num_classes={num_classes} but convention {self.convention.name} has {self.num_classes}"
-            )
         self.train_cases: list[PreparedCase] = []
         self.val_cases: list[PreparedCase] = []
         self.test_cases: list[PreparedCase] = []
@@ -290,9 +110,9 @@ class BratsDataModule(pl.LightningDataModule):
         """The folder cases are read from (the synthetic data set's folder when ``root`` is None)."""
         if self.root is not None:
             return self.root
-        s = self._synthetic_settings()
-        shape = "x".join(str(int(v)) for v in s["shape"])
-        return self.cache_dir / f"synthetic-n{s['n_cases']}-{shape}-sp{s['spacing']}-seed{s['seed']}"
+        s = self.options.synthetic_options()
+        shape = "x".join(str(int(v)) for v in s.shape)
+        return self.cache_dir / f"synthetic-n{s.n_cases}-{shape}-sp{s.spacing}-seed{s.seed}"
 
     @property
     def dataset_name(self) -> str:
@@ -356,22 +176,12 @@ class BratsDataModule(pl.LightningDataModule):
             )
         return cases
 
-    def _synthetic_settings(self) -> dict[str, Any]:
-        """The synthetic data set's options: ``synthetic`` over the defaults."""
-        return {"n_cases": 24, "shape": (80, 96, 64), "spacing": 2.5, "seed": 0} | self.synthetic
-
     def _write_synthetic(self) -> None:
         from brats_lightning.data.synthetic import write_dataset
 
-        s = self._synthetic_settings()
-        write_dataset(
-            self.dataset_root,
-            n_cases=int(s["n_cases"]),
-            shape=cast("tuple[int, int, int]", tuple(int(v) for v in s["shape"])),  # (its length checked there)
-            spacing=float(s["spacing"]),
-            seed=int(s["seed"]),
-            progress=True,
-        )
+        s = self.options.synthetic_options()
+        shape = cast("tuple[int, int, int]", tuple(s.shape))  # (three sides: SyntheticOptions)
+        write_dataset(self.dataset_root, n_cases=s.n_cases, shape=shape, spacing=s.spacing, seed=s.seed, progress=True)
 
     def prepare_data(self) -> None:
         """Prepare every case into the cache (once; later runs find it there).
@@ -389,38 +199,20 @@ class BratsDataModule(pl.LightningDataModule):
 
     def _prepare(self, cases: list[CaseFiles], rank: int, world: int, ranks_per_node: int) -> None:
         """Prepare this rank's share of the cases that are not in the cache yet."""
-        out = self.prepared_dir
-        todo = [c for c in cases if not is_fresh(out / c.case_id, c)][rank::world]
-        if todo or out.is_dir():  # (also a folder prepared before config.json was written)
-            write_cache_config(out, self.prepared_config())
-        if not todo:
-            return
-        workers = self.prepare_workers
-        if workers == "auto":
-            workers = max(1, available_cores() // ranks_per_node)
-        workers = min(int(workers), len(todo))
-        log.info(
-            "Preparing %d of %d cases of %s into %s (%d worker%s%s)",
-            len(todo),
-            len(cases),
-            self.dataset_root,
-            out,
+        asked = self.prepare_workers
+        workers = max(1, available_cores() // ranks_per_node) if asked == "auto" else int(asked)
+        prepare_missing(
+            cases,
+            self.prepared_dir,
+            self.prepared_config(),
+            self.convention,
+            self.prep,
+            self.symmetry,
             workers,
-            "s" if workers > 1 else "",
-            f", rank {rank} of {world}" if world > 1 else "",
+            rank,
+            world,
+            self.dataset_name,
         )
-        progress, task = _progress(f"Preparing {self.dataset_name}", len(todo))
-        with progress:
-            failed = prepare_cases(
-                todo, out, self.convention, self.prep, self.symmetry, workers, lambda: progress.advance(task)
-            )
-        for case_id, why in failed.items():
-            log.error("%s: not prepared (%s)", case_id, why)
-        if failed:
-            raise DataError(
-                f"{len(failed)} of {len(cases)} cases could not be prepared (the others are in {out}):\n"
-                + "\n".join(f"  - {why}" for why in failed.values())
-            )
 
     def _split_path(self, case_ids: list[str], groups: dict[str, str] | None = None) -> Path:
         """The split file: ``split_file``, else ``<cache_dir>/splits/<dataset>-<hash>/split.json``."""
@@ -515,32 +307,10 @@ class BratsDataModule(pl.LightningDataModule):
             The map files, in the order of :attr:`train_cases`.
         """
         folder = self.cache_dir / "first_stage" / f"{self.prepared_dir.name}-{key}"
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = [folder / f"{c.case_id}.npy" for c in self.train_cases]
         rank, world, _ = self._dist()
         if self.trainer is not None and self.trainer.world_size > 1 and not self.prepare_data_per_node:
             rank, world = self.trainer.global_rank, self.trainer.world_size
-        todo = [(c, p) for c, p in zip(self.train_cases, paths) if not p.is_file()][rank::world]
-        if todo:
-            progress, task = _progress("First-stage maps", sum(len(c.brain_slices) for c, _ in todo))
-            with progress, torch.no_grad():
-                for c, path in todo:
-                    z, _, nx, ny = c.shape
-                    probs = None
-                    brain = c.brain_slices
-                    for s in range(0, len(brain), batch_slices):
-                        idx = brain[s : s + batch_slices]
-                        x = torch.from_numpy(np.asarray(c.image[idx], dtype=np.float32)).to(device)
-                        p = first_stage(x).float().cpu().numpy().astype(np.float16)
-                        if probs is None:
-                            probs = np.zeros((z, p.shape[1], nx + 2 * margin, ny + 2 * margin), np.float16)
-                            probs[:, 0] = 1.0  # slices without brain: background
-                        probs[idx] = p
-                        progress.advance(task, len(idx))
-                    assert probs is not None, f"{c.case_id}: a prepared case without brain slices"
-                    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.npy")
-                    np.save(tmp, probs)
-                    tmp.replace(path)
+        paths = first_stage_maps(self.train_cases, first_stage, folder, margin, device, batch_slices, rank, world)
         self._barrier("first-stage maps")
         self.patch_sampler.set_aux(paths, margin=margin, size=size, before=before)
         return paths
@@ -655,19 +425,7 @@ class BratsDataModule(pl.LightningDataModule):
 
     def drop_modalities(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Zero whole modalities of training slices, each with probability ``modality_dropout`` (one always kept)."""
-        n, m = image.shape[0], len(self.modalities)
-        drop = torch.rand(n, m, generator=generator) < self.modality_dropout
-        keep = torch.randint(0, m, (n,), generator=generator)
-        drop[torch.arange(n), keep] &= ~drop.all(1)  # a slice that would lose every modality keeps one
-        if not bool(drop.any()):
-            return image
-        out = image.clone()
-        channels = self.modality_channels()
-        for j, modality in enumerate(self.modalities):
-            rows = torch.nonzero(drop[:, j]).flatten().to(image.device)
-            if rows.numel():
-                out[rows[:, None], torch.tensor(channels[modality], device=image.device)[None]] = 0
-        return out
+        return drop_modalities(image, generator, self.modality_dropout, self.modality_channels())
 
     @property
     def intensity_channels(self) -> list[int]:
@@ -681,7 +439,7 @@ class BratsDataModule(pl.LightningDataModule):
         return {
             "modalities": list(self.modalities),
             "convention": self.convention.name,
-            "symmetry": self.symmetry.__dict__ | {"device": "auto"},
+            "symmetry": self.symmetry.model_dump(mode="json") | {"device": "auto"},
             "preprocess": self.prep.to_dict(),
             "layout": self.layout,
             "files": self.files,
@@ -695,32 +453,3 @@ class BratsDataModule(pl.LightningDataModule):
         for c in self.train_cases:
             counts += np.asarray(c.meta["label_counts"])
         return (counts / max(counts.sum(), 1)).tolist()
-
-
-def _check_options(
-    num_folds: int,
-    fold: int,
-    test_fraction: float,
-    crop_size: Sequence[int],
-    batch_size: int,
-    patch_size: int,
-    patches_per_epoch: int,
-) -> None:
-    """Reject option values that cannot work, before any data is read (each message names the option)."""
-    if not isinstance(num_folds, int) or num_folds < 2:
-        raise ConfigError(f"data.num_folds must be an integer >= 2, got {num_folds!r}")
-    if not isinstance(fold, int) or not 0 <= fold < num_folds:
-        raise ConfigError(f"data.fold must be one of 0..{num_folds - 1} (data.num_folds={num_folds}), got {fold!r}")
-    if not 0 <= test_fraction < 1:
-        raise ConfigError(f"data.test_fraction must be in [0, 1), got {test_fraction!r}")
-    sizes = list(crop_size) if isinstance(crop_size, (list, tuple)) else []
-    if len(sizes) != 2 or not all(isinstance(v, int) and v > 0 for v in sizes):
-        raise ConfigError(f"data.crop_size must be two positive integers [X, Y], got {crop_size!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(patch_size, int) or patch_size < 1:
-        raise ConfigError(f"data.patch_size must be a positive integer, got {patch_size!r}")
-    if not isinstance(patches_per_epoch, int) or patches_per_epoch < batch_size:
-        raise ConfigError(
-            f"data.patches_per_epoch must be an integer >= data.batch_size ({batch_size}), got {patches_per_epoch!r}"
-        )

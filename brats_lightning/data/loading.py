@@ -25,7 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-__all__ = ["RingDataset", "BatchRing", "RingToken", "RingLoader"]
+from brats_lightning.data.preparation import available_cores
+from brats_lightning.errors import ConfigError
+
+__all__ = ["RingDataset", "BatchRing", "RingToken", "RingLoader", "resolve_workers"]
 
 
 class RingDataset(Protocol):
@@ -133,3 +136,18 @@ class RingLoader(DataLoader):
         ring = ds.ring if self.num_workers > 0 else None  # type: ignore[attr-defined]
         for item in super().__iter__():
             yield ring.take(item, self.pin_memory) if isinstance(item, RingToken) and ring is not None else item
+
+
+def resolve_workers(value: int | str, ranks_per_node: int = 1, accelerator: str = "cpu") -> int:
+    """Loader workers for ``value`` (an integer, or ``"auto"``).
+
+    ``auto``: on a GPU, the cores of this rank's share of the machine minus one (for the training
+    process), at most 8; on the CPU, where the training process needs every core and the loader
+    only copies from memory maps, ``cores // 4`` (0 on a 2-core machine).
+    """
+    if value == "auto":
+        cores = max(1, available_cores() // max(1, ranks_per_node))
+        return min(8, max(1, cores - 1)) if accelerator != "cpu" else cores // 4
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"data.num_workers must be auto or an integer >= 0, got {value!r}")
+    return value

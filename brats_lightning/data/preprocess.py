@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, StrictBool, field_validator
 
 from brats_lightning.data.labels import LabelConvention
-from brats_lightning.data.readers import CaseFiles, Volume, load_case
+from brats_lightning.data.readers import MODALITIES, CaseFiles, Volume, load_case
 from brats_lightning.errors import ConfigError, DataError
+from brats_lightning.schema import Int, Name, Number, Strict, validate
 
 __all__ = [
     "PreprocessConfig",
@@ -42,9 +44,21 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Preprocessing options (part of the on-disk cache key).
+# sequence options: a list (from YAML or JSON) or a tuple, each item of the declared type
+Percentiles = Annotated[
+    tuple[Annotated[Number, Field(ge=0, le=100)], ...], Field(strict=False, min_length=2, max_length=2)
+]
+ModalityNames = Annotated[tuple[Name, ...], Field(strict=False, max_length=4)]
+Iterations = Annotated[
+    tuple[Annotated[Int, Field(ge=1, le=1000)], ...], Field(strict=False, min_length=1, max_length=8)
+]
+
+
+class PreprocessConfig(Strict):
+    """Preprocessing options (part of the on-disk cache key; Havaei et al. Sec. 4, Shen et al. Sec. 3.1).
+
+    Declared once: the data module's ``data.preprocess``, a checkpoint's stored data configuration and the
+    cache key all use this model (types and ranges checked, unknown keys refused).
 
     Attributes:
         clip_percentiles: ``(low, high)`` percentiles clipped inside the brain, ``None`` to skip.
@@ -55,22 +69,40 @@ class PreprocessConfig:
         margin: voxels kept around the brain's bounding box.
     """
 
-    clip_percentiles: tuple[float, float] | None = (1.0, 99.0)
-    n4: tuple[str, ...] = ()
-    n4_shrink: int = 4
-    n4_iterations: tuple[int, ...] = (50, 50, 30)
-    zscore: bool = True
-    margin: int = 2
+    clip_percentiles: Percentiles | None = (1.0, 99.0)
+    n4: ModalityNames = ()
+    n4_shrink: Annotated[Int, Field(ge=1, le=16)] = 4
+    n4_iterations: Iterations = (50, 50, 30)
+    zscore: StrictBool = True
+    margin: Annotated[Int, Field(ge=0, le=64)] = 2
+
+    @field_validator("clip_percentiles")
+    @classmethod
+    def _ordered(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"the low percentile must be below the high one, got {list(v)}")
+        return v
+
+    @field_validator("n4")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [m for m in v if m not in MODALITIES]
+        if bad:
+            raise ValueError(f"unknown modalities {bad} (expected some of {list(MODALITIES)})")
+        return v
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        """Plain values (lists, not tuples): the cache key and what a checkpoint stores."""
+        return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, d: dict) -> PreprocessConfig:
-        """The inverse of :meth:`to_dict` (lists from configs and checkpoints become tuples)."""
-        options: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**options)
+    def from_dict(cls, d: dict | None, source: str = "data.preprocess") -> PreprocessConfig:
+        """The options ``d`` (from a config or a checkpoint) checked.
+
+        Raises:
+            ConfigError: a value of the wrong type or range, or an unknown key; names ``source``.
+        """
+        return validate(cls, dict(d or {}), source, ConfigError)
 
 
 def brain_mask(image: np.ndarray) -> np.ndarray:
@@ -167,14 +199,16 @@ def uncrop(arr: np.ndarray, box: Sequence[tuple[int, int]], shape: Sequence[int]
     return out
 
 
-@dataclass(frozen=True)
-class SymmetryConfig:
-    """Options of the symmetry channels (see :func:`brats_lightning.data.symmetry.symmetry_maps`).
+class SymmetryConfig(Strict):
+    """Options of the symmetry channels (Shen et al. Sec. 2.2; :func:`brats_lightning.data.symmetry.symmetry_maps`).
+
+    Declared once: the data module's ``data.symmetry`` / ``data.symmetry_options``, a checkpoint's stored data
+    configuration and the cache key all use this model.
 
     Attributes:
         enabled: append one symmetry map per modality (Shen et al. Sec. 2.2).
-        window: search window side.
-        kernel_size: Gaussian kernel side.
+        window: search window side (odd).
+        kernel_size: Gaussian kernel side (odd).
         sigma: Gaussian sigma.
         scale: sigmoid scale of the difference (z-scored intensity units).
         min_angle: tilts below this many degrees are not resampled.
@@ -182,18 +216,37 @@ class SymmetryConfig:
         axis_modality: the modality on which the mid-sagittal axis is found (Shen et al.: T1).
     """
 
-    enabled: bool = False
-    window: int = 11
-    kernel_size: int = 5
-    sigma: float = 1.1
-    scale: float = 1.0
-    min_angle: float = 1.0
-    device: str = "auto"
-    axis_modality: str = "t1"
+    enabled: StrictBool = False
+    window: Annotated[Int, Field(ge=1, le=63)] = 11
+    kernel_size: Annotated[Int, Field(ge=1, le=31)] = 5
+    sigma: Annotated[Number, Field(gt=0, le=20)] = 1.1
+    scale: Annotated[Number, Field(gt=0, le=100)] = 1.0
+    min_angle: Annotated[Number, Field(ge=0, le=45)] = 1.0
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d{1,2})?)$")] = "auto"
+    axis_modality: Name = "t1"
+
+    @field_validator("window", "kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 != 1:
+            raise ValueError("must be odd")
+        return v
+
+    @field_validator("axis_modality")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in MODALITIES:
+            raise ValueError(f"unknown modality {v!r} (expected one of {list(MODALITIES)})")
+        return v
 
     def key_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "device"}
+        """What changes the maps (the cache key): every option but the device; nothing when they are off."""
+        d = self.model_dump(mode="json", exclude={"device"})
         return d if self.enabled else {"enabled": False}
+
+    def replace(self, **changes: Any) -> SymmetryConfig:
+        """A copy with ``changes``, checked."""
+        return type(self).model_validate({**self.model_dump(), **changes})
 
 
 def symmetry_channels(slices, mask, modalities: Sequence[str], sym: SymmetryConfig):

@@ -15,13 +15,37 @@ import json
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from brats_lightning.data.provenance import write_config
 from brats_lightning.errors import DataError
 from brats_lightning.files import write_text_atomic
+from brats_lightning.schema import read_json, validate
 
-__all__ = ["SPLIT_FILE", "STRATEGIES", "make_splits", "split_config", "load_or_create_splits", "fold_cases"]
+__all__ = [
+    "CaseId",
+    "SPLIT_FILE",
+    "STRATEGIES",
+    "SplitFile",
+    "make_splits",
+    "split_config",
+    "load_or_create_splits",
+    "fold_cases",
+]
+
+CaseId = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/\\]+$")]
+
+
+class SplitFile(BaseModel):
+    """A split file (:mod:`brats_lightning.data.splits`): held-out test cases and cross-validation folds."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    test: list[CaseId]
+    folds: Annotated[list[list[CaseId]], Field(min_length=2, max_length=100)]
+
 
 SPLIT_FILE = "split.json"
 """Name of the split file in a split folder of the cache."""
@@ -150,8 +174,6 @@ def load_or_create_splits(
     if config is not None:  # before the split: a split file always has its config beside it
         write_config(path.parent, "train/validation/test split (brats_lightning.data.splits)", config)
     if path.is_file():
-        from brats_lightning.schema import SplitFile, read_json, validate
-
         splits = read_json(path, "split file", DataError)
         validate(SplitFile, splits, path, DataError)
         listed = set(splits["test"]).union(*map(set, splits["folds"]))

@@ -18,15 +18,21 @@ on out-of-fold segmentations.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, StrictBool
 from scipy import ndimage
 
 from brats_lightning.data.labels import LabelConvention
+from brats_lightning.errors import CheckpointError
+from brats_lightning.schema import Int, Number, Strict, validate
 
 __all__ = [
     "NO_CLEANUP",
+    "PostprocessOptions",
+    "check_postprocess",
     "apply_cleanup",
     "candidates",
     "choose_cleanup",
@@ -36,6 +42,26 @@ __all__ = [
     "is_noop",
     "remove_small_components",
 ]
+
+
+class PostprocessOptions(Strict):
+    """Options of :func:`~brats_lightning.inference.cleanup.apply_cleanup` (Havaei et al. Sec. 4; the BraTS ET rule)."""
+
+    min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 500.0
+    min_slices: Annotated[Int, Field(ge=0, le=1000)] = 3
+    largest_only: StrictBool = False
+    et_min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 0.0
+
+
+def check_postprocess(data: Any, source: str | Path) -> dict[str, Any] | None:
+    """A stored clean-up (``None``: none) as a validated plain dict.
+
+    Raises:
+        CheckpointError: naming ``source`` and the problem.
+    """
+    if data is None:
+        return None
+    return validate(PostprocessOptions, data, f"{source} (postprocess)", CheckpointError).model_dump()
 
 
 def remove_small_components(
@@ -101,7 +127,7 @@ def enhancing_to_necrosis(
 def apply_cleanup(
     classes: np.ndarray, spacing: Sequence[float], convention: LabelConvention, options: dict | None
 ) -> np.ndarray:
-    """The clean-up ``options`` describe (:class:`~brats_lightning.schema.PostprocessOptions`) of ``(X, Y, Z)`` classes.
+    """The clean-up ``options`` describe (:class:`PostprocessOptions`) of ``(X, Y, Z)`` classes.
 
     The tumour's small, flat or (with ``largest_only``) secondary components are removed
     (:func:`remove_small_components`; skipped when ``min_volume_mm3`` and ``min_slices`` are 0 and

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, field_validator
 
-__all__ = ["FLIPS", "tta_flips", "flip_average"]
+from brats_lightning.errors import CheckpointError
+from brats_lightning.schema import Name, Strict, validate
+
+__all__ = ["FLIPS", "check_flips", "flip_average", "flip_names", "tta_flips"]
 
 
 #: in-plane flips by name, as dims of ``(N, C, X, Y)`` RAS slices
@@ -46,3 +52,35 @@ def flip_average(
         return total / (1 + len(flips))
 
     return averaged
+
+
+def flip_names(v: list[str]) -> list[str]:
+    """``v`` if every name is a flip of :data:`FLIPS` (a validator).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    bad = [f for f in v if f not in FLIPS]
+    if bad:
+        raise ValueError(f"unknown flips {bad} (expected some of {sorted(FLIPS)})")
+    return v
+
+
+class _Flips(Strict):
+    tta_flips: Annotated[list[Name], Field(max_length=4)]
+
+    @field_validator("tta_flips")
+    @classmethod
+    def _flips(cls, v: list[str]) -> list[str]:
+        return flip_names(v)
+
+
+def check_flips(data: Any, source: str | Path) -> list[str]:
+    """Stored test-time flips (``None``: none) as a validated list.
+
+    Raises:
+        CheckpointError: naming ``source`` and the problem (``"lr"`` is not a list of flips).
+    """
+    if data is None:
+        return []
+    return list(validate(_Flips, {"tta_flips": data}, source, CheckpointError).tta_flips)

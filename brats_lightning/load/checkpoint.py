@@ -73,7 +73,9 @@ def stored_settings(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: a value of the wrong type or range, or an unknown key; names ``path``.
     """
-    from brats_lightning.schema import check_data_config, check_flips, check_postprocess
+    from brats_lightning.data.options import check_data_config
+    from brats_lightning.inference.cleanup import check_postprocess
+    from brats_lightning.inference.flips import check_flips
 
     raw = ckpt.get("data_config")
     return {

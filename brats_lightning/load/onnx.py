@@ -8,19 +8,61 @@ flips its checkpoint asks for. :func:`load_onnx` reads both back, the sidecar va
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 
+from brats_lightning.data.options import DataConfig, convention_name
 from brats_lightning.errors import CheckpointError, ConfigError
+from brats_lightning.inference.cleanup import PostprocessOptions
+from brats_lightning.inference.flips import flip_names
 from brats_lightning.inference.volume import InputPadding
 from brats_lightning.modules.segmentation import SegmentationModule
+from brats_lightning.schema import Int, Name, Strict, read_json, validate
 
-__all__ = ["FORMAT", "OnnxModule", "load_onnx", "read_sidecar", "sidecar_path"]
+__all__ = ["FORMAT", "ExportSidecar", "OnnxModule", "load_onnx", "read_sidecar", "sidecar_path"]
 
 #: the sidecar's format version
 FORMAT = 1
+
+
+class InputPaddingOptions(Strict):
+    """:class:`~brats_lightning.inference.volume.InputPadding` as stored in a sidecar."""
+
+    divisor: Annotated[Int, Field(ge=1, le=1024)] = 1
+    before: Annotated[Int, Field(ge=0, le=1024)] = 0
+    after: Annotated[Int, Field(ge=0, le=1024)] = 0
+
+
+class ExportSidecar(Strict):
+    """``model.json`` beside an exported ``model.onnx`` (:mod:`brats_lightning.export`)."""
+
+    format: Literal[1]
+    name: Annotated[str, Field(max_length=200)] = "model"
+    module_class: Annotated[str, Field(max_length=200)] = ""
+    in_channels: Annotated[Int, Field(ge=1, le=64)]
+    num_classes: Annotated[Int, Field(ge=2, le=16)]
+    convention: Name
+    input_padding: InputPaddingOptions
+    postprocess: PostprocessOptions | None = None
+    tta_flips: Annotated[list[Name], Field(max_length=4)] = []
+    data_config: DataConfig
+    inference_batch_size: Annotated[Int, Field(ge=1, le=4096)] = 4
+    decision: Literal["argmax", "regions"] = "argmax"
+    input: Annotated[str, Field(max_length=500)] = ""
+    output: Annotated[str, Field(max_length=500)] = ""
+
+    @field_validator("convention")
+    @classmethod
+    def _convention(cls, v: str) -> str:
+        return convention_name(v)
+
+    @field_validator("tta_flips")
+    @classmethod
+    def _flips(cls, v: list[str]) -> list[str]:
+        return flip_names(v)
 
 
 def sidecar_path(onnx_path: str | Path) -> Path:
@@ -75,14 +117,12 @@ class OnnxModule(SegmentationModule, register=False):
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The sidecar of an exported model, validated (:class:`~brats_lightning.schema.ExportSidecar`).
+    """The sidecar of an exported model, validated (:class:`ExportSidecar`).
 
     Raises:
         CheckpointError: the ``.onnx`` file or its ``.json`` is missing, or the sidecar is not what
             ``export`` writes (a value of the wrong type or range, an unknown key); names ``model.json``.
     """
-    from brats_lightning.schema import ExportSidecar, read_json, validate
-
     path = Path(path)
     side = sidecar_path(path)
     if not path.is_file():

@@ -85,7 +85,7 @@ class CaseDataset(Dataset):
         conv, prep, sym = data_configs(self.data_config)
         item: dict[str, Any] = {"case_id": case.case_id, "output_convention": self.output_conventions[i]}
         try:
-            pre = preprocess_case(replace(case, label=None), conv, prep, replace(sym, enabled=False))
+            pre = preprocess_case(replace(case, label=None), conv, prep, sym.replace(enabled=False))
         except UserError as e:
             return {**item, "error": str(e)}
         vol = pre.volume

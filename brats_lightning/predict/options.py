@@ -12,10 +12,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from brats_lightning.data.labels import CONVENTIONS, get_convention
 from brats_lightning.errors import ConfigError
+from brats_lightning.inference.cleanup import PostprocessOptions
 from brats_lightning.inference.flips import tta_flips
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.precision import inference_dtype
-from brats_lightning.schema import PostprocessOptions, validate
+from brats_lightning.schema import validate
 
 __all__ = ["check_output_dir", "check_predict_options", "cleanup_option", "flips_option", "trainer_options"]
 

@@ -5,7 +5,6 @@ batch by slice batch (and, with ``uncertainty=true``, member by member).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import pytorch_lightning as pl
 import torch
@@ -70,7 +69,7 @@ class Predictor(pl.LightningModule):
         if sym.enabled:
             present = [m for m in batch["modalities"] if m not in batch.get("missing", [])]
             if sym.axis_modality not in present:  # the axis is found on another sequence when T1 is missing
-                sym = replace(sym, axis_modality=present[0])
+                sym = sym.replace(axis_modality=present[0])
             with torch.autocast(self.device.type, enabled=False):
                 maps, _ = symmetry_channels(image.float(), mask, batch["modalities"], sym)
             for c, m in enumerate(batch["modalities"]):

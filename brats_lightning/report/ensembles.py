@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytorch_lightning as pl
-import torch
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from brats_lightning.config import register_resolvers
-from brats_lightning.data.datamodule import BratsDataModule
 from brats_lightning.errors import ConfigError, UserError
 from brats_lightning.evaluation.results import run_metrics, summarise
-from brats_lightning.load import find_checkpoints, load_predictor
-from brats_lightning.precision import inference_dtype
 from brats_lightning.report.runs import Run
-from brats_lightning.schema import DataModuleOptions, check_no_targets, validate
+from brats_lightning.schema import check_no_targets
+
+if TYPE_CHECKING:
+    from brats_lightning.data.datamodule import BratsDataModule
 
 __all__ = ["ensemble_of_folds", "job_datamodule"]
 
@@ -35,6 +34,12 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
         The flat test metrics (``test/dice_wt`` ...), or ``None`` with the reason when it cannot be
         computed (fewer than two folds, no held-out test cases, a multi-stage job, missing files).
     """
+    # torch and Lightning only when an ensemble is scored: the report command starts without them
+    import pytorch_lightning as pl
+    import torch
+
+    from brats_lightning.load import find_checkpoints, load_predictor
+    from brats_lightning.precision import inference_dtype
 
     if len(group) < 2:
         return None, "one fold"
@@ -71,13 +76,15 @@ def job_datamodule(job: str | Path) -> BratsDataModule:
     The ``data`` node is read as plain values (OmegaConf resolves its interpolations with the
     registered resolvers, none of which runs code), its ``_target_`` must name brats_lightning's
     :class:`~brats_lightning.data.datamodule.BratsDataModule`, no value may name another callable,
-    and every option is type- and range-checked (:class:`~brats_lightning.schema.DataModuleOptions`);
+    and every option is type- and range-checked (:class:`~brats_lightning.data.options.DataOptions`);
     the class is then called directly, never through ``hydra.utils.instantiate``.
 
     Raises:
         ConfigError: the file is unreadable, names another callable, or has an option of the wrong
             type or range; the message names the file and the option.
     """
+    from brats_lightning.data.datamodule import BratsDataModule
+    from brats_lightning.data.options import DataOptions
 
     register_resolvers()
     cfg_file = Path(job) / ".hydra" / "config.yaml"
@@ -97,5 +104,5 @@ def job_datamodule(job: str | Path) -> BratsDataModule:
             "nothing else it names is called"
         )
     check_no_targets({k: v for k, v in data.items() if k != "_target_"}, cfg_file, "data")
-    options = validate(DataModuleOptions, data, f"{cfg_file} (data)", ConfigError)
-    return BratsDataModule(**options.kwargs())
+    options = DataOptions.of({str(k): v for k, v in data.items() if k != "_target_"}, f"{cfg_file} (data)")
+    return BratsDataModule(options)

@@ -15,7 +15,7 @@ without ``data.fold``) and writes into ``<multirun folder>/report/``:
 
 A results folder is data, whoever made it: its JSON and YAML files are read as plain values and
 checked, and the ensemble rows rebuild only brats_lightning's own data module from the options a
-job's ``.hydra/config.yaml`` gives (validated: :class:`~brats_lightning.schema.DataModuleOptions`);
+job's ``.hydra/config.yaml`` gives (validated: :class:`~brats_lightning.data.options.DataOptions`);
 a config that names any other callable (``_target_``) is refused, never called.
 """
 

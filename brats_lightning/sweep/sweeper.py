@@ -1,8 +1,8 @@
 """The resumable Optuna sweeper, a Hydra ``Sweeper`` (``hydra/sweeper=resumable_optuna``).
 
 Hydra imports every module of ``hydra_plugins`` when it starts, and ``hydra_plugins.brats_lightning_sweeper``
-defines its plugin class over this one, so this module imports nothing of the optional ``sweep`` extra: the extra is checked
-when the sweeper is built (one line and exit status 2 when it is missing), and the work is done by
+defines its plugin class over this one, so this module imports nothing of the optional ``sweep`` extra: the
+extra is checked when the sweeper is built (one line and exit status 2 when it is missing), and the work is done by
 :class:`~brats_lightning.sweep.optuna_impl.ResumableOptunaSweeperImpl` and :mod:`brats_lightning.sweep.study`.
 """
 

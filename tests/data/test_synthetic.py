@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from brats_lightning.data import synthetic
-from brats_lightning.data.synthetic import FILE_KEYS, write_dataset
+from brats_lightning.data.synthetic import FILE_KEYS, read_cases, write_dataset
 from brats_lightning.data.synthetic import __main__ as synthetic_cli
 from brats_lightning.data.synthetic.phantom import MODALITIES, brats_affine, case_id, case_seed, generate_case
 from brats_lightning.viz import save_montage
@@ -309,11 +309,15 @@ def test_save_montage(tmp_path: Path) -> None:
     import matplotlib.image
 
     write_dataset(tmp_path / "ds", n_cases=2, shape=SHAPE, progress=False)
-    out = save_montage(tmp_path / "ds", tmp_path / "m" / "montage.png", cases=4)
+    cases = read_cases(tmp_path / "ds", 4)
+    assert [name for name, _ in cases] == ["Synth_0000", "Synth_0001"]
+    out = save_montage(cases, tmp_path / "m" / "montage.png")
     img = matplotlib.image.imread(str(out))
     assert img.ndim == 3 and img.shape[1] > 1.5 * img.shape[0]  # 2 rows x 5 columns
     with pytest.raises(FileNotFoundError):
-        save_montage(tmp_path / "m", tmp_path / "x.png")
+        read_cases(tmp_path / "m")
+    with pytest.raises(ValueError, match="no case"):
+        save_montage([], tmp_path / "x.png")
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

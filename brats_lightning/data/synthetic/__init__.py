@@ -9,7 +9,7 @@ Example:
 
 Command line (:mod:`brats_lightning.data.synthetic.__main__`):
 ``python -m brats_lightning.data.synthetic OUT_DIR --n-cases 24 --montage m.png`` (the montage:
-:func:`brats_lightning.viz.save_montage`).
+:func:`brats_lightning.viz.save_montage` of :func:`read_cases`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from brats_lightning.data.synthetic.phantom import (
     generate_case,
 )
 
-__all__ = ["FILE_KEYS", "case_complete", "read_case", "write_case", "write_dataset"]
+__all__ = ["FILE_KEYS", "case_complete", "read_case", "read_cases", "write_case", "write_dataset"]
 
 FILE_KEYS: tuple[str, ...] = (*MODALITIES, "seg")
 """All per-case files: ``<case>_<key>.nii.gz``."""
@@ -52,6 +52,19 @@ def case_complete(folder: Path) -> bool:
 def read_case(folder: Path) -> dict[str, np.ndarray]:
     """Arrays of the five files of a case folder, in their stored dtypes."""
     return {k: np.asanyarray(cast(nib.Nifti1Image, nib.load(str(_file(folder, k)))).dataobj) for k in FILE_KEYS}
+
+
+def read_cases(root: str | Path, n: int = 4) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The first ``n`` complete cases of a data set folder, as ``(name, arrays)`` (e.g. for a montage).
+
+    Raises:
+        FileNotFoundError: ``root`` holds no complete case folder.
+    """
+    root = Path(root)
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and case_complete(p))
+    if not folders:
+        raise FileNotFoundError(f"no complete case folder in {root}")
+    return [(f.name, read_case(f)) for f in folders[: int(n)]]
 
 
 def _save(arr: np.ndarray, affine: np.ndarray, path: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brats_lightning.data.synthetic import write_dataset
+from brats_lightning.data.synthetic import read_cases, write_dataset
 from brats_lightning.data.synthetic.phantom import DEFAULT_SHAPE, DEFAULT_SPACING
 
 __all__ = ["main"]
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.montage is not None:
         from brats_lightning.viz import save_montage  # matplotlib only when asked for
 
-        print(f"montage: {save_montage(args.out_dir, args.montage)}")
+        print(f"montage: {save_montage(read_cases(args.out_dir, 4), args.montage)}")
     return 0
 
 
