@@ -6,7 +6,7 @@ Usage::
         data.modality_dropout=0.25 'cv.missing_modalities=[flair,t1,t1c,t2]'
     python benchmarks/uncertainty.py <cross-validation run folder>
 
-Reads what the cross-validation run measured on its out-of-fold predictions (``brats_lightning/crossval.py``:
+Reads what the cross-validation run measured on its out-of-fold predictions (``brats_lightning/crossval/``:
 every case segmented by the fold model that never saw it, the test-time flips as the members):
 
 * **voxel map**: the AUROC of the normalised entropy for telling the wrong voxels (predicted class !=

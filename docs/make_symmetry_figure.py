@@ -14,8 +14,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from brats_lightning.data.io import MODALITIES, discover_cases, load_case  # noqa: E402
+from brats_lightning.data.layouts import discover_cases  # noqa: E402
 from brats_lightning.data.preprocess import brain_mask, zscore  # noqa: E402
+from brats_lightning.data.readers import MODALITIES, load_case
 from brats_lightning.data.symmetry import volume_symmetry_maps  # noqa: E402
 from brats_lightning.data.synthetic import write_dataset  # noqa: E402
 

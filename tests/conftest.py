@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import MEDIUM_SYNTHETIC, TINY_SYNTHETIC, synthetic_folder, tiny_trainer
+from tests.helpers import MEDIUM_SYNTHETIC, TINY_SYNTHETIC, run_main, synthetic_folder, tiny_trainer
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -83,30 +83,29 @@ def well_trained_ckpt(tmp_path_factory: pytest.TempPathFactory, tiny_dm_kwargs: 
     return out / "last.ckpt"
 
 
-@pytest.fixture(scope="session")
-def cv_multirun(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """A real two-fold cross-validation multirun of a small FCN with held-out test cases (read-only: copy it)."""
-    import subprocess
-    import sys
+#: the shared multirun's options: Shen et al.'s symmetry experiment (FCN without and with symmetry maps) on two folds
+#: of the tiny synthetic data, 2 epochs, 3 held-out test cases, offline W&B
+MULTIRUN = [
+    "-m",
+    "experiment=shen_symmetry",
+    "data.fold=0,1",
+    "data.num_folds=2",
+    "debug=default",
+    "model.width=0.25",
+    "data.test_fraction=0.4",
+    "trainer.max_epochs=2",
+    "logger=wandb",
+]
 
-    sweep = tmp_path_factory.mktemp("cv_multirun") / "multirun"
-    args = ["experiment=shen_symmetry", "model=fcn", "data.fold=0,1", "data.num_folds=2", "debug=default"]
-    args += ["model.width=0.25", "data.test_fraction=0.4", "trainer.max_epochs=1", "logger=none"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "brats_lightning",
-            "-m",
-            *args,
-            f"paths.cache_dir={cache_dir}",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+@pytest.fixture(scope="session")
+def multirun(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """One real multirun for every test that reads one (the report, its ensembles, W&B groups, model loading):
+    4 jobs (2 settings x 2 folds), each with its checkpoints, test results and offline W&B run. Read-only: copy it."""
+    from brats_lightning.training.train import main
+
+    sweep = tmp_path_factory.mktemp("multirun") / "sweep"
+    run_main(main, *MULTIRUN, f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}")
     return sweep
 
 

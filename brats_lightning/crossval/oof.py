@@ -48,7 +48,7 @@ def case_channels(data_config: dict) -> dict[str, list[int]]:
     """Modality -> its channels in a prepared case (image and symmetry map), before the 2.5D context is
     stacked: what a missing sequence zeroes in a case given to ``predict_case``.
 
-    Example:
+    Examples:
         >>> case_channels({"modalities": ["flair", "t1"], "symmetry": {"enabled": True}, "context_slices": 1})
         {'flair': [0, 2], 't1': [1, 3]}
     """

@@ -27,7 +27,7 @@ DEFAULT_INFERENCE_S = 6.0
 def fold_seconds(left_s: float, folds_left: int, inference_s: float, minimum_s: float = 30.0) -> float:
     """Training seconds of the next fold: an even share of what is left, less its inference.
 
-    Example:
+    Examples:
         >>> fold_seconds(3000.0, 5, 60.0)
         540.0
     """
@@ -46,6 +46,7 @@ class CVOptions:
         tune_max_cases: score the clean-ups on at most this many out-of-fold cases (spread over the folds).
         probabilities: also keep the out-of-fold class probabilities (float16) in ``oof/``.
         workers: processes scoring cases (``0``: this machine's cores).
+        min_fold_minutes: the least a fold trains when its share of the budget is smaller.
         fold_minutes: train every fold exactly this long instead of its share of the budget (the
             ablation: every setting trains the same minutes, whatever its inference costs).
         raw_weights: also segment with the weights before averaging (``callbacks.ema``), to measure
@@ -64,6 +65,7 @@ class CVOptions:
     tune_max_cases: int = 300
     probabilities: bool = False
     workers: int = 0
+    min_fold_minutes: float = 0.5
     fold_minutes: float | None = None
     raw_weights: bool = False
     uncertainty: bool = False
@@ -86,6 +88,8 @@ class CVOptions:
             raise ConfigError(f"cv.tta_flips: {e}") from None
         if any(float(v) <= 0 for v in (*out.min_volumes_mm3, *out.et_volumes_mm3)):
             raise ConfigError("cv.min_volumes_mm3 and cv.et_volumes_mm3 must be positive volumes")
+        if not float(out.min_fold_minutes) > 0:
+            raise ConfigError(f"cv.min_fold_minutes must be positive minutes, got {out.min_fold_minutes!r}")
         if out.fold_minutes is not None and not float(out.fold_minutes) > 0:
             raise ConfigError(f"cv.fold_minutes must be positive minutes (or null), got {out.fold_minutes!r}")
         return out

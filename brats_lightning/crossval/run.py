@@ -123,7 +123,9 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
         train_s = 60.0 * float(opts.fold_minutes) if opts.fold_minutes else None
         if timed and train_s is None:
             left = budget_s - (time.monotonic() - start) - reserve_s
-            train_s = record.get("train_s") or fold_seconds(left, len(folds) - k, rate * len(fold))
+            train_s = record.get("train_s") or fold_seconds(
+                left, len(folds) - k, rate * len(fold), 60.0 * opts.min_fold_minutes
+            )
             record["train_s"] = train_s
             state.folds[str(k)] = record
             state.save()

@@ -45,7 +45,7 @@ class SliceAugment:
         prob: probability that a slice is rotated and scaled.
         flip_prob: probability that a slice is flipped left-right.
 
-    Example:
+    Examples:
         >>> aug = SliceAugment()
         >>> x, y = torch.zeros(2, 8, 16, 20), torch.zeros(2, 16, 20, dtype=torch.long)
         >>> xa, ya = aug(x, y, torch.Generator().manual_seed(0))

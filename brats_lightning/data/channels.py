@@ -15,7 +15,7 @@ def in_channels_for(modalities: Sequence[str], symmetry: bool, context: int = 0)
     """Input channels of a model fed ``modalities`` (and one symmetry map per modality), for a slice and
     its ``context`` neighbours on each side.
 
-    Example:
+    Examples:
         >>> in_channels_for(["flair", "t1", "t1c", "t2"], symmetry=True)
         8
         >>> in_channels_for(["flair", "t1", "t1c", "t2"], symmetry=True, context=1)

@@ -60,7 +60,7 @@ class FixedBatches(SequentialSampler):
 
     A ``SequentialSampler`` (of ``range(n_items)``), so that Lightning's ``overfit_batches`` keeps it.
 
-    Example:
+    Examples:
         >>> s = FixedBatches(10, seed=0, batch_size=4, n_batches=2)
         >>> list(s) == list(s), len(s), [len(b) for b in s]
         (True, 2, [4, 4])

@@ -115,9 +115,7 @@ def produce(dataset: RingDataset, item: Any) -> RingToken | tuple[torch.Tensor, 
 class RingLoader(DataLoader):
     """A ``DataLoader`` of batch-level items (``batch_size=None``) whose workers reuse shared buffers.
 
-    Args:
-        dataset: a :class:`RingDataset`.
-        *args, **kwargs: ``DataLoader`` arguments (``batch_size`` must be ``None``).
+    Its arguments are ``DataLoader``'s (``batch_size`` must be ``None``); its dataset is a :class:`RingDataset`.
     """
 
     slots_per_worker = 4

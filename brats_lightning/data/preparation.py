@@ -133,9 +133,13 @@ def prepare_missing(
     Args:
         cases: every case of the data set.
         out: the prepared folder; its ``config.json`` is ``config`` (:func:`~.cache.cache_config`).
-        convention, prep, sym: how the cases are prepared.
+        config: what determines the prepared arrays (the folder's ``config.json``).
+        convention: the label convention of the cases.
+        prep: the preprocessing.
+        sym: the symmetry maps' options.
         workers: processes preparing cases (at most one per case).
-        rank, world: this process's share of the cases (under DDP).
+        rank: this process's rank (under DDP: its share of the cases).
+        world: the number of ranks sharing the cases.
         name: the data set's name, in the progress bar.
 
     Raises:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from pydantic import Field, StrictBool, field_validator
@@ -27,6 +27,9 @@ from brats_lightning.data.labels import LabelConvention
 from brats_lightning.data.readers import MODALITIES, CaseFiles, Volume, load_case
 from brats_lightning.errors import ConfigError, DataError
 from brats_lightning.schema import Int, Name, Number, Strict, validate
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "PreprocessConfig",
@@ -249,7 +252,9 @@ class SymmetryConfig(Strict):
         return type(self).model_validate({**self.model_dump(), **changes})
 
 
-def symmetry_channels(slices, mask, modalities: Sequence[str], sym: SymmetryConfig):
+def symmetry_channels(
+    slices: torch.Tensor, mask: torch.Tensor, modalities: Sequence[str], sym: SymmetryConfig
+) -> tuple[torch.Tensor, dict]:
     """Shen et al.'s symmetry maps of a whole volume, on the slices' device, stored centred (map - 0.5).
 
     Args:
@@ -259,8 +264,8 @@ def symmetry_channels(slices, mask, modalities: Sequence[str], sym: SymmetryConf
         sym: the options.
 
     Returns:
-        ``(maps, axis)``: ``(Z, C, X, Y)`` maps in ``[-0.5, 0.5]`` (0 = symmetric, like the zero
-        background) and the axis as a dict.
+        ``(Z, C, X, Y)`` maps in ``[-0.5, 0.5]`` (0 = symmetric, like the zero background) and the axis as a
+        dict.
     """
     from brats_lightning.data.symmetry import estimate_axis, symmetry_maps
 

@@ -321,7 +321,7 @@ def symmetry_maps(
     Returns:
         ``(N, C, H, W)`` maps in ``[0, 1]``; 0.5 means symmetric.
 
-    Example:
+    Examples:
         >>> x = torch.zeros(3, 4, 32, 24); x[:, :, 4:28, 4:20] = 1.0; x[:, 0, 6:10, 8:12] = 5.0
         >>> maps = symmetry_maps(x)
         >>> bool(maps[1, 0, 8, 10] > 0.9), bool((maps[1, 1] - 0.5).abs().max() < 1e-6)

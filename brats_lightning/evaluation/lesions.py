@@ -120,7 +120,8 @@ def brats2023_lesion_metrics(
     """BraTS 2023 lesion-wise Dice and HD95 of one region (``get_LesionWiseResults``, BraTS-GLI parameters).
 
     Args:
-        pred, gt: boolean masks of the region.
+        pred: the predicted region (boolean mask).
+        gt: the ground truth region (boolean mask).
         spacing: voxel size in mm along the masks' axes.
         dilation: iterations of the 18-connected dilation that merges nearby lesions and finds
             the prediction of a lesion (3 for gliomas; 1 for meningiomas and metastases).

@@ -154,7 +154,7 @@ def candidates(min_volumes_mm3: Sequence[float], largest_only: bool = True) -> l
     """Clean-ups of the tumour's connected components to compare, weakest first: none, each volume threshold,
     then the largest component only.
 
-    Example:
+    Examples:
         >>> [c["min_volume_mm3"] for c in candidates([500, 100], largest_only=False)]
         [0.0, 100.0, 500.0]
     """

@@ -56,7 +56,7 @@ def agreement(classes: Sequence[np.ndarray | torch.Tensor], convention: LabelCon
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for telling ``positives`` apart (Mann-Whitney U, ties averaged).
 
-    Example:
+    Examples:
         >>> auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True]))
         0.75
     """

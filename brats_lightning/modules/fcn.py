@@ -59,7 +59,10 @@ class FCNModule(SegmentationModule):
         convention: label convention (regions of the metrics).
         inference_batch_size: slices per forward pass at inference.
         test_hd95: compute HD95 at test time.
-        channels_last, lesion_metrics, postprocess, name: see :class:`SegmentationModule`.
+        channels_last: run the net in channels_last memory format (faster in bf16).
+        lesion_metrics: also compute the lesion-wise metrics at test time.
+        postprocess: the clean-up of test predictions (:class:`~brats_lightning.inference.cleanup.PostprocessOptions`).
+        name: the method's name in tables and reports.
     """
 
     def __init__(

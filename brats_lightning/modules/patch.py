@@ -35,7 +35,8 @@ def load_patch_net(
     Args:
         path: the checkpoint.
         expect_arch: the architecture it must hold (``localpath``, ``globalpath``, ``twopath``, ...).
-        in_channels, num_classes: what the net must take and give.
+        in_channels: the input channels the net must take.
+        num_classes: the classes the net must give.
         into: load the weights into this net instead of building a new one.
 
     Raises:
@@ -99,11 +100,18 @@ class PatchCNNModule(SegmentationModule):
         patch_size: training patch side; must be the net's (33).
         dropout: dropout probability on the last hidden layer.
         k: Maxout feature maps per output map.
-        lr, lr_schedule, lr_decay, lr_decay_epochs: learning-rate schedule (see above).
-        momentum, final_momentum, momentum_epochs: momentum schedule.
-        l1, l2: regularisation weights on kernels.
+        lr: the initial learning rate (Havaei et al.: 0.005).
+        lr_schedule: how it decays (see above).
+        lr_decay: the decay factor.
+        lr_decay_epochs: epochs over which it decays.
+        momentum: the initial momentum (0.5).
+        final_momentum: the momentum reached (0.9).
+        momentum_epochs: epochs over which it rises.
+        l1: L1 weight on the kernels.
+        l2: L2 weight on the kernels.
         max_norm: bound on each kernel's L2 norm (``None``: no bound).
-        local_ckpt, global_ckpt: checkpoints of a LocalPathCNN and a GlobalPathCNN (``arch=average``).
+        local_ckpt: checkpoint of a LocalPathCNN (``arch=average``).
+        global_ckpt: checkpoint of a GlobalPathCNN (``arch=average``).
         first_stage_ckpt: checkpoint of the trained TwoPathCNN that a cascade freezes as its first stage.
         first_stage_cache: cascades: precompute the frozen first stage's output over every training
             slice once and sample 33x33 patches with the aligned map (exactly what running it on the
@@ -111,8 +119,13 @@ class PatchCNNModule(SegmentationModule):
             stage on every batch (then ``data.patch_size`` must be the cascade's 65/56/53).
         first_stage_dropout: MFCascadeCNN: also drop out the first stage's probabilities where they
             join the last hidden layer (off: they are an input of the output layer, not hidden units).
-        convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name: see
-            :class:`SegmentationModule`.
+        convention: label convention (regions of the metrics).
+        inference_batch_size: slices per forward pass at inference.
+        test_hd95: compute HD95 at test time.
+        channels_last: run the net in channels_last memory format.
+        lesion_metrics: also compute the lesion-wise metrics at test time.
+        postprocess: the clean-up of test predictions (Havaei et al. Sec. 4).
+        name: the method's name in tables and reports.
         compile: run the net through ``torch.compile`` (inductor) in training and inference.
     """
 

@@ -135,7 +135,7 @@ class CascadeCNN(PatchCNN):
 class InputCascadeCNN(CascadeCNN, arch="input_cascade"):
     """InputCascadeCNN (Fig. 3a): 65x65 -> first CNN 5x33x33 -> second CNN input 9x33x33 -> 5x1x1.
 
-    Example:
+    Examples:
         >>> net = InputCascadeCNN(TwoPathCNN(4, 5), 4, 5)
         >>> net(torch.zeros(2, 4, 65, 65)).shape
         torch.Size([2, 5, 1, 1])
@@ -150,7 +150,7 @@ class InputCascadeCNN(CascadeCNN, arch="input_cascade"):
 class LocalCascadeCNN(CascadeCNN, arch="local_cascade"):
     """LocalCascadeCNN (Fig. 3b): 56x56 -> first CNN 5x24x24 -> local path hidden layer 69x24x24 -> 5x1x1.
 
-    Example:
+    Examples:
         >>> net = LocalCascadeCNN(TwoPathCNN(4, 5), 4, 5)
         >>> net(torch.zeros(2, 4, 56, 56)).shape
         torch.Size([2, 5, 1, 1])
@@ -165,7 +165,7 @@ class LocalCascadeCNN(CascadeCNN, arch="local_cascade"):
 class MFCascadeCNN(CascadeCNN, arch="mf_cascade"):
     """MFCascadeCNN (Fig. 3c): 53x53 -> first CNN 5x21x21 -> before the output layer 229x21x21 -> 5x1x1.
 
-    Example:
+    Examples:
         >>> net = MFCascadeCNN(TwoPathCNN(4, 5), 4, 5)
         >>> net(torch.zeros(2, 4, 53, 53)).shape
         torch.Size([2, 5, 1, 1])

@@ -140,7 +140,7 @@ class ShenFCN(nn.Module):
             VGG-16 initialisation needs 1.0).
         upsample_mode: ``"nearest"`` or ``"bilinear"``.
 
-    Example:
+    Examples:
         >>> net = ShenFCN(in_channels=8, num_classes=4)
         >>> net(torch.zeros(2, 8, 64, 80)).shape
         torch.Size([2, 4, 64, 80])

@@ -104,7 +104,7 @@ class MaxoutConv2d(nn.Module):
     Each of the ``out_channels`` output maps is the element-wise maximum over ``k`` consecutive
     convolution feature maps ``O_s, ..., O_{s+k-1}``.
 
-    Example:
+    Examples:
         >>> MaxoutConv2d(4, 64, 7, k=2)(torch.zeros(1, 4, 33, 33)).shape
         torch.Size([1, 64, 27, 27])
     """
@@ -239,7 +239,7 @@ class LocalPathCNN(PatchCNN, arch="localpath"):
         dropout: dropout probability on the last hidden layer (Sec. 3.2).
         k: Maxout feature maps per output map.
 
-    Example:
+    Examples:
         >>> LocalPathCNN()(torch.zeros(2, 4, 33, 33)).shape
         torch.Size([2, 5, 1, 1])
     """
@@ -258,7 +258,7 @@ class LocalPathCNN(PatchCNN, arch="localpath"):
 class GlobalPathCNN(PatchCNN, arch="globalpath"):
     """GlobalPathCNN (Havaei Sec. 5.1): the global pathway alone, then the 21x21 output convolution.
 
-    Example:
+    Examples:
         >>> GlobalPathCNN()(torch.zeros(2, 4, 33, 33)).shape
         torch.Size([2, 5, 1, 1])
     """
@@ -292,7 +292,7 @@ class TwoPathCNN(PatchCNN, arch="twopath"):
             last hidden layer; the first CNN's probabilities concatenated to it are an input of the
             output layer, not hidden units, so by default they are not dropped.
 
-    Example:
+    Examples:
         >>> TwoPathCNN()(torch.zeros(2, 4, 33, 33)).shape
         torch.Size([2, 5, 1, 1])
     """

@@ -45,7 +45,7 @@ class ShenUNet(nn.Module):
         n_blocks: 3 or 4 VGG blocks.
         width: channel multiplier (1.0 = VGG-16).
 
-    Example:
+    Examples:
         >>> net = ShenUNet(in_channels=8, num_classes=3, width=0.25)
         >>> net(torch.zeros(2, 8, 64, 80)).shape
         torch.Size([2, 3, 64, 80])
@@ -144,7 +144,7 @@ def dynunet_2d(in_channels: int, num_classes: int, levels: int = 5, width: float
     instance norm + leaky ReLU, filters :data:`DYNUNET_FILTERS` times ``width``; input sides must be
     multiples of ``2 ** (levels - 1)``.
 
-    Example:
+    Examples:
         >>> net = dynunet_2d(8, 3, levels=4, width=0.25)
         >>> net(torch.zeros(1, 8, 64, 80)).shape
         torch.Size([1, 3, 64, 80])

@@ -107,7 +107,7 @@ def require_sweep_extra(what: str = "hparams_search") -> None:
 def sqlite_path(storage: str) -> Path | None:
     """The file of an ``sqlite:///`` storage URL (``None`` for any other storage).
 
-    Example:
+    Examples:
         >>> sqlite_path("sqlite:////tmp/sweep/optuna.db"), sqlite_path("postgresql://db/x")
         (PosixPath('/tmp/sweep/optuna.db'), None)
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from brats_lightning.data.augment import SliceAugment
@@ -68,3 +69,54 @@ def test_parameters_stay_in_range() -> None:
     assert float(p[:, 1].abs().max()) <= 10 and 0.9 <= float(p[:, 2].min()) and float(p[:, 2].max()) <= 1.1
     assert abs(float((p[:, 1] != 0).float().mean()) - 0.5) < 0.05
     assert not math.isnan(float(p.sum()))
+
+
+def test_intensity_augmentation_changes_only_the_mr_channels_inside_the_brain() -> None:
+    from brats_lightning.data.augment import SliceAugment
+
+    x = torch.randn(16, 8, 40, 48)
+    x[:, :, :6] = 0  # background rows
+    y = torch.randint(0, 4, (16, 40, 48))
+    plain = SliceAugment(prob=0.0, flip_prob=0.0)
+    strong = SliceAugment(prob=0.0, flip_prob=0.0, intensity=True, strength=2.0)
+    xa, ya = strong(x, y, torch.Generator().manual_seed(0), intensity_channels=[0, 1, 2, 3])
+    xp, _ = plain(x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(ya, y) and torch.equal(xa[:, 4:], xp[:, 4:])  # symmetry maps, labels untouched
+    assert torch.equal(xa[:, :, :6], torch.zeros_like(xa[:, :, :6]))  # the background stays zero
+    changed = (xa[:, :4] - xp[:, :4]).abs().flatten(1).amax(1) > 1e-3
+    assert 4 <= int(changed.sum()) < 16  # drawn per slice
+    xb, _ = strong(x, y, torch.Generator().manual_seed(0), intensity_channels=[0, 1, 2, 3])
+    assert torch.equal(xa, xb)
+
+
+def test_elastic_deformation_moves_image_and_label_together() -> None:
+    from brats_lightning.data.augment import SliceAugment
+
+    yy, xx = torch.meshgrid(torch.arange(48), torch.arange(64), indexing="ij")
+    y = (((yy - 20) / 10.0) ** 2 + ((xx - 30) / 14.0) ** 2 < 1).long().repeat(8, 1, 1)
+    x = y[:, None].float().repeat(1, 2, 1, 1)
+    aug = SliceAugment(prob=0.0, flip_prob=0.0, elastic_prob=1.0, elastic_alpha=4.0)
+    xa, ya = aug(x, y, torch.Generator().manual_seed(1))
+    for k in range(8):
+        inter = ((xa[k, 0] > 0.5) & ya[k].bool()).sum()
+        assert float(inter / ((xa[k, 0] > 0.5) | ya[k].bool()).sum()) > 0.9
+    assert sum(not torch.equal(ya[k], y[k]) for k in range(8)) >= 6
+    with pytest.raises(ValueError, match="elastic_prob must be in"):
+        SliceAugment(elastic_prob=1.5)
+
+
+def test_modality_dropout_zeroes_whole_modalities_and_never_all(tiny_dm_kwargs: dict) -> None:
+    from brats_lightning.data.datamodule import BratsDataModule
+
+    dm = BratsDataModule(**tiny_dm_kwargs, symmetry=True, modality_dropout=0.4)
+    x = torch.randn(2000, 8, 4, 4)
+    out = dm.drop_modalities(x, torch.Generator().manual_seed(0))
+    zero = (out == 0).flatten(2).all(2)  # (N, channels)
+    images, maps = zero[:, :4], zero[:, 4:]
+    assert torch.equal(images, maps)  # a modality goes with its symmetry map
+    assert not images.all(1).any()  # one is always kept
+    assert abs(float(images.float().mean()) - 0.4) < 0.04
+    kept = ~zero
+    assert torch.equal(out[kept.view(2000, 8, 1, 1).expand_as(x)], x[kept.view(2000, 8, 1, 1).expand_as(x)])
+    with pytest.raises(Exception, match=r"data.modality_dropout: Input should be less than 1 \(got 1.0\)"):
+        BratsDataModule(**tiny_dm_kwargs, modality_dropout=1.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -76,43 +75,6 @@ def test_inconsistent_channels_are_rejected(tiny_dm_kwargs: dict) -> None:
         BratsDataModule(symmetry=True, in_channels=4, **tiny_dm_kwargs)
     with pytest.raises(ValueError, match="num_classes=5"):
         BratsDataModule(num_classes=5, **tiny_dm_kwargs)
-
-
-def test_zscore_inside_brain(tiny_dm_kwargs: dict) -> None:
-    dm = BratsDataModule(**tiny_dm_kwargs)
-    dm.prepare_data()
-    dm.setup()
-    c = dm.train_cases[0]
-    img = np.asarray(c.image, dtype=np.float32)
-    inside = img.transpose(1, 0, 2, 3)[:, np.asarray(c.mask)]
-    np.testing.assert_allclose(inside.mean(1), 0, atol=0.02)
-    np.testing.assert_allclose(inside.std(1), 1, atol=0.02)
-    assert np.all(img.transpose(1, 0, 2, 3)[:, ~np.asarray(c.mask)] == 0)
-
-
-def test_preparing_with_a_pool_gives_the_same_cache(tmp_path, synthetic_root) -> None:
-    """Two worker processes prepare what one process prepares (symmetry maps, patch index included)."""
-    common = {"root": str(synthetic_root), "symmetry": True, "max_cases": 4, "num_folds": 2}
-    one = BratsDataModule(cache_dir=str(tmp_path / "one"), prepare_workers=1, **common)
-    two = BratsDataModule(cache_dir=str(tmp_path / "two"), prepare_workers=2, **common)
-    one.prepare_data()
-    two.prepare_data()
-    cases = [c.case_id for c in one.discover()]
-    for c in cases:
-        a, b = one.prepared_dir / c, two.prepared_dir / c
-        for name in ("label", "mask", "index"):
-            np.testing.assert_array_equal(np.load(a / f"{name}.npy"), np.load(b / f"{name}.npy"))
-        np.testing.assert_allclose(
-            np.load(a / "image.npy").astype(np.float32), np.load(b / "image.npy").astype(np.float32), atol=2e-3
-        )
-        meta = json.loads((b / "meta.json").read_text())
-        index = np.load(b / "index.npy")
-        label = np.load(b / "label.npy").ravel()
-        # the compact index lists the brain voxels grouped by class, class k taking label_counts[k] entries
-        starts = np.concatenate([[0], np.cumsum(meta["label_counts"])])
-        for k in range(len(meta["label_counts"])):
-            assert np.all(label[index[starts[k] : starts[k + 1]]] == k)
-        assert index.size == int(np.load(b / "mask.npy").sum())
 
 
 def test_prepared_and_split_folders_say_what_produced_them(tmp_path, synthetic_root) -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +14,7 @@ from brats_lightning.data.synthetic import FILE_KEYS, read_cases, write_dataset
 from brats_lightning.data.synthetic import __main__ as synthetic_cli
 from brats_lightning.data.synthetic.phantom import MODALITIES, brats_affine, case_id, case_seed, generate_case
 from brats_lightning.viz import save_montage
+from tests.helpers import run_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (48, 56, 32)
@@ -325,17 +323,9 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         synthetic_cli.main(["--help"])
     assert exc.value.code == 0
     assert "--n-cases" in capsys.readouterr().out
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "brats_lightning.data.synthetic"]
-    args = ["--n-cases", "2", "--shape", *map(str, SHAPE), "--spacing", "4", "--seed", "7"]
-    run = subprocess.run(
-        [*cmd, str(tmp_path / "ds"), *args, "--montage", str(tmp_path / "m.png")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
-    assert run.returncode == 0, run.stderr
+    args = ["--n-cases", "2", "--shape", *map(str, SHAPE), "--spacing", "4", "--seed", "7", "--no-progress"]
+    run = run_argv(synthetic_cli.main, str(tmp_path / "ds"), *args, "--montage", str(tmp_path / "m.png"))
+    assert run.code == 0 and "2 cases in" in run.out, run.err
     for i in range(2):
         for path in _files(tmp_path / "ds" / case_id(i)):
             assert nib.load(str(path)).shape == SHAPE

@@ -3,7 +3,7 @@
 Cases are written in the BraTS layout ``<out>/<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``, each
 atomically, so that the framework runs with no real data.
 
-Example:
+Examples:
     >>> from brats_lightning.data.synthetic import write_dataset
     >>> folders = write_dataset("data/synthetic", n_cases=4, progress=False)  # doctest: +SKIP
 

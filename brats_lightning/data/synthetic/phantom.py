@@ -43,7 +43,7 @@ small, so the anatomy scales with the shape without being distorted.
   multiplicative bias field (about +-10-20 %), a random global gain, Rician noise, a light
   Gaussian blur, skull stripping (exactly 0 outside the brain) and rounding to int16.
 
-Example:
+Examples:
     >>> from brats_lightning.data.synthetic.phantom import generate_case
     >>> case = generate_case(seed=0, shape=(48, 56, 32))
     >>> sorted(case)

@@ -1,0 +1,39 @@
+"""brats_lightning.crossval.options: the budget's split over the folds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from brats_lightning.crossval.options import fold_seconds
+from brats_lightning.training.train import main as train_main
+from tests.helpers import run_command
+
+
+def test_fold_time_is_an_even_share_of_what_is_left_less_its_inference() -> None:
+    assert fold_seconds(5000.0, 5, 100.0) == 900.0
+    assert fold_seconds(100.0, 5, 100.0) == 30.0  # never less than a minimum
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["budget_minutes=0"], "error: budget_minutes=0: the time budget must be positive"),
+        (["budget_minutes=-5"], "error: budget_minutes=-5: the time budget must be positive"),
+        (["budget_minutes=10", "reserve_minutes=10"], "error: reserve_minutes=10 must be at least 0 and less than"),
+        (["budget_minutes=abc"], "error: budget_minutes must be a number of minutes, got 'abc'"),
+    ],
+)
+def test_a_budget_that_cannot_work_is_one_line(tmp_path: Path, overrides: list[str], message: str) -> None:
+    run = run_command(
+        train_main,
+        "experiment=real_fast",
+        f"data.root={tmp_path}",
+        *overrides,
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
+    assert run.code == 2, run.err[-2000:]
+    assert run.err.strip().splitlines() == [run.err.strip()] and run.err.startswith(message), run.err[-2000:]
+    assert not (tmp_path / "cache").exists()

@@ -1,0 +1,64 @@
+"""brats_lightning.data.cache: the prepared cache heals itself (truncated, empty or changed arrays)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brats_lightning.data import cache
+from brats_lightning.data.datamodule import BratsDataModule
+from brats_lightning.errors import DataError
+from tests.helpers import copy_cases
+
+
+@pytest.fixture()
+def prepared(tmp_path: Path, synthetic_root: Path) -> tuple[BratsDataModule, dict]:
+    """A data module over 5 copied synthetic cases, prepared into a cache of this test's own."""
+    root = copy_cases(synthetic_root, tmp_path / "data", 5)
+    kwargs = {"root": str(root), "cache_dir": str(tmp_path / "cache"), "crop_size": (48, 56), "num_folds": 2}
+    dm = BratsDataModule(test_fraction=0.2, **kwargs)
+    dm.prepare_data()
+    return dm, kwargs
+
+
+def _fresh_process() -> None:
+    """What a new process starts with: nothing mapped, nothing verified."""
+    cache._VERIFIED.clear()
+    cache.open_array.cache_clear()
+
+
+def test_truncated_or_empty_cached_arrays_are_rebuilt_before_any_work(prepared: tuple) -> None:
+    dm, kwargs = prepared
+    folders = sorted(p for p in dm.prepared_dir.iterdir() if p.is_dir())
+    reference = {f.name: np.load(f / "image.npy").copy() for f in folders}
+    image = folders[0] / "image.npy"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])  # truncated (a killed copy)
+    (folders[1] / "mask.npy").write_bytes(b"")  # zero bytes (a full disk)
+    _fresh_process()
+    again = BratsDataModule(test_fraction=0.2, **kwargs)
+    again.prepare_data()
+    again.setup("fit")
+    for case in [*again.train_cases, *again.val_cases, *again.test_cases]:
+        np.testing.assert_array_equal(case.image, reference[case.case_id])
+        assert case.mask.shape == case.image[:, 0].shape
+
+
+def test_a_changed_cached_array_is_caught_on_first_read_and_rebuilt_next_run(prepared: tuple) -> None:
+    dm, kwargs = prepared
+    dm.setup("fit")
+    case = dm.train_cases[0]
+    path = case.folder / "image.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-100] ^= 0xFF  # same size, other content
+    path.write_bytes(bytes(raw))
+    _fresh_process()
+    with pytest.raises(DataError, match=rf"{path}: the prepared array does not match the checksum"):
+        _ = case.image
+    assert not (case.folder / "meta.json").exists()  # marked stale
+    _fresh_process()
+    again = BratsDataModule(test_fraction=0.2, **kwargs)
+    again.prepare_data()  # prepared again
+    again.setup("fit")
+    assert [c for c in again.train_cases if c.case_id == case.case_id][0].image.shape == case.shape

@@ -1,0 +1,48 @@
+"""brats_lightning.data.splits: folds stratified by site, leave-one-site-out."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from brats_lightning.data.groups import case_groups
+from brats_lightning.data.splits import make_splits
+from brats_lightning.errors import DataError
+from tests.helpers import BRATS18
+
+
+def _legacy_split(ids: list[str], seed: int, test_fraction: float, k: int) -> tuple[list, list]:
+    """The split before sites were known (a seeded shuffle dealt in turn): the reference for one group."""
+    ordered = sorted(set(ids))
+    random.Random(seed).shuffle(ordered)
+    n = int(round(test_fraction * len(ordered)))
+    return sorted(ordered[:n]), [sorted(ordered[n:][i::k]) for i in range(k)]
+
+
+def test_folds_hold_every_site_in_proportion_and_one_group_splits_as_before() -> None:
+    groups = case_groups(BRATS18)
+    for seed in range(20):
+        split = make_splits(BRATS18, seed, 0.0, 5, groups)
+        assert sorted(c for f in split["folds"] for c in f) == sorted(BRATS18)
+        assert sorted(len(f) for f in split["folds"]) == [2, 3, 3, 3, 3]
+        for fold in split["folds"]:  # no site twice in a fold: every site has at most 3 cases for 5 folds
+            sites = [groups[c] for c in fold]
+            assert len(sites) == len(set(sites)), (seed, fold)
+    # the BRATS 2013 cases no longer fall into one fold by chance (issue 21: fold 0 was all three)
+    assert all(len({groups[c] for c in f}) == len(f) for f in make_splits(BRATS18, 0, 0.0, 5, groups)["folds"])
+    synthetic = [f"Synth_{i:04d}" for i in range(24)]
+    for seed in range(5):
+        for fraction in (0.0, 0.2, 0.4):
+            new = make_splits(synthetic, seed, fraction, 5, case_groups(synthetic))
+            assert (new["test"], new["folds"]) == _legacy_split(synthetic, seed, fraction, 5)
+
+
+def test_leave_one_site_out_makes_one_fold_per_site() -> None:
+    groups = case_groups(BRATS18)
+    split = make_splits(BRATS18, 0, 0.0, 5, groups, "site")
+    assert split["num_folds"] == 6
+    assert sorted({groups[c] for c in f}.pop() for f in split["folds"]) == sorted(set(groups.values()))
+    assert all(len({groups[c] for c in f}) == 1 for f in split["folds"])
+    with pytest.raises(DataError, match="data.split=site needs cases of at least two sites"):
+        make_splits([f"Synth_{i}" for i in range(6)], 0, 0.0, 5, None, "site")

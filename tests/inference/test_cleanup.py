@@ -1,0 +1,93 @@
+"""brats_lightning.inference.cleanup: the clean-up applied, and chosen (on validation cases, out of fold)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brats_lightning.data.labels import get_convention
+from brats_lightning.inference.cleanup import (
+    apply_cleanup,
+    candidates,
+    choose_cleanup,
+    choose_within_tolerance,
+    enhancing_to_necrosis,
+    et_rule_candidates,
+    is_noop,
+    remove_small_components,
+)
+
+
+def test_removes_small_and_flat_blobs_keeps_the_tumour() -> None:
+    seg = np.zeros((40, 40, 30), np.uint8)
+    seg[10:20, 10:20, 5:15] = 2  # the tumour: 1000 voxels over 10 slices
+    seg[12:16, 12:16, 8:12] = 3
+    seg[30:33, 30:33, 20:23] = 1  # small: 27 voxels
+    seg[0:15, 25:40, 28] = 2  # flat: 225 voxels on a single slice (a bright corner near the skull)
+    out = remove_small_components(seg, spacing=(1, 1, 1), min_volume_mm3=100, min_slices=3)
+    np.testing.assert_array_equal(out[10:20, 10:20, 5:15], seg[10:20, 10:20, 5:15])
+    assert out[30:33, 30:33, 20:23].sum() == 0 and out[:, :, 28].sum() == 0
+    assert seg[30, 30, 20] == 1  # the input is untouched
+
+
+def test_volume_threshold_is_in_mm3() -> None:
+    seg = np.zeros((20, 20, 20), np.uint8)
+    seg[5:10, 5:10, 5:10] = 1  # 125 voxels
+    assert remove_small_components(seg, (1, 1, 1), min_volume_mm3=200, min_slices=1).sum() == 0
+    assert remove_small_components(seg, (2, 2, 2), min_volume_mm3=200, min_slices=1).sum() == 125  # 1000 mm3
+    assert remove_small_components(np.zeros((4, 4, 4), np.uint8)).sum() == 0
+
+
+def test_a_clean_up_is_chosen_only_when_it_beats_none_by_more_than_the_folds_spread() -> None:
+    folds = np.repeat(np.arange(5), 4)
+    base = np.linspace(0.5, 0.9, 20)
+    steady = base + 0.02  # +0.02 on every case: consistent
+    erratic = base + np.where(folds == 0, 0.40, -0.05)  # a larger mean gain, all from one fold
+    scores = np.stack([base, erratic, steady], axis=1)
+    chosen, figures = choose_cleanup(scores, folds, np.ones(20, bool))
+    assert chosen == 2 and figures["gain"][1] > figures["gain"][2]
+    assert figures["gain"][1] < figures["se"][1]  # the erratic one's gain is inside its spread
+    # the choice for fold 0's cases is made without them: the erratic candidate's gain is then negative
+    assert choose_cleanup(scores, folds, folds != 0)[0] == 2
+    # nothing gains: no clean-up
+    assert choose_cleanup(np.stack([base, base - 0.01], axis=1), folds, np.ones(20, bool))[0] == 0
+
+
+def test_the_candidates_start_with_no_clean_up_and_the_et_rule_is_the_brats_rule() -> None:
+    comps = candidates([500, 100], largest_only=True)
+    assert comps[0] == {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": False, "et_min_volume_mm3": 0.0}
+    assert [c["min_volume_mm3"] for c in comps[1:3]] == [100.0, 500.0] and comps[-1]["largest_only"]
+    rules = et_rule_candidates(comps[1], [200])
+    assert [r["et_min_volume_mm3"] for r in rules] == [0.0, 200.0] and rules[1]["min_volume_mm3"] == 100.0
+    conv = get_convention("brats2017")  # internal: 0 background, 1 NCR, 2 edema, 3 enhancing
+    classes = np.zeros((20, 20, 20), np.uint8)
+    classes[2:10, 2:10, 2:10] = 2
+    classes[4:6, 4:6, 4:6] = 3  # 8 voxels of enhancing tumour at 2 mm: 64 mm3
+    spacing = (2.0, 2.0, 2.0)
+    relabelled = enhancing_to_necrosis(classes, conv, spacing, 100.0)
+    assert (relabelled == 3).sum() == 0 and (relabelled == 1).sum() == 8 and (classes == 3).sum() == 8
+    assert enhancing_to_necrosis(classes, conv, spacing, 50.0) is classes  # 64 mm3 >= 50: kept
+    classes[15, 15, 15] = 2  # a lone edema voxel
+    cleaned = apply_cleanup(classes, spacing, conv, {**comps[1], "et_min_volume_mm3": 100.0})
+    assert cleaned[15, 15, 15] == 0 and (cleaned == 1).sum() == 8
+    assert apply_cleanup(classes, spacing, conv, comps[0]) is classes  # the first candidate changes nothing
+
+
+def test_largest_only_keeps_the_largest_component() -> None:
+    seg = np.zeros((30, 30, 30), np.uint8)
+    seg[2:12, 2:12, 2:12] = 2
+    seg[20:25, 20:25, 20:25] = 1
+    out = remove_small_components(seg, min_volume_mm3=0, min_slices=1, largest_only=True)
+    assert out[20:25, 20:25, 20:25].sum() == 0 and (out == seg)[:15, :15, :15].all()
+
+
+def test_the_strongest_clean_up_within_the_tolerance_is_chosen() -> None:
+    assert choose_within_tolerance([0.80, 0.85, 0.849, 0.70], tolerance=0.002) == 2
+    assert choose_within_tolerance([0.80, 0.85, 0.847, 0.70], tolerance=0.002) == 1
+    none = {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": False, "et_min_volume_mm3": 0.0}
+    assert candidates([500, 100], largest_only=True) == [
+        none,
+        {**none, "min_volume_mm3": 100.0, "min_slices": 1},
+        {**none, "min_volume_mm3": 500.0, "min_slices": 1},
+        {**none, "largest_only": True},
+    ]
+    assert is_noop(None) and is_noop(none) and not is_noop({"largest_only": True})
