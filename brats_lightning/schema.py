@@ -44,13 +44,25 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _first_problem(e: ValidationError, source: str, options: bool) -> str:
-    """The first problem in one line: ``<source>: <key>: <what>`` (a file), ``<source>.<key>: <what>`` (options)."""
-    err = e.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    got = err.get("input")
-    shown = "" if isinstance(got, (dict, list)) or err["type"] == "missing" else f" (got {got!r:.80})"
-    more = f"; {len(e.errors()) - 1} more problem(s)" if len(e.errors()) > 1 else ""
+    """The first problem in one line: ``<source>: <key>: <what>`` (a file), ``<source>.<key>: <what>`` (options).
+
+    The branches of a union (``auto`` or an integer) are one problem: their messages joined by "or".
+    """
+    errors = e.errors(include_url=False)
+    # a union's branch tags (``constrained-int``, ``literal['auto']``) are not keys of the document
+    keys = [".".join(str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier()) for err in errors]
+    where = keys[0]
+    same = [err for err, key in zip(errors, keys) if key == where]
+    parts = list(dict.fromkeys(str(err["msg"]).removeprefix("Value error, ") for err in same))
+    msg = " or ".join([parts[0], *(m.removeprefix("Input should be ") for m in parts[1:])])
+    got = same[0].get("input")
+    shown = (
+        ""
+        if isinstance(got, (dict, list)) or same[0]["type"] == "missing" or repr(got) in msg
+        else f" (got {got!r:.80})"
+    )
+    others = len(set(keys)) - 1
+    more = f"; {others} more problem(s)" if others else ""
     if options:  # a problem of several options together names them itself
         return f"{source}.{where}: {msg}{shown}{more}" if where else f"{msg}{more}"
     return f"{source}: {where or 'the document'}: {msg}{shown}{more}"
