@@ -8,7 +8,10 @@ Usage::
 On a real 240x240x155 case of ``../shared/data/brats2018`` (a synthetic case of the same size when it
 is absent), in one run:
 
-* the practical ceiling: GFLOP/s of one large 64->64 3x3 convolution in fp32 and in bf16;
+* the large convolution's rate (one 64->64 3x3 convolution, fp32 and bf16: the figure that compares machines);
+* the ceiling, per precision: the best rate over the large convolution and every convolution shape the six nets
+  run (recorded as dispatched, replayed alone), beside the CPU's theoretical peak (FLOP per cycle x clock x
+  cores, from what the CPU reports); a net's rate is refused (the benchmark stops) if it beats its ceiling;
 * whole-volume inference (the brain's box, every slice that holds brain, as ``predict`` runs it) of
   the FCN, FCN + symmetry maps, TwoPathCNN and the three cascades, in fp32 NCHW (the old default),
   fp32 channels-last and bf16 channels-last (the default where the hardware has bf16), with the
@@ -16,7 +19,7 @@ is absent), in one run:
   on ``--sample`` slices spread over the volume, scaled to the volume (marked ``*``); the patch CNNs
   also with their stride-1 pooling and 21x21 output layer run as written (``F.max_pool2d`` and the
   convolution itself, ``nets.twopath.FAST_LAYERS=False``), the code before this change, in the same run;
-  and every net's bf16 rate as a fraction of the large convolution's;
+  and every net's channels-last rate as a fraction of the ceiling;
 * ``model.compile``: FCN + symmetry maps with and without ``torch.compile`` (inductor): compile time
   (the first call) and the steady speed, of inference (16 slices) and of a training step; in a child
   process given ``--compile-timeout`` seconds (inductor compiles C++ kernels with the machine's
@@ -35,7 +38,10 @@ is absent), in one run:
     0.5 to BraTS labels, the crop undone, NIfTI written), fp32 and bf16 autocast, split into load,
     preprocess, inference and write;
 
-  with SegResNet's seconds per case over ours, per precision;
+  with SegResNet's seconds per case over ours, per precision, and its 95% interval paired over the cases
+  (:func:`brats_lightning.stats.ratio_interval`): "no measurable difference" when it holds 1;
+* the speed-ups the figures quote (bf16 over fp32, channels-last over NCHW, the patch CNNs' fast layers),
+  timed in ``--pairs`` interleaved pairs on 16 slices, each with its 95% interval;
 * training throughput: FCN + symmetry slices/s and TwoPathCNN patches/s, fp32 and bf16.
 
 A failed case in any ``predict`` run fails the benchmark. The last line is a JSON object with
@@ -44,7 +50,10 @@ A failed case in any ``predict`` run fails the benchmark. The last line is a JSO
 ``cascade_speedup_vs_layers_as_written_min``, ``compile``, ``bf16_speedup_fcn_sym_inference``,
 ``bf16_speedup_fcn_training``,
 ``segresnet_over_fcn_sym`` (end to end, bf16), ``segresnet_over_fcn_sym_fp32`` (end to end, fp32),
-``predict_s_per_case_by_precision``, ``segresnet_s_per_case`` and the other figures.
+``segresnet_over_fcn_sym_per_case_<precision>`` with ``_ci95_low`` / ``_ci95_high``, every paired speed-up with
+its interval, ``conv_gflops`` (the large convolution), ``ceiling_gflops``, ``peak`` (the theoretical peak and
+how it was found), ``fraction_of_ceiling``, ``predict_s_per_case_by_precision``, ``segresnet_s_per_case`` and
+the other figures.
 """
 
 from __future__ import annotations
@@ -64,7 +73,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import best_time, brats_root, json_line, table
+from _common import (
+    ConvCall,
+    best_time,
+    brats_root,
+    conv_calls,
+    conv_ceiling_over,
+    conv_rate,
+    cpu_peak,
+    fraction_of,
+    json_line,
+    large_conv,
+    paired_ratio,
+    peak_line,
+    table,
+)
 
 from brats_lightning.data.labels import get_convention
 from brats_lightning.data.layouts import discover_cases
@@ -74,6 +97,7 @@ from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.modules.patch import PatchCNNModule
 from brats_lightning.nets import twopath
 from brats_lightning.precision import bf16_supported
+from brats_lightning.stats import Estimate, ratio_interval
 
 SETTINGS = (("fp32 NCHW", False, False), ("fp32 CL", True, False), ("bf16 CL", True, True))
 #: the patch CNNs in bf16 channels-last with their pooling and output layer as written (``FAST_LAYERS=False``)
@@ -82,16 +106,40 @@ AS_WRITTEN = "bf16 CL, layers as written"
 BEFORE = "fp32 NCHW, literal"
 
 
+def net_conv_calls(
+    module, image: torch.Tensor, mask: torch.Tensor, bf16: bool, device: str, batch: int
+) -> list[ConvCall]:
+    """Every convolution the net runs on the volume as :func:`volume_time` runs it: a full batch of brain slices
+    and the last, partial one (the shapes differ only in the batch)."""
+    brain = torch.nonzero(mask.flatten(1).any(1)).flatten()
+    sizes = {batch, brain.numel() % batch} - {0}
+    calls: list[ConvCall] = []
+    for n in sorted(sizes):
+        img, msk = image[brain[:n]].to(device), mask[brain[:n]].to(device)
+
+        def run(img=img, msk=msk) -> None:
+            with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                predict_volume(module.predict_slices, img, batch, msk)
+
+        calls += conv_calls(run)
+    return calls
+
+
+def ceilings(calls: dict[str, list[ConvCall]], device: str) -> dict[str, dict]:
+    """Per precision, the large convolution's rate and the ceiling: the best rate over the large convolution and
+    every layer shape of the nets (``calls``, by precision), with the layer that reached it."""
+    out = {}
+    for p, layer_calls in calls.items():
+        large = large_conv(device, p == "bf16")
+        best, where, rates = conv_ceiling_over([large, *layer_calls], device)
+        out[p] = {"large_conv": rates[large], "ceiling": best, "at": where, "shapes": len(rates)}
+    return out
+
+
 def conv_ceiling(device: str, bf16: bool) -> float:
-    """GFLOP/s of one 64->64 3x3 convolution on 8x64x144x192, channels-last."""
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(device).to(memory_format=torch.channels_last)
-    x = torch.randn(8, 64, 144, 192, device=device).contiguous(memory_format=torch.channels_last)
-
-    def run() -> None:
-        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            conv(x)
-
-    return 2 * 8 * 64 * 64 * 9 * 144 * 192 / best_time(run, device) / 1e9
+    """GFLOP/s of the large convolution (64->64 3x3 on 8x64x144x192, channels-last): the rate printed beside every
+    rate, to compare machines (not a ceiling of the nets: :func:`ceilings` is)."""
+    return conv_rate(large_conv(device, bf16), device)
 
 
 def volume_time(
@@ -111,6 +159,57 @@ def volume_time(
             predict_volume(module.predict_slices, img, batch, msk)
 
     return best_time(run, device, repeats=1, warmup=1) * scale
+
+
+def slices_call(module, image: torch.Tensor, mask: torch.Tensor, bf16: bool, device: str, n: int = 16):
+    """A call that infers ``n`` brain slices spread over the volume (for paired timings)."""
+    brain = torch.nonzero(mask.flatten(1).any(1)).flatten()
+    pick = brain[torch.linspace(0, brain.numel() - 1, min(n, brain.numel())).long()]
+    img, msk = image[pick].to(device), mask[pick].to(device)
+
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            predict_volume(module.predict_slices, img, 4, msk)
+
+    return run
+
+
+def paired_ratios(image8: torch.Tensor, image4: torch.Tensor, mask: torch.Tensor, device: str, pairs: int) -> dict:
+    """The speed-ups the benchmark reports, each timed in interleaved pairs (16 slices) with its 95% interval."""
+    torch.manual_seed(0)
+    fcn_cl = build("fcn_sym", 8, True, None).to(device)
+    fcn_before = build("fcn_sym", 8, False, None, literal=True).to(device)
+    fcn_nchw = build("fcn_sym", 8, False, None).to(device)
+    twopath_net = build("twopath", 4, True, None).to(device)
+    bf16 = slices_call(fcn_cl, image8, mask, True, device)
+
+    def as_written() -> None:
+        twopath.FAST_LAYERS = False
+        try:
+            slices_call(twopath_net, image4, mask, True, device, 8)()
+        finally:
+            twopath.FAST_LAYERS = True
+
+    fp32 = functools.partial(slices_call, image=image8, mask=mask, bf16=False, device=device)
+    fast_twopath = slices_call(twopath_net, image4, mask, True, device, 8)
+    specs = {
+        "bf16_speedup_fcn_sym_inference": ("FCN+sym: fp32 CL over bf16 CL", fp32(fcn_cl), bf16),
+        "speedup_fcn_sym_inference_vs_fp32_nchw": ("FCN+sym: fp32 NCHW over bf16 CL", fp32(fcn_nchw), bf16),
+        "speedup_fcn_sym_inference_vs_before": (
+            "FCN+sym: fp32 NCHW literal (before) over bf16 CL",
+            fp32(fcn_before),
+            bf16,
+        ),
+        "twopath_speedup_vs_layers_as_written": (
+            "TwoPathCNN bf16 CL: layers as written over fast layers",
+            as_written,
+            fast_twopath,
+        ),
+    }
+    out = {}
+    for key, (label, slow, fast) in specs.items():
+        out[key] = (label, paired_ratio(slow, fast, device, pairs))
+    return out
 
 
 def slice_flops(module, image: torch.Tensor) -> float:
@@ -413,6 +512,12 @@ def ratio(seg: dict[str, dict], ours: dict[str, dict], precision: str) -> float 
     return s_per_case(seg[precision]) / s_per_case(ours[precision])
 
 
+def case_ratio(seg: dict, ours: dict) -> Estimate:
+    """SegResNet's seconds over ours, paired per case (each case's stage total), with its 95% interval."""
+    done = [c for c in seg["done"] if c in ours["times_s"]]
+    return ratio_interval([seg["times_s"][c]["total"] for c in done], [ours["times_s"][c]["total"] for c in done])
+
+
 def stage_table(title: str, report: dict, stages: tuple[str, ...]) -> str:
     """Per-case seconds of each stage of an end-to-end run."""
     rows = [[c, *[f"{t[s]:.2f}" for s in (*stages, "total")]] for c, t in report["times_s"].items()]
@@ -455,16 +560,30 @@ def end_to_end(root: Path, cases: list[str], threads: int, segresnet: bool) -> t
             )
     if not seg:
         return ours, seg
+    per_case = {p: case_ratio(seg[p], ours[p]) for p in precisions}
     rows = [
-        [p, f"{s_per_case(ours[p]):.1f}", f"{s_per_case(seg[p]):.1f}", f"{ratio(seg, ours, p):.2f}"] for p in precisions
+        [
+            p,
+            f"{s_per_case(ours[p]):.1f}",
+            f"{s_per_case(seg[p]):.1f}",
+            f"{ratio(seg, ours, p):.2f}",
+            f"{per_case[p].value:.2f} {per_case[p].interval(2)}",
+        ]
+        for p in precisions
     ]
-    print(table(rows, ["end to end, s per case", "ours (FCN+sym)", "SegResNet", "SegResNet / ours"]))
+    header = ["end to end, s per case", "ours (FCN+sym)", "SegResNet", "SegResNet / ours", "per case, 95% interval"]
+    print(table(rows, header))
     for p in precisions:
-        a, b = s_per_case(ours[p]), s_per_case(seg[p])
-        if b > a:
-            print(f"{p}: ours is faster end to end, {a:.1f} s per case against SegResNet's {b:.1f} s ({b / a:.2f}x)")
+        a, b, e = s_per_case(ours[p]), s_per_case(seg[p]), per_case[p]
+        if e.holds(1.0):
+            print(
+                f"{p}: no measurable difference end to end: SegResNet / ours {e.value:.2f} {e.interval(2)} over "
+                f"{e.n} cases ({b:.1f} s against our {a:.1f} s per case)"
+            )
+        elif e.low > 1:
+            print(f"{p}: ours is faster end to end, {a:.1f} s per case against SegResNet's {b:.1f} s ({e.describe(2)})")
         else:
-            print(f"{p}: SegResNet is faster end to end, {b:.1f} s per case against our {a:.1f} s ({a / b:.2f}x)")
+            print(f"{p}: SegResNet is faster end to end, {b:.1f} s per case against our {a:.1f} s ({e.describe(2)})")
     print()
     return ours, seg
 
@@ -514,6 +633,7 @@ def main() -> None:
     parser.add_argument(
         "--compile-timeout", type=float, default=900, help="seconds for the torch.compile section (0: skip it)"
     )
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved pairs of each timed speed-up ratio")
     parser.add_argument("--compile-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -530,10 +650,10 @@ def main() -> None:
         f"{args.threads} threads on {dev}\n"
     )
 
-    ceiling = {p: conv_ceiling(dev, p == "bf16") for p in ("fp32", "bf16")}
+    large = {p: conv_ceiling(dev, p == "bf16") for p in ("fp32", "bf16")}
     print(
-        f"Large 3x3 convolution (64->64, 8x144x192): {ceiling['fp32']:.0f} GFLOP/s fp32, "
-        f"{ceiling['bf16']:.0f} GFLOP/s bf16\n"
+        f"Large 3x3 convolution (64->64, 8x144x192): {large['fp32']:.0f} GFLOP/s fp32, {large['bf16']:.0f} GFLOP/s "
+        "bf16\n"
     )
 
     torch.manual_seed(0)
@@ -541,7 +661,7 @@ def main() -> None:
     nets = [("fcn", 4), ("fcn_sym", 8), ("twopath", 4), ("input_cascade", 4), ("local_cascade", 4), ("mf_cascade", 4)]
     rows, vol = [], {}
     flops_of: dict[str, float] = {}
-    fraction: dict[str, float] = {}
+    layer_calls: dict[str, list[ConvCall]] = {"fp32": [], "bf16": []}
     for name, ch in nets:
         img = image8 if ch == 8 else image4
         flops = slice_flops(build(name, ch, True, first), img) * n_brain
@@ -558,6 +678,8 @@ def main() -> None:
             t = volume_time(m, img, mask, bf16, dev, 4, sample)
             vol[(name, label)] = t
             cells.append(f"{t:.1f}{'*' if sample else ''} ({flops / t / 1e9:.0f})")
+            if layout:  # the channels-last settings: their layer shapes join the ceiling of their precision
+                layer_calls["bf16" if bf16 else "fp32"] += net_conv_calls(m, img, mask, bf16, dev, 4)
         if not name.startswith("fcn"):  # the same net, its pooling and output layer run as written (before)
             twopath.FAST_LAYERS = False
             try:
@@ -572,14 +694,33 @@ def main() -> None:
         rows.append(cells)
     print(table(rows, ["whole volume, s (GFLOP/s)", BEFORE, *[s[0] for s in SETTINGS], AS_WRITTEN]))
     print("* extrapolated from", args.sample, "slices spread over the volume")
-    for name in ("fcn_sym", "twopath", "input_cascade", "local_cascade", "mf_cascade"):
-        rate = flops_of[name] / vol[(name, "bf16 CL")] / 1e9
-        fraction[name] = rate / ceiling["bf16"]
+    bounds = ceilings(layer_calls, dev)
+    ceiling = {p: b["ceiling"] for p, b in bounds.items()}
+    for p, b in bounds.items():
+        print(
+            f"{p} ceiling: {b['ceiling']:.0f} GFLOP/s, the best of {b['shapes']} convolutions (every layer shape of "
+            f"the six nets in channels-last {p}, and the large one at {b['large_conv']:.0f}), reached by {b['at']}"
+        )
+    peak = cpu_peak(args.threads)
+    print(peak_line(peak, ceiling))
+    fraction: dict[str, dict[str, float]] = {}
+    for name, _ in nets:
+        for p, label in (("fp32", "fp32 CL"), ("bf16", "bf16 CL")):
+            rate = flops_of[name] / vol[(name, label)] / 1e9
+            fraction.setdefault(name, {})[p] = fraction_of(rate, ceiling[p], f"{name} {label}")
     print(
-        "bf16 channels-last whole-volume rate as a fraction of the large convolution's: "
-        + ", ".join(f"{n} {f:.0%}" for n, f in fraction.items())
+        "\nwhole-volume rate as a fraction of the ceiling (fp32 CL / bf16 CL): "
+        + ", ".join(f"{n} {f['fp32']:.0%} / {f['bf16']:.0%}" for n, f in fraction.items())
         + "\n"
     )
+    ratios = paired_ratios(image8, image4, mask, dev, args.pairs)
+    print(
+        table(
+            [[label, f"{e.value:.2f}x", e.interval(2), str(e.n)] for label, e in ratios.values()],
+            ["speed-up, timed in interleaved pairs (16 slices)", "ratio", "95% interval", "pairs"],
+        )
+    )
+    print()
     ours, seg = end_to_end(root, names[: args.cases], args.threads, not args.skip_segresnet)
     # what predict runs by default (precision=auto): bf16 where the CPU has it
     report = ours["bf16"] if "bf16" in ours else ours["fp32"]
@@ -588,23 +729,28 @@ def main() -> None:
     train = training_rates(dev)
     print(table([[k, f"{v:,.1f}"] for k, v in train.items()], ["training throughput", "samples/s"]))
     compiled = compile_in_child(args.threads, dev, args.compile_timeout)
-    fcn_sym_speedup = vol[("fcn_sym", "fp32 CL")] / vol[("fcn_sym", "bf16 CL")]
+    seg_ratio = {
+        k: v
+        for p in seg
+        for k, v in case_ratio(seg[p], ours[p]).as_dict(f"segresnet_over_fcn_sym_per_case_{p}").items()
+    }
     figures = {
         "predict_s_per_case": per_case,
         "predict_stage_totals_s": report["totals_s"],
         "twopath_volume_s": vol[("twopath", "bf16 CL")],
         "cascade_volume_s_max": max(vol[(n, "bf16 CL")] for n in ("input_cascade", "local_cascade", "mf_cascade")),
-        "twopath_fraction_of_ceiling": fraction["twopath"],
-        "fcn_sym_fraction_of_ceiling": fraction["fcn_sym"],
-        "cascade_fraction_of_ceiling_min": min(fraction[n] for n in ("input_cascade", "local_cascade", "mf_cascade")),
-        "twopath_speedup_vs_layers_as_written": vol[("twopath", AS_WRITTEN)] / vol[("twopath", "bf16 CL")],
+        "twopath_fraction_of_ceiling": fraction["twopath"]["bf16"],
+        "fcn_sym_fraction_of_ceiling": fraction["fcn_sym"]["bf16"],
+        "cascade_fraction_of_ceiling_min": min(
+            fraction[n]["bf16"] for n in ("input_cascade", "local_cascade", "mf_cascade")
+        ),
+        "fraction_of_ceiling": fraction,
         "cascade_speedup_vs_layers_as_written_min": min(
             vol[(n, AS_WRITTEN)] / vol[(n, "bf16 CL")] for n in ("input_cascade", "local_cascade", "mf_cascade")
         ),
         "compile": compiled,
-        "bf16_speedup_fcn_sym_inference": fcn_sym_speedup,
-        "speedup_fcn_sym_inference_vs_fp32_nchw": vol[("fcn_sym", "fp32 NCHW")] / vol[("fcn_sym", "bf16 CL")],
-        "speedup_fcn_sym_inference_vs_before": vol[("fcn_sym", BEFORE)] / vol[("fcn_sym", "bf16 CL")],
+        **{k: v for key, (_, e) in ratios.items() for k, v in e.as_dict(key).items()},
+        **seg_ratio,
         "bf16_speedup_fcn_training": train["fcn_sym bf16 CL"] / train["fcn_sym fp32 CL"],
         "speedup_fcn_training_vs_fp32_nchw": train["fcn_sym bf16 CL"] / train["fcn_sym fp32 NCHW"],
         "bf16_speedup_twopath_training": train["twopath bf16 CL"] / train["twopath fp32 CL"],
@@ -614,7 +760,11 @@ def main() -> None:
         "predict_s_per_case_by_precision": {p: s_per_case(r) for p, r in ours.items()},
         "segresnet_s_per_case": {p: s_per_case(r) for p, r in seg.items()},
         "segresnet_stage_totals_s": {p: r["totals_s"] for p, r in seg.items()},
-        "conv_gflops": ceiling,
+        "conv_gflops": large,
+        "ceiling_gflops": ceiling,
+        "ceiling_at": {p: b["at"] for p, b in bounds.items()},
+        "peak_gflops": None if peak is None else {p: peak[p] for p in ("fp32", "bf16")},
+        "peak": peak,
         "volume_s": {f"{n} {s}": v for (n, s), v in vol.items()},
         "training_per_s": train,
         "data": what,

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -53,6 +52,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from _common import CACHE, json_line, table
+
+from brats_lightning.stats import slope_interval
 
 if TYPE_CHECKING:
     from brats_lightning.data.datamodule import BratsDataModule
@@ -203,23 +204,10 @@ def patch_batches_covering(dm: BratsDataModule, batch_size: int, seed: int = 0, 
 
 
 def fit_slope(x: list[float], y: list[float]) -> dict[str, float]:
-    """Least-squares slope of ``y`` against ``x`` with its standard error and 95% confidence interval.
-
-    The interval is ``slope +- t(0.975, n - 2) * se`` with ``se = sqrt(SSR / (n - 2) / Sxx)``.
-    """
-    from scipy import stats
-
-    xs, ys = np.asarray(x, float), np.asarray(y, float)
-    n = xs.size
-    sxx = float(((xs - xs.mean()) ** 2).sum())
-    if n < 3 or sxx == 0:
-        raise ValueError("a slope with a confidence interval needs 3 runs or more at 2 sizes or more")
-    slope = float(((xs - xs.mean()) * (ys - ys.mean())).sum() / sxx)
-    intercept = float(ys.mean() - slope * xs.mean())
-    ssr = float(((ys - intercept - slope * xs) ** 2).sum())
-    se = math.sqrt(ssr / (n - 2) / sxx)
-    half = float(stats.t.ppf(0.975, n - 2)) * se
-    return {"slope": slope, "se": se, "low": slope - half, "high": slope + half, "intercept": intercept, "runs": n}
+    """Least-squares slope of ``y`` against ``x`` with its standard error and 95% interval
+    (:func:`brats_lightning.stats.slope_interval`)."""
+    est, intercept = slope_interval(x, y)
+    return {"slope": est.value, "se": est.se, "low": est.low, "high": est.high, "intercept": intercept, "runs": est.n}
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The ablation table of ``experiment=real_fast``: each option's out-of-fold Dice change, with its spread over folds.
+"""The ablation table of ``experiment=real_fast``: each option's out-of-fold Dice change, with its 95% interval.
 
 Usage::
 
@@ -13,14 +13,19 @@ model that never trained on it (``metrics.json``). The rows compare like for lik
   training: that run's raw final weights, without mirroring or clean-up (``cv_raw``; ``cv_single``
   for the paper's run, which averages no weights), against the baseline run's;
 * weight averaging (EMA): the baseline run's averaged weights against its raw weights (same training);
-* test-time mirroring (all flips): the baseline run's averaged weights with and without flips;
+* test-time mirroring (the configured flips: identity, left-right, anterior-posterior; 3 passes): the baseline
+  run's averaged weights with and without flips;
 * the clean-up (chosen out of fold, nested): the baseline run with flips, with and without it;
 * all options together: that run's plain weights against the baseline's (as an option's row); then,
   on that run, mirroring and the clean-up as above, and its whole pipeline (weights, flips, clean-up)
   against the paper's whole pipeline (flips and clean-up chosen the same way).
 
-"Change" is the mean over folds of the per-fold difference of mean Dice (the same cases in both
-runs), "spread" the standard deviation of those per-fold differences. The last line is a JSON object.
+"Change" is the mean over folds of the per-fold difference of mean Dice (the same cases in both runs), "sd" the
+standard deviation of those per-fold differences, "95% interval" Student's t interval of their mean
+(:func:`brats_lightning.stats.paired_difference`, 4 degrees of freedom for 5 folds), and the verdict "no measurable
+difference" when it holds zero. The folds are paired; the runs are one training each, so the interval holds the
+folds' variation, not the run-to-run variation of the training (about 0.01 mean Dice at these budgets). The last
+line is a JSON object.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import yaml
 from _common import json_line, table
 
 from brats_lightning.data.labels import REGIONS
+from brats_lightning.stats import paired_difference
 
 ORDER = ["paper", "baseline", "unet", "regions", "augment", "context", "narrow", "dynunet", "all"]
 NAMES = {
@@ -47,10 +53,10 @@ NAMES = {
     "narrow": "+ half width (a quarter of the FLOPs per step)",
     "dynunet": "MONAI DynUNet 2D (same inputs, training, budget)",
     "ema": "+ weight averaging (EMA) [baseline run]",
-    "tta": "+ test-time mirroring, all flips [baseline run, EMA weights]",
+    "tta": "+ test-time mirroring, 3 passes (identity, lr, ap) [baseline run, EMA weights]",
     "cleanup": "+ clean-up chosen out of fold, nested [baseline run]",
     "all": "all options: U-Net, regions, augmentation, 2.5D",
-    "all_tta": "+ test-time mirroring, all flips [all-options run]",
+    "all_tta": "+ test-time mirroring, 3 passes (identity, lr, ap) [all-options run]",
     "all_cleanup": "+ clean-up chosen out of fold, nested [all-options run]",
     "all_vs_paper": "all options, whole pipeline vs the paper's whole pipeline",
 }
@@ -117,10 +123,13 @@ def main() -> None:
             continue
         dice = [m[f"{prefix}/dice_{r}"] for r in REGIONS]
         folds, ref_folds = _per_fold(m, prefix), _per_fold(ref, ref_prefix)
-        diff = folds - ref_folds if folds is not None and ref_folds is not None else None
         is_ref = (run, prefix) == (ref_run, ref_prefix)
-        change = "" if is_ref or diff is None else f"{diff.mean():+.3f}"
-        spread = "" if is_ref or diff is None else f"{diff.std(ddof=1):.3f}"
+        diff = None
+        if not is_ref and folds is not None and ref_folds is not None:
+            if folds.shape != ref_folds.shape:
+                print(f"skipping {name}: {folds.size} folds against {ref_folds.size}", file=sys.stderr)
+                continue
+            diff = paired_difference(folds, ref_folds)
         steps = sum(v for k, v in m.items() if k.startswith("cv/fold") and k.endswith("/steps"))
         out_rows.append(
             [
@@ -128,19 +137,41 @@ def main() -> None:
                 f"{prefix} vs {ref_run}:{ref_prefix}",
                 *(f"{v:.3f}" for v in dice),
                 f"{np.mean(dice):.3f}",
-                change,
-                spread,
+                *(
+                    [f"{diff.value:+.3f}", f"{diff.sd:.3f}", diff.interval(), diff.verdict()]
+                    if diff is not None
+                    else ["", "", "", ""]
+                ),
                 f"{steps:.0f}",
             ]
         )
         figures[name] = {
             **{f"dice_{r}": float(v) for r, v in zip(REGIONS, dice)},
             "dice_mean": float(np.mean(dice)),
-            **({"change": float(diff.mean()), "spread": float(diff.std(ddof=1))} if change else {}),
+            **(
+                {"change": diff.value, "sd": diff.sd, "se": diff.se, "n": diff.n, **diff.as_dict("change")}
+                if diff is not None
+                else {}
+            ),
             "steps": float(steps),
         }
-    header = ["setting", "compared", "Dice WT", "Dice TC", "Dice ET", "mean", "change", "spread", "steps (5 folds)"]
-    print("Out-of-fold Dice (5-fold cross-validation, every case by the model that never saw it)")
+    header = [
+        "setting",
+        "compared",
+        "Dice WT",
+        "Dice TC",
+        "Dice ET",
+        "mean",
+        "change",
+        "sd",
+        "95% interval",
+        "verdict",
+        "steps (5 folds)",
+    ]
+    print(
+        "Out-of-fold Dice (cross-validation, every case by the fold model that never trained on it); change: mean "
+        "paired per-fold difference, sd over folds, 95% t interval of the mean"
+    )
     print(table(out_rows, header))
     print(json_line(figures))
 

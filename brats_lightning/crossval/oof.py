@@ -99,6 +99,8 @@ class OutOfFold(pl.LightningModule):
             arrays["probabilities"] = probs.to(torch.float16).cpu().numpy()
         if self.opts.uncertainty:
             arrays["uncertainty"] = normalised_entropy(probs).to(torch.float16).cpu().numpy()
+            # the baseline a voxel map must beat: the averaged probability of the class decided
+            arrays["max_probability"] = probs.max(1).values.to(torch.float16).cpu().numpy()
             score = agreement(members, self.model.convention)
             arrays["agreement"] = np.array(np.nan if score is None else score)
         for modality in self.opts.missing_modalities:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from brats_lightning.files import write_text_atomic
 from brats_lightning.inference.flips import tta_flips
 from brats_lightning.schema import read_json
 
-__all__ = ["DEFAULT_INFERENCE_S", "CVOptions", "CVState", "fold_seconds"]
+__all__ = ["DEFAULT_INFERENCE_S", "CVOptions", "CVState", "fingerprint", "fold_seconds", "training_config"]
 
 log = logging.getLogger("brats_lightning.crossval")
 
@@ -104,6 +105,11 @@ class CVState:
     folds: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: seconds of out-of-fold inference per case, measured before the first fold
     inference_s: float = 0.0
+    #: the fingerprints of the split and of the config that decides training (:func:`fingerprint`)
+    split_hash: str = ""
+    config_hash: str = ""
+    #: the config the hash is of (flattened), to name what differs when a rerun differs
+    config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, out: Path) -> CVState:
@@ -124,13 +130,89 @@ class CVState:
             return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0.0
 
         folds = doc.get("folds")
+        config = doc.get("config")
         return cls(
             path,
             number("spent_s"),
             {str(k): v for k, v in folds.items() if isinstance(v, dict)} if isinstance(folds, dict) else {},
             number("inference_s"),
+            str(doc.get("split_hash") or ""),
+            str(doc.get("config_hash") or ""),
+            config if isinstance(config, dict) else {},
+        )
+
+    def check_resumable(self, split_hash: str, config_hash: str, config: dict[str, Any]) -> None:
+        """Refuse to resume in place a run whose folds were trained on another split or with another config.
+
+        Raises:
+            ConfigError: one line naming the file and what differs.
+        """
+        if not self.folds:
+            return
+        if self.split_hash != split_hash:
+            what = "another split of the cases" if self.split_hash else "a version that recorded no split"
+        elif self.config_hash != config_hash:
+            differ = sorted(k for k in {*self.config, *config} if self.config.get(k) != config.get(k))
+            what = f"other training options ({', '.join(differ[:5]) or 'unrecorded'})"
+        else:
+            return
+        raise ConfigError(
+            f"{self.path}: this folder's cross-validation was trained with {what}; resuming it in place would keep "
+            "folds trained otherwise: give the run another folder (hydra.run.dir=...) or delete this one"
         )
 
     def save(self) -> None:
-        doc = {"spent_s": self.spent_s, "inference_s": self.inference_s, "folds": self.folds}
+        doc = {
+            "spent_s": self.spent_s,
+            "inference_s": self.inference_s,
+            "split_hash": self.split_hash,
+            "config_hash": self.config_hash,
+            "config": self.config,
+            "folds": self.folds,
+        }
         write_text_atomic(self.path, json.dumps(doc, indent=1) + "\n")
+
+
+#: the parts of a composed config that decide what a fold trains and how it segments its cases (what a finished
+#: fold keeps), and inside them what does not: where files go, how many processes read, prepare or score, and
+#: the clean-up's candidates (chosen over all the folds' segmentations at the end, so they may change on a resume)
+_TRAINING = ("model", "data", "trainer", "callbacks", "seed", "budget_minutes", "reserve_minutes", "cv")
+_NOT_TRAINING = (
+    "data.cache_dir",
+    "data.num_workers",
+    "data.prepare_workers",
+    "data.cache_shared",
+    "cv.workers",
+    "cv.min_volumes_mm3",
+    "cv.et_volumes_mm3",
+    "cv.largest_only",
+    "cv.tune_max_cases",
+)
+
+
+def training_config(cfg: Any) -> dict[str, Any]:
+    """The flattened options of a composed config that decide what a fold trains and segments (model, data,
+    trainer, callbacks, seed, budget, ``cv``), without those that only say where files go, how many workers run, or
+    which clean-ups are compared at the end."""
+    plain = {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+        for k, v in ((k, cfg.get(k)) for k in _TRAINING)
+    }
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            key = prefix[:-1]
+            if not key.startswith(_NOT_TRAINING):
+                flat[key] = node
+
+    walk(plain, "")
+    return flat
+
+
+def fingerprint(doc: Any) -> str:
+    """A short stable hash of plain data (sorted keys)."""
+    return hashlib.sha1(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -47,9 +47,17 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from brats_lightning.callbacks.wandb_run import log_cross_validation
 from brats_lightning.config import check_budget, register_resolvers
 from brats_lightning.crossval.oof import inference_seconds, predict_out_of_fold
-from brats_lightning.crossval.options import DEFAULT_INFERENCE_S, CVOptions, CVState, fold_seconds
+from brats_lightning.crossval.options import (
+    DEFAULT_INFERENCE_S,
+    CVOptions,
+    CVState,
+    fingerprint,
+    fold_seconds,
+    training_config,
+)
 from brats_lightning.crossval.predictor import held_out_test
 from brats_lightning.crossval.scoring import aggregate
+from brats_lightning.errors import ConfigError
 from brats_lightning.files import write_text_atomic
 
 __all__ = ["run_cross_validation"]
@@ -81,6 +89,7 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     opts = CVOptions.from_config(cfg.get("cv"))
+    check_fold_callbacks(cfg)
     timed = cfg.get("budget_minutes") is not None
     budget_s = reserve_s = 0.0
     if timed:
@@ -95,6 +104,10 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     groups = dict(dm.splits.get("groups") or dm.case_groups([c for f in folds for c in f]))
     cases = {c.case_id: c for c in [*dm.train_cases, *dm.val_cases]}
     state = CVState.load(out)
+    split = {"test": list(dm.splits["test"]), "folds": folds}
+    config = training_config(cfg)
+    state.check_resumable(fingerprint(split), fingerprint(config), config)
+    state.split_hash, state.config_hash, state.config = fingerprint(split), fingerprint(config), config
     start = time.monotonic() - state.spent_s
     rank0 = _rank() == 0
     # the raw weights get a pass of their own
@@ -169,6 +182,30 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     return figures
 
 
+#: callbacks that choose on validation cases, which in a cross-validation are the fold's out-of-fold cases
+_CHOOSE_ON_VALIDATION = ("EarlyStopping", "TunePostprocess", "BestCheckpoint")
+
+
+def check_fold_callbacks(cfg: DictConfig) -> None:
+    """Refuse callbacks that would choose on a fold's validation cases (its out-of-fold test): an early stop, a
+    tuning, a checkpoint kept for its validation score.
+
+    Raises:
+        ConfigError: naming the callback.
+    """
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        target = str(node["_target_"]).rpartition(".")[2]
+        monitors = target == "ModelCheckpoint" and node.get("monitor") is not None
+        if target in _CHOOSE_ON_VALIDATION or monitors:
+            raise ConfigError(
+                f"callbacks.{name}: {target} chooses on validation cases, which in a cross-validation are the "
+                f"fold's out-of-fold cases: remove it (callbacks.{name}=null); experiment=real_fast trains each "
+                "fold for its share of the budget and keeps its final weights"
+            )
+
+
 def _fold_config(cfg: DictConfig, fold: int, fold_dir: Path, train_s: float | None, resume: Path | None) -> DictConfig:
     """The config of one fold's training: its fold, folder, time and no test (the folds are scored here)."""
     fold_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
@@ -179,6 +216,9 @@ def _fold_config(cfg: DictConfig, fold: int, fold_dir: Path, train_s: float | No
         fold_cfg.paths.output_dir = str(fold_dir)
         fold_cfg.test = False
         fold_cfg.ckpt_path = str(resume) if resume is not None else None
+        # the fold's own cases are its out-of-fold test: the fold validates on nothing, so nothing chooses on them
+        fold_cfg.trainer.limit_val_batches = 0
+        fold_cfg.trainer.num_sanity_val_steps = 0
         if train_s is not None:
             fold_cfg.trainer.max_time = {"seconds": float(train_s)}
     return fold_cfg

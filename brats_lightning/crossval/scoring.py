@@ -13,6 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from omegaconf import DictConfig
 
@@ -22,12 +23,20 @@ from brats_lightning.data.cache import PreparedCase
 from brats_lightning.data.labels import REGIONS, LabelConvention
 from brats_lightning.data.preparation import available_cores
 from brats_lightning.data.preprocess import uncrop
+from brats_lightning.data.readers import read_label, to_file_order
 from brats_lightning.evaluation.lesions import brats2023_lesion_metrics
 from brats_lightning.evaluation.metrics import dice, region_metrics
 from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
-from brats_lightning.files import write_csv_atomic, write_text_atomic
-from brats_lightning.inference.cleanup import apply_cleanup, candidates, choose_cleanup, et_rule_candidates
+from brats_lightning.files import atomic_path, write_csv_atomic, write_text_atomic
+from brats_lightning.inference.cleanup import (
+    apply_cleanup,
+    candidates,
+    choose_cleanup,
+    choose_nested,
+    et_rule_candidates,
+)
 from brats_lightning.inference.uncertainty import auroc, spearman
+from brats_lightning.stats import bootstrap, bootstrap_mean
 
 __all__ = ["VARIANTS", "aggregate", "site_table", "uncertainty_figures"]
 
@@ -61,12 +70,20 @@ def _candidate_scores(job: tuple) -> list[float]:
 
 
 def _case_metrics(job: tuple) -> list[dict]:
-    """Every metric of every region of one case on its full grid, after its clean-up (a worker's job)."""
+    """Every metric of every region of one case on its full grid, after its clean-up (a worker's job); the
+    cleaned segmentation written in the case's own grid and label values when ``write`` is a path."""
 
-    case_id, oof, folder, spacing, box, ras_shape, convention, options = job
+    case_id, oof, folder, spacing, box, ras_shape, convention, options, label_file, write = job
     pred, gt = _load_case(oof, folder)
     pred = apply_cleanup(pred, spacing, convention, options)
     p, g = uncrop(pred, box, ras_shape), uncrop(gt, box, ras_shape)
+    if write is not None:
+        _, affine, header = read_label(label_file)
+        labels = to_file_order(convention.from_internal(p), affine)
+        img = nib.Nifti1Image(labels.astype(np.uint8), affine, header)
+        img.set_data_dtype(np.uint8)
+        with atomic_path(write) as tmp:
+            nib.save(img, str(tmp))
     pm, gm = convention.region_masks(p), convention.region_masks(g)
     return [
         {"case": case_id, "region": r, **region_metrics(pm[r], gm[r], spacing, True, lesion_wise=True)} for r in REGIONS
@@ -154,8 +171,7 @@ def aggregate(
     jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, comps, REGIONS) for c in tune]
     score_a = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
     n_folds = len(folds)
-    pick_a = {k: choose_cleanup(score_a, fold_arr, fold_arr != k)[0] for k in range(n_folds)}
-    final_a, figures_a = choose_cleanup(score_a, fold_arr, np.ones(len(tune), bool))
+    final_a, pick_a, figures_a = choose_nested(score_a, fold_arr)
     et_scores: dict[int, np.ndarray] = {}
     for a in sorted({final_a, *pick_a.values()}):
         rules = et_rule_candidates(comps[a], opts.et_volumes_mm3)
@@ -167,24 +183,30 @@ def aggregate(
     for k in range(n_folds):
         b = choose_cleanup(et_scores[pick_a[k]], fold_arr, fold_arr != k)[0]
         nested[k] = et_rule_candidates(comps[pick_a[k]], opts.et_volumes_mm3)[b]
+
+    def table(options: list[dict], figures: dict[str, Any]) -> list[dict]:
+        keys = ("gain", "sd", "se", "ci95_low", "ci95_high")
+        return [{"option": o, **{k: figures[k][i] for k in keys}} for i, o in enumerate(options)]
+
     tuning = {
         "cases": len(tune),
-        "components": [{"option": c, "gain": g, "se": e} for c, g, e in zip(comps, figures_a["gain"], figures_a["se"])],
-        "et_rule": [
-            {"option": c, "gain": g, "se": e}
-            for c, g, e in zip(
-                et_rule_candidates(comps[final_a], opts.et_volumes_mm3), figures_b["gain"], figures_b["se"]
-            )
-        ],
+        "rule": figures_a["rule"],
+        "folds": figures_a["folds"],
+        **({"refused": figures_a["refused"]} if "refused" in figures_a else {}),
+        "components": table(comps, figures_a),
+        "et_rule": table(et_rule_candidates(comps[final_a], opts.et_volumes_mm3), figures_b),
         "final": final,
         "nested": {str(k): v for k, v in nested.items()},
         "seconds": time.perf_counter() - t0,
     }
     log.info("Clean-up chosen on %d out-of-fold cases: %s (nested per fold: %s)", len(tune), final, nested)
+    segmentations = out / "cv" / "segmentations"
+    segmentations.mkdir(parents=True, exist_ok=True)
     metric_jobs = [
-        (c, oof[c], cases[c].folder, cases[c].spacing, cases[c].box, cases[c].ras_shape, conv, nested[fold_of[c]])
+        (c, oof[c], cases[c].folder, cases[c].spacing, cases[c].box, cases[c].ras_shape, conv, nested[fold_of[c]],
+         cases[c].meta["sources"]["label"][0], segmentations / f"{c}.nii.gz")
         for c in ids
-    ]
+    ]  # fmt: skip
     rows = [row for case_rows in _pool_map(_case_metrics, metric_jobs, opts.workers) for row in case_rows]
     name = str(cfg.model.get("name") or "model")
     summary = summarise(
@@ -223,44 +245,108 @@ def aggregate(
         if len(values) == len(ids):
             figures |= _fold_means(values, fold_of, name)
     if opts.uncertainty:
-        figures |= uncertainty_figures(out, ids, cases, per_case)
+        figures |= uncertainty_figures(out, ids, cases, per_case, groups)
     figures["cv/cleanup_s"] = time.perf_counter() - t0
     return figures
 
 
-def _case_uncertainty(job: tuple) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """One case: the AUROC of its voxel uncertainty for its wrong voxels, its agreement, and a voxel sample."""
+def _case_uncertainty(job: tuple) -> dict[str, Any]:
+    """One case: its wrong voxels, the voxel uncertainty (entropy) and the baseline (one minus the probability of
+    the class decided) on a seeded sample of its brain voxels, their AUROCs, and its members' agreement."""
 
     oof, folder, sample = job
     with np.load(oof) as z:
-        classes, unc, score = z["classes"], z["uncertainty"].astype(np.float32), float(z["agreement"])
+        classes, score = z["classes"], float(z["agreement"])
+        unc = z["uncertainty"].astype(np.float32)
+        top = z["max_probability"].astype(np.float32) if "max_probability" in z.files else None
     label, brain = np.load(folder / "label.npy"), np.load(folder / "mask.npy")
     wrong, u = (classes != label)[brain], unc[brain]
-    pick = np.random.default_rng(0).choice(u.size, size=min(sample, u.size), replace=False)
-    return auroc(u, wrong), score, u[pick], wrong[pick]
+    pick = np.sort(np.random.default_rng(0).choice(u.size, size=min(sample, u.size), replace=False))
+    base = (1.0 - top[brain])[pick] if top is not None else np.full(pick.size, np.nan, np.float32)
+    return {
+        "wrong": wrong[pick],
+        "entropy": u[pick],
+        "baseline": base,
+        "auroc": auroc(u[pick], wrong[pick]),
+        "auroc_baseline": auroc(base, wrong[pick]) if top is not None else float("nan"),
+        "agreement": score,
+    }
+
+
+def _pooled_auroc(scores: np.ndarray, wrong: np.ndarray) -> float:
+    """The AUROC of the cases' voxel samples pooled (object arrays: one sample per case)."""
+    return auroc(np.concatenate(list(scores)), np.concatenate(list(wrong)))
 
 
 def uncertainty_figures(
-    out: Path, ids: list[str], cases: dict[str, PreparedCase], dice: dict[str, list[float]], sample: int = 200_000
+    out: Path,
+    ids: list[str],
+    cases: dict[str, PreparedCase],
+    dice: dict[str, list[float]],
+    groups: dict[str, str] | None = None,
+    sample: int = 20_000,
+    n_boot: int = 1000,
 ) -> dict[str, float]:
-    """How well the out-of-fold uncertainty does its job (``cv.uncertainty``): the AUROC of the voxel map for
-    the wrong voxels (pooled over the cases' brains, and per case), and Spearman's correlation between the
-    members' agreement and the case's real mean Dice; per case in ``cv/uncertainty.csv``."""
+    """How well the out-of-fold uncertainty does its job (``cv.uncertainty``), each figure with its 95% interval
+    (a bootstrap over cases, stratified by site: :mod:`brats_lightning.stats`):
 
-    results = _pool_map(_case_uncertainty, [(out / "oof" / f"{c}.npz", cases[c].folder, sample) for c in ids], 0)
-    real = [float(np.mean(dice[c])) for c in ids]
+    * ``cv/uncertainty_voxel_auroc``: the AUROC of the voxel map (the normalised entropy of the members' mean
+      probabilities) for the wrong voxels, on ``sample`` brain voxels per case (seeded), pooled over the cases;
+    * ``cv/uncertainty_voxel_auroc_max_probability``: the same of the baseline it must beat, one minus the mean
+      probability of the class decided, and ``..._gain_over_max_probability`` the paired difference;
+    * ``cv/uncertainty_voxel_auroc_per_case``: the mean of the cases' own AUROCs;
+    * ``cv/uncertainty_case_spearman``: Spearman's correlation between the members' agreement and the case's
+      real mean Dice (does the agreement rank the cases to look at first?).
+
+    Per case in ``cv/uncertainty.csv``.
+    """
+
+    per = min(sample, max(1000, 2_000_000 // max(1, len(ids))))  # (the bootstrap pools the samples)
+    results = _pool_map(_case_uncertainty, [(out / "oof" / f"{c}.npz", cases[c].folder, per) for c in ids], 0)
+    real = np.array([float(np.mean(dice[c])) for c in ids])
     rows = [
-        {"case": c, "voxel_auroc": a, "agreement": s, "mean_dice": d} for c, (a, s, _, _), d in zip(ids, results, real)
+        {
+            "case": c,
+            "voxel_auroc": r["auroc"],
+            "voxel_auroc_max_probability": r["auroc_baseline"],
+            "agreement": r["agreement"],
+            "mean_dice": d,
+        }
+        for c, r, d in zip(ids, results, real)
     ]
-    write_csv_atomic(out / "cv" / "uncertainty.csv", rows, ["case", "voxel_auroc", "agreement", "mean_dice"])
-    voxel = auroc(np.concatenate([r[2] for r in results]), np.concatenate([r[3] for r in results]))
-    rho = spearman([r[1] for r in results], real)
-    log.info("Uncertainty, out of fold: voxel AUROC %.3f (pooled), Spearman(agreement, Dice) %+.3f", voxel, rho)
-    return {
-        "cv/uncertainty_voxel_auroc": voxel,
-        "cv/uncertainty_voxel_auroc_per_case": float(np.nanmean([r[0] for r in results])),
-        "cv/uncertainty_case_spearman": rho,
-    }
+    write_csv_atomic(out / "cv" / "uncertainty.csv", rows, list(rows[0]))
+    strata = [(groups or {}).get(c, "all") for c in ids]
+    wrong = np.empty(len(ids), object)
+    entropy, baseline = np.empty(len(ids), object), np.empty(len(ids), object)
+    for k, r in enumerate(results):
+        wrong[k], entropy[k], baseline[k] = r["wrong"], r["entropy"], r["baseline"]
+    voxel = bootstrap(_pooled_auroc, entropy, wrong, strata=strata, n_boot=n_boot)
+    figures = voxel.as_dict("cv/uncertainty_voxel_auroc")
+    base = None
+    if all(np.isfinite(r["auroc_baseline"]) for r in results):
+        base = bootstrap(_pooled_auroc, baseline, wrong, strata=strata, n_boot=n_boot)
+        gain = bootstrap(
+            lambda e, b, w: _pooled_auroc(e, w) - _pooled_auroc(b, w),
+            entropy,
+            baseline,
+            wrong,
+            strata=strata,
+            n_boot=n_boot,
+        )
+        figures |= base.as_dict("cv/uncertainty_voxel_auroc_max_probability")
+        figures |= gain.as_dict("cv/uncertainty_voxel_auroc_gain_over_max_probability")
+    per_case = bootstrap_mean([r["auroc"] for r in results], strata=strata, n_boot=n_boot)
+    figures |= per_case.as_dict("cv/uncertainty_voxel_auroc_per_case")
+    agreement = np.array([r["agreement"] for r in results])
+    rho = bootstrap(lambda a, d: spearman(list(a), list(d)), agreement, real, strata=strata, n_boot=n_boot)
+    figures |= rho.as_dict("cv/uncertainty_case_spearman")
+    log.info(
+        "Uncertainty, out of fold: voxel AUROC %s, of the max-probability baseline %s; Spearman(agreement, Dice) %s",
+        voxel.describe(),
+        base.describe() if base is not None else "(not kept)",
+        rho.describe(signed=True),
+    )
+    return figures
 
 
 def site_table(rows: list[dict], groups: dict[str, str]) -> str:

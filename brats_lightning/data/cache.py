@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import xxhash
@@ -75,6 +75,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+class ArrayRecord(BaseModel):
+    """What ``meta.json`` records of an array file when it is written: its size and its checksum (both required)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    bytes: Annotated[Int, Field(ge=0)]
+    xxh3: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
 class PreparedMeta(BaseModel):
     """The fields of a prepared case's ``meta.json`` (:mod:`brats_lightning.data.cache`) that training reads."""
 
@@ -91,6 +100,7 @@ class PreparedMeta(BaseModel):
     brain_slices: list[Annotated[Int, Field(ge=0, le=4096)]]
     label_counts: list[Annotated[Int, Field(ge=0)]] | None = None
     channels: list[Annotated[str, Field(max_length=64)]] = []
+    arrays: dict[Literal["image", "label", "mask", "index"], ArrayRecord]
 
 
 CACHE_VERSION = 3
@@ -169,8 +179,14 @@ class PreparedCase:
         """
         path = str(self.folder / f"{name}.npy")
         expected = (self.meta.get("arrays") or {}).get(name, {}).get("xxh3")
+        if not isinstance(expected, str):  # an array without its checksum is not what prepare_case writes
+            (self.folder / "meta.json").unlink(missing_ok=True)
+            raise DataError(
+                f"{self.folder / 'meta.json'}: records no checksum of {name}.npy, so the array cannot be verified; "
+                "the case is marked stale and will be prepared again on the next run"
+            )
         arr = open_array(path) if arr is None else arr
-        if expected is not None and checksum(arr) != expected:
+        if checksum(arr) != expected:
             (self.folder / "meta.json").unlink(missing_ok=True)
             open_array.cache_clear()
             raise DataError(
@@ -309,7 +325,10 @@ def is_fresh(folder: Path, case: CaseFiles) -> bool:
         if not isinstance(arrays, dict) or "image" not in arrays or "mask" not in arrays:
             return False
         for name, rec in arrays.items():
-            if name not in ARRAYS or (folder / f"{name}.npy").stat().st_size != rec.get("bytes"):
+            if name not in ARRAYS or not isinstance(rec, dict) or not isinstance(rec.get("xxh3"), str):
+                log.warning("%s: meta.json records no checksum of %s.npy; the case is prepared again", folder, name)
+                return False
+            if (folder / f"{name}.npy").stat().st_size != rec.get("bytes"):
                 log.warning("%s: %s.npy is missing, empty or truncated; the case is prepared again", folder, name)
                 return False
         return True

@@ -393,9 +393,10 @@ class BratsDataModule(pl.LightningDataModule):
         return self._volume_loader(self.test_cases)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """On the device: float16/uint8 from the cache to float32/int64, and the training slices' augmentation.
+        """On the device: float16/uint8 from the cache to float32/int64, and the training slices' augmentation
+        (``data.augment``) and modality dropout (``data.modality_dropout``, whether or not ``augment`` is on).
 
-        The augmentation of a batch is seeded by ``(seed, epoch, global step, rank)``.
+        Both are seeded by ``(seed, epoch, global step, rank)``.
         """
         if isinstance(batch, dict):  # a whole volume
             batch["image"] = batch["image"].float()
@@ -411,11 +412,12 @@ class BratsDataModule(pl.LightningDataModule):
         if weights is not None:
             return (*inputs, y, weights.float())
         t = self.trainer
-        if self.mode == "slices" and self.augment and t is not None and t.training:
+        if self.mode == "slices" and (self.augment or self.modality_dropout) and t is not None and t.training:
             seed = stream_seed(self.seed, training_epoch(t), t.global_step, t.global_rank)
             generator = torch.Generator().manual_seed(seed)
-            inputs[0], y = self.augmenter(inputs[0], y, generator, self.intensity_channels)
-            if self.modality_dropout:
+            if self.augment:
+                inputs[0], y = self.augmenter(inputs[0], y, generator, self.intensity_channels)
+            if self.modality_dropout:  # what the checkpoint records, and predict relies on, is trained
                 inputs[0] = self.drop_modalities(inputs[0], generator)
         return (*inputs, y)
 

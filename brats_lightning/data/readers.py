@@ -30,6 +30,7 @@ __all__ = [
     "read_label",
     "load_case",
     "ornt_ras_axes",
+    "to_file_order",
 ]
 
 #: Canonical modality names in the order channels are stacked (Shen et al. Fig. 1 order).
@@ -91,6 +92,12 @@ class Volume:
     def to_original(self, arr: np.ndarray) -> np.ndarray:
         """Bring a RAS-ordered spatial array (trailing 3 axes) back to the files' voxel order."""
         return _apply_ornt(arr, nio.ornt_transform(nio.axcodes2ornt("RAS"), self.ornt))
+
+
+def to_file_order(arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A RAS-ordered array (trailing 3 axes) in the voxel order of a file with this ``affine``: the inverse of
+    the readers' reorientation (:meth:`Volume.to_original` without the volume)."""
+    return _apply_ornt(arr, nio.ornt_transform(nio.axcodes2ornt("RAS"), nio.io_orientation(affine)))
 
 
 def _apply_ornt(arr: np.ndarray, ornt: np.ndarray) -> np.ndarray:

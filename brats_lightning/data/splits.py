@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from brats_lightning.data.provenance import write_config
 from brats_lightning.errors import DataError
@@ -45,6 +45,20 @@ class SplitFile(BaseModel):
 
     test: list[CaseId]
     folds: Annotated[list[list[CaseId]], Field(min_length=2, max_length=100)]
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> SplitFile:
+        """Every case in one place: a case in two folds, or in a fold and the test, would be scored by a model
+        that trained on it."""
+        seen: dict[str, str] = {}
+        for where, members in [("test", self.test), *((f"fold {k}", f) for k, f in enumerate(self.folds))]:
+            for case in members:
+                if case in seen:
+                    raise ValueError(
+                        f"case {case!r} is in {seen[case]} and in {where}: folds and test must be disjoint"
+                    )
+                seen[case] = where
+        return self
 
 
 SPLIT_FILE = "split.json"

@@ -28,6 +28,7 @@ from scipy import ndimage
 from brats_lightning.data.labels import LabelConvention
 from brats_lightning.errors import CheckpointError
 from brats_lightning.schema import Int, Number, Strict, validate
+from brats_lightning.stats import paired_difference
 
 __all__ = [
     "NO_CLEANUP",
@@ -35,7 +36,9 @@ __all__ = [
     "check_postprocess",
     "apply_cleanup",
     "candidates",
+    "MIN_FOLDS",
     "choose_cleanup",
+    "choose_nested",
     "choose_within_tolerance",
     "enhancing_to_necrosis",
     "et_rule_candidates",
@@ -185,8 +188,18 @@ def et_rule_candidates(base: dict, et_volumes_mm3: Sequence[float]) -> list[dict
     return [off] + [{**base, "et_min_volume_mm3": float(v)} for v in sorted(et_volumes_mm3)]
 
 
+#: the fewest folds a clean-up is chosen on: with fewer, the gain's interval says nothing and none is chosen
+MIN_FOLDS = 3
+
+
 def choose_cleanup(scores: np.ndarray, folds: np.ndarray, use: np.ndarray) -> tuple[int, dict[str, Any]]:
-    """The candidate that beats the first (no clean-up) by more than the folds' spread.
+    """The candidate whose gain over the first (no clean-up) is beyond its uncertainty over the folds.
+
+    A candidate's gain is the paired difference of the per-fold mean scores (candidate minus none) over the
+    folds of the cases in ``use``; it is eligible when the 95% t interval of that gain lies above zero
+    (:func:`brats_lightning.stats.paired_difference`), and the eligible one with the largest gain is chosen.
+    With fewer than :data:`MIN_FOLDS` folds no interval can vouch for a gain: nothing is chosen, and the
+    figures say so (``refused``).
 
     Args:
         scores: ``(cases, candidates)`` score of every candidate on every case.
@@ -194,16 +207,37 @@ def choose_cleanup(scores: np.ndarray, folds: np.ndarray, use: np.ndarray) -> tu
         use: ``(cases,)`` boolean, the cases the choice may look at.
 
     Returns:
-        The chosen index (0 when no candidate's mean gain over candidate 0 exceeds one standard
-        error of its per-fold gains, the folds' spread) and the figures: per candidate the gain and
-        its standard error.
+        The chosen index (0: no clean-up) and the figures: per candidate the mean gain over the folds, its
+        standard deviation and standard error and its 95% interval; the number of folds.
     """
     kept = np.flatnonzero(use)
     fold_ids = sorted(set(folds[kept].tolist()))
     per_fold = np.stack([scores[kept[folds[kept] == f]].mean(0) for f in fold_ids])  # (F, candidates)
-    gains = per_fold - per_fold[:, :1]
-    mean = gains.mean(0)
-    se = gains.std(0, ddof=1) / np.sqrt(len(fold_ids)) if len(fold_ids) > 1 else np.zeros_like(mean)
-    eligible = [i for i in range(1, scores.shape[1]) if mean[i] > se[i] and mean[i] > 0]
-    best = max(eligible, key=lambda i: mean[i]) if eligible else 0
-    return best, {"gain": mean.tolist(), "se": se.tolist(), "folds": len(fold_ids)}
+    gains = [paired_difference(per_fold[:, i], per_fold[:, 0]) for i in range(scores.shape[1])]
+    figures: dict[str, Any] = {
+        "gain": [g.mean for g in gains],
+        "sd": [g.sd for g in gains],
+        "se": [g.se for g in gains],
+        "ci95_low": [g.low for g in gains],
+        "ci95_high": [g.high for g in gains],
+        "folds": len(fold_ids),
+        "rule": "the largest gain whose 95% t interval over the folds lies above zero (paired, per fold)",
+    }
+    if len(fold_ids) < MIN_FOLDS:
+        figures["refused"] = f"{len(fold_ids)} fold(s): fewer than {MIN_FOLDS}, no clean-up is chosen"
+        return 0, figures
+    eligible = [i for i in range(1, scores.shape[1]) if gains[i].above(0.0)]
+    best = max(eligible, key=lambda i: gains[i].mean) if eligible else 0
+    return best, figures
+
+
+def choose_nested(scores: np.ndarray, folds: np.ndarray) -> tuple[int, dict[int, int], dict[str, Any]]:
+    """The choice on every case, and for each fold the choice made without that fold's cases (nested: a
+    case's clean-up is chosen on the other folds only).
+
+    Returns:
+        The final choice, fold -> its nested choice, and the final choice's figures.
+    """
+    final, figures = choose_cleanup(scores, folds, np.ones(len(folds), bool))
+    nested = {int(k): choose_cleanup(scores, folds, folds != k)[0] for k in sorted(set(folds.tolist()))}
+    return final, nested, figures

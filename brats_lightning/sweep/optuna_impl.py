@@ -59,7 +59,12 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
             )
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         with study_lock(sweep_dir):
-            objective = "cv/dice_mean" if self.config.get("cross_validation") else "test/dice_mean"
+            objective = str(self.config.get("optimized_metric") or "")
+            if not objective or objective.startswith("test/"):
+                raise ConfigError(
+                    f"optimized_metric={objective or 'null'}: a hyper-parameter search maximises a validation or "
+                    "out-of-fold figure, never a test figure (e.g. optimized_metric=val/best_dice_mean)"
+                )
             point = resume_study(
                 str(self.storage),
                 str(self.study_name),

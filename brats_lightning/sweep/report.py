@@ -1,7 +1,8 @@
 """The report of a sweep: ``python -m brats_lightning.sweep <sweep folder> [--top K] [--study NAME]`` prints the
 best trials (objective, parameters, job folder) and each parameter's importance, and writes
 ``optuna_report.png`` (the objective per trial, the best so far, the importances) into the folder. The study is
-read as data: nothing named in it is imported or called.
+read as data: nothing named in it is imported or called. ``--reestimate`` trains the best trial's options again with
+another seed: the best figure of a sweep is selected, so optimistic.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from brats_lightning.errors import ConfigError, cli
-from brats_lightning.files import atomic_path
+from brats_lightning.files import atomic_path, write_text_atomic
 from brats_lightning.sweep.study import DB_NAME, JOB_ATTR, OBJECTIVE_ATTR, REPORT_PNG, require_sweep_extra
 
-__all__ = ["main", "open_study", "param_importances", "report"]
+__all__ = ["main", "open_study", "param_importances", "reestimate", "report"]
 
 
 def open_study(folder: Path, study_name: str | None = None) -> Any:
@@ -159,6 +162,11 @@ def report(folder: Path, top: int = 5, study_name: str | None = None) -> str:
         for rank, t in enumerate(done[: max(1, top)], 1):
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.params.items()))
             lines.append(f"{rank:>4}  {t.number:>5}  {t.value:>14.4f}  {params}; {_job_folder(folder, t)}")
+        lines.append(
+            f"The best {objective} ({done[0].value:.4f}, trial {done[0].number}) is selected: the best of "
+            f"{len(done)} trials scored on the same cases, so biased upward (optimistic). For an estimate of it, "
+            f"run the best trial again with another seed: python -m brats_lightning.sweep {folder} --reestimate"
+        )
     else:
         lines.append("No complete trial yet.")
     importances, note = param_importances(study)
@@ -169,9 +177,75 @@ def report(folder: Path, top: int = 5, study_name: str | None = None) -> str:
     return "\n".join(lines)
 
 
+#: override keys a job's overrides.yaml may not set when a trial is run again (they would name code to call)
+_SPECIAL = re.compile(r"(^|\.)_(target|partial|args|recursive|convert)_($|\.)")
+
+
+def _checked_overrides(path: Path) -> list[str]:
+    """A job's ``.hydra/overrides.yaml`` read as data: a list of plain ``key=value`` options.
+
+    Raises:
+        ConfigError: naming the file, when it is not such a list, or an option names code or interpolates.
+    """
+    import yaml
+
+    try:
+        overrides = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not readable as YAML ({type(e).__name__})") from None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise ConfigError(f"{path}: not a list of key=value overrides")
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if _SPECIAL.search(key.lstrip("+~")) or "${" in value:
+            raise ConfigError(f"{path}: {o!r} names code or interpolates; it is not run")
+    return overrides
+
+
+def reestimate(folder: Path, study_name: str | None = None, seed: int | None = None) -> tuple[float, float, Path]:
+    """Run the best trial of a sweep again with another seed (a fresh training, or a fresh cross-validation for
+    ``real_fast``), for an estimate of what its options give that was not selected on the figure itself.
+
+    The trial's options are its job's ``.hydra/overrides.yaml``, read as data: a list of ``key=value`` strings,
+    none naming code (``_target_``) or interpolating (``${...}``); they are composed with this package's configs.
+
+    Returns:
+        The selected figure, the re-estimated one, and the new run's folder (``<folder>/reestimate/...``).
+
+    Raises:
+        UserError: no complete trial, its job folder is missing, or its overrides are not plain options.
+    """
+    from brats_lightning.config import compose
+    from brats_lightning.training.train import run
+
+    study = open_study(folder, study_name)
+    objective = str(study.user_attrs.get(OBJECTIVE_ATTR) or "")
+    best = study.best_trial
+    job = _job_folder(folder, best)
+    overrides_file = Path(job) / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise ConfigError(f"{folder}: the best trial's job folder (trial {best.number}) has no {overrides_file.name}")
+    overrides = _checked_overrides(overrides_file)
+    new_seed = seed if seed is not None else int(best.params.get("seed", 0)) + 1000 + best.number
+    out = folder / "reestimate" / f"trial_{best.number}_seed_{new_seed}"
+    rerun = [o for o in overrides if not o.startswith("seed=")] + [f"seed={new_seed}"]
+    cfg = compose(rerun, output_dir=str(out))
+    # where Hydra would keep them (``.hydra/``), so the re-run reads like any job of the sweep
+    (out / ".hydra").mkdir(parents=True, exist_ok=True)
+    saved = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
+    write_text_atomic(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(saved))
+    write_text_atomic(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(rerun)))
+    results = run(cfg)
+    fresh = results.get(objective)
+    if fresh is None:
+        raise ConfigError(f"{out}: the re-run did not give {objective}")
+    return float(best.value), float(fresh), out
+
+
 @cli
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m brats_lightning.sweep <sweep folder> [--top K] [--study NAME]``: print the report."""
+    """``python -m brats_lightning.sweep <sweep folder> [--top K] [--study NAME] [--reestimate]``: print the
+    report (and run the best trial again with another seed)."""
     parser = argparse.ArgumentParser(
         prog="python -m brats_lightning.sweep",
         description="Best trials and parameter importances of a hyper-parameter search (hparams_search=...), "
@@ -180,5 +254,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("folder", type=Path, help="the sweep folder (outputs/<task>/sweeps/<study>)")
     parser.add_argument("--top", type=int, default=5, help="best trials shown (default 5)")
     parser.add_argument("--study", default=None, help="the study, when the folder's optuna.db holds several")
+    parser.add_argument(
+        "--reestimate",
+        action="store_true",
+        help="run the best trial again with another seed (its selected figure is optimistic) and print both",
+    )
     args = parser.parse_args(argv)
     print(report(args.folder, args.top, args.study))
+    if args.reestimate:
+        selected, fresh, out = reestimate(args.folder, args.study)
+        print(f"Selected (the best of the sweep, optimistic): {selected:.4f}")
+        print(f"Re-estimated (the best trial's options, another seed; {out}): {fresh:.4f} ({fresh - selected:+.4f})")

@@ -29,7 +29,7 @@ from brats_lightning.files import atomic_path, write_csv_atomic, write_text_atom
 from brats_lightning.load.checkpoint import check_fits
 from brats_lightning.training.pipeline import run_pipeline
 
-__all__ = ["check_run_options", "train", "main"]
+__all__ = ["check_run_options", "main", "optimized_value", "run", "train"]
 
 log = logging.getLogger("brats_lightning")
 
@@ -224,13 +224,46 @@ register_resolvers()
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 @cli
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``test/dice_mean`` (for sweepers; ``cv/dice_mean`` for a cross-validation)."""
+    """Hydra entry point; returns ``cfg.optimized_metric`` (for sweepers: a validation or out-of-fold figure)."""
+    return optimized_value(cfg, run(cfg))
+
+
+def run(cfg: DictConfig) -> dict:
+    """What ``python -m brats_lightning`` runs for a composed config: a multi-stage pipeline, a cross-validation
+    (``experiment=real_fast``) or one training run; returns its figures."""
     if cfg.get("pipeline"):
-        results = run_pipeline(cfg, train)
-    elif cfg.get("cross_validation"):
+        return run_pipeline(cfg, train)
+    if cfg.get("cross_validation"):
         check_run_options(cfg)
-        results = run_cross_validation(cfg, fold_runs(cfg, train))
-        return results.get("cv/dice_mean")
-    else:
-        results = train(cfg)
-    return results.get("test/dice_mean")
+        return run_cross_validation(cfg, fold_runs(cfg, train))
+    return train(cfg)
+
+
+def optimized_value(cfg: DictConfig, results: dict) -> float | None:
+    """The figure ``cfg.optimized_metric`` names among a run's results (``None`` when the run has none of it).
+
+    Raises:
+        ConfigError: ``optimized_metric`` names a test figure in a sweep (the test cases would choose).
+    """
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if str(name).startswith("test/") and _in_sweep():
+        raise ConfigError(
+            f"optimized_metric={name}: a hyper-parameter search may not maximise a test figure (its cases would "
+            "choose, and their figures would no longer be a test); maximise a validation or out-of-fold figure, "
+            "e.g. optimized_metric=val/best_dice_mean"
+        )
+    value = results.get(str(name))
+    return None if value is None else float(value)
+
+
+def _in_sweep() -> bool:
+    """Whether this job runs in a Hydra multirun (a sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ValueError, AttributeError):
+        return False

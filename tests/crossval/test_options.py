@@ -37,3 +37,20 @@ def test_a_budget_that_cannot_work_is_one_line(tmp_path: Path, overrides: list[s
     assert run.code == 2, run.err[-2000:]
     assert run.err.strip().splitlines() == [run.err.strip()] and run.err.startswith(message), run.err[-2000:]
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_training_fingerprint_follows_what_a_fold_keeps_and_nothing_else() -> None:
+    """A finished fold keeps its weights and its segmentations: options that change them change the fingerprint
+    (a resume in place is refused); where files go, workers and the clean-up's candidates (chosen at the end over
+    all the folds) do not."""
+    from brats_lightning.config import compose
+    from brats_lightning.crossval.options import fingerprint, training_config
+
+    def of(*overrides: str) -> str:
+        return fingerprint(training_config(compose(["experiment=real_fast", "data.root=/data", *overrides])))
+
+    base = of()
+    for same in ("data.cache_dir=/elsewhere", "cv.workers=1", "cv.min_volumes_mm3=[50]", "data.num_workers=0"):
+        assert of(same) == base, same
+    for other in ("model.lr=0.01", "seed=1", "cv.tta_flips=[lr]", "data.tumour_fraction=0.1", "budget_minutes=30"):
+        assert of(other) != base, other

@@ -4,6 +4,7 @@ the ensemble predictor, resume in place.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -11,7 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+from brats_lightning.config import compose
+from brats_lightning.crossval.run import _fold_config, check_fold_callbacks, run_cross_validation
+from brats_lightning.data.cache import load_prepared
+from brats_lightning.data.datasets import SliceDataset
 from brats_lightning.data.labels import REGIONS, get_convention
+from brats_lightning.errors import ConfigError
+from brats_lightning.evaluation.folders import evaluate_dirs
+from brats_lightning.load.checkpoint import load_module
+from brats_lightning.modules.fcn import FCNModule
+from brats_lightning.training.train import main as train_main
+from brats_lightning.training.train import train
+from tests.helpers import run_main
 
 
 def _oof_fold(run: Path, case: str) -> int:
@@ -125,3 +137,124 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
         assert torch.equal(value, fold0[key]), key  # fold 0 was not trained again
     assert again["cv/fold1/steps"] == metrics["cv/fold1/steps"]  # fold 1 resumed at its end: no step more
     assert all((run / "oof" / f"{c}.npz").is_file() for c in cases)
+    # the out-of-fold segmentations, written in the cases' own grid and labels: evaluate on them and the original
+    # label files gives the cross-validation's per-case figures, every column
+    scored = tmp_path / "evaluated"
+    evaluate_dirs(run / "cv" / "segmentations", synthetic_root, scored)
+    ours = {(r["case"], r["region"]): r for r in csv.DictReader((run / "cv" / "per_case.csv").open())}
+    theirs = {(r["case"], r["region"]): r for r in csv.DictReader((scored / "per_case.csv").open())}
+    assert len(ours) == 3 * len(cases) and set(ours) <= set(theirs)
+    assert {c for c, _ in set(theirs) - set(ours)} == test_cases  # (the held-out cases have no out-of-fold one)
+    for key, row in ours.items():
+        for column, value in row.items():
+            if column not in ("case", "region"):
+                assert float(theirs[key][column]) == pytest.approx(float(value), abs=1e-4), (key, column)
+    # a rerun in the same folder with another split (three folds) is refused, before anything trains
+    with pytest.raises(ConfigError, match=r"cv_state.json: this folder's cross-validation was trained with another "
+                       r"split of the cases; resuming it in place would keep folds trained otherwise"):  # fmt: skip
+        three = [a for a in args if not a.startswith(("hydra.", "data.num_folds"))] + ["data.num_folds=3"]
+        train_main_cfg = compose(three, output_dir=str(run))
+        run_cross_validation(train_main_cfg, train)
+    # and one with other training options names them
+    with pytest.raises(ConfigError, match=r"trained with other training options \(model.lr\)"):
+        other = compose([a for a in args if not a.startswith("hydra.")] + ["model.lr=0.01"], output_dir=str(run))
+        run_cross_validation(other, train)
+
+
+def test_a_fold_validates_on_nothing_and_callbacks_that_choose_on_validation_are_refused(tmp_path: Path) -> None:
+    """A fold's validation cases are its out-of-fold test: the fold config validates on none of them, and an
+    early stop, a tuning or a best-epoch checkpoint (which choose on them) are refused before anything runs."""
+    cfg = compose(["experiment=real_fast", "data.root=x"], output_dir=str(tmp_path))
+    fold = _fold_config(cfg, 1, tmp_path / "fold_1", 60.0, None)
+    assert fold.trainer.limit_val_batches == 0 and fold.trainer.num_sanity_val_steps == 0
+    assert fold.data.fold == 1 and fold.test is False and fold.trainer.max_time == {"seconds": 60.0}
+    check_fold_callbacks(cfg)  # real_fast's own callbacks choose nothing
+    for overrides, name in (
+        (["callbacks=early_stopping", "callbacks.model_checkpoint=null"], "early_stopping"),
+        (["callbacks=default"], "model_checkpoint"),
+        (["callbacks=tuned"], "model_checkpoint"),
+    ):
+        bad = compose(["experiment=real_fast", "data.root=x", *overrides], output_dir=str(tmp_path))
+        with pytest.raises(ConfigError, match=rf"^callbacks\.{name}: \w+ chooses on validation cases"):
+            check_fold_callbacks(bad)
+
+
+class MemoriseModule(FCNModule):
+    """A model that memorises its training cases: it segments a case it trained on perfectly (its stored label)
+    and any other case as background. Out of fold it can only score perfectly if a fold trained on its cases."""
+
+    memory: dict[str, torch.Tensor]
+
+    def on_fit_start(self) -> None:
+        self.memory = {
+            c.case_id: torch.from_numpy(np.asarray(c.label)).long() for c in self.trainer.datamodule.train_cases
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["memory"] = dict(getattr(self, "memory", {}))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.memory = dict(checkpoint.get("memory", {}))
+
+    def predict_case(self, batch: dict, flips=()) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        label = getattr(self, "memory", {}).get(batch["case_id"])
+        z, _, x, y = batch["image"].shape
+        if label is None:
+            label = torch.zeros((z, x, y), dtype=torch.long)
+        return torch.nn.functional.one_hot(label, self.convention.num_classes).permute(0, 3, 1, 2).float()
+
+
+def test_fold_models_never_see_the_cases_they_score(
+    tmp_path: Path, synthetic_root: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cases each fold trains on, as its data loader served them, are disjoint from the cases it scores; and a
+    model that memorises its training cases (perfect on them) scores nothing out of fold."""
+    served: list[set[str]] = []
+    fill = SliceDataset.fill
+
+    def recording_fill(self: SliceDataset, items, arrays):  # type: ignore[no-untyped-def]
+        served[-1].update(self.cases[self.index[i][0]].case_id for _, i in items)
+        return fill(self, items, arrays)
+
+    start_fit = MemoriseModule.on_fit_start
+
+    def new_fold(self: MemoriseModule) -> None:
+        served.append(set())
+        start_fit(self)
+
+    monkeypatch.setattr(SliceDataset, "fill", recording_fill)
+    monkeypatch.setattr(MemoriseModule, "on_fit_start", new_fold)
+    run = tmp_path / "run"
+    run_main(
+        train_main,
+        "experiment=real_fast",
+        f"data.root={synthetic_root}",
+        f"paths.cache_dir={cache_dir}",
+        "data.crop_size=[48,56]",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.num_folds=3",
+        "model.width=0.25",
+        f"model._target_={MemoriseModule.__module__}.MemoriseModule",
+        "cv.fold_minutes=0.05",
+        "cv.tta_flips=[]",
+        "logger=none",
+        f"hydra.run.dir={run}",
+    )
+    folds = {}
+    for row in csv.DictReader((run / "cv" / "folds.csv").open()):
+        folds.setdefault(int(row["fold"]), set()).add(row["case"])
+    assert len(served) == len(folds) == 3
+    for k, scored in folds.items():
+        assert served[k] and not served[k] & scored, k  # trained on other cases only
+        assert served[k] | scored == set().union(*folds.values())  # and on every other case
+    rows = list(csv.DictReader((run / "cv" / "per_case.csv").open()))
+    assert all(float(r["dice"]) == 0.0 for r in rows if r["region"] == "wt")  # nothing out of fold
+    # the memoriser works: its fold checkpoint segments one of its own training cases perfectly
+    model, _ = load_module(run / "fold_0" / "checkpoints" / "last.ckpt")
+    own = sorted(served[0])[0]
+    case = load_prepared(next((cache_dir / "prepared").glob(f"*/{own}")))
+    probs = model.predict_case({"case_id": own, "image": torch.from_numpy(np.asarray(case.image, np.float32))})
+    assert torch.equal(model.decide(probs), torch.from_numpy(np.asarray(case.label)).long())

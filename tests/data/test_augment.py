@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,31 @@ def test_modality_dropout_zeroes_whole_modalities_and_never_all(tiny_dm_kwargs: 
     assert torch.equal(out[kept.view(2000, 8, 1, 1).expand_as(x)], x[kept.view(2000, 8, 1, 1).expand_as(x)])
     with pytest.raises(Exception, match=r"data.modality_dropout: Input should be less than 1 \(got 1.0\)"):
         BratsDataModule(**tiny_dm_kwargs, modality_dropout=1.0)
+
+
+def test_modality_dropout_is_trained_whenever_it_is_set_also_without_augmentation(
+    tmp_path: Path, tiny_dm_kwargs: dict, tiny_trainer
+) -> None:
+    """data.modality_dropout is recorded in the checkpoint and lets predict accept cases that lack sequences: it
+    must be what the training slices saw, with data.augment=false too."""
+    import pytorch_lightning as pl
+
+    from brats_lightning.data.datamodule import BratsDataModule
+    from brats_lightning.modules.fcn import FCNModule
+
+    class Probe(pl.Callback):
+        def __init__(self) -> None:
+            self.zeroed: list[torch.Tensor] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            image = batch[0]  # after the transfer hook: what the net trains on
+            inside = image.abs().flatten(2).amax(2) > 0  # (N, channels): a channel with anything in it
+            brain = inside.any(1)
+            self.zeroed.append((~inside[brain]).float().mean(0))
+
+    dm = BratsDataModule(**{**tiny_dm_kwargs, "augment": False, "modality_dropout": 0.6})
+    probe = Probe()
+    trainer = tiny_trainer(tmp_path, 1, [probe], limit_train_batches=6, limit_val_batches=0)
+    trainer.fit(FCNModule(4, 4, width=0.25, test_hd95=False), datamodule=dm)
+    zeroed = torch.stack(probe.zeroed).mean(0)  # share of brain slices with each modality zeroed
+    assert float(zeroed.min()) > 0.2  # every modality was dropped from a good share of the slices

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,31 @@ def test_a_changed_cached_array_is_caught_on_first_read_and_rebuilt_next_run(pre
     again.prepare_data()  # prepared again
     again.setup("fit")
     assert [c for c in again.train_cases if c.case_id == case.case_id][0].image.shape == case.shape
+
+
+def test_an_array_record_without_its_checksum_is_an_error_and_is_rebuilt(prepared: tuple) -> None:
+    """A meta.json that records an array without its xxh3 checksum cannot vouch for it: reading the array
+    is an error naming the file, and the next run prepares the case again."""
+    dm, kwargs = prepared
+    dm.setup("fit")
+    case = dm.train_cases[0]
+    meta_file = case.folder / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["arrays"]["image"]["xxh3"]
+    meta_file.write_text(json.dumps(meta))
+    _fresh_process()
+    stale = cache.PreparedCase(case.case_id, case.folder, meta)
+    with pytest.raises(DataError, match=rf"{meta_file}: records no checksum of image.npy"):
+        _ = stale.image
+    assert not meta_file.exists()  # marked stale
+    meta_file.write_text(json.dumps(meta))  # (as a copy of the record would leave it)
+    cases = {c.case_id: c for c in dm.discover()}
+    assert not cache.is_fresh(case.folder, cases[case.case_id])  # so prepare_data rebuilds it
+    _fresh_process()
+    again = BratsDataModule(test_fraction=0.2, **kwargs)
+    again.prepare_data()
+    assert "xxh3" in json.loads(meta_file.read_text())["arrays"]["image"]
+    with pytest.raises(DataError, match=r"arrays"):
+        meta["arrays"] = {"image": {"bytes": 1}}
+        meta_file.write_text(json.dumps(meta))
+        cache.load_prepared(case.folder)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 
 from brats_lightning.data.groups import case_groups
-from brats_lightning.data.splits import make_splits
+from brats_lightning.data.splits import load_or_create_splits, make_splits
 from brats_lightning.errors import DataError
 from tests.helpers import BRATS18
 
@@ -46,3 +48,20 @@ def test_leave_one_site_out_makes_one_fold_per_site() -> None:
     assert all(len({groups[c] for c in f}) == 1 for f in split["folds"])
     with pytest.raises(DataError, match="data.split=site needs cases of at least two sites"):
         make_splits([f"Synth_{i}" for i in range(6)], 0, 0.0, 5, None, "site")
+
+
+@pytest.mark.parametrize(
+    "split, message",
+    [
+        ({"test": ["a"], "folds": [["b", "c"], ["d", "b"]]}, "case 'b' is in fold 0 and in fold 1"),
+        ({"test": ["a", "c"], "folds": [["b", "c"], ["d"]]}, "case 'c' is in test and in fold 0"),
+        ({"test": ["a"], "folds": [["b", "b"], ["d"]]}, "case 'b' is in fold 0 and in fold 0"),
+    ],
+)
+def test_a_split_file_whose_folds_overlap_is_refused_when_read(tmp_path: Path, split: dict, message: str) -> None:
+    """A hand-made (or damaged) split file that puts a case in two places would let a fold model score a case it
+    trained on: it is refused, naming the file and the case."""
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(split))
+    with pytest.raises(DataError, match=rf"^{path}: .*{message}: folds and test must be disjoint"):
+        load_or_create_splits(path, ["a", "b", "c", "d"])

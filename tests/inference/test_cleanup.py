@@ -9,6 +9,7 @@ from brats_lightning.inference.cleanup import (
     apply_cleanup,
     candidates,
     choose_cleanup,
+    choose_nested,
     choose_within_tolerance,
     enhancing_to_necrosis,
     et_rule_candidates,
@@ -45,7 +46,8 @@ def test_a_clean_up_is_chosen_only_when_it_beats_none_by_more_than_the_folds_spr
     scores = np.stack([base, erratic, steady], axis=1)
     chosen, figures = choose_cleanup(scores, folds, np.ones(20, bool))
     assert chosen == 2 and figures["gain"][1] > figures["gain"][2]
-    assert figures["gain"][1] < figures["se"][1]  # the erratic one's gain is inside its spread
+    assert figures["ci95_low"][1] < 0 < figures["ci95_high"][1]  # the erratic one's gain is inside its interval
+    assert figures["ci95_low"][2] > 0  # the steady one's is not
     # the choice for fold 0's cases is made without them: the erratic candidate's gain is then negative
     assert choose_cleanup(scores, folds, folds != 0)[0] == 2
     # nothing gains: no clean-up
@@ -91,3 +93,29 @@ def test_the_strongest_clean_up_within_the_tolerance_is_chosen() -> None:
         {**none, "largest_only": True},
     ]
     assert is_noop(None) and is_noop(none) and not is_noop({"largest_only": True})
+
+
+def test_the_nested_choice_is_made_without_the_fold_and_can_differ_from_the_choice_on_all_cases() -> None:
+    """Candidate 1 gains +0.02 on folds 0-3 and -0.005 on fold 4: on all five folds its interval is above zero
+    (chosen); without fold 0 (four folds, one of them negative) it is not, so fold 0's cases get no clean-up;
+    without fold 4 every fold gains, so fold 4's cases get it."""
+    folds = np.repeat(np.arange(5), 3)
+    base = np.tile([0.6, 0.7, 0.8], 5)
+    gain = np.repeat([0.02, 0.02, 0.02, 0.02, -0.005], 3)
+    scores = np.stack([base, base + gain], axis=1)
+    final, nested, figures = choose_nested(scores, folds)
+    assert final == 1 and figures["ci95_low"][1] > 0
+    assert nested[0] == 0 and nested[4] == 1 and nested != {k: final for k in range(5)}
+    # the choice for fold 0 is choose_cleanup's on the other folds' cases
+    assert nested[0] == choose_cleanup(scores, folds, folds != 0)[0]
+
+
+def test_fewer_than_three_folds_choose_no_clean_up_and_say_so() -> None:
+    """With two folds a nested choice sees one fold: no spread, no interval; it refuses instead of taking any gain."""
+    folds = np.repeat([0, 1], 4)
+    base = np.linspace(0.5, 0.8, 8)
+    scores = np.stack([base, base + 0.1], axis=1)  # a large, consistent gain
+    chosen, figures = choose_cleanup(scores, folds, folds != 0)
+    assert chosen == 0 and figures["folds"] == 1 and "fewer than 3" in figures["refused"]
+    final, nested, _ = choose_nested(scores, folds)
+    assert final == 0 and nested == {0: 0, 1: 0}

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from brats_lightning.errors import ConfigError
+from brats_lightning.sweep.report import reestimate
 from brats_lightning.sweep.study import EXTRA_INSTALL, MissingExtraError, require_sweep_extra
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_command
 
 
 def _extra_missing() -> str | None:
@@ -126,7 +129,7 @@ def test_a_killed_sweep_continues_to_its_trials_with_the_same_command(tmp_path: 
     # every complete trial's value is its job's test Dice
     for t in complete:
         metrics = json.loads((sweep / str(t.user_attrs["job"]) / "metrics.json").read_text())
-        assert metrics["test/dice_mean"] == pytest.approx(t.value)
+        assert metrics["val/best_dice_mean"] == pytest.approx(t.value)  # a validation figure, not the test's
 
     report = subprocess.run(
         [sys.executable, "-m", "brats_lightning.sweep", str(sweep)], capture_output=True, text=True, timeout=300
@@ -134,13 +137,61 @@ def test_a_killed_sweep_continues_to_its_trials_with_the_same_command(tmp_path: 
     assert report.returncode == 0, report.stderr[-3000:]
     best = max(complete, key=lambda t: t.value)
     lines = report.stdout.splitlines()
-    assert "4 complete" in lines[0] and "maximising test/dice_mean" in lines[0]
+    assert "4 complete" in lines[0] and "maximising val/best_dice_mean" in lines[0]
     rank1 = lines[[i for i, x in enumerate(lines) if x.startswith("Best trials (of 4)")][0] + 2]
     assert rank1.split()[:3] == ["1", str(best.number), f"{best.value:.4f}"]
     assert rank1.endswith(f"; {sweep / str(best.user_attrs['job'])}")
     assert "Parameter importances over 4 complete trials" in report.stdout
     assert "model.lr" in report.stdout and "data.tumour_fraction" in report.stdout
     assert (sweep / "optuna_report.png").stat().st_size > 10_000
+    # the best figure is labelled as selected, and --reestimate trains the best trial's options with another seed
+    assert f"The best val/best_dice_mean ({best.value:.4f}, trial {best.number}) is selected" in report.stdout
+    selected, fresh, out = reestimate(sweep)
+    assert selected == pytest.approx(best.value)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val/best_dice_mean"] == pytest.approx(fresh)
+    assert out.parent == sweep / "reestimate" and out.name.startswith(f"trial_{best.number}_seed_")
+    rerun = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    job = yaml.safe_load((sweep / str(best.user_attrs["job"]) / ".hydra" / "config.yaml").read_text())
+    assert rerun["seed"] != job["seed"]
+    assert rerun["model"] == job["model"] and rerun["data"] == {**job["data"], "cache_dir": rerun["data"]["cache_dir"]}
+
+
+def test_reestimate_refuses_overrides_that_name_code(tmp_path: Path) -> None:
+    from brats_lightning.sweep.report import _checked_overrides
+
+    good = tmp_path / "good.yaml"
+    good.write_text("- model.lr=0.01\n- seed=3\n")
+    assert _checked_overrides(good) == ["model.lr=0.01", "seed=3"]
+    for text in ("- model._target_=os.system\n", "- model.lr=${oc.env:HOME}\n", "model.lr: 1\n", "- 3\n"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match="bad.yaml"):
+            _checked_overrides(bad)
+
+
+@pytest.mark.parametrize("metric", ["test/dice_mean", "null"])
+def test_a_sweep_never_maximises_a_test_figure(tmp_path: Path, metric: str) -> None:
+    from brats_lightning.training.train import main
+
+    result = run_command(main, *SWEEP_ARGS, f"optimized_metric={metric}", f"paths.log_dir={tmp_path / 'logs'}")
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        f"error: optimized_metric={metric}: a hyper-parameter search maximises a validation or out-of-fold figure, "
+        "never a test figure (e.g. optimized_metric=val/best_dice_mean)"
+    ]
+    assert not list((tmp_path / "logs").rglob("metrics.json"))  # no trial trained
+
+
+def test_main_returns_the_optimized_metric() -> None:
+    from omegaconf import OmegaConf
+
+    from brats_lightning.training.train import optimized_value
+
+    results = {"val/best_dice_mean": 0.5, "test/dice_mean": 0.9}
+    assert optimized_value(OmegaConf.create({"optimized_metric": "val/best_dice_mean"}), results) == 0.5
+    assert optimized_value(OmegaConf.create({"optimized_metric": None}), results) is None
+    assert optimized_value(OmegaConf.create({"optimized_metric": "cv/dice_mean"}), results) is None
 
 
 def test_without_the_extra_hparams_search_stops_with_one_line(tmp_path: Path) -> None:
