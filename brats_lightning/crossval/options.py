@@ -35,6 +35,10 @@ def fold_seconds(left_s: float, folds_left: int, inference_s: float, minimum_s: 
     return max(minimum_s, left_s / max(1, folds_left) - inference_s)
 
 
+#: what ``predict ckpt_path=<run>`` runs: one model trained on every case, or the fold models' ensemble
+FINAL_PREDICTORS: tuple[str, ...] = ("all", "ensemble")
+
+
 @dataclass(frozen=True)
 class CVOptions:
     """``cv.*`` of the config (``conf/experiment/real_fast.yaml``).
@@ -43,6 +47,8 @@ class CVOptions:
         tta_flips: test-time flips of the out-of-fold predictions and of the final predictor.
         min_volumes_mm3: component-volume thresholds of the clean-up compared.
         largest_only: also compare keeping only the largest tumour component.
+        keep_within_mm: also compare keeping the largest component and every component within each of these
+            distances (mm) of it (a multifocal tumour's satellites).
         et_volumes_mm3: thresholds of the enhancing-to-necrosis rule compared.
         tune_max_cases: score the clean-ups on at most this many out-of-fold cases (spread over the folds).
         probabilities: also keep the out-of-fold class probabilities (float16) in ``oof/``.
@@ -54,6 +60,9 @@ class CVOptions:
             the averaging (``cv_raw`` in ``metrics.json``; one more pass per case).
         uncertainty: also keep, per case, the voxel-wise uncertainty of the test-time flips (normalised
             entropy of their mean) and their agreement (:mod:`brats_lightning.inference.uncertainty`).
+        final: the predictor ``predict ckpt_path=<run>`` runs: ``all``, one more model of the same recipe trained
+            on every case (in the same budget; the speed of one model), or ``ensemble``, the fold models averaged
+            (one pass of each model per flip).
         missing_modalities: also segment every case with each of these modalities missing (its image
             and symmetry-map channels zeroed, as ``data.modality_dropout`` trains), one pass each
             (``cv_missing_<modality>`` in ``metrics.json``).
@@ -62,6 +71,7 @@ class CVOptions:
     tta_flips: tuple[str, ...] = ("lr",)
     min_volumes_mm3: tuple[float, ...] = (100.0, 250.0, 500.0, 1000.0, 2000.0)
     largest_only: bool = True
+    keep_within_mm: tuple[float, ...] = (10.0, 20.0, 40.0)
     et_volumes_mm3: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
     tune_max_cases: int = 300
     probabilities: bool = False
@@ -71,6 +81,7 @@ class CVOptions:
     raw_weights: bool = False
     uncertainty: bool = False
     missing_modalities: tuple[str, ...] = ()
+    final: str = "all"
 
     @classmethod
     def from_config(cls, node: Any) -> CVOptions:
@@ -89,6 +100,10 @@ class CVOptions:
             raise ConfigError(f"cv.tta_flips: {e}") from None
         if any(float(v) <= 0 for v in (*out.min_volumes_mm3, *out.et_volumes_mm3)):
             raise ConfigError("cv.min_volumes_mm3 and cv.et_volumes_mm3 must be positive volumes")
+        if any(not 0 < float(v) <= 1000 for v in out.keep_within_mm):
+            raise ConfigError(f"cv.keep_within_mm must be distances in mm in (0, 1000], got {list(out.keep_within_mm)}")
+        if out.final not in FINAL_PREDICTORS:
+            raise ConfigError(f"cv.final must be one of {list(FINAL_PREDICTORS)}, got {out.final!r}")
         if not float(out.min_fold_minutes) > 0:
             raise ConfigError(f"cv.min_fold_minutes must be positive minutes, got {out.min_fold_minutes!r}")
         if out.fold_minutes is not None and not float(out.fold_minutes) > 0:
@@ -186,6 +201,7 @@ _NOT_TRAINING = (
     "cv.min_volumes_mm3",
     "cv.et_volumes_mm3",
     "cv.largest_only",
+    "cv.keep_within_mm",
     "cv.tune_max_cases",
 )
 

@@ -55,7 +55,7 @@ from brats_lightning.crossval.options import (
     fold_seconds,
     training_config,
 )
-from brats_lightning.crossval.predictor import held_out_test
+from brats_lightning.crossval.predictor import FINAL_CHECKPOINT, held_out_test
 from brats_lightning.crossval.scoring import aggregate
 from brats_lightning.errors import ConfigError
 from brats_lightning.files import write_text_atomic
@@ -127,6 +127,8 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
         ", ".join(f"{g}: {sum(1 for c in cases if groups.get(c) == g)}" for g in sorted(set(groups.values()))),
         f", {budget_s / 60:.1f} minutes" if timed else "",
     )
+    # the final model trained on every case (cv.final=all) takes a share of the budget like a fold
+    extra = int(opts.final == "all")
     for k, fold in enumerate(folds):
         fold_dir = out / f"fold_{k}"
         record = state.folds.get(str(k), {})
@@ -137,7 +139,7 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
         if timed and train_s is None:
             left = budget_s - (time.monotonic() - start) - reserve_s
             train_s = record.get("train_s") or fold_seconds(
-                left, len(folds) - k, rate * len(fold), 60.0 * opts.min_fold_minutes
+                left, len(folds) - k + extra, rate * len(fold), 60.0 * opts.min_fold_minutes
             )
             record["train_s"] = train_s
             state.folds[str(k)] = record
@@ -163,11 +165,15 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
         state.folds[str(k)] = record
         state.spent_s = time.monotonic() - start
         state.save()
+    if extra:
+        _train_final(cfg, train, out, state, opts, budget_s - reserve_s - (time.monotonic() - start) if timed else None)
+        state.spent_s = time.monotonic() - start
+        state.save()
     if not rank0:
         return {}
     figures = aggregate(out, dm, folds, groups, cases, opts, cfg)
     for key, rec in state.folds.items():
-        figures[f"cv/fold{key}/steps"] = float(rec.get("steps") or 0)
+        figures["final/steps" if key == "all" else f"cv/fold{key}/steps"] = float(rec.get("steps") or 0)
     if dm.test_cases:
         figures |= held_out_test(out, dm, cfg)
     state.spent_s = time.monotonic() - start
@@ -180,6 +186,40 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     # with logger=wandb: the figures as the summary of one W&B run for the whole cross-validation, in the folds' group
     log_cross_validation(cfg, figures)
     return figures
+
+
+def _train_final(
+    cfg: DictConfig,
+    train: Callable[[DictConfig], dict],
+    out: Path,
+    state: CVState,
+    opts: CVOptions,
+    left_s: float | None,
+) -> None:
+    """``cv.final=all``: one more model of the same recipe, trained on every case of the folds in ``<run>/final/``
+    for as long as a fold trained on average (less when less is left), with nothing validated."""
+    record = state.folds.get("all", {})
+    if record.get("done") and (out / FINAL_CHECKPOINT).is_file():
+        log.info("The final model (all cases): done in an earlier run (kept)")
+        return
+    train_s = 60.0 * float(opts.fold_minutes) if opts.fold_minutes else None
+    if left_s is not None and train_s is None:
+        shares = [float(r["train_s"]) for key, r in state.folds.items() if key != "all" and r.get("train_s")]
+        share = sum(shares) / len(shares) if shares else left_s
+        train_s = record.get("train_s") or max(60.0 * opts.min_fold_minutes, min(share, left_s))
+        record["train_s"] = train_s
+        state.folds["all"] = record
+        state.save()
+    last = out / FINAL_CHECKPOINT
+    final_cfg = _fold_config(cfg, -1, out / "final", train_s, last if last.is_file() else None)
+    log.info(
+        "The final model: the same recipe on all the cases%s (the shipped predictor)",
+        f", {train_s / 60:.1f} training minutes" if train_s else "",
+    )
+    results = train(final_cfg)
+    record.update(done=True, steps=results.get("train/steps"), fit_s=results.get("time/fit_s"))
+    state.folds["all"] = record
+    state.save()
 
 
 #: callbacks that choose on validation cases, which in a cross-validation are the fold's out-of-fold cases

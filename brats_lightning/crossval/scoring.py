@@ -18,12 +18,14 @@ import numpy as np
 from omegaconf import DictConfig
 
 from brats_lightning.crossval.options import CVOptions
-from brats_lightning.crossval.predictor import write_predictor
+from brats_lightning.crossval.predictor import predictor_description, write_predictor
 from brats_lightning.data.cache import PreparedCase
 from brats_lightning.data.labels import REGIONS, LabelConvention
 from brats_lightning.data.preparation import available_cores
 from brats_lightning.data.preprocess import uncrop
 from brats_lightning.data.readers import read_label, to_file_order
+from brats_lightning.evaluation.intervals import interval_table, region_intervals, site_intervals
+from brats_lightning.evaluation.intervals import site_table as site_interval_table
 from brats_lightning.evaluation.lesions import brats2023_lesion_metrics
 from brats_lightning.evaluation.metrics import dice, region_metrics
 from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
@@ -167,7 +169,7 @@ def aggregate(
     tune = _tuning_subset(ids, fold_of, opts.tune_max_cases)
     fold_arr = np.array([fold_of[c] for c in tune])
     t0 = time.perf_counter()
-    comps = candidates(opts.min_volumes_mm3, opts.largest_only)
+    comps = candidates(opts.min_volumes_mm3, opts.largest_only, opts.keep_within_mm)
     jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, comps, REGIONS) for c in tune]
     score_a = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
     n_folds = len(folds)
@@ -233,8 +235,31 @@ def aggregate(
     write_text_atomic(cv_dir / "sites.md", site_table(rows, groups))
     print_table(summary, f"Cross-validation, out of fold ({summary['n_cases']} cases, {n_folds} folds) - {out}")
     print(site_table(rows, groups))
-    write_predictor(out, len(folds), final, list(opts.tta_flips))
-    figures = run_metrics(summary, prefix="cv/")
+    site_of = {c: groups.get(c, "all") for c in ids}
+    ci_figures, estimates = region_intervals(rows, site_of, "cv/")
+    site_figures, by_site = site_intervals(rows, site_of, "cv/")
+    counts = {s: sum(1 for c in ids if site_of[c] == s) for s in by_site}
+    intervals = (
+        interval_table(
+            estimates,
+            "cv/",
+            f"Out of fold, {len(ids)} cases: mean [95% interval], a bootstrap over cases stratified by site",
+        )
+        + "\nPer site: Dice [95% interval, a bootstrap over the site's own cases; none below two cases]\n\n"
+        + site_interval_table(by_site, counts)
+    )
+    write_text_atomic(cv_dir / "intervals.md", intervals)
+    print(intervals)
+    log.info(
+        "Out of fold, %d cases: Dice %s (95%% intervals, a bootstrap over cases stratified by site)",
+        len(ids),
+        ", ".join(f"{r.upper()} {estimates[f'cv/dice_{r}'].describe()}" for r in REGIONS),
+    )
+    write_predictor(out, opts.final, len(folds), len(ids), final, list(opts.tta_flips))
+    log.info(
+        "The shipped predictor (predict ckpt_path=%s): %s", out, predictor_description(opts.final, n_folds, len(ids))
+    )
+    figures = ci_figures | site_figures | run_metrics(summary, prefix="cv/")
     per_case = {c: [next(r["dice"] for r in rows if r["case"] == c and r["region"] == g) for g in REGIONS] for c in ids}
     figures |= {k: v for k, v in _fold_means(per_case, fold_of, "cv").items() if "/fold" in k}
     variants: dict[str, dict[str, list[float]]] = {}

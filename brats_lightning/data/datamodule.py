@@ -262,9 +262,9 @@ class BratsDataModule(pl.LightningDataModule):
         self.val_cases = [load_prepared(self.prepared_dir / c) for c in val]
         self.test_cases = [load_prepared(self.prepared_dir / c) for c in test]
         log.info(
-            "Split %s fold %d: %d train, %d val, %d test cases",
+            "Split %s %s: %d train, %d val, %d test cases",
             self._split_path(ids),
-            self.fold,
+            f"fold {self.fold}" if self.fold >= 0 else "all folds",
             len(train),
             len(val),
             len(test),
@@ -387,6 +387,11 @@ class BratsDataModule(pl.LightningDataModule):
         """The held-out test cases; without any (``test_fraction=0``, cross-validation over all the
         cases, as Shen et al.), the fold's validation cases: each fold is then scored on the cases it
         did not train on."""
+        if not self.test_cases and not self.val_cases:
+            raise ConfigError(
+                f"data.fold={self.fold} trains on every fold's cases and data.test_fraction={self.test_fraction} holds "
+                "none out: there is no case to test on (set test=false, or data.test_fraction above 0)"
+            )
         if not self.test_cases:
             log.info("No held-out test cases (data.test_fraction=0): testing on fold %d's validation cases", self.fold)
             return self._volume_loader(self.val_cases)

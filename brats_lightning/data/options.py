@@ -92,7 +92,8 @@ class DataOptions(Strict):
         seed: seed of the split, the data order and the augmentation.
         test_fraction: share of the cases held out for testing.
         num_folds: cross-validation folds of the remaining cases.
-        fold: the fold used for validation.
+        fold: the fold used for validation (``-1``: none: train on the cases of every fold, validate on none, as a
+            cross-validation's final model trained on all its cases).
         groups: how a case's site is read (:func:`~brats_lightning.data.groups.case_groups`): ``auto`` (BraTS
             2017-2019 ids), a regular expression with one group, or a CSV ``case,group``.
         split: ``stratified`` (every fold and the test set hold every site in proportion) or ``site`` (one fold
@@ -135,7 +136,7 @@ class DataOptions(Strict):
     seed: Annotated[Int, Field(ge=0)] = 0
     test_fraction: Annotated[Number, Field(ge=0, lt=1)] = 0.2
     num_folds: Annotated[Int, Field(ge=2, le=100)] = 5
-    fold: Annotated[Int, Field(ge=0, le=99)] = 0
+    fold: Annotated[Int, Field(ge=-1, le=99)] = 0
     groups: Path_ | None = "auto"
     split: Literal["stratified", "site"] = "stratified"
     max_cases: Annotated[Int, Field(ge=1)] | None = None

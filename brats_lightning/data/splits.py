@@ -202,9 +202,9 @@ def load_or_create_splits(
 
 
 def fold_cases(splits: dict, fold: int) -> tuple[list[str], list[str], list[str]]:
-    """``(train, val, test)`` case ids of ``fold``."""
+    """``(train, val, test)`` case ids of ``fold`` (``-1``: every fold's cases train, none validates)."""
     folds = splits["folds"]
-    if not 0 <= fold < len(folds):
-        raise ValueError(f"fold must be in 0..{len(folds) - 1}, got {fold}")
+    if not -1 <= fold < len(folds):
+        raise ValueError(f"fold must be in -1..{len(folds) - 1}, got {fold}")
     train = sorted(c for i, f in enumerate(folds) if i != fold for c in f)
     return train, list(folds[fold]), list(splits["test"])

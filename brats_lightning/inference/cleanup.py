@@ -5,7 +5,8 @@ appear in the predictions due to bright corners of the brains close to the skull
 no thresholds; we remove every 3D connected component of the predicted tumour (26-connectivity)
 whose volume is below ``min_volume_mm3`` or which spans fewer than ``min_slices`` axial slices
 (a flat blob). ``largest_only`` keeps only the largest component (nnU-Net's rule, Isensee et al.
-2021, for single tumours). :class:`~brats_lightning.callbacks.postprocess.TunePostprocess` chooses
+2021, for single tumours), and with ``keep_within_mm`` also every component within that distance of it
+(the satellites of a multifocal tumour). :class:`~brats_lightning.callbacks.postprocess.TunePostprocess` chooses
 among these rules on the validation cases.
 
 :func:`apply_cleanup` adds the BraTS rule of Isensee et al. (BraTS 2018 and nnU-Net's BraTS entry):
@@ -53,6 +54,7 @@ class PostprocessOptions(Strict):
     min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 500.0
     min_slices: Annotated[Int, Field(ge=0, le=1000)] = 3
     largest_only: StrictBool = False
+    keep_within_mm: Annotated[Number, Field(ge=0, le=1000)] = 0.0
     et_min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 0.0
 
 
@@ -74,6 +76,7 @@ def remove_small_components(
     min_slices: int = 3,
     axial_axis: int = 2,
     largest_only: bool = False,
+    keep_within_mm: float = 0.0,
 ) -> np.ndarray:
     """Set to background the small or flat connected components of the tumour (all non-zero classes).
 
@@ -83,7 +86,9 @@ def remove_small_components(
         min_volume_mm3: components smaller than this are removed.
         min_slices: components spanning fewer axial slices are removed.
         axial_axis: the axis across axial slices.
-        largest_only: also remove every component but the largest.
+        largest_only: also remove every component but the largest (and, with ``keep_within_mm``, those near it).
+        keep_within_mm: with ``largest_only``, also keep every component (not removed by size or flatness)
+            whose nearest voxel is within this distance of the largest component (0: the largest only).
 
     Returns:
         A copy of ``classes`` without the removed components.
@@ -102,7 +107,13 @@ def remove_small_components(
         remove[i] = sizes[i] < min_volume_mm3 or extent < min_slices
     if largest_only:
         keep = int(np.argmax(sizes[1:])) + 1
-        remove[1:] = True
+        near = np.zeros(n + 1, bool)
+        if keep_within_mm > 0 and n > 1:
+            # distance (mm) of every voxel to the largest component, and each component's nearest voxel
+            dist = ndimage.distance_transform_edt(lab != keep, sampling=tuple(float(v) for v in spacing))
+            nearest = ndimage.minimum(dist, lab, index=np.arange(1, n + 1))
+            near[1:] = np.asarray(nearest) <= keep_within_mm
+        remove[1:] |= ~near[1:]
         remove[keep] = False
     out[remove[lab]] = 0
     return out
@@ -150,20 +161,33 @@ def apply_cleanup(
 
 
 #: the clean-up that changes nothing (the first candidate of every comparison)
-NO_CLEANUP: dict = {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": False, "et_min_volume_mm3": 0.0}
+NO_CLEANUP: dict = {
+    "min_volume_mm3": 0.0,
+    "min_slices": 0,
+    "largest_only": False,
+    "keep_within_mm": 0.0,
+    "et_min_volume_mm3": 0.0,
+}
 
 
-def candidates(min_volumes_mm3: Sequence[float], largest_only: bool = True) -> list[dict]:
+def candidates(
+    min_volumes_mm3: Sequence[float], largest_only: bool = True, keep_within_mm: Sequence[float] = ()
+) -> list[dict]:
     """Clean-ups of the tumour's connected components to compare, weakest first: none, each volume threshold,
-    then the largest component only.
+    the largest component with the components within each distance of it (farthest first), then the largest
+    component only.
 
     Examples:
         >>> [c["min_volume_mm3"] for c in candidates([500, 100], largest_only=False)]
         [0.0, 100.0, 500.0]
+        >>> [c["keep_within_mm"] for c in candidates([], keep_within_mm=[10, 40])]
+        [0.0, 40.0, 10.0, 0.0]
     """
     out = [dict(NO_CLEANUP)]
     out += [{**NO_CLEANUP, "min_volume_mm3": float(v), "min_slices": 1} for v in sorted(min_volumes_mm3)]
     if largest_only:
+        near = sorted((float(d) for d in keep_within_mm), reverse=True)
+        out += [{**NO_CLEANUP, "largest_only": True, "keep_within_mm": d} for d in near]
         out.append({**NO_CLEANUP, "largest_only": True})
     return out
 

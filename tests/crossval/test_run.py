@@ -8,18 +8,24 @@ import csv
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
+from brats_lightning import predict
 from brats_lightning.config import compose
 from brats_lightning.crossval.run import _fold_config, check_fold_callbacks, run_cross_validation
 from brats_lightning.data.cache import load_prepared
 from brats_lightning.data.datasets import SliceDataset
 from brats_lightning.data.labels import REGIONS, get_convention
+from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import ConfigError
 from brats_lightning.evaluation.folders import evaluate_dirs
+from brats_lightning.evaluation.metrics import dice
+from brats_lightning.files import read_checkpoint
 from brats_lightning.load.checkpoint import load_module
+from brats_lightning.load.runs import find_checkpoints
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.training.train import main as train_main
 from brats_lightning.training.train import train
@@ -31,21 +37,11 @@ def _oof_fold(run: Path, case: str) -> int:
         return int(z["fold"])
 
 
-def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensemble_predictor(
+def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_a_final_predictor(
     tmp_path: Path, synthetic_root: Path, cache_dir: Path
 ) -> None:
     import csv
     import shutil
-
-    import nibabel as nib
-
-    from brats_lightning import predict
-    from brats_lightning.data.layouts import discover_cases
-    from brats_lightning.evaluation.metrics import dice
-    from brats_lightning.files import read_checkpoint
-    from brats_lightning.load.runs import find_checkpoints
-    from brats_lightning.training.train import main as train_main
-    from tests.helpers import run_main
 
     run = tmp_path / "run"
     args = [
@@ -89,6 +85,12 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
             np.mean([float(r["dice"]) for r in rows if r["region"] == region]), abs=1e-5
         )
         assert f"cv/lesion_dice_{region}" in metrics and f"cv/hd95_{region}" in metrics
+        # each with its 95% interval (a bootstrap over cases stratified by site), holding the mean
+        low, high = metrics[f"cv/dice_{region}_ci95_low"], metrics[f"cv/dice_{region}_ci95_high"]
+        assert low <= metrics[f"cv/dice_{region}"] <= high and low < high
+        site = folds_csv[cases[0]]["site"]
+        assert f"cv/site/{site}/dice_{region}" in metrics
+    assert "| ET |" in (run / "cv" / "intervals.md").read_text()
     conv = get_convention("brats2017")
     case = cases[0]
     with np.load(run / "oof" / f"{case}.npz") as z:
@@ -104,17 +106,18 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_an_ensembl
     # the clean-up: chosen per fold without the fold's cases, and the final choice in every fold model
     cleanup = json.loads((run / "cv" / "cleanup.json").read_text())
     assert set(cleanup["nested"]) == {"0", "1"} and cleanup["cases"] == len(cases)
-    for k in range(2):
-        model = read_checkpoint(run / f"fold_{k}" / "checkpoints" / "last.ckpt")
-        assert model["postprocess"] == cleanup["final"] and model["tta_flips"] == ["lr"]
-    # the held-out cases chose nothing: the ensemble's test, under test/
+    # the shipped predictor (cv.final=all): one model of the recipe trained on every case, with the final choices
+    final = read_checkpoint(run / "final" / "checkpoints" / "last.ckpt")
+    assert final["postprocess"] == cleanup["final"] and final["tta_flips"] == ["lr"]
+    assert metrics["final/steps"] > 0 and json.loads((run / "predictor.json").read_text())["final"] == "all"
+    # the held-out cases chose nothing: the shipped predictor's test, under test/
     assert {"test/dice_wt", "test/dice_mean"} <= set(metrics) and (run / "test" / "per_case.csv").is_file()
     test_cases = {r["case"] for r in csv.DictReader((run / "test" / "per_case.csv").open())}
     assert test_cases and not test_cases & set(cases)
     # within the budget: 0.5 minutes after data preparation (each fold its share, at least 3 s)
     assert metrics["time/cv_s"] < 0.5 * 60 + 20
-    # predict ckpt_path=<run>: the ensemble of the fold models, with the final clean-up and flips
-    assert find_checkpoints(run) == [run / f"fold_{k}" / "checkpoints" / "last.ckpt" for k in range(2)]
+    # predict ckpt_path=<run>: the model trained on every case, with the final clean-up and flips
+    assert find_checkpoints(run) == [run / "final" / "checkpoints" / "last.ckpt"]
     case_files = next(c for c in discover_cases(synthetic_root) if c.case_id in test_cases)
     inp = tmp_path / "in"
     shutil.copytree(Path(case_files.images["flair"]).parent, inp / case_files.case_id)
@@ -246,10 +249,11 @@ def test_fold_models_never_see_the_cases_they_score(
     folds = {}
     for row in csv.DictReader((run / "cv" / "folds.csv").open()):
         folds.setdefault(int(row["fold"]), set()).add(row["case"])
-    assert len(served) == len(folds) == 3
+    assert len(served) == len(folds) + 1 == 4  # a model per fold, then the final one (cv.final=all)
     for k, scored in folds.items():
         assert served[k] and not served[k] & scored, k  # trained on other cases only
         assert served[k] | scored == set().union(*folds.values())  # and on every other case
+    assert served[3] == set().union(*folds.values())  # the shipped model: trained on every case
     rows = list(csv.DictReader((run / "cv" / "per_case.csv").open()))
     assert all(float(r["dice"]) == 0.0 for r in rows if r["region"] == "wt")  # nothing out of fold
     # the memoriser works: its fold checkpoint segments one of its own training cases perfectly
@@ -258,3 +262,27 @@ def test_fold_models_never_see_the_cases_they_score(
     case = load_prepared(next((cache_dir / "prepared").glob(f"*/{own}")))
     probs = model.predict_case({"case_id": own, "image": torch.from_numpy(np.asarray(case.image, np.float32))})
     assert torch.equal(model.decide(probs), torch.from_numpy(np.asarray(case.label)).long())
+
+
+def test_the_fold_models_ensemble_is_shipped_when_asked(tmp_path: Path, synthetic_root: Path, cache_dir: Path) -> None:
+    run = tmp_path / "run"
+    run_main(
+        train_main,
+        "experiment=real_fast",
+        f"data.root={synthetic_root}",
+        f"paths.cache_dir={cache_dir}",
+        "data.crop_size=[48,56]",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.num_folds=3",
+        "model.width=0.25",
+        "cv.final=ensemble",
+        "cv.fold_minutes=0.03",
+        "cv.tta_flips=[]",
+        "logger=none",
+        f"hydra.run.dir={run}",
+    )
+    doc = json.loads((run / "predictor.json").read_text())
+    assert doc["final"] == "ensemble" and "ensemble of the 3 fold models" in doc["what"]
+    assert find_checkpoints(run) == [run / f"fold_{k}" / "checkpoints" / "last.ckpt" for k in range(3)]
+    assert not (run / "final").exists()

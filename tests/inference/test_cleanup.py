@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from brats_lightning.data.labels import get_convention
 from brats_lightning.inference.cleanup import (
@@ -56,7 +57,13 @@ def test_a_clean_up_is_chosen_only_when_it_beats_none_by_more_than_the_folds_spr
 
 def test_the_candidates_start_with_no_clean_up_and_the_et_rule_is_the_brats_rule() -> None:
     comps = candidates([500, 100], largest_only=True)
-    assert comps[0] == {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": False, "et_min_volume_mm3": 0.0}
+    assert comps[0] == {
+        "min_volume_mm3": 0.0,
+        "min_slices": 0,
+        "largest_only": False,
+        "keep_within_mm": 0.0,
+        "et_min_volume_mm3": 0.0,
+    }
     assert [c["min_volume_mm3"] for c in comps[1:3]] == [100.0, 500.0] and comps[-1]["largest_only"]
     rules = et_rule_candidates(comps[1], [200])
     assert [r["et_min_volume_mm3"] for r in rules] == [0.0, 200.0] and rules[1]["min_volume_mm3"] == 100.0
@@ -85,7 +92,13 @@ def test_largest_only_keeps_the_largest_component() -> None:
 def test_the_strongest_clean_up_within_the_tolerance_is_chosen() -> None:
     assert choose_within_tolerance([0.80, 0.85, 0.849, 0.70], tolerance=0.002) == 2
     assert choose_within_tolerance([0.80, 0.85, 0.847, 0.70], tolerance=0.002) == 1
-    none = {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": False, "et_min_volume_mm3": 0.0}
+    none = {
+        "min_volume_mm3": 0.0,
+        "min_slices": 0,
+        "largest_only": False,
+        "keep_within_mm": 0.0,
+        "et_min_volume_mm3": 0.0,
+    }
     assert candidates([500, 100], largest_only=True) == [
         none,
         {**none, "min_volume_mm3": 100.0, "min_slices": 1},
@@ -119,3 +132,28 @@ def test_fewer_than_three_folds_choose_no_clean_up_and_say_so() -> None:
     assert chosen == 0 and figures["folds"] == 1 and "fewer than 3" in figures["refused"]
     final, nested, _ = choose_nested(scores, folds)
     assert final == 0 and nested == {0: 0, 1: 0}
+
+
+def test_satellites_within_the_distance_of_the_largest_component_are_kept() -> None:
+    classes = np.zeros((60, 40, 30), np.uint8)
+    classes[5:20, 5:20, 5:20] = 2  # the main tumour
+    classes[24:27, 10:13, 10:13] = 3  # a satellite 4 voxels away along x
+    classes[50:53, 10:13, 10:13] = 1  # one 30 voxels away
+    spacing = (2.0, 1.0, 1.0)  # mm: the satellites are 8 and 60 mm away
+
+    def nearest_mm(component: np.ndarray) -> float:  # brute force, another way than the distance transform
+        a = np.argwhere(classes == 2) * np.array(spacing)
+        b = np.argwhere(component) * np.array(spacing)
+        return float(np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)).min())
+
+    assert nearest_mm(classes == 3) == pytest.approx(10.0) and nearest_mm(classes == 1) == pytest.approx(62.0)
+    options = {"min_volume_mm3": 0.0, "min_slices": 0, "largest_only": True}
+    for within, kept in ((0.0, set()), (9.9, set()), (10.0, {3}), (61.9, {3}), (62.0, {1, 3})):
+        out = remove_small_components(classes, spacing, **options, keep_within_mm=within)
+        assert set(np.unique(out[out > 0]).tolist()) - {2} == kept, within
+        assert (out[classes == 2] == 2).all()
+    # the stored option is validated like the others
+    assert (
+        apply_cleanup(classes, spacing, get_convention("brats2017"), {**options, "keep_within_mm": 10.0})[25, 11, 11]
+        == 3
+    )
