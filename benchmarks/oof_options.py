@@ -117,7 +117,7 @@ def _compare(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finished cross-validation (cv/folds.csv, oof/)")
-    parser.add_argument("--prepared", type=Path, required=True, help="the data set's prepared cases (the cache)")
+    parser.add_argument("--prepared", type=Path, help="the data set's prepared cases (the cache; for --et-thresholds)")
     parser.add_argument("--et-thresholds", type=float, nargs="*", default=[0.4, 0.3, 0.2, 0.1])
     parser.add_argument("--against", type=Path, help="another per_case.csv of the same cases (b) against cv/ (a)")
     parser.add_argument("--workers", type=int, default=2)
@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, float] = {}
     metrics = ("dice", "sensitivity", "ppv", "lesion_dice")
 
+    if args.et_thresholds and args.prepared is None:
+        raise SystemExit(
+            "--et-thresholds needs --prepared <the data set's prepared cases> (or --et-thresholds with none)"
+        )
     if args.et_thresholds:
         thresholds: list[float | None] = [None, *sorted(args.et_thresholds, reverse=True)]
         jobs = [

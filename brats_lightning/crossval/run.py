@@ -6,7 +6,7 @@ cross-validation over all the cases (nnU-Net's practice, Isensee et al. 2021):
 1. **Folds** come from the split file, stratified by site (:mod:`brats_lightning.data.groups`): every
    fold holds every site in proportion (``data.split=site``: one site per fold).
 2. **One model per fold** is trained on the other folds, in ``<run>/fold_<k>/``, for its share of the
-   wall-clock budget (``budget_minutes`` less ``reserve_minutes``, split evenly over the folds left,
+   wall-clock budget (``budget_minutes`` less ``reserve_minutes``, split evenly over the trainings left,
    less the time its out-of-fold inference is expected to take). Nothing is chosen on the fold's own
    cases: the fold's model is its final weights (with ``callbacks.ema``: their moving average), not a
    best epoch picked on them.
@@ -21,9 +21,11 @@ cross-validation over all the cases (nnU-Net's practice, Isensee et al. 2021):
    columns of every case and region on its full grid, as ``evaluate`` computes them, in
    ``<run>/cv/`` (``per_case.csv``, ``summary.json``, ``summary.md``, ``folds.csv``: each case's fold
    and site; ``sites.md``: per-site means) and ``metrics.json`` (``cv/dice_wt``, ``cv/hd95_et``, ...).
-6. **The final predictor** is the ensemble of the fold models (nnU-Net's choice; every case of the
-   data set trained all but one of them): ``<run>/predictor.json`` lists their checkpoints, each of
-   which carries the final clean-up and flips, so ``predict ckpt_path=<run>`` uses it as it is.
+6. **The final predictor** (``cv.final``): ``all`` (the default), one more model of the same recipe trained on
+   every case (``<run>/final/``, ``data.fold=-1``) for as long as a fold trained, within the same budget, so that
+   ``predict`` runs one model; its estimate is the out-of-fold figures of the same recipe. ``ensemble``: the fold
+   models averaged (nnU-Net's choice). ``<run>/predictor.json`` lists the checkpoints, each of which carries the
+   final clean-up and flips, so ``predict ckpt_path=<run>`` uses it as it is.
    With ``data.test_fraction > 0`` it is also tested on the held-out cases, which chose nothing
    (``test/...`` in ``metrics.json``, ``<run>/test/``).
 

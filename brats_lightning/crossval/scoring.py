@@ -40,7 +40,7 @@ from brats_lightning.inference.cleanup import (
 from brats_lightning.inference.uncertainty import auroc, spearman
 from brats_lightning.stats import bootstrap, bootstrap_mean
 
-__all__ = ["VARIANTS", "aggregate", "site_table", "uncertainty_figures"]
+__all__ = ["VARIANTS", "aggregate", "cleanup_table", "site_table", "uncertainty_figures"]
 
 log = logging.getLogger("brats_lightning.crossval")
 
@@ -53,22 +53,22 @@ def _load_case(oof: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(classes.transpose(1, 2, 0)), np.ascontiguousarray(label.transpose(1, 2, 0))
 
 
-def _score(pred: np.ndarray, gt: np.ndarray, convention: LabelConvention, spacing, regions: Sequence[str]) -> float:
-    """Mean over ``regions`` of (Dice + lesion-wise Dice) / 2: the clean-up's objective."""
+def _figures(
+    pred: np.ndarray, gt: np.ndarray, convention: LabelConvention, spacing, regions: Sequence[str]
+) -> list[float]:
+    """Each region's Dice, then each region's lesion-wise Dice: the clean-up's objective is their mean."""
 
     pm, gm = convention.region_masks(pred), convention.region_masks(gt)
-    values = [
-        (dice(pm[r], gm[r]) + brats2023_lesion_metrics(pm[r], gm[r], spacing)["lesion_dice"]) / 2 for r in regions
-    ]
-    return float(np.mean(values))
+    lesion = [brats2023_lesion_metrics(pm[r], gm[r], spacing)["lesion_dice"] for r in regions]
+    return [dice(pm[r], gm[r]) for r in regions] + lesion
 
 
-def _candidate_scores(job: tuple) -> list[float]:
-    """Scores of the candidates of one case (a worker's job)."""
+def _candidate_scores(job: tuple) -> list[list[float]]:
+    """Figures of the candidates of one case (a worker's job): per candidate, :func:`_figures`."""
 
     oof, folder, spacing, convention, candidates, regions = job
     pred, gt = _load_case(oof, folder)
-    return [_score(apply_cleanup(pred, spacing, convention, c), gt, convention, spacing, regions) for c in candidates]
+    return [_figures(apply_cleanup(pred, spacing, convention, c), gt, convention, spacing, regions) for c in candidates]
 
 
 def _case_metrics(job: tuple) -> list[dict]:
@@ -171,14 +171,17 @@ def aggregate(
     t0 = time.perf_counter()
     comps = candidates(opts.min_volumes_mm3, opts.largest_only, opts.keep_within_mm)
     jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, comps, REGIONS) for c in tune]
-    score_a = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
+    # (cases, candidates, Dice per region then lesion-wise Dice per region); the objective is their mean
+    figures_of_a = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
+    score_a = figures_of_a.mean(-1)
     n_folds = len(folds)
     final_a, pick_a, figures_a = choose_nested(score_a, fold_arr)
-    et_scores: dict[int, np.ndarray] = {}
+    et_figures: dict[int, np.ndarray] = {}
     for a in sorted({final_a, *pick_a.values()}):
         rules = et_rule_candidates(comps[a], opts.et_volumes_mm3)
         jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, rules, ("et",)) for c in tune]
-        et_scores[a] = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
+        et_figures[a] = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
+    et_scores = {a: f.mean(-1) for a, f in et_figures.items()}
     final_b, figures_b = choose_cleanup(et_scores[final_a], fold_arr, np.ones(len(tune), bool))
     final = et_rule_candidates(comps[final_a], opts.et_volumes_mm3)[final_b]
     nested = {}
@@ -186,22 +189,30 @@ def aggregate(
         b = choose_cleanup(et_scores[pick_a[k]], fold_arr, fold_arr != k)[0]
         nested[k] = et_rule_candidates(comps[pick_a[k]], opts.et_volumes_mm3)[b]
 
-    def table(options: list[dict], figures: dict[str, Any]) -> list[dict]:
+    def table(options: list[dict], figures: dict[str, Any], per_case: np.ndarray, regions: tuple) -> list[dict]:
         keys = ("gain", "sd", "se", "ci95_low", "ci95_high")
-        return [{"option": o, **{k: figures[k][i] for k in keys}} for i, o in enumerate(options)]
+        names = [f"dice_{r}" for r in regions] + [f"lesion_dice_{r}" for r in regions]
+        means = per_case.mean(0)  # (candidates, figures): each figure's mean over the cases, beside the gains
+        return [
+            {"option": o, **{k: figures[k][i] for k in keys}, **dict(zip(names, means[i].tolist()))}
+            for i, o in enumerate(options)
+        ]
 
     tuning = {
         "cases": len(tune),
         "rule": figures_a["rule"],
         "folds": figures_a["folds"],
         **({"refused": figures_a["refused"]} if "refused" in figures_a else {}),
-        "components": table(comps, figures_a),
-        "et_rule": table(et_rule_candidates(comps[final_a], opts.et_volumes_mm3), figures_b),
+        "components": table(comps, figures_a, figures_of_a, REGIONS),
+        "et_rule": table(
+            et_rule_candidates(comps[final_a], opts.et_volumes_mm3), figures_b, et_figures[final_a], ("et",)
+        ),
         "final": final,
         "nested": {str(k): v for k, v in nested.items()},
         "seconds": time.perf_counter() - t0,
     }
     log.info("Clean-up chosen on %d out-of-fold cases: %s (nested per fold: %s)", len(tune), final, nested)
+    print(cleanup_table(tuning["components"]))
     segmentations = out / "cv" / "segmentations"
     segmentations.mkdir(parents=True, exist_ok=True)
     metric_jobs = [
@@ -372,6 +383,28 @@ def uncertainty_figures(
         rho.describe(signed=True),
     )
     return figures
+
+
+def cleanup_table(rows: list[dict]) -> str:
+    """Markdown: every clean-up compared, its mean Dice and lesion-wise Dice per region over the cases it was chosen
+    on, and its per-fold gain in their mean with its 95% interval (``cv/cleanup.json``'s ``components``)."""
+
+    def name(o: dict) -> str:
+        if o.get("largest_only"):
+            within = float(o.get("keep_within_mm") or 0)
+            return f"largest + within {within:g} mm" if within else "largest only"
+        volume = float(o.get("min_volume_mm3") or 0)
+        return f"components >= {volume:g} mm3" if volume else "none"
+
+    head = ["clean-up", *(f"Dice {r.upper()}" for r in REGIONS), *(f"lesion Dice {r.upper()}" for r in REGIONS)]
+    head += ["gain", "95% interval (t, folds)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for row in rows:
+        cells = [f"{row.get(f'dice_{r}', float('nan')):.3f}" for r in REGIONS]
+        cells += [f"{row.get(f'lesion_dice_{r}', float('nan')):.3f}" for r in REGIONS]
+        cells += [f"{row['gain']:+.4f}", f"[{row['ci95_low']:+.4f}, {row['ci95_high']:+.4f}]"]
+        lines.append(f"| {name(row['option'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def site_table(rows: list[dict], groups: dict[str, str]) -> str:

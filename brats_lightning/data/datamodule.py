@@ -263,7 +263,7 @@ class BratsDataModule(pl.LightningDataModule):
         self.test_cases = [load_prepared(self.prepared_dir / c) for c in test]
         log.info(
             "Split %s %s: %d train, %d val, %d test cases",
-            self._split_path(ids),
+            path,
             f"fold {self.fold}" if self.fold >= 0 else "all folds",
             len(train),
             len(val),

@@ -211,7 +211,8 @@ class DataOptions(Strict):
         # leave-one-site-out: as many folds as sites, known once the cases are found (data.fold checked then)
         if self.split == "stratified" and self.fold >= self.num_folds:
             raise ValueError(
-                f"data.fold must be one of 0..{self.num_folds - 1} (data.num_folds={self.num_folds}), got {self.fold}"
+                f"data.fold must be one of 0..{self.num_folds - 1} (data.num_folds={self.num_folds}), or -1 (every "
+                f"fold trains), got {self.fold}"
             )
         if self.mode == "patches" and self.patches_per_epoch < self.batch_size:
             raise ValueError(

@@ -41,6 +41,7 @@ __all__ = [
     "clip_percentiles",
     "n4_correct",
     "zscore",
+    "histogram_standardise",
     "brain_bbox",
     "crop",
     "uncrop",
@@ -69,6 +70,8 @@ class PreprocessConfig(Strict):
         n4_shrink: N4 works on a grid shrunk by this factor (speed), the field is applied at full size.
         n4_iterations: iterations per fitting level.
         zscore: normalise every channel inside the brain.
+        histogram: instead of the z-score, standardise every channel's histogram inside the brain
+            (:func:`histogram_standardise`: its deciles mapped onto a standard normal's, against scanner shift).
         margin: voxels kept around the brain's bounding box.
     """
 
@@ -77,6 +80,7 @@ class PreprocessConfig(Strict):
     n4_shrink: Annotated[Int, Field(ge=1, le=16)] = 4
     n4_iterations: Iterations = (50, 50, 30)
     zscore: StrictBool = True
+    histogram: StrictBool = False
     margin: Annotated[Int, Field(ge=0, le=64)] = 2
 
     @field_validator("clip_percentiles")
@@ -170,6 +174,41 @@ def zscore(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         v = image[c][mask].astype(np.float64)
         std = v.std()
         out[c][mask] = (v - v.mean()) / (std if std > 0 else 1.0)
+    return out
+
+
+#: the percentiles whose intensities :func:`histogram_standardise` maps onto a standard normal's quantiles
+HISTOGRAM_PERCENTILES: tuple[float, ...] = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
+
+
+def histogram_standardise(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Standardise every channel's histogram inside ``mask``; 0 outside.
+
+    Nyul and Udupa's piecewise-linear histogram standardisation (1999), per case and with a fixed standard
+    scale: the channel's intensities at :data:`HISTOGRAM_PERCENTILES` inside the brain are mapped linearly, piece
+    by piece, onto the standard normal's quantiles at those percentiles, and beyond the outer landmarks the end
+    pieces' slopes go on (the brightest voxels, an enhancing rim among them, keep their contrast). Two scanners
+    whose intensities differ by any monotone distortion of the brain's histogram give the same deciles, where a
+    z-score only matches their mean and spread. Normal data is left as its z-score.
+    """
+    from scipy.stats import norm
+
+    standard = norm.ppf(np.asarray(HISTOGRAM_PERCENTILES) / 100.0)
+    out = np.zeros(image.shape, dtype=np.float32)
+    if not mask.any():
+        return out
+    for c in range(image.shape[0]):
+        v = image[c][mask].astype(np.float64)
+        marks = np.percentile(v, HISTOGRAM_PERCENTILES)
+        keep = np.concatenate([[True], np.diff(marks) > 1e-12 * max(1.0, float(np.abs(marks).max()))])
+        x, y = marks[keep], standard[keep]
+        if x.size < 2:  # a constant channel
+            continue
+        mapped = np.interp(v, x, y)
+        low, high = v < x[0], v > x[-1]
+        mapped[low] = y[0] + (v[low] - x[0]) * (y[1] - y[0]) / (x[1] - x[0])
+        mapped[high] = y[-1] + (v[high] - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2])
+        out[c][mask] = mapped
     return out
 
 
@@ -344,7 +383,9 @@ def preprocess_case(
         if modality in vol.modalities:
             c = vol.modalities.index(modality)
             img[c] = n4_correct(img[c], mask, prep.n4_shrink, prep.n4_iterations, vol.spacing)
-    if prep.zscore:
+    if prep.histogram:
+        img = histogram_standardise(img, mask)
+    elif prep.zscore:
         img = zscore(img, mask)
     else:
         img = np.where(mask, img, 0).astype(np.float32)

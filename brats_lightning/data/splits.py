@@ -207,4 +207,4 @@ def fold_cases(splits: dict, fold: int) -> tuple[list[str], list[str], list[str]
     if not -1 <= fold < len(folds):
         raise ValueError(f"fold must be in -1..{len(folds) - 1}, got {fold}")
     train = sorted(c for i, f in enumerate(folds) if i != fold for c in f)
-    return train, list(folds[fold]), list(splits["test"])
+    return train, list(folds[fold]) if fold >= 0 else [], list(splits["test"])

@@ -51,6 +51,7 @@ class FCNModule(SegmentationModule):
         loss: ``"ce"`` (the paper) or ``"ce_dice"`` (softmax outputs), ``"dice_bce"`` (region outputs)
             (:class:`~brats_lightning.modules.losses.SegmentationLoss`).
         dice_weight: weight of the region Dice term.
+        region_weights: the whole tumour's, core's and enhancing tumour's weights in the Dice term (e.g. ``[1, 1, 2]``).
         arch: ``"fcn"`` (Shen et al.), ``"unet"`` (their encoder, a U-Net decoder) or ``"dynunet"`` (MONAI).
         outputs: ``"softmax"`` (class probabilities, argmax) or ``"regions"`` (chained region sigmoids,
             decided by region thresholds).
@@ -84,6 +85,7 @@ class FCNModule(SegmentationModule):
         name: str | None = None,
         loss: str = "ce",
         dice_weight: float = 1.0,
+        region_weights: tuple[float, float, float] | list[float] = (1.0, 1.0, 1.0),
         arch: str = "fcn",
         outputs: str = "softmax",
         levels: int = 5,
@@ -132,7 +134,7 @@ class FCNModule(SegmentationModule):
         if vgg_weights and arch == "dynunet":
             raise ConfigError("model.vgg_weights: VGG-16 initialisation needs arch=fcn or unet (Shen et al.'s encoder)")
         try:
-            self.loss = SegmentationLoss(self.convention, loss, dice_weight)
+            self.loss = SegmentationLoss(self.convention, loss, dice_weight, region_weights)
         except ValueError as e:
             raise ConfigError(f"model.loss: {e}") from None
 

@@ -47,18 +47,38 @@ class SegmentationLoss(nn.Module):
         convention: the label convention (its regions).
         kind: ``"ce"``, ``"ce_dice"`` or ``"dice_bce"``.
         dice_weight: weight of the Dice term.
+        region_weights: weights of the whole tumour's, the core's and the enhancing tumour's Dice in the Dice term
+            (a weighted mean; ``(1, 1, 1)``: their plain mean), e.g. ``(1, 1, 2)`` to weigh the enhancing tumour
+            twice.
 
     Computed in fp32 whatever the autocast precision.
     """
 
-    def __init__(self, convention: LabelConvention, kind: str = "ce", dice_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        convention: LabelConvention,
+        kind: str = "ce",
+        dice_weight: float = 1.0,
+        region_weights: tuple[float, float, float] | list[float] = (1.0, 1.0, 1.0),
+    ) -> None:
         super().__init__()
         if kind not in LOSSES:
             raise ValueError(f"unknown loss {kind!r}; expected one of {list(LOSSES)}")
+        weights = [float(w) for w in region_weights]
+        if len(weights) != len(REGIONS) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(
+                f"region_weights must be {len(REGIONS)} weights >= 0, not all 0; got {list(region_weights)}"
+            )
         self.convention = convention
         self.kind = kind
         self.dice_weight = float(dice_weight)
-        self.dice = DiceLoss(batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.register_buffer("region_weights", torch.tensor(weights) / sum(weights), persistent=False)
+        self.dice = DiceLoss(batch=True, smooth_nr=1e-5, smooth_dr=1e-5, reduction="none")
+
+    def _dice(self, probs: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """The regions' batch soft Dice losses, weighted by :attr:`region_weights`."""
+        per_region = self.dice(probs, truth).reshape(-1)
+        return (per_region * self.region_weights.to(per_region)).sum()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss of ``(N, K, H, W)`` logits (``(N, 3, H, W)`` region logits for ``dice_bce``) against ``(N, H, W)``
@@ -70,7 +90,7 @@ class SegmentationLoss(nn.Module):
         if self.kind == "ce_dice":
             probs = region_maps(torch.softmax(logits, dim=1), self.convention)
             onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
-            loss = loss + self.dice_weight * self.dice(probs, region_maps(onehot, self.convention))
+            loss = loss + self.dice_weight * self._dice(probs, region_maps(onehot, self.convention))
         return loss
 
     def _regions(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -81,4 +101,4 @@ class SegmentationLoss(nn.Module):
         onehot = F.one_hot(target, self.convention.num_classes).movedim(-1, 1).to(logits.dtype)
         truth = region_maps(onehot, self.convention)
         bce = -(truth * log_q + (1 - truth) * log_not_q).mean()
-        return bce + self.dice_weight * self.dice(log_q.exp(), truth)
+        return bce + self.dice_weight * self._dice(log_q.exp(), truth)

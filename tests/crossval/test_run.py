@@ -106,6 +106,11 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_a_final_pr
     # the clean-up: chosen per fold without the fold's cases, and the final choice in every fold model
     cleanup = json.loads((run / "cv" / "cleanup.json").read_text())
     assert set(cleanup["nested"]) == {"0", "1"} and cleanup["cases"] == len(cases)
+    # lesion-wise figures beside Dice for every clean-up compared; "none" is the flipped segmentations' Dice
+    none = cleanup["components"][0]
+    assert none["option"]["largest_only"] is False and 0 <= none["lesion_dice_et"] <= 1
+    for region in REGIONS:
+        assert none[f"dice_{region}"] == pytest.approx(metrics[f"cv_flips/dice_{region}"], abs=1e-6)
     # the shipped predictor (cv.final=all): one model of the recipe trained on every case, with the final choices
     final = read_checkpoint(run / "final" / "checkpoints" / "last.ckpt")
     assert final["postprocess"] == cleanup["final"] and final["tta_flips"] == ["lr"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from brats_lightning.data.datamodule import BratsDataModule
+from brats_lightning.errors import ConfigError
 
 
 def test_prepare_setup_and_loaders(tiny_dm_kwargs: dict) -> None:
@@ -61,6 +62,17 @@ def test_folds_partition_the_non_test_cases(tiny_dm_kwargs: dict) -> None:
         tests |= {c.case_id for c in dm.test_cases}
         assert len(dm.train_cases) + len(dm.val_cases) == 8 - len(dm.test_cases)
     assert len(vals) == len(set(vals)) == 8 - len(tests)
+    # data.fold=-1: every fold's case trains, none validates
+    dm = BratsDataModule(num_folds=3, fold=-1, **tiny_dm_kwargs)
+    dm.prepare_data()
+    dm.setup()
+    assert sorted(c.case_id for c in dm.train_cases) == sorted(vals) and dm.val_cases == []
+    dm = BratsDataModule(num_folds=3, fold=-1, test_fraction=0.0, **tiny_dm_kwargs)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.train_cases) == 8 and not dm.val_cases and not dm.test_cases
+    with pytest.raises(ConfigError, match="there is no case to test on"):
+        dm.test_dataloader()
 
 
 def test_symmetry_off_and_on_use_separate_caches(tiny_dm_kwargs: dict) -> None:

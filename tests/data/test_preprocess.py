@@ -13,6 +13,7 @@ from brats_lightning.data.preprocess import (
     brain_bbox,
     clip_percentiles,
     crop,
+    histogram_standardise,
     n4_correct,
     uncrop,
     zscore,
@@ -101,3 +102,28 @@ def test_n4_removes_a_smooth_bias_field() -> None:
 
     assert cv(img) > 0.1 and cv(out) < 0.2 * cv(img)
     assert np.all(out[~mask] == 0)
+
+
+def test_histogram_standardisation_undoes_a_monotone_scanner_distortion() -> None:
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((20, 20, 20), bool)
+    mask[2:18, 2:18, 2:18] = True
+    tissue = rng.normal(size=mask.shape)
+    # two scanners: one linear, one that squeezes the bright end (a monotone, non-linear distortion)
+    a = np.stack([100 + 20 * tissue])
+    b = np.stack([np.exp(0.5 * tissue)])
+    sa, sb = histogram_standardise(a, mask), histogram_standardise(b, mask)
+    t = tissue[mask]
+    inner = (t > np.percentile(t, 1)) & (t < np.percentile(t, 99))  # between the outer landmarks
+    assert np.abs(sa[0][mask] - sb[0][mask])[inner].max() < 0.1  # the same standard intensities, to 0.1
+    assert np.abs(zscore(a, mask)[0][mask] - zscore(b, mask)[0][mask])[inner].max() > 1.0  # a z-score cannot
+    # the deciles land on the standard normal's, and normal data is (nearly) its own z-score; 0 outside the brain
+    v = sa[0][mask]
+    assert np.percentile(v, [10, 50, 90]) == pytest.approx(norm.ppf([0.1, 0.5, 0.9]), abs=1e-3)
+    assert np.abs(v - zscore(a, mask)[0][mask]).max() < 0.1 and not sa[0][~mask].any()
+    # beyond the outer landmarks the intensities keep growing (an enhancing rim keeps its contrast)
+    top = a[0][mask].argmax()
+    assert v[top] > norm.ppf(0.99) + 0.5
+    assert not histogram_standardise(np.ones((1, 20, 20, 20)), mask).any()  # a constant channel: zeros

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from brats_lightning.data.groups import case_groups
-from brats_lightning.data.splits import load_or_create_splits, make_splits
+from brats_lightning.data.splits import fold_cases, load_or_create_splits, make_splits
 from brats_lightning.errors import DataError
 from tests.helpers import BRATS18
 
@@ -65,3 +65,12 @@ def test_a_split_file_whose_folds_overlap_is_refused_when_read(tmp_path: Path, s
     path.write_text(json.dumps(split))
     with pytest.raises(DataError, match=rf"^{path}: .*{message}: folds and test must be disjoint"):
         load_or_create_splits(path, ["a", "b", "c", "d"])
+
+
+def test_fold_minus_one_trains_on_every_fold_and_validates_on_none() -> None:
+    splits = {"test": ["t1"], "folds": [["a", "b"], ["c"], ["d", "e"]]}
+    assert fold_cases(splits, 1) == (["a", "b", "d", "e"], ["c"], ["t1"])
+    assert fold_cases(splits, -1) == (["a", "b", "c", "d", "e"], [], ["t1"])
+    for bad in (-2, 3):
+        with pytest.raises(ValueError, match=r"fold must be in -1\.\.2"):
+            fold_cases(splits, bad)

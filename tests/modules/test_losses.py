@@ -44,5 +44,12 @@ def test_ce_is_the_papers_cross_entropy_and_ce_dice_adds_the_region_soft_dice() 
     expected = F.cross_entropy(logits, target).item() + 0.5 * (1 - np.mean(dices))
     got = SegmentationLoss(conv, "ce_dice", dice_weight=0.5)(logits, target)
     assert got.item() == pytest.approx(expected, rel=1e-5)
+    # region weights: a weighted mean of the regions' Dice losses (here the enhancing tumour three times)
+    weighted = SegmentationLoss(conv, "ce_dice", dice_weight=0.5, region_weights=[1, 1, 3])(logits, target)
+    mean = np.average([1 - d for d in dices], weights=[1, 1, 3])
+    assert weighted.item() == pytest.approx(F.cross_entropy(logits, target).item() + 0.5 * mean, rel=1e-5)
     with pytest.raises(ValueError, match="unknown loss"):
         SegmentationLoss(conv, "focal")
+    for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match="region_weights must be 3 weights"):
+            SegmentationLoss(conv, "ce_dice", region_weights=bad)
