@@ -49,7 +49,10 @@ class CVOptions:
         largest_only: also compare keeping only the largest tumour component.
         keep_within_mm: also compare keeping the largest component and every component within each of these
             distances (mm) of it (a multifocal tumour's satellites).
-        et_volumes_mm3: thresholds of the enhancing-to-necrosis rule compared.
+        et_volumes_mm3: thresholds of the enhancing-to-necrosis rule compared (and, with ``region_components``, of
+            the core's and the enhancing tumour's components).
+        region_components: also choose, after the whole tumour's, which components of the tumour core and of the
+            enhancing tumour are kept (by volume, and the largest with those within ``keep_within_mm`` of it).
         tune_max_cases: score the clean-ups on at most this many out-of-fold cases (spread over the folds).
         probabilities: also keep the out-of-fold class probabilities (float16) in ``oof/``.
         workers: processes scoring cases (``0``: this machine's cores).
@@ -73,6 +76,7 @@ class CVOptions:
     largest_only: bool = True
     keep_within_mm: tuple[float, ...] = (10.0, 20.0, 40.0)
     et_volumes_mm3: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
+    region_components: bool = True
     tune_max_cases: int = 300
     probabilities: bool = False
     workers: int = 0
@@ -202,6 +206,7 @@ _NOT_TRAINING = (
     "cv.et_volumes_mm3",
     "cv.largest_only",
     "cv.keep_within_mm",
+    "cv.region_components",
     "cv.tune_max_cases",
 )
 

@@ -34,13 +34,22 @@ from brats_lightning.inference.cleanup import (
     apply_cleanup,
     candidates,
     choose_cleanup,
-    choose_nested,
     et_rule_candidates,
+    region_rule_candidates,
 )
+from brats_lightning.inference.decision import region_classes
 from brats_lightning.inference.uncertainty import auroc, spearman
 from brats_lightning.stats import bootstrap, bootstrap_mean
 
-__all__ = ["VARIANTS", "aggregate", "cleanup_table", "site_table", "uncertainty_figures"]
+__all__ = [
+    "VARIANTS",
+    "aggregate",
+    "choose_stages",
+    "cleanup_stages",
+    "cleanup_table",
+    "site_table",
+    "uncertainty_figures",
+]
 
 log = logging.getLogger("brats_lightning.crossval")
 
@@ -167,52 +176,22 @@ def aggregate(
     if missing:
         raise FileNotFoundError(f"out-of-fold predictions missing for {missing[:5]} in {out / 'oof'}")
     tune = _tuning_subset(ids, fold_of, opts.tune_max_cases)
-    fold_arr = np.array([fold_of[c] for c in tune])
-    t0 = time.perf_counter()
-    comps = candidates(opts.min_volumes_mm3, opts.largest_only, opts.keep_within_mm)
-    jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, comps, REGIONS) for c in tune]
-    # (cases, candidates, Dice per region then lesion-wise Dice per region); the objective is their mean
-    figures_of_a = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
-    score_a = figures_of_a.mean(-1)
     n_folds = len(folds)
-    final_a, pick_a, figures_a = choose_nested(score_a, fold_arr)
-    et_figures: dict[int, np.ndarray] = {}
-    for a in sorted({final_a, *pick_a.values()}):
-        rules = et_rule_candidates(comps[a], opts.et_volumes_mm3)
-        jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, rules, ("et",)) for c in tune]
-        et_figures[a] = np.array(_pool_map(_candidate_scores, jobs, opts.workers))
-    et_scores = {a: f.mean(-1) for a, f in et_figures.items()}
-    final_b, figures_b = choose_cleanup(et_scores[final_a], fold_arr, np.ones(len(tune), bool))
-    final = et_rule_candidates(comps[final_a], opts.et_volumes_mm3)[final_b]
-    nested = {}
-    for k in range(n_folds):
-        b = choose_cleanup(et_scores[pick_a[k]], fold_arr, fold_arr != k)[0]
-        nested[k] = et_rule_candidates(comps[pick_a[k]], opts.et_volumes_mm3)[b]
+    t0 = time.perf_counter()
 
-    def table(options: list[dict], figures: dict[str, Any], per_case: np.ndarray, regions: tuple) -> list[dict]:
-        keys = ("gain", "sd", "se", "ci95_low", "ci95_high")
-        names = [f"dice_{r}" for r in regions] + [f"lesion_dice_{r}" for r in regions]
-        means = per_case.mean(0)  # (candidates, figures): each figure's mean over the cases, beside the gains
-        return [
-            {"option": o, **{k: figures[k][i] for k in keys}, **dict(zip(names, means[i].tolist()))}
-            for i, o in enumerate(options)
-        ]
+    def figures_of(options: list[dict], regions: tuple[str, ...]) -> np.ndarray:
+        """(cases, candidates, Dice per region then lesion-wise Dice per region) on the tuning cases."""
+        jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, options, regions) for c in tune]
+        return np.array(_pool_map(_candidate_scores, jobs, opts.workers))
 
-    tuning = {
-        "cases": len(tune),
-        "rule": figures_a["rule"],
-        "folds": figures_a["folds"],
-        **({"refused": figures_a["refused"]} if "refused" in figures_a else {}),
-        "components": table(comps, figures_a, figures_of_a, REGIONS),
-        "et_rule": table(
-            et_rule_candidates(comps[final_a], opts.et_volumes_mm3), figures_b, et_figures[final_a], ("et",)
-        ),
-        "final": final,
-        "nested": {str(k): v for k, v in nested.items()},
-        "seconds": time.perf_counter() - t0,
-    }
+    final, nested, tuning = choose_stages(
+        cleanup_stages(opts, conv), figures_of, np.array([fold_of[c] for c in tune]), n_folds
+    )
+    tuning = {"cases": len(tune), **tuning, "seconds": time.perf_counter() - t0}
     log.info("Clean-up chosen on %d out-of-fold cases: %s (nested per fold: %s)", len(tune), final, nested)
-    print(cleanup_table(tuning["components"]))
+    for stage in ("components", "tc", "et"):
+        if stage in tuning:
+            print(f"Clean-up, {STAGE_TITLES[stage]}:\n" + cleanup_table(tuning[stage], stage))
     segmentations = out / "cv" / "segmentations"
     segmentations.mkdir(parents=True, exist_ok=True)
     metric_jobs = [
@@ -385,25 +364,130 @@ def uncertainty_figures(
     return figures
 
 
-def cleanup_table(rows: list[dict]) -> str:
-    """Markdown: every clean-up compared, its mean Dice and lesion-wise Dice per region over the cases it was chosen
-    on, and its per-fold gain in their mean with its 95% interval (``cv/cleanup.json``'s ``components``)."""
+#: a clean-up stage: its name, the candidates given the options chosen so far (the first changes nothing), and the
+#: regions whose (Dice + lesion-wise Dice) / 2 choose it
+Stage = tuple[str, Callable[[dict], list[dict]], tuple[str, ...]]
 
-    def name(o: dict) -> str:
-        if o.get("largest_only"):
-            within = float(o.get("keep_within_mm") or 0)
-            return f"largest + within {within:g} mm" if within else "largest only"
-        volume = float(o.get("min_volume_mm3") or 0)
-        return f"components >= {volume:g} mm3" if volume else "none"
+#: the stages' names in the tables
+STAGE_TITLES = {
+    "components": "the whole tumour's components",
+    "tc": "the tumour core's components (removed ones become edema)",
+    "et": "the enhancing tumour's components (removed ones become necrosis)",
+    "et_rule": "the enhancing-to-necrosis rule",
+}
 
-    head = ["clean-up", *(f"Dice {r.upper()}" for r in REGIONS), *(f"lesion Dice {r.upper()}" for r in REGIONS)]
+
+def cleanup_stages(opts: CVOptions, convention: LabelConvention) -> list[Stage]:
+    """The clean-up's stages, chosen one after the other (each on the choice before): the whole tumour's
+    components (on every region), then with ``cv.region_components`` the core's (on the core and the enhancing
+    tumour) and the enhancing tumour's (on it), then the enhancing-to-necrosis rule (on the enhancing tumour)."""
+    comps = candidates(opts.min_volumes_mm3, opts.largest_only, opts.keep_within_mm)
+    stages: list[Stage] = [("components", lambda base: comps, REGIONS)]
+    try:
+        region_classes(convention)
+        nests = True
+    except ValueError:  # BRATS 2013's two core classes: a region's components cannot go one level down
+        nests = False
+    if opts.region_components and nests:
+        for region, scored in (("tc", ("tc", "et")), ("et", ("et",))):
+
+            def rules(base: dict, region: str = region) -> list[dict]:
+                return region_rule_candidates(base, region, opts.et_volumes_mm3, opts.keep_within_mm)
+
+            stages.append((region, rules, scored))
+    stages.append(("et_rule", lambda base: et_rule_candidates(base, opts.et_volumes_mm3), ("et",)))
+    return stages
+
+
+def choose_stages(
+    stages: list[Stage],
+    figures_of: Callable[[list[dict], tuple[str, ...]], np.ndarray],
+    folds: np.ndarray,
+    n_folds: int,
+) -> tuple[dict, dict[int, dict], dict[str, Any]]:
+    """Choose the clean-up stage by stage (:func:`~brats_lightning.inference.cleanup.choose_cleanup` on each
+    stage's regions), on all the cases (the final choice) and, nested, for each fold without its cases.
+
+    Args:
+        stages: :func:`cleanup_stages`.
+        figures_of: ``(options, regions) -> (cases, candidates, 2 * regions)`` figures of the tuning cases.
+        folds: ``(cases,)`` the fold of every tuning case.
+        n_folds: the folds.
+
+    Returns:
+        The final options, fold -> its nested options, and per stage the table of its candidates on the final
+        path (gains, intervals, Dice and lesion-wise Dice), with the rule and the number of folds.
+    """
+    from brats_lightning.inference.cleanup import NO_CLEANUP
+
+    final: dict = dict(NO_CLEANUP)
+    nested: dict[int, dict] = {k: dict(NO_CLEANUP) for k in range(n_folds)}
+    tuning: dict[str, Any] = {}
+    everyone = np.ones(len(folds), bool)
+    for name, make, regions in stages:
+        cache: dict[str, tuple[list[dict], np.ndarray]] = {}  # a path's candidates are scored once
+
+        def scored(
+            base: dict,
+            make: Callable[[dict], list[dict]] = make,
+            regions: tuple[str, ...] = regions,
+            cache: dict = cache,
+        ) -> tuple[list[dict], np.ndarray]:
+            key = json.dumps(base, sort_keys=True)
+            if key not in cache:
+                options = make(base)
+                cache[key] = (options, figures_of(options, regions))
+            return cache[key]
+
+        options, figures = scored(final)
+        index, stats = choose_cleanup(figures.mean(-1), folds, everyone)
+        tuning[name] = _stage_table(options, stats, figures, regions)
+        if "rule" not in tuning:
+            tuning |= {"rule": stats["rule"], "folds": stats["folds"]}
+            if "refused" in stats:
+                tuning["refused"] = stats["refused"]
+        final = options[index]
+        for k in range(n_folds):
+            options_k, figures_k = scored(nested[k])
+            nested[k] = options_k[choose_cleanup(figures_k.mean(-1), folds, folds != k)[0]]
+    tuning |= {"final": final, "nested": {str(k): v for k, v in nested.items()}}
+    return final, nested, tuning
+
+
+def _stage_table(options: list[dict], stats: dict[str, Any], per_case: np.ndarray, regions: tuple) -> list[dict]:
+    """A stage's candidates: each one's options, gain, sd, se and interval, and mean Dice and lesion-wise Dice."""
+    keys = ("gain", "sd", "se", "ci95_low", "ci95_high")
+    names = [f"dice_{r}" for r in regions] + [f"lesion_dice_{r}" for r in regions]
+    means = per_case.mean(0)  # (candidates, figures): each figure's mean over the cases, beside the gains
+    return [
+        {"option": o, **{k: stats[k][i] for k in keys}, **dict(zip(names, means[i].tolist()))}
+        for i, o in enumerate(options)
+    ]
+
+
+def _rule_name(rule: dict | None) -> str:
+    if not rule:
+        return "none"
+    if rule.get("largest_only"):
+        within = float(rule.get("keep_within_mm") or 0)
+        return f"largest + within {within:g} mm" if within else "largest only"
+    volume = float(rule.get("min_volume_mm3") or 0)
+    return f"components >= {volume:g} mm3" if volume else "none"
+
+
+def cleanup_table(rows: list[dict], stage: str = "components") -> str:
+    """Markdown: a stage's candidates (``cv/cleanup.json``), their mean Dice and lesion-wise Dice per region over the
+    cases they were chosen on, and their per-fold gain in the stage's objective with its 95% interval."""
+    regions = [r for r in REGIONS if f"dice_{r}" in rows[0]]
+    head = ["clean-up", *(f"Dice {r.upper()}" for r in regions), *(f"lesion Dice {r.upper()}" for r in regions)]
     head += ["gain", "95% interval (t, folds)"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for row in rows:
-        cells = [f"{row.get(f'dice_{r}', float('nan')):.3f}" for r in REGIONS]
-        cells += [f"{row.get(f'lesion_dice_{r}', float('nan')):.3f}" for r in REGIONS]
+        option = row["option"]
+        cells = [f"{row[f'dice_{r}']:.3f}" for r in regions] + [f"{row[f'lesion_dice_{r}']:.3f}" for r in regions]
         cells += [f"{row['gain']:+.4f}", f"[{row['ci95_low']:+.4f}, {row['ci95_high']:+.4f}]"]
-        lines.append(f"| {name(row['option'])} | " + " | ".join(cells) + " |")
+        label = _rule_name(option if stage == "components" else option.get(stage))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,10 @@ whose volume is below ``min_volume_mm3`` or which spans fewer than ``min_slices`
 (the satellites of a multifocal tumour). :class:`~brats_lightning.callbacks.postprocess.TunePostprocess` chooses
 among these rules on the validation cases.
 
+Per region (``tc``, ``et``: :class:`ComponentRule`), the same rules apply to the connected components of the
+tumour core and of the enhancing tumour, one level down the regions' nesting: a removed core component becomes
+edema, a removed enhancing component necrosis (so the whole tumour, or the core, keeps its voxels).
+
 :func:`apply_cleanup` adds the BraTS rule of Isensee et al. (BraTS 2018 and nnU-Net's BraTS entry):
 a case whose predicted enhancing tumour is smaller than ``et_min_volume_mm3`` has it relabelled
 necrosis (the challenge scores an empty enhancing prediction of a case without enhancing tumour as
@@ -33,6 +37,7 @@ from brats_lightning.stats import paired_difference
 
 __all__ = [
     "NO_CLEANUP",
+    "ComponentRule",
     "PostprocessOptions",
     "check_postprocess",
     "apply_cleanup",
@@ -44,17 +49,35 @@ __all__ = [
     "enhancing_to_necrosis",
     "et_rule_candidates",
     "is_noop",
+    "region_components",
+    "region_rule_candidates",
     "remove_small_components",
+    "removed_components",
 ]
 
 
+class ComponentRule(Strict):
+    """Which connected components of a region are kept (:func:`region_components`): those of at least
+    ``min_volume_mm3``, or with ``largest_only`` the largest and those within ``keep_within_mm`` of it."""
+
+    min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 0.0
+    largest_only: StrictBool = False
+    keep_within_mm: Annotated[Number, Field(ge=0, le=1000)] = 0.0
+
+
 class PostprocessOptions(Strict):
-    """Options of :func:`~brats_lightning.inference.cleanup.apply_cleanup` (Havaei et al. Sec. 4; the BraTS ET rule)."""
+    """Options of :func:`~brats_lightning.inference.cleanup.apply_cleanup` (Havaei et al. Sec. 4; the BraTS ET rule).
+
+    ``min_volume_mm3`` to ``keep_within_mm`` act on the whole tumour's components; ``tc`` and ``et`` on the core's
+    and the enhancing tumour's (``None``: none).
+    """
 
     min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 500.0
     min_slices: Annotated[Int, Field(ge=0, le=1000)] = 3
     largest_only: StrictBool = False
     keep_within_mm: Annotated[Number, Field(ge=0, le=1000)] = 0.0
+    tc: ComponentRule | None = None
+    et: ComponentRule | None = None
     et_min_volume_mm3: Annotated[Number, Field(ge=0, le=1e7)] = 0.0
 
 
@@ -94,10 +117,25 @@ def remove_small_components(
         A copy of ``classes`` without the removed components.
     """
     out = np.array(classes, copy=True)
-    tumour = out > 0
-    if not tumour.any():
-        return out
-    lab, n = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
+    out[removed_components(out > 0, spacing, min_volume_mm3, min_slices, axial_axis, largest_only, keep_within_mm)] = 0
+    return out
+
+
+def removed_components(
+    mask: np.ndarray,
+    spacing: Sequence[float],
+    min_volume_mm3: float,
+    min_slices: int = 0,
+    axial_axis: int = 2,
+    largest_only: bool = False,
+    keep_within_mm: float = 0.0,
+) -> np.ndarray:
+    """The voxels of ``mask``'s connected components (26-connectivity) that a rule removes: those under
+    ``min_volume_mm3`` or spanning fewer than ``min_slices`` axial slices, and with ``largest_only`` all but the
+    largest and those whose nearest voxel is within ``keep_within_mm`` of it."""
+    if not mask.any():
+        return np.zeros(mask.shape, bool)
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     voxel = float(np.prod(spacing))
     sizes = np.bincount(lab.ravel(), minlength=n + 1) * voxel
     objects = ndimage.find_objects(lab)
@@ -115,7 +153,34 @@ def remove_small_components(
             near[1:] = np.asarray(nearest) <= keep_within_mm
         remove[1:] |= ~near[1:]
         remove[keep] = False
-    out[remove[lab]] = 0
+    return remove[lab]
+
+
+def region_components(
+    classes: np.ndarray, convention: LabelConvention, region: str, rule: dict, spacing: Sequence[float]
+) -> np.ndarray:
+    """``classes`` with the components of ``region`` (``"tc"`` or ``"et"``) that ``rule`` removes
+    (:class:`ComponentRule`) relabelled one level down: a core component becomes edema, an enhancing one
+    necrosis. Returns ``classes`` itself when nothing changes.
+
+    Raises:
+        ValueError: the convention's regions do not nest one class deep (BRATS 2013).
+    """
+    from brats_lightning.inference.decision import region_classes
+
+    edema, necrosis, _ = region_classes(convention)
+    mask = convention.region_masks(classes)[region]
+    gone = removed_components(
+        mask,
+        spacing,
+        float(rule.get("min_volume_mm3", 0.0)),
+        largest_only=bool(rule.get("largest_only", False)),
+        keep_within_mm=float(rule.get("keep_within_mm", 0.0)),
+    )
+    if not gone.any():
+        return classes
+    out = np.array(classes, copy=True)
+    out[gone] = edema if region == "tc" else necrosis
     return out
 
 
@@ -151,9 +216,13 @@ def apply_cleanup(
         return classes
     opts = dict(options)
     et_min = float(opts.pop("et_min_volume_mm3", 0.0) or 0.0)
+    rules = {r: opts.pop(r, None) for r in ("tc", "et")}
     out = classes
     if opts.get("largest_only") or float(opts.get("min_volume_mm3", 500.0)) > 0 or int(opts.get("min_slices", 3)) > 1:
         out = remove_small_components(classes, spacing, **opts)
+    for region, rule in rules.items():
+        if rule:
+            out = region_components(out, convention, region, rule, spacing)
     return enhancing_to_necrosis(out, convention, spacing, et_min) if et_min > 0 else out
 
 
@@ -166,6 +235,8 @@ NO_CLEANUP: dict = {
     "min_slices": 0,
     "largest_only": False,
     "keep_within_mm": 0.0,
+    "tc": None,
+    "et": None,
     "et_min_volume_mm3": 0.0,
 }
 
@@ -204,6 +275,24 @@ def choose_within_tolerance(scores: Sequence[float], tolerance: float) -> int:
     """
     best = max(scores)
     return max(i for i, s in enumerate(scores) if s >= best - tolerance)
+
+
+def region_rule_candidates(
+    base: dict, region: str, min_volumes_mm3: Sequence[float], keep_within_mm: Sequence[float] = ()
+) -> list[dict]:
+    """``base`` with each rule for the components of ``region`` (``"tc"``, ``"et"``): none first, then each volume
+    threshold, the largest with the components within each distance of it (farthest first), the largest only.
+
+    Examples:
+        >>> [c["et"] for c in region_rule_candidates(NO_CLEANUP, "et", [100], [20])][:2]
+        [None, {'min_volume_mm3': 100.0, 'largest_only': False, 'keep_within_mm': 0.0}]
+    """
+    none = {"min_volume_mm3": 0.0, "largest_only": False, "keep_within_mm": 0.0}
+    rules: list[dict | None] = [None]
+    rules += [{**none, "min_volume_mm3": float(v)} for v in sorted(min_volumes_mm3)]
+    rules += [{**none, "largest_only": True, "keep_within_mm": float(d)} for d in sorted(keep_within_mm, reverse=True)]
+    rules.append({**none, "largest_only": True})
+    return [{**base, region: rule} for rule in rules]
 
 
 def et_rule_candidates(base: dict, et_volumes_mm3: Sequence[float]) -> list[dict]:

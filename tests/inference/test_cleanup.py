@@ -15,6 +15,8 @@ from brats_lightning.inference.cleanup import (
     enhancing_to_necrosis,
     et_rule_candidates,
     is_noop,
+    region_components,
+    region_rule_candidates,
     remove_small_components,
 )
 
@@ -62,6 +64,8 @@ def test_the_candidates_start_with_no_clean_up_and_the_et_rule_is_the_brats_rule
         "min_slices": 0,
         "largest_only": False,
         "keep_within_mm": 0.0,
+        "tc": None,
+        "et": None,
         "et_min_volume_mm3": 0.0,
     }
     assert [c["min_volume_mm3"] for c in comps[1:3]] == [100.0, 500.0] and comps[-1]["largest_only"]
@@ -97,6 +101,8 @@ def test_the_strongest_clean_up_within_the_tolerance_is_chosen() -> None:
         "min_slices": 0,
         "largest_only": False,
         "keep_within_mm": 0.0,
+        "tc": None,
+        "et": None,
         "et_min_volume_mm3": 0.0,
     }
     assert candidates([500, 100], largest_only=True) == [
@@ -157,3 +163,31 @@ def test_satellites_within_the_distance_of_the_largest_component_are_kept() -> N
         apply_cleanup(classes, spacing, get_convention("brats2017"), {**options, "keep_within_mm": 10.0})[25, 11, 11]
         == 3
     )
+
+
+def test_a_region_s_removed_components_go_one_level_down() -> None:
+    conv = get_convention("brats2017")
+    edema, necrosis, et = 2, 1, 3  # internal classes of brats2017 (labels 2, 1, 4)
+    classes = np.zeros((50, 30, 30), np.uint8)
+    classes[5:25, 5:25, 5:25] = edema
+    classes[8:18, 8:18, 8:18] = et  # the main enhancing tumour
+    classes[20:22, 8:10, 8:10] = et  # an enhancing satellite 2 voxels away (8 voxels)
+    classes[40:44, 10:14, 10:14] = necrosis  # a separate core lesion (64 voxels), far away
+    spacing = (1.0, 1.0, 1.0)
+    # enhancing components under 10 mm3 become necrosis: the satellite, inside the core, the tumour unchanged
+    out = region_components(classes, conv, "et", {"min_volume_mm3": 10.0}, spacing)
+    assert (out[20:22, 8:10, 8:10] == necrosis).all() and (out[8:18, 8:18, 8:18] == et).all()
+    assert (conv.region_masks(out)["wt"] == conv.region_masks(classes)["wt"]).all()
+    # the largest core component with what lies within 5 mm: the far core lesion becomes edema, the satellite stays
+    out = region_components(classes, conv, "tc", {"largest_only": True, "keep_within_mm": 5.0}, spacing)
+    assert (out[40:44, 10:14, 10:14] == edema).all() and (out[20:22, 8:10, 8:10] == et).all()
+    # through apply_cleanup, the whole-tumour step first, then the regions' rules, then the ET volume rule
+    options = {"min_volume_mm3": 0.0, "min_slices": 0, "et": {"min_volume_mm3": 10.0, "largest_only": False}}
+    np.testing.assert_array_equal(
+        apply_cleanup(classes, spacing, conv, options),
+        region_components(classes, conv, "et", {"min_volume_mm3": 10.0}, spacing),
+    )
+    rules = region_rule_candidates({"min_volume_mm3": 0.0}, "et", [50, 10], [20])
+    assert [r["et"] for r in rules][0] is None and rules[1]["et"]["min_volume_mm3"] == 10.0
+    assert rules[-1]["et"] == {"min_volume_mm3": 0.0, "largest_only": True, "keep_within_mm": 0.0}
+    assert not is_noop(rules[1]) and all(r["min_volume_mm3"] == 0.0 for r in rules)
