@@ -79,6 +79,7 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
         "data_config": {"convention": model.convention.name, **data_config},
         "inference_batch_size": model.inference_batch_size,
         "decision": model.decision,
+        "et_threshold": model.et_threshold,
         "input": "zero-padded slices (N, C, H, W) float32, RAS: axis -2 = x (left-right)",
         "output": "class probabilities of every output pixel (N, K, H', W')",
     }

@@ -32,6 +32,7 @@ Stage = tuple[str, Callable[[dict], list[dict]], tuple[str, ...]]
 
 #: the stages' names in the tables
 STAGE_TITLES = {
+    "et_threshold": "the enhancing tumour's probability threshold (the decision)",
     "components": "the whole tumour's components",
     "tc": "the tumour core's components (removed ones become edema)",
     "et": "the enhancing tumour's components (removed ones become necrosis)",
@@ -44,7 +45,11 @@ def cleanup_stages(opts: CVOptions, convention: LabelConvention) -> list[Stage]:
     components (on every region), then with ``cv.region_components`` the core's (on the core and the enhancing
     tumour) and the enhancing tumour's (on it), then the enhancing-to-necrosis rule (on the enhancing tumour)."""
     comps = candidates(opts.min_volumes_mm3, opts.largest_only, opts.keep_within_mm)
-    stages: list[Stage] = [("components", lambda base: comps, REGIONS)]
+    stages: list[Stage] = []
+    if opts.et_thresholds:
+        thresholds: list[float | None] = [None, *sorted((float(t) for t in opts.et_thresholds), reverse=True)]
+        stages.append(("et_threshold", lambda base: [{**base, "et_threshold": t} for t in thresholds], ("tc", "et")))
+    stages.append(("components", lambda base: [{**base, **c} for c in comps], REGIONS))
     try:
         region_classes(convention)
         nests = True
@@ -146,6 +151,12 @@ def cleanup_table(rows: list[dict], stage: str = "components") -> str:
         option = row["option"]
         cells = [f"{row[f'dice_{r}']:.3f}" for r in regions] + [f"{row[f'lesion_dice_{r}']:.3f}" for r in regions]
         cells += [f"{row['gain']:+.4f}", f"[{row['ci95_low']:+.4f}, {row['ci95_high']:+.4f}]"]
-        label = _rule_name(option if stage == "components" else option.get(stage))
+        if stage == "et_threshold":
+            t = option.get("et_threshold")
+            label = "the decision rule alone" if t is None else f"enhancing where p >= {t:g}"
+        elif stage == "et_rule":
+            label = f"enhancing under {float(option.get('et_min_volume_mm3') or 0):g} mm3 -> necrosis"
+        else:
+            label = _rule_name(option if stage == "components" else option.get(stage))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

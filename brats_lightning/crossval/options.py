@@ -51,6 +51,9 @@ class CVOptions:
             distances (mm) of it (a multifocal tumour's satellites).
         et_volumes_mm3: thresholds of the enhancing-to-necrosis rule compared (and, with ``region_components``, of
             the core's and the enhancing tumour's components).
+        et_thresholds: enhancing-tumour probability thresholds compared as the first stage of the choice (a voxel of
+            the decided tumour whose enhancing probability reaches one is enhancing; needs ``probabilities``);
+            empty: the decision rule alone.
         region_components: also choose, after the whole tumour's, which components of the tumour core and of the
             enhancing tumour are kept (by volume, and the largest with those within ``keep_within_mm`` of it).
         tune_max_cases: score the clean-ups on at most this many out-of-fold cases (spread over the folds).
@@ -77,6 +80,7 @@ class CVOptions:
     keep_within_mm: tuple[float, ...] = (10.0, 20.0, 40.0)
     et_volumes_mm3: tuple[float, ...] = (50.0, 100.0, 200.0, 500.0, 1000.0)
     region_components: bool = True
+    et_thresholds: tuple[float, ...] = ()
     tune_max_cases: int = 300
     probabilities: bool = False
     workers: int = 0
@@ -106,6 +110,13 @@ class CVOptions:
             raise ConfigError("cv.min_volumes_mm3 and cv.et_volumes_mm3 must be positive volumes")
         if any(not 0 < float(v) <= 1000 for v in out.keep_within_mm):
             raise ConfigError(f"cv.keep_within_mm must be distances in mm in (0, 1000], got {list(out.keep_within_mm)}")
+        if any(not 0.0 < float(t) < 1.0 for t in out.et_thresholds):
+            raise ConfigError(f"cv.et_thresholds must be probabilities in (0, 1), got {list(out.et_thresholds)}")
+        if out.et_thresholds and not out.probabilities:
+            raise ConfigError(
+                "cv.et_thresholds are chosen on the out-of-fold probabilities: set cv.probabilities=true (or "
+                "cv.et_thresholds=[])"
+            )
         if out.final not in FINAL_PREDICTORS:
             raise ConfigError(f"cv.final must be one of {list(FINAL_PREDICTORS)}, got {out.final!r}")
         if not float(out.min_fold_minutes) > 0:
@@ -207,6 +218,7 @@ _NOT_TRAINING = (
     "cv.largest_only",
     "cv.keep_within_mm",
     "cv.region_components",
+    "cv.et_thresholds",
     "cv.tune_max_cases",
 )
 

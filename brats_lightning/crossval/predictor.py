@@ -41,23 +41,27 @@ def predictor_description(final: str, n_folds: int, n_cases: int) -> str:
 
 
 def write_predictor(out: Path, final: str, n_folds: int, n_cases: int, cleanup: dict, flips: list[str]) -> None:
-    """Store the final clean-up and flips in the shipped checkpoints (``cv.final``: the model trained on all the
-    cases, or every fold's), and list them in ``predictor.json``."""
+    """Store the final clean-up, flips and enhancing-tumour threshold (``cleanup["et_threshold"]``, when chosen) in the
+    shipped checkpoints (``cv.final``: the model trained on all the cases, or every fold's), and list them in
+    ``predictor.json``."""
 
     if final == "all":
         paths = [out / FINAL_CHECKPOINT]
     else:
         paths = [out / f"fold_{k}" / "checkpoints" / "last.ckpt" for k in range(n_folds)]
+    et_threshold = cleanup.get("et_threshold")
+    post = {k: v for k, v in cleanup.items() if k != "et_threshold"}
     for p in paths:
         ckpt = read_checkpoint(p)
-        ckpt["postprocess"], ckpt["tta_flips"] = dict(cleanup), list(flips)
+        ckpt["postprocess"], ckpt["tta_flips"], ckpt["et_threshold"] = post, list(flips), et_threshold
         with atomic_path(p) as tmp:
             torch.save(ckpt, tmp)
     doc = {
         "what": f"the final predictor of a cross-validation run: {predictor_description(final, n_folds, n_cases)}",
         "final": final,
         "checkpoints": [str(p.relative_to(out)) for p in paths],
-        "postprocess": cleanup,
+        "et_threshold": et_threshold,
+        "postprocess": post,
         "tta_flips": flips,
     }
     write_text_atomic(out / PREDICTOR_FILE, json.dumps(doc, indent=1) + "\n")

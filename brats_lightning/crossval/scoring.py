@@ -15,6 +15,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from brats_lightning.crossval.choice import STAGE_TITLES, choose_stages, cleanup_stages, cleanup_table
@@ -32,6 +33,7 @@ from brats_lightning.evaluation.metrics import dice, region_metrics
 from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
 from brats_lightning.files import atomic_path, write_csv_atomic, write_text_atomic
 from brats_lightning.inference.cleanup import apply_cleanup
+from brats_lightning.inference.decision import decide
 from brats_lightning.inference.uncertainty import auroc, spearman
 from brats_lightning.stats import bootstrap, bootstrap_mean
 
@@ -40,10 +42,28 @@ __all__ = ["VARIANTS", "aggregate", "site_table", "uncertainty_figures"]
 log = logging.getLogger("brats_lightning.crossval")
 
 
-def _load_case(oof: Path, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A case's out-of-fold classes and its label, ``(X, Y, Z)`` in the brain's box (the cache's crop)."""
+#: a choice's keys that decide the classes from the probabilities (the rest is the clean-up)
+DECISION_KEYS = ("et_threshold",)
+
+
+def cleanup_part(option: dict) -> dict:
+    """The clean-up of a chosen option (:func:`~brats_lightning.inference.cleanup.apply_cleanup`'s options)."""
+    return {k: v for k, v in option.items() if k not in DECISION_KEYS}
+
+
+def _load_case(
+    oof: Path, folder: Path, decision: tuple[LabelConvention, str] | None = None, et_threshold: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A case's out-of-fold classes and its label, ``(X, Y, Z)`` in the brain's box (the cache's crop); with an
+    ``et_threshold``, the classes decided again from the saved probabilities (``decision``: convention and rule)."""
     with np.load(oof) as z:
-        classes = z["classes"]
+        if et_threshold is None:
+            classes = z["classes"]
+        else:
+            if "probabilities" not in z.files or decision is None:
+                raise FileNotFoundError(f"{oof}: no probabilities to decide the enhancing tumour again from")
+            probs = torch.from_numpy(z["probabilities"].astype(np.float32))
+            classes = decide(probs, decision[0], decision[1], et_threshold).to(torch.uint8).numpy()
     label = np.load(folder / "label.npy", mmap_mode="r")
     return np.ascontiguousarray(classes.transpose(1, 2, 0)), np.ascontiguousarray(label.transpose(1, 2, 0))
 
@@ -61,18 +81,27 @@ def _figures(
 def _candidate_scores(job: tuple) -> list[list[float]]:
     """Figures of the candidates of one case (a worker's job): per candidate, :func:`_figures`."""
 
-    oof, folder, spacing, convention, candidates, regions = job
-    pred, gt = _load_case(oof, folder)
-    return [_figures(apply_cleanup(pred, spacing, convention, c), gt, convention, spacing, regions) for c in candidates]
+    oof, folder, spacing, convention, candidates, regions, rule = job
+    decided: dict[float | None, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for c in candidates:
+        t = c.get("et_threshold")
+        if t not in decided:
+            decided[t] = _load_case(oof, folder, (convention, rule), t)
+        pred, gt = decided[t]
+        out.append(
+            _figures(apply_cleanup(pred, spacing, convention, cleanup_part(c)), gt, convention, spacing, regions)
+        )
+    return out
 
 
 def _case_metrics(job: tuple) -> list[dict]:
     """Every metric of every region of one case on its full grid, after its clean-up (a worker's job); the
     cleaned segmentation written in the case's own grid and label values when ``write`` is a path."""
 
-    case_id, oof, folder, spacing, box, ras_shape, convention, options, label_file, write = job
-    pred, gt = _load_case(oof, folder)
-    pred = apply_cleanup(pred, spacing, convention, options)
+    case_id, oof, folder, spacing, box, ras_shape, convention, options, label_file, write, rule = job
+    pred, gt = _load_case(oof, folder, (convention, rule), options.get("et_threshold"))
+    pred = apply_cleanup(pred, spacing, convention, cleanup_part(options))
     p, g = uncrop(pred, box, ras_shape), uncrop(gt, box, ras_shape)
     if write is not None:
         _, affine, header = read_label(label_file)
@@ -165,9 +194,11 @@ def aggregate(
     n_folds = len(folds)
     t0 = time.perf_counter()
 
+    rule = "regions" if cfg.model.get("outputs") == "regions" else "argmax"  # how the OOF classes were decided
+
     def figures_of(options: list[dict], regions: tuple[str, ...]) -> np.ndarray:
         """(cases, candidates, Dice per region then lesion-wise Dice per region) on the tuning cases."""
-        jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, options, regions) for c in tune]
+        jobs = [(oof[c], cases[c].folder, cases[c].spacing, conv, options, regions, rule) for c in tune]
         return np.array(_pool_map(_candidate_scores, jobs, opts.workers))
 
     final, nested, tuning = choose_stages(
@@ -175,14 +206,14 @@ def aggregate(
     )
     tuning = {"cases": len(tune), **tuning, "seconds": time.perf_counter() - t0}
     log.info("Clean-up chosen on %d out-of-fold cases: %s (nested per fold: %s)", len(tune), final, nested)
-    for stage in ("components", "tc", "et"):
+    for stage in ("et_threshold", "components", "tc", "et"):
         if stage in tuning:
             print(f"Clean-up, {STAGE_TITLES[stage]}:\n" + cleanup_table(tuning[stage], stage))
     segmentations = out / "cv" / "segmentations"
     segmentations.mkdir(parents=True, exist_ok=True)
     metric_jobs = [
         (c, oof[c], cases[c].folder, cases[c].spacing, cases[c].box, cases[c].ras_shape, conv, nested[fold_of[c]],
-         cases[c].meta["sources"]["label"][0], segmentations / f"{c}.nii.gz")
+         cases[c].meta["sources"]["label"][0], segmentations / f"{c}.nii.gz", rule)
         for c in ids
     ]  # fmt: skip
     rows = [row for case_rows in _pool_map(_case_metrics, metric_jobs, opts.workers) for row in case_rows]

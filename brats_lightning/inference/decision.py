@@ -10,7 +10,7 @@ import torch
 
 from brats_lightning.data.labels import LabelConvention
 
-__all__ = ["DECISIONS", "decide", "region_chain", "region_classes"]
+__all__ = ["DECISIONS", "check_et_threshold", "decide", "region_chain", "region_classes"]
 
 #: how a class map is decided from class probabilities: ``argmax`` (the papers) or ``regions``
 DECISIONS: tuple[str, ...] = ("argmax", "regions")
@@ -52,13 +52,38 @@ def region_chain(logits: torch.Tensor, convention: LabelConvention) -> torch.Ten
     return out
 
 
-def decide(probs: torch.Tensor, convention: LabelConvention, rule: str = "argmax") -> torch.Tensor:
+def check_et_threshold(value: object, source: str) -> float | None:
+    """A stored enhancing-tumour threshold: ``None`` or a probability in ``(0, 1)``.
+
+    Raises:
+        ValueError: naming ``source`` and the value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError(f"{source}: et_threshold must be a probability in (0, 1) or null, got {value!r}")
+    return float(value)
+
+
+def decide(
+    probs: torch.Tensor, convention: LabelConvention, rule: str = "argmax", et_threshold: float | None = None
+) -> torch.Tensor:
     """The class map of class probabilities ``(N, K, ...)`` (classes on dim 1).
 
     ``argmax``: the most probable class (the papers). ``regions``: the region probabilities (sums of
     class probabilities) thresholded at 0.5 from the innermost out: enhancing where ``q_et > 0.5``,
     else necrosis where ``q_tc > 0.5``, else edema where ``q_wt > 0.5`` (nnU-Net's BraTS rule).
+    ``et_threshold``: then also enhancing every voxel of the decided tumour whose enhancing probability reaches
+    it (a lower bar for the enhancing tumour, chosen out of fold by ``experiment=real_fast``).
     """
+    out = _decide(probs, convention, rule)
+    if et_threshold is None:
+        return out
+    _, _, et = region_classes(convention)
+    return torch.where((out != 0) & (probs[:, et] >= et_threshold), torch.full_like(out, et), out)
+
+
+def _decide(probs: torch.Tensor, convention: LabelConvention, rule: str) -> torch.Tensor:
     if rule == "argmax":
         return probs.argmax(1)
     if rule != "regions":

@@ -67,21 +67,27 @@ def stored_settings(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     """What a checkpoint stores besides its weights, validated (:mod:`brats_lightning.schema`).
 
     Returns:
-        ``data_config`` (``{}`` when the checkpoint has none), ``postprocess`` (``None``: none) and
-        ``tta_flips``, as plain values.
+        ``data_config`` (``{}`` when the checkpoint has none), ``postprocess`` (``None``: none),
+        ``tta_flips`` and ``et_threshold`` (``None``: none), as plain values.
 
     Raises:
         CheckpointError: a value of the wrong type or range, or an unknown key; names ``path``.
     """
     from brats_lightning.data.options import check_data_config
     from brats_lightning.inference.cleanup import check_postprocess
+    from brats_lightning.inference.decision import check_et_threshold
     from brats_lightning.inference.flips import check_flips
 
     raw = ckpt.get("data_config")
+    try:
+        et_threshold = check_et_threshold(ckpt.get("et_threshold"), str(path))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
     return {
         "data_config": check_data_config(raw, path) if raw is not None else {},
         "postprocess": check_postprocess(ckpt.get("postprocess"), path),
         "tta_flips": check_flips(ckpt.get("tta_flips"), f"{path} (tta_flips)"),
+        "et_threshold": et_threshold,
     }
 
 

@@ -51,6 +51,7 @@ class ExportSidecar(Strict):
     data_config: DataConfig
     inference_batch_size: Annotated[Int, Field(ge=1, le=4096)] = 4
     decision: Literal["argmax", "regions"] = "argmax"
+    et_threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
     input: Annotated[str, Field(max_length=500)] = ""
     output: Annotated[str, Field(max_length=500)] = ""
 
@@ -90,6 +91,7 @@ class OnnxModule(SegmentationModule, register=False):
         )
         self.tta_flips = list(meta["tta_flips"])
         self.decision = meta["decision"]
+        self.et_threshold = meta["et_threshold"]
         try:
             import onnxruntime as ort
         except ImportError as e:

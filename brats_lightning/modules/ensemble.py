@@ -62,6 +62,7 @@ class EnsembleModule(SegmentationModule, register=False):
         self.members = nn.ModuleList(members)
         self.flips = tuple(tuple(f) for f in flips)
         self.decision = first.decision
+        self.et_threshold = first.et_threshold
 
     def _members(self) -> list[SegmentationModule]:
         return [m for m in self.members if isinstance(m, SegmentationModule)]

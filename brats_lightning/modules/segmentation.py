@@ -13,9 +13,10 @@ import torch
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
+from brats_lightning.errors import CheckpointError
 from brats_lightning.evaluation.metrics import dice_torch, region_metrics
 from brats_lightning.inference.cleanup import apply_cleanup
-from brats_lightning.inference.decision import decide
+from brats_lightning.inference.decision import check_et_threshold, decide
 from brats_lightning.inference.flips import flip_average, tta_flips
 from brats_lightning.inference.volume import InputPadding, predict_padded, predict_volume
 from brats_lightning.seeding import stream_seed, training_epoch
@@ -90,6 +91,8 @@ class SegmentationModule(pl.LightningModule):
         self.tta_flips: list[str] = []
         #: how class maps are decided from class probabilities (:func:`~brats_lightning.inference.decision.decide`)
         self.decision = "argmax"
+        #: the enhancing tumour's probability threshold of the decision (``None``: the rule alone); kept in checkpoints
+        self.et_threshold: float | None = None
         #: run the net through ``torch.compile`` (inductor) in training and inference (``model.compile``)
         self.use_compile = False
 
@@ -152,6 +155,10 @@ class SegmentationModule(pl.LightningModule):
             post = checkpoint["postprocess"]
             self.postprocess = dict(post) if post else None
         self.tta_flips = list(checkpoint.get("tta_flips") or [])
+        try:
+            self.et_threshold = check_et_threshold(checkpoint.get("et_threshold"), "the checkpoint")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The global random stream (dropout) is reseeded from (seed, epoch, batch, rank) at every step:
@@ -168,6 +175,7 @@ class SegmentationModule(pl.LightningModule):
         checkpoint["val_history"] = list(self.val_history)
         checkpoint["postprocess"] = dict(self.postprocess) if self.postprocess else None
         checkpoint["tta_flips"] = list(self.tta_flips)
+        checkpoint["et_threshold"] = self.et_threshold
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if isinstance(dm, SegmentationData):
             checkpoint["data_config"] = dm.describe()
@@ -184,8 +192,8 @@ class SegmentationModule(pl.LightningModule):
         return predict_volume(fn, batch["image"], self.inference_batch_size, batch.get("mask"), context)
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
-        """The class map of ``(N, K, ...)`` class probabilities, by :attr:`decision`."""
-        return decide(probs, self.convention, self.decision)
+        """The class map of ``(N, K, ...)`` class probabilities, by :attr:`decision` and :attr:`et_threshold`."""
+        return decide(probs, self.convention, self.decision, self.et_threshold)
 
     def clean_up(self, pred: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
         """The ``(Z, X, Y)`` class map after :attr:`postprocess` (itself when there is none)."""

@@ -62,6 +62,8 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_a_final_pr
         "cv.raw_weights=true",
         "callbacks.ema={_target_:pytorch_lightning.callbacks.EMAWeightAveraging,decay:0.99}",
         "cv.uncertainty=true",
+        "cv.probabilities=true",
+        "cv.et_thresholds=[0.3]",
         "cv.missing_modalities=[t1]",
         "logger=none",
         f"hydra.run.dir={run}",
@@ -106,6 +108,10 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_a_final_pr
     # the clean-up: chosen per fold without the fold's cases, and the final choice in every fold model
     cleanup = json.loads((run / "cv" / "cleanup.json").read_text())
     assert set(cleanup["nested"]) == {"0", "1"} and cleanup["cases"] == len(cases)
+    # the enhancing tumour's threshold chosen first (from the saved probabilities), then the clean-up's stages
+    assert [r["option"]["et_threshold"] for r in cleanup["et_threshold"]] == [None, 0.3]
+    assert {"et_threshold", "components", "tc", "et", "et_rule"} <= set(cleanup)
+    assert cleanup["et_threshold"][0]["dice_et"] == pytest.approx(metrics["cv_flips/dice_et"], abs=1e-6)
     # lesion-wise figures beside Dice for every clean-up compared; "none" is the flipped segmentations' Dice
     none = cleanup["components"][0]
     assert none["option"]["largest_only"] is False and 0 <= none["lesion_dice_et"] <= 1
@@ -113,7 +119,9 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_a_final_pr
         assert none[f"dice_{region}"] == pytest.approx(metrics[f"cv_flips/dice_{region}"], abs=1e-6)
     # the shipped predictor (cv.final=all): one model of the recipe trained on every case, with the final choices
     final = read_checkpoint(run / "final" / "checkpoints" / "last.ckpt")
-    assert final["postprocess"] == cleanup["final"] and final["tta_flips"] == ["lr"]
+    chosen = dict(cleanup["final"])
+    assert final["et_threshold"] == chosen.pop("et_threshold")
+    assert final["postprocess"] == chosen and final["tta_flips"] == ["lr"]
     assert metrics["final/steps"] > 0 and json.loads((run / "predictor.json").read_text())["final"] == "all"
     # the held-out cases chose nothing: the shipped predictor's test, under test/
     assert {"test/dice_wt", "test/dice_mean"} <= set(metrics) and (run / "test" / "per_case.csv").is_file()

@@ -74,6 +74,9 @@ def test_bad_checkpoints_are_named_and_explained(tmp_path: Path, trained_ckpt: P
         ("data_config.preprocess.clip_percentiles", [99, 1], r"the low percentile must be below the high one"),
         ("tta_flips", "lr", r"\(tta_flips\): tta_flips: Input should be a valid list"),
         ("postprocess", {"min_slices": "3"}, r"\(postprocess\): min_slices: Input should be a valid integer"),
+        ("postprocess", {"et": {"largest_only": 1}}, r"\(postprocess\): et.largest_only: Input should be a valid bool"),
+        ("et_threshold", 1.5, r": et_threshold must be a probability in \(0, 1\) or null, got 1.5"),
+        ("et_threshold", "0.3", r": et_threshold must be a probability in \(0, 1\) or null, got '0.3'"),
         ("hyper_parameters._instantiator", "os.system", r"hyper-parameters name a Lightning _instantiator"),
     ],
 )
