@@ -226,11 +226,14 @@ _NOT_TRAINING = (
 def training_config(cfg: Any) -> dict[str, Any]:
     """The flattened options of a composed config that decide what a fold trains and segments (model, data,
     trainer, callbacks, seed, budget, ``cv``), without those that only say where files go, how many workers run, or
-    which clean-ups are compared at the end."""
+    which clean-ups are compared at the end. Paths inside the run folder are written relative to it (``<run>/...``),
+    so that a run folder moved or copied elsewhere still resumes in place."""
     plain = {
         k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
         for k, v in ((k, cfg.get(k)) for k in _TRAINING)
     }
+    paths = cfg.get("paths") if hasattr(cfg, "get") else None
+    run_dir = str(paths.get("output_dir") or "") if paths is not None else ""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -240,6 +243,8 @@ def training_config(cfg: Any) -> dict[str, Any]:
         else:
             key = prefix[:-1]
             if not key.startswith(_NOT_TRAINING):
+                if run_dir and isinstance(node, str) and node.startswith(run_dir):
+                    node = "<run>" + node[len(run_dir) :]
                 flat[key] = node
 
     walk(plain, "")

@@ -47,10 +47,15 @@ def test_the_training_fingerprint_follows_what_a_fold_keeps_and_nothing_else() -
     from brats_lightning.crossval.options import fingerprint, training_config
 
     def of(*overrides: str) -> str:
-        return fingerprint(training_config(compose(["experiment=real_fast", "data.root=/data", *overrides])))
+        cfg = compose(["experiment=real_fast", "data.root=/data", "paths.output_dir=/runs/a", *overrides])
+        return fingerprint(training_config(cfg))
 
     base = of()
-    for same in ("data.cache_dir=/elsewhere", "cv.workers=1", "cv.min_volumes_mm3=[50]", "data.num_workers=0"):
+    # (a run folder moved or copied: its paths follow it)
+    moved = "paths.output_dir=/elsewhere/b"
+    for same in ("data.cache_dir=/elsewhere", "cv.workers=1", "cv.min_volumes_mm3=[50]", "data.num_workers=0", moved):
         assert of(same) == base, same
+    for region in ("cv.keep_within_mm=[5]", "cv.region_components=false", "cv.et_thresholds=[0.3]"):
+        assert of(region, "cv.probabilities=true") == of("cv.probabilities=true"), region
     for other in ("model.lr=0.01", "seed=1", "cv.tta_flips=[lr]", "data.tumour_fraction=0.1", "budget_minutes=30"):
         assert of(other) != base, other
