@@ -148,6 +148,12 @@ def _fold_means(values: dict[str, list[float]], fold_of: dict[str, int], prefix:
     return out
 
 
+def _one_thread() -> None:
+    """A scoring worker's torch runs on one thread: a forked child must not enter the parent's OpenMP thread pool
+    (it hangs there; PyTorch's DataLoader workers do the same)."""
+    torch.set_num_threads(1)
+
+
 def _pool_map(fn: Callable[[tuple], Any], jobs: list[tuple], workers: int) -> list[Any]:
 
     workers = min(len(jobs), workers or available_cores())
@@ -156,7 +162,7 @@ def _pool_map(fn: Callable[[tuple], Any], jobs: list[tuple], workers: int) -> li
 
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
         return list(pool.map(fn, jobs))
 
 
