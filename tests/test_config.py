@@ -269,6 +269,9 @@ BASELINE = {
     "data.augment_options": {},
     "callbacks.budget_schedule.floor": 0.01,
     "callbacks.ema.decay": 0.99,
+    "model.width": 1.0,  # the ablation measures at Shen et al.'s width (real_fast itself runs at half width)
+    "model.region_weights": [1.0, 1.0, 1.0],
+    "data.preprocess.histogram": False,
 }
 
 
@@ -291,6 +294,8 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "context": BASELINE | {"data.context_slices": 1, "data.in_channels": 24},
     "narrow": BASELINE | {"model.width": 0.5},
     "dynunet": BASELINE | {"model.arch": "dynunet", "model.levels": 5},
+    "et_weight": BASELINE | {"model.region_weights": [1.0, 1.0, 2.0]},
+    "histogram": BASELINE | {"data.preprocess.histogram": True, "data.augment_options": {"intensity": True}},
     "all": BASELINE
     | {
         "model.arch": "unet",
