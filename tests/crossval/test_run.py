@@ -222,6 +222,20 @@ class MemoriseModule(FCNModule):
         return torch.nn.functional.one_hot(label, self.convention.num_classes).permute(0, 3, 1, 2).float()
 
 
+def _tiny_real_fast(synthetic_root: Path, cache_dir: Path) -> list[str]:
+    """experiment=real_fast on the tiny synthetic data: 3 folds, quarter width, no loader workers."""
+    return [
+        "experiment=real_fast",
+        f"data.root={synthetic_root}",
+        f"paths.cache_dir={cache_dir}",
+        "data.crop_size=[48,56]",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.num_folds=3",
+        "model.width=0.25",
+    ]
+
+
 def test_fold_models_never_see_the_cases_they_score(
     tmp_path: Path, synthetic_root: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -245,14 +259,7 @@ def test_fold_models_never_see_the_cases_they_score(
     run = tmp_path / "run"
     run_main(
         train_main,
-        "experiment=real_fast",
-        f"data.root={synthetic_root}",
-        f"paths.cache_dir={cache_dir}",
-        "data.crop_size=[48,56]",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "data.num_folds=3",
-        "model.width=0.25",
+        *_tiny_real_fast(synthetic_root, cache_dir),
         f"model._target_={MemoriseModule.__module__}.MemoriseModule",
         "cv.fold_minutes=0.05",
         "cv.tta_flips=[]",
@@ -281,14 +288,7 @@ def test_the_fold_models_ensemble_is_shipped_when_asked(tmp_path: Path, syntheti
     run = tmp_path / "run"
     run_main(
         train_main,
-        "experiment=real_fast",
-        f"data.root={synthetic_root}",
-        f"paths.cache_dir={cache_dir}",
-        "data.crop_size=[48,56]",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "data.num_folds=3",
-        "model.width=0.25",
+        *_tiny_real_fast(synthetic_root, cache_dir),
         "cv.final=ensemble",
         "cv.fold_minutes=0.03",
         "cv.tta_flips=[]",

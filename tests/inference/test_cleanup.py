@@ -20,6 +20,17 @@ from brats_lightning.inference.cleanup import (
     remove_small_components,
 )
 
+#: the clean-up that changes nothing, written out (not imported: the test checks what the module declares)
+NONE = {
+    "min_volume_mm3": 0.0,
+    "min_slices": 0,
+    "largest_only": False,
+    "keep_within_mm": 0.0,
+    "tc": None,
+    "et": None,
+    "et_min_volume_mm3": 0.0,
+}
+
 
 def test_removes_small_and_flat_blobs_keeps_the_tumour() -> None:
     seg = np.zeros((40, 40, 30), np.uint8)
@@ -59,15 +70,7 @@ def test_a_clean_up_is_chosen_only_when_it_beats_none_by_more_than_the_folds_spr
 
 def test_the_candidates_start_with_no_clean_up_and_the_et_rule_is_the_brats_rule() -> None:
     comps = candidates([500, 100], largest_only=True)
-    assert comps[0] == {
-        "min_volume_mm3": 0.0,
-        "min_slices": 0,
-        "largest_only": False,
-        "keep_within_mm": 0.0,
-        "tc": None,
-        "et": None,
-        "et_min_volume_mm3": 0.0,
-    }
+    assert comps[0] == NONE
     assert [c["min_volume_mm3"] for c in comps[1:3]] == [100.0, 500.0] and comps[-1]["largest_only"]
     rules = et_rule_candidates(comps[1], [200])
     assert [r["et_min_volume_mm3"] for r in rules] == [0.0, 200.0] and rules[1]["min_volume_mm3"] == 100.0
@@ -96,15 +99,7 @@ def test_largest_only_keeps_the_largest_component() -> None:
 def test_the_strongest_clean_up_within_the_tolerance_is_chosen() -> None:
     assert choose_within_tolerance([0.80, 0.85, 0.849, 0.70], tolerance=0.002) == 2
     assert choose_within_tolerance([0.80, 0.85, 0.847, 0.70], tolerance=0.002) == 1
-    none = {
-        "min_volume_mm3": 0.0,
-        "min_slices": 0,
-        "largest_only": False,
-        "keep_within_mm": 0.0,
-        "tc": None,
-        "et": None,
-        "et_min_volume_mm3": 0.0,
-    }
+    none = NONE
     assert candidates([500, 100], largest_only=True) == [
         none,
         {**none, "min_volume_mm3": 100.0, "min_slices": 1},
