@@ -48,6 +48,7 @@ __all__ = [
     "region_metrics",
     "sensitivity",
     "specificity",
+    "volume_diff_ml",
 ]
 
 #: Diagonal of the 240x240x155 BraTS volume at 1 mm isotropic spacing, in mm (373.128...).
@@ -353,6 +354,19 @@ register_metric(Metric("hd95", "HD95 (mm)", failure=HD95_EMPTY_PENALTY, decimals
 register_metric(Metric("sensitivity", "Sensitivity", failure=0.0))(lambda p, g, spacing: sensitivity(p, g))
 register_metric(Metric("specificity", "Specificity", failure=1.0))(lambda p, g, spacing: specificity(p, g))
 register_metric(Metric("ppv", "PPV", failure=0.0))(lambda p, g, spacing: ppv(p, g))
+
+
+@register_metric(Metric("volume_diff_ml", "Volume difference (ml)", failure=float("nan"), decimals=1))
+def volume_diff_ml(pred: np.ndarray, gt: np.ndarray, spacing: tuple[float, ...]) -> float:
+    """Predicted minus true volume of the region in ml: below 0 the region is under-segmented.
+
+    Dice cannot tell under- from over-segmentation; the signed volume error can (the enhancing tumour's
+    mean below 0 is the under-segmentation of an unfamiliar scanner). It is undefined (``nan``, left out
+    of the means) for a missing prediction, whose predicted volume is unknown rather than zero.
+    """
+    return float((int(np.count_nonzero(pred)) - int(np.count_nonzero(gt))) * float(np.prod(spacing)) / 1000.0)
+
+
 # lesion-wise (lesions.py: which official definition each follows); a missing prediction scores as
 # the official package's missing cases: no lesion found, HD95 374
 register_metric(

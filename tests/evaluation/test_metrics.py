@@ -4,6 +4,7 @@ another way.
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -164,21 +165,39 @@ def test_region_metrics_keys_and_values() -> None:
     p = _random_mask(rng, (8, 8, 8), 0.3)
     g = _random_mask(rng, (8, 8, 8), 0.3)
     out = M.region_metrics(p, g, spacing=(1.0, 2.0, 0.5))
-    assert set(out) == {"dice", "hd95", "sensitivity", "specificity", "ppv"}
+    assert set(out) == {"dice", "hd95", "sensitivity", "specificity", "ppv", "volume_diff_ml"}
     assert out["dice"] == M.dice(p, g)
     assert out["hd95"] == M.hd95(p, g, (1.0, 2.0, 0.5))
     assert out["sensitivity"] == M.sensitivity(p, g)
     assert out["specificity"] == M.specificity(p, g)
     assert out["ppv"] == M.ppv(p, g)
     no_hd = M.region_metrics(p, g, include_hd95=False)
-    assert set(no_hd) == {"dice", "sensitivity", "specificity", "ppv"}
+    assert set(no_hd) == {"dice", "sensitivity", "specificity", "ppv", "volume_diff_ml"}
     assert M.region_metrics(EMPTY, EMPTY) == {
         "dice": 1.0,
         "hd95": 0.0,
         "sensitivity": 1.0,
         "specificity": 1.0,
         "ppv": 1.0,
+        "volume_diff_ml": 0.0,
     }
+
+
+def test_the_volume_difference_is_signed_and_in_ml() -> None:
+    """Against the volumes nibabel's header gives (voxel volume = |det(affine)|): an under-segmented region is
+    negative, an over-segmented one positive, and a missing prediction is left out of the means (not 0)."""
+    affine = np.diag([1.5, 2.0, 0.8, 1.0])
+    gt = np.zeros((10, 10, 10), np.uint8)
+    gt[2:8, 2:8, 2:8] = 1
+    img = nib.Nifti1Image(gt, affine)
+    voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+    under, over = gt.copy(), gt.copy()
+    under[2:4] = 0  # 72 voxels fewer
+    over[8:10, 2:8, 2:8] = 1  # 72 voxels more
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+    assert M.region_metrics(under, gt, spacing)["volume_diff_ml"] == pytest.approx(-72 * voxel_ml)
+    assert M.region_metrics(over, gt, spacing)["volume_diff_ml"] == pytest.approx(72 * voxel_ml)
+    assert np.isnan(M.failure_scores(["volume_diff_ml"])["volume_diff_ml"])
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -79,7 +79,9 @@ def test_registered_metric_reaches_evaluate_outputs(tmp_path: Path, toy_metric: 
     assert summary["metrics"]["wt"][toy_metric]["mean"] == pytest.approx(expected_wt)
     assert summary["metrics"]["et"][toy_metric]["mean"] == pytest.approx(27 * 2.0 / 1000.0)
     rows = list(csv.DictReader((tmp_path / "out" / "per_case.csv").open()))
-    assert list(rows[0]) == ["case", "region", "dice", "sensitivity", "specificity", "ppv", toy_metric]
+    columns = ["case", "region", "dice", "sensitivity", "specificity", "ppv", "volume_diff_ml", toy_metric]
+    assert list(rows[0]) == columns
+    assert float(rows[0]["volume_diff_ml"]) == pytest.approx(72 * 2.0 / 1000.0)  # WT over-segmented by 72 voxels
     assert float(rows[0][toy_metric]) == pytest.approx(expected_wt)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"]["wt"][toy_metric]["n"] == 1
     assert "| Predicted volume (ml) | 0.6 ± 0.0 |" in (tmp_path / "out" / "summary.md").read_text()
@@ -88,3 +90,5 @@ def test_registered_metric_reaches_evaluate_outputs(tmp_path: Path, toy_metric: 
     summary = evaluate_dirs(pred_dir, gt_dir, tmp_path / "out2", hd95=False, lesion_wise=False)
     assert summary["missing"] == ["case2"]
     assert summary["metrics"]["wt"][toy_metric]["median"] == pytest.approx(expected_wt / 2)
+    # the volume difference of a missing prediction is unknown: left out, not counted as 0
+    assert summary["metrics"]["wt"]["volume_diff_ml"]["n"] == 1
