@@ -163,6 +163,13 @@ class BratsDataModule(pl.LightningDataModule):
         if self.root is None and generate:
             self._write_synthetic()
         cases = discover_cases(self.dataset_root, self.layout, self.modalities, self.files)
+        excluded = set(self.options.exclude)
+        if excluded:
+            unknown = sorted(excluded - {c.case_id for c in cases})
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+                raise DataError(f"data.exclude names {len(unknown)} case(s) that {self.dataset_root} lacks: {shown}")
+            cases = [c for c in cases if c.case_id not in excluded]
         if self.max_cases is not None:
             cases = cases[: self.max_cases]
         unlabelled = [c for c in cases if c.label is None]

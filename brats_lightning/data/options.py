@@ -32,6 +32,8 @@ FileKey = Literal["flair", "t1", "t1c", "t2", "label", "mask"]
 Modalities = Annotated[list[Name], Field(strict=False, min_length=1, max_length=4)]
 Files = dict[FileKey, Annotated[str, Field(max_length=512)]]
 Path_ = Annotated[str, Field(max_length=4096)]
+#: a case id as layouts find it: its folder's name
+CaseId = Annotated[str, Field(min_length=1, max_length=255)]
 Shape = Annotated[tuple[Annotated[Int, Field(ge=16, le=1024)], ...], Field(strict=False, min_length=3, max_length=3)]
 
 
@@ -98,6 +100,8 @@ class DataOptions(Strict):
             2017-2019 ids), a regular expression with one group, or a CSV ``case,group``.
         split: ``stratified`` (every fold and the test set hold every site in proportion) or ``site`` (one fold
             per site: leave-one-site-out; ``num_folds`` is then the number of sites).
+        exclude: case ids left out of the data set before the split (e.g. cases known to be mislabelled, or
+            kept for a later test); an id the data set lacks is an error, so that a typo leaves nothing in.
         max_cases: use only the first ``max_cases`` cases (quick runs).
         crop_size: in-plane ``(X, Y)`` training size (Shen et al.: 144 x 192).
         batch_size: training slices (or patches) per batch.
@@ -139,6 +143,7 @@ class DataOptions(Strict):
     fold: Annotated[Int, Field(ge=-1, le=99)] = 0
     groups: Path_ | None = "auto"
     split: Literal["stratified", "site"] = "stratified"
+    exclude: Annotated[list[CaseId], Field(strict=False, max_length=100_000)] = []
     max_cases: Annotated[Int, Field(ge=1)] | None = None
     crop_size: Annotated[
         tuple[Annotated[Int, Field(ge=1, le=4096)], ...], Field(strict=False, min_length=2, max_length=2)

@@ -139,3 +139,23 @@ def test_prepared_and_split_folders_say_what_produced_them(tmp_path, synthetic_r
     dm2.setup()
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert [c.case_id for c in dm2.test_cases] == [c.case_id for c in dm.test_cases]
+
+
+def test_excluded_cases_are_in_no_split_and_an_unknown_id_is_named(cache_dir, synthetic_root) -> None:
+    """``data.exclude`` (CONTRIBUTING's "Add a data option" recipe): the cases named are gone before the split,
+    the others all there; a name the data set lacks (a typo) is an error naming it, not a silent no-op."""
+    from brats_lightning.errors import DataError
+
+    kwargs = {"root": str(synthetic_root), "cache_dir": str(cache_dir), "crop_size": (48, 56), "num_folds": 2}
+    every = [c.case_id for c in BratsDataModule(**kwargs).discover()]
+    gone = every[1::3]
+    dm = BratsDataModule(exclude=gone, **kwargs)
+    assert [c.case_id for c in dm.discover()] == [c for c in every if c not in gone]
+    dm.prepare_data()
+    dm.setup()
+    kept = [c.case_id for c in dm.train_cases + dm.val_cases + dm.test_cases]
+    assert sorted(kept) == sorted(set(every) - set(gone))
+    with pytest.raises(DataError, match=r"data.exclude names 1 case\(s\) that .* lacks: case_typo"):
+        BratsDataModule(exclude=[every[0], "case_typo"], **kwargs).discover()
+    with pytest.raises(ConfigError, match="data.exclude"):
+        BratsDataModule(exclude="case_000", **kwargs)
