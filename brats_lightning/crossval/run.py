@@ -28,6 +28,8 @@ cross-validation over all the cases (nnU-Net's practice, Isensee et al. 2021):
    final clean-up and flips, so ``predict ckpt_path=<run>`` uses it as it is.
    With ``data.test_fraction > 0`` it is also tested on the held-out cases, which chose nothing
    (``test/...`` in ``metrics.json``, ``<run>/test/``).
+7. **A model card**, ``<run>/MODEL_CARD.md`` (:mod:`brats_lightning.crossval.card`): the cases and sites it learnt
+   from, the figures with their intervals, the budget, the choices, the machine, intended use and known limits.
 
 Running the same command again with ``hydra.run.dir=<run>`` resumes a killed run in place: finished
 folds are kept, an interrupted fold resumes from its ``last.ckpt``, and the budget already spent
@@ -48,6 +50,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from brats_lightning.callbacks.wandb_run import log_cross_validation
 from brats_lightning.config import check_budget, register_resolvers
+from brats_lightning.crossval.card import write_model_card
 from brats_lightning.crossval.oof import inference_seconds, predict_out_of_fold
 from brats_lightning.crossval.options import (
     DEFAULT_INFERENCE_S,
@@ -61,6 +64,8 @@ from brats_lightning.crossval.predictor import FINAL_CHECKPOINT, held_out_test
 from brats_lightning.crossval.scoring import aggregate
 from brats_lightning.errors import ConfigError
 from brats_lightning.files import write_text_atomic
+from brats_lightning.load.runs import PREDICTOR_FILE
+from brats_lightning.schema import read_json
 
 __all__ = ["run_cross_validation"]
 
@@ -184,6 +189,10 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     figures["time/cv_s"] = state.spent_s
     figures["time/total_s"] = time.perf_counter() - t_all
     write_text_atomic(out / "metrics.json", json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    predictor = read_json(out / PREDICTOR_FILE, "predictor description")
+    predictor = predictor if isinstance(predictor, dict) else {}
+    card = write_model_card(out, cfg, figures, groups, folds, state.folds, predictor)
+    log.info("Model card: %s", card)
 
     # with logger=wandb: the figures as the summary of one W&B run for the whole cross-validation, in the folds' group
     log_cross_validation(cfg, figures)

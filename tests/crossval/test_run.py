@@ -15,6 +15,7 @@ import torch
 
 from brats_lightning import predict
 from brats_lightning.config import compose
+from brats_lightning.crossval.card import cleanup_words
 from brats_lightning.crossval.run import _fold_config, check_fold_callbacks, run_cross_validation
 from brats_lightning.data.cache import load_prepared
 from brats_lightning.data.datasets import SliceDataset
@@ -127,6 +128,16 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_a_final_pr
     assert {"test/dice_wt", "test/dice_mean"} <= set(metrics) and (run / "test" / "per_case.csv").is_file()
     test_cases = {r["case"] for r in csv.DictReader((run / "test" / "per_case.csv").open())}
     assert test_cases and not test_cases & set(cases)
+    # the model card: the run's own cases, sites, figures with intervals, choices and versions
+    card = (run / "MODEL_CARD.md").read_text()
+    sites = {r["site"] for r in folds_csv.values()}
+    assert f"{len(cases)} labelled cases from `{synthetic_root}`" in card
+    assert all(f"{c} ({folds_csv[c]['site']})" in card for c in cases) and not any(c in card for c in test_cases)
+    assert f"in {len(sites)} site(s)" in card and "stratified by site" in card and "leave-one-site-out" in card
+    assert (run / "cv" / "intervals.md").read_text().strip() in card
+    assert f"ET {metrics['test/dice_et']:.3f} [" in card  # the held-out test, with its interval
+    assert f"clean-up: {cleanup_words(final['postprocess'])};" in card and f"torch {torch.__version__}" in card
+    assert f"fold 1: {int(metrics['cv/fold1/steps']):,} steps" in card
     # within the budget: 0.5 minutes after data preparation (each fold its share, at least 3 s)
     assert metrics["time/cv_s"] < 0.5 * 60 + 20
     # predict ckpt_path=<run>: the model trained on every case, with the final clean-up and flips
