@@ -182,7 +182,16 @@ class CVState:
         if self.split_hash != split_hash:
             what = "another split of the cases" if self.split_hash else "a version that recorded no split"
         elif self.config_hash != config_hash:
-            differ = sorted(k for k in {*self.config, *config} if self.config.get(k) != config.get(k))
+            # an option added to the package since the run started, at a value that changes nothing, is no difference
+            absent = object()
+            differ = sorted(
+                k
+                for k in {*self.config, *config}
+                if self.config.get(k, absent) != config.get(k, absent)
+                and not (self.config and (k not in self.config or k not in config) and _neutral(config.get(k, absent)))
+            )
+            if self.config and not differ:
+                return
             what = f"other training options ({', '.join(differ[:5]) or 'unrecorded'})"
         else:
             return
@@ -249,6 +258,11 @@ def training_config(cfg: Any) -> dict[str, Any]:
 
     walk(plain, "")
     return flat
+
+
+def _neutral(value: Any) -> bool:
+    """Whether an option's value is one that changes nothing (off, empty or unset)."""
+    return value is None or value is False or value == [] or value == {}
 
 
 def fingerprint(doc: Any) -> str:

@@ -59,3 +59,27 @@ def test_the_training_fingerprint_follows_what_a_fold_keeps_and_nothing_else() -
         assert of(region, "cv.probabilities=true") == of("cv.probabilities=true"), region
     for other in ("model.lr=0.01", "seed=1", "cv.tta_flips=[lr]", "data.tumour_fraction=0.1", "budget_minutes=30"):
         assert of(other) != base, other
+
+
+def test_a_run_from_before_an_option_was_added_resumes_unless_the_option_is_used(tmp_path: Path) -> None:
+    """A run recorded before ``data.exclude`` existed: resuming with the option at its neutral value (``[]``) is the
+    same training; with cases excluded it is not, and the refusal names the option."""
+    from brats_lightning.config import compose
+    from brats_lightning.crossval.options import CVState, fingerprint, training_config
+    from brats_lightning.errors import ConfigError
+
+    def config(*overrides: str) -> dict:
+        return training_config(compose(["experiment=real_fast", "data.root=/data", *overrides]))
+
+    old = {k: v for k, v in config().items() if k != "data.exclude"}  # what an older version recorded
+    state = CVState(tmp_path / "cv_state.json", folds={"0": {"done": True}}, split_hash="s")
+    state.config, state.config_hash = old, fingerprint(old)
+    now = config()
+    assert now["data.exclude"] == [] and fingerprint(now) != state.config_hash
+    state.check_resumable("s", fingerprint(now), now)  # resumes
+    excluded = config("data.exclude=[Brats18_2013_3_1]")
+    with pytest.raises(ConfigError, match=r"trained with other training options \(data.exclude\)"):
+        state.check_resumable("s", fingerprint(excluded), excluded)
+    lr = config("model.lr=0.01")
+    with pytest.raises(ConfigError, match=r"other training options \(.*model.lr"):
+        state.check_resumable("s", fingerprint(lr), lr)
