@@ -1,6 +1,7 @@
 """The report of a sweep: ``python -m brats_lightning.sweep <sweep folder> [--top K] [--study NAME]`` prints the
-best trials (objective, parameters, job folder) and each parameter's importance, and writes
-``optuna_report.png`` (the objective per trial, the best so far, the importances) into the folder. The study is
+best trials (objective, parameters, job folder) and each parameter's importance (Optuna's fANOVA), and writes
+Optuna's plots into the folder: ``optuna_report.png`` (the objective per trial, the best so far) and
+``optuna_importances.png``. The study is
 read as data: nothing named in it is imported or called. ``--reestimate`` trains the best trial's options again with
 another seed: the best figure of a sweep is selected, so optimistic.
 """
@@ -11,15 +12,23 @@ import argparse
 import math
 import re
 import sqlite3
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
 from brats_lightning.errors import ConfigError, cli
 from brats_lightning.files import atomic_path, write_text_atomic
-from brats_lightning.sweep.study import DB_NAME, JOB_ATTR, OBJECTIVE_ATTR, REPORT_PNG, require_sweep_extra
+from brats_lightning.sweep.study import (
+    DB_NAME,
+    IMPORTANCE_PNG,
+    JOB_ATTR,
+    OBJECTIVE_ATTR,
+    REPORT_PNG,
+    require_sweep_extra,
+)
 
 __all__ = ["main", "open_study", "param_importances", "reestimate", "report"]
 
@@ -54,10 +63,10 @@ def open_study(folder: Path, study_name: str | None = None) -> Any:
 
 
 def param_importances(study: Any) -> tuple[dict[str, float], str]:
-    """Each parameter's importance for the objective (Optuna's mean decrease in impurity), and a note.
+    """Each parameter's importance for the objective (Optuna's own fANOVA evaluator, its default), and a note.
 
     At least 2 complete trials with different objective values are needed; otherwise the importances are
-    empty and the note says why. (Optuna 2's default fANOVA evaluator fails with NumPy 2.)
+    empty and the note says why.
     """
     import optuna
     from optuna.trial import TrialState
@@ -67,13 +76,12 @@ def param_importances(study: Any) -> tuple[dict[str, float], str]:
         return {}, f"parameter importances need at least 2 complete trials ({len(done)} so far)"
     if len({t.value for t in done}) < 2:
         return {}, f"parameter importances need different objective values (all {len(done)} trials: {done[0].value:g})"
-    evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
     try:
-        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        found = optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError) as e:
         return {}, f"parameter importances: {e}"
     return {str(k): float(v) for k, v in found.items()}, (
-        f"parameter importances over {len(done)} complete trials (mean decrease in impurity of a random forest)"
+        f"parameter importances over {len(done)} complete trials (Optuna's fANOVA evaluator)"
     )
 
 
@@ -92,44 +100,40 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _plot(study: Any, objective: str, importances: dict[str, float], note: str, path: Path) -> Path:
-    """Objective per trial with the best so far, and the importances, as a PNG (Agg canvas, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-    from optuna.trial import TrialState
+def _plots(study: Any, objective: str, importances: dict[str, float], folder: Path) -> list[Path]:
+    """Optuna's own matplotlib plots of the study: the objective per trial with the best so far
+    (``optuna_report.png``) and, when they can be computed, the parameters' importances (``optuna_importances.png``).
+    """
+    import matplotlib
 
-    maximize = study.direction.name == "MAXIMIZE"
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax, bx = fig.subplots(1, 2, width_ratios=[3, 2])
-    if done:
-        x = [t.number for t in done]
-        y = [float(t.value) for t in done]
-        best = [max(y[: i + 1]) if maximize else min(y[: i + 1]) for i in range(len(y))]
-        ax.scatter(x, y, s=22, color="tab:blue", label="trial", zorder=3)
-        ax.step(x, best, where="post", color="tab:red", label="best so far")
-        ax.legend(loc="best")
-    failed = [t.number for t in study.get_trials(deepcopy=False) if t.state != TrialState.COMPLETE]
-    for number in failed:
-        ax.axvline(number, color="0.8", lw=0.8, zorder=1)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial (grey: failed or unfinished)" if failed else "trial")
-    ax.set_ylabel(objective)
-    ax.set_title(f"{study.study_name}: {len(done)} complete trials ({'max' if maximize else 'min'}imised)")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as optuna_plots
+
+    written = []
+    plots: list[tuple[str, Callable[[Any], Any]]] = [(REPORT_PNG, optuna_plots.plot_optimization_history)]
     if importances:
-        names = list(importances)[::-1]
-        bx.barh(names, [importances[n] for n in names], color="tab:green")
-        bx.set_xlabel("importance")
-        bx.set_title("parameter importances")
-    else:
-        bx.axis("off")
-        bx.text(0.5, 0.5, note, ha="center", va="center", wrap=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path
+        plots.append((IMPORTANCE_PNG, optuna_plots.plot_param_importances))
+    for name, plot in plots:
+        with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            ax = plot(study)
+        if name == REPORT_PNG:
+            ax.set_ylabel(objective)
+            ax.set_title(f"{study.study_name}: {objective} per trial ({study.direction.name.lower()})")
+        else:
+            ax.set_title(f"{study.study_name}: importance for {objective} (fANOVA)")
+        fig = cast(Figure, ax.figure)
+        fig.set_size_inches(8, 4.5)
+        fig.tight_layout()
+        path = folder / name
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def report(folder: Path, top: int = 5, study_name: str | None = None) -> str:
@@ -172,8 +176,7 @@ def report(folder: Path, top: int = 5, study_name: str | None = None) -> str:
     importances, note = param_importances(study)
     lines.append(note[:1].upper() + note[1:] + (":" if importances else ""))
     lines += [f"  {name:<32} {value:.3f}" for name, value in importances.items()]
-    png = _plot(study, objective, importances, note, folder / REPORT_PNG)
-    lines.append(f"Plot: {png}")
+    lines.append("Plots (Optuna's): " + ", ".join(str(p) for p in _plots(study, objective, importances, folder)))
     return "\n".join(lines)
 
 
@@ -249,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m brats_lightning.sweep",
         description="Best trials and parameter importances of a hyper-parameter search (hparams_search=...), "
-        f"and {REPORT_PNG} in its folder.",
+        f"and Optuna's plots ({REPORT_PNG}, {IMPORTANCE_PNG}) in its folder.",
     )
     parser.add_argument("folder", type=Path, help="the sweep folder (outputs/<task>/sweeps/<study>)")
     parser.add_argument("--top", type=int, default=5, help="best trials shown (default 5)")

@@ -1,7 +1,8 @@
 """Resumable hyper-parameter search (``hparams_search=<name>``) and its report.
 
-``python -m brats_lightning hparams_search=synthetic_example`` runs an Optuna study (TPE) through Hydra's
-Optuna sweeper plugin (the ``sweep`` extra: ``pip install -c constraints.txt -e ".[sweep]"``). The study is
+``python -m brats_lightning hparams_search=synthetic_example`` runs an Optuna study (TPE) through this package's
+Hydra sweeper (:mod:`brats_lightning.sweep.optuna_impl`: Hydra's public ``Sweeper`` API, Optuna's ask-and-tell; the
+``sweep`` extra: ``pip install -c constraints.txt -e ".[sweep]"``). The study is
 an SQLite file in the sweep folder, ``outputs/<task>/sweeps/<study_name>/optuna.db``, beside one folder per
 trial named by its job number (``0``, ``1``, ...). Running the same command again continues a sweep that was
 killed or stopped (:func:`resume_study`):
@@ -56,7 +57,10 @@ EXTRA_INSTALL = 'pip install -c constraints.txt -e ".[sweep]"'
 #: the study file in a sweep folder, and the report's figure beside it
 DB_NAME = "optuna.db"
 REPORT_PNG = "optuna_report.png"
+IMPORTANCE_PNG = "optuna_importances.png"
 LOCK_NAME = ".sweep.lock"
+#: the oldest Optuna the sweeper is tested with
+MIN_OPTUNA = 5
 #: user attributes the sweeper writes: the study's command-line overrides and objective, each trial's job number
 OVERRIDES_ATTR = "overrides"
 OBJECTIVE_ATTR = "objective"
@@ -81,11 +85,7 @@ def require_sweep_extra(what: str = "hparams_search") -> None:
     # Optuna's schema migrations (alembic) log every plugin they load at INFO when imported: Hydra would show it
     logging.getLogger("alembic").setLevel(logging.WARNING)
     missing = []
-    for module, package in (
-        ("optuna", "optuna"),
-        ("hydra_plugins.hydra_optuna_sweeper", "hydra-optuna-sweeper"),
-        ("sqlalchemy", "SQLAlchemy"),
-    ):
+    for module, package in (("optuna", "optuna"), ("sqlalchemy", "SQLAlchemy")):
         try:
             importlib.import_module(module)
         except ImportError:
@@ -95,12 +95,10 @@ def require_sweep_extra(what: str = "hparams_search") -> None:
             f"{what} needs {' and '.join(missing)} (the 'sweep' extra), which is not installed: {EXTRA_INSTALL}"
         )
     import optuna
-    import sqlalchemy
 
-    if _major(optuna.__version__) < 3 and _major(sqlalchemy.__version__) >= 2:
+    if _major(optuna.__version__) < MIN_OPTUNA:
         raise MissingExtraError(
-            f"optuna {optuna.__version__} cannot store studies with SQLAlchemy {sqlalchemy.__version__} (it needs "
-            f"SQLAlchemy<2): {EXTRA_INSTALL}"
+            f"{what} needs optuna>={MIN_OPTUNA}, found {optuna.__version__} (the 'sweep' extra): {EXTRA_INSTALL}"
         )
 
 
@@ -187,7 +185,10 @@ def resume_study(
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
-        study_name=study_name, storage=storage, directions=list(directions), load_if_exists=True
+        study_name=study_name,
+        storage=storage,
+        directions=[optuna.study.StudyDirection[str(d).upper()] for d in directions],
+        load_if_exists=True,
     )
     attrs = study.user_attrs
     overrides = sorted(str(o) for o in overrides)
@@ -211,10 +212,7 @@ def resume_study(
     for number in stale:
         trial_id = backend.get_trial_id_from_study_id_trial_number(study_id, number)
         backend.set_trial_user_attr(trial_id, "failed", "still running when its sweep was resumed (killed)")
-        if hasattr(backend, "set_trial_state_values"):  # optuna >= 3
-            backend.set_trial_state_values(trial_id, TrialState.FAIL)
-        else:
-            backend.set_trial_state(trial_id, TrialState.FAIL)
+        backend.set_trial_state_values(trial_id, TrialState.FAIL)
     jobs = [t.user_attrs[JOB_ATTR] for t in trials if isinstance(t.user_attrs.get(JOB_ATTR), int)]
     next_job = max([len(trials), *(j + 1 for j in jobs), *(j + 1 for j in existing_jobs(sweep_dir))])
     complete = sum(t.state == TrialState.COMPLETE for t in trials)

@@ -16,11 +16,11 @@ from omegaconf import DictConfig
 
 
 class ResumableOptunaSweeper(Sweeper):
-    """Optuna's sweeper of hydra-optuna-sweeper, continued by the same command after a kill.
+    """An Optuna search over Hydra's launcher, continued by the same command after a kill.
 
     Args:
-        **config: the fields of ``hydra.sweeper`` (the plugin's: sampler, direction, storage, study_name,
-            n_trials, n_jobs, max_failure_rate, search_space, custom_search_space, params).
+        **config: the fields of ``hydra.sweeper`` (sampler, direction, storage, study_name, n_trials, n_jobs,
+            max_failure_rate, params: :class:`~brats_lightning.sweep.optuna_impl.ResumableOptunaSweeperImpl`).
     """
 
     def __init__(self, **config: Any) -> None:

@@ -144,6 +144,10 @@ def test_a_killed_sweep_continues_to_its_trials_with_the_same_command(tmp_path: 
     assert "Parameter importances over 4 complete trials" in report.stdout
     assert "model.lr" in report.stdout and "data.tumour_fraction" in report.stdout
     assert (sweep / "optuna_report.png").stat().st_size > 10_000
+    assert (sweep / "optuna_importances.png").stat().st_size > 10_000
+    # the sweep's own summary of its best trial
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(best.value) and results["best_params"] == best.params
     # the best figure is labelled as selected, and --reestimate trains the best trial's options with another seed
     assert f"The best val/best_dice_mean ({best.value:.4f}, trial {best.number}) is selected" in report.stdout
     selected, fresh, out = reestimate(sweep)
