@@ -23,7 +23,9 @@ def test_export_main_writes_the_model_and_what_it_expects(tmp_path: Path, traine
     from tests.helpers import run_main
 
     run_main(export.main, f"ckpt_path={trained_ckpt}", f"out={tmp_path / 'm.onnx'}", f"hydra.run.dir={tmp_path}")
-    meta = json.loads((tmp_path / "m.json").read_text())
+    from brats_lightning.load.onnx import read_metadata
+
+    meta = read_metadata(tmp_path / "m.onnx")  # in the model's own metadata
     _, data_config = load_model(trained_ckpt)
     assert meta["data_config"] == json.loads(json.dumps(data_config)) and meta["in_channels"] == 8
     assert meta["input_padding"] == {"divisor": 4, "before": 0, "after": 0} and meta["convention"] == "brats2017"
@@ -132,3 +134,46 @@ def test_evaluate_main_scores_a_perfect_and_an_imperfect_prediction(tmp_path: Pa
     assert float(rows[b.case_id, "et"]["dice"]) == 0.0
     assert float(rows[b.case_id, "et"]["hd95"]) == pytest.approx(373.13, abs=0.01)
     assert "relabelled" in (out / "summary.md").read_text()
+
+
+def test_one_command_runs_every_command_and_lists_them(tmp_path: Path, two_cases: Path) -> None:
+    """``brats-lightning <command>``: ``--help`` lists the nine commands, an unknown one is one line (exit 2), and
+    a command run through it writes what its ``python -m`` form writes."""
+    import subprocess
+    import sys
+
+    from brats_lightning.cli import COMMANDS, command_arguments
+    from brats_lightning.cli import main as cli_main
+    from tests.helpers import run_argv
+
+    names = ["train", "crossval", "predict", "evaluate", "report", "prepare", "export", "sweep", "synthesize"]
+    assert list(COMMANDS) == names
+    script = Path(sys.executable).parent / "brats-lightning"  # the console script pip installed
+    shown = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0
+    for name in names:
+        assert any(line.startswith(f"  {name} ") for line in shown.stdout.splitlines()), name
+    bad = run_argv(cli_main, "trian")
+    assert bad.code == 2 and bad.err.strip().splitlines() == [
+        f"error: unknown command 'trian'; expected one of {', '.join(names)} (brats-lightning --help)"
+    ]
+    assert run_argv(cli_main).code == 2  # no command: the list, exit 2
+    # crossval is real_fast unless another experiment is named
+    assert command_arguments(COMMANDS["crossval"], ["data.root=x"]) == ["experiment=real_fast", "data.root=x"]
+    assert command_arguments(COMMANDS["crossval"], ["experiment=mine"]) == ["experiment=mine"]
+    # an argparse command and a Hydra command through it, against their python -m forms' outputs
+    synth = run_argv(cli_main, "synthesize", str(tmp_path / "syn"), "--n-cases", "2", "--shape", "32", "40", "24",
+                     "--no-progress")  # fmt: skip
+    assert synth.code == 0 and len(discover_cases(tmp_path / "syn")) == 2
+    labels = tmp_path / "labels"
+    for case in discover_cases(two_cases):
+        labels.mkdir(exist_ok=True)
+        shutil.copy(case.label, labels / f"{case.case_id}.nii.gz")
+    hydra_quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none", f"hydra.run.dir={tmp_path / 'h'}"]
+    assert (
+        cli_main(["evaluate", f"pred_dir={labels}", f"gt_dir={two_cases}", f"out_dir={tmp_path / 'a'}", *hydra_quiet])
+        == 0
+    )
+    run_main(evaluate.main, f"pred_dir={labels}", f"gt_dir={two_cases}", f"out_dir={tmp_path / 'b'}",
+             f"hydra.run.dir={tmp_path / 'h2'}")  # fmt: skip
+    assert (tmp_path / "a" / "per_case.csv").read_text() == (tmp_path / "b" / "per_case.csv").read_text()
