@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["config_dir", "register_resolvers", "compose", "check_budget"]
+__all__ = ["apply_extras", "check_budget", "compose", "config_dir", "print_config_tree", "register_resolvers"]
 
 
 def config_dir() -> str:
@@ -134,3 +134,54 @@ def compose(overrides: Sequence[str] = (), config_name: str = "train", output_di
         cfg.paths.output_dir = str(output_dir)
         OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def apply_extras(cfg: DictConfig) -> None:
+    """The template's conveniences, ``extras`` in ``conf/train.yaml``, before any work.
+
+    ``extras.print_config``: the composed config printed as a tree (rich), the run's first output;
+    ``extras.enforce_tags``: a run without ``tags`` is refused (a lab that files runs by tag);
+    ``extras.ignore_warnings``: Python warnings silenced.
+
+    Raises:
+        ConfigError: ``extras.enforce_tags`` and no tags.
+    """
+    import warnings
+
+    from brats_lightning.errors import ConfigError
+
+    extras = cfg.get("extras") or {}
+    if extras.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    if extras.get("enforce_tags") and not cfg.get("tags"):
+        raise ConfigError(
+            "tags is empty and extras.enforce_tags=true: name the run, e.g. tags='[baseline, lr_sweep]' (or "
+            "extras.enforce_tags=false)"
+        )
+    if extras.get("print_config") and int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
+        print_config_tree(cfg)
+
+
+FIRST_GROUPS = ("data", "model", "trainer", "callbacks", "logger")
+
+
+def print_config_tree(cfg: DictConfig, first: Sequence[str] = FIRST_GROUPS) -> None:
+    """Print the composed config as a rich tree: the groups in ``first`` on top, then the rest, ``hydra`` left out.
+
+    Values that cannot be resolved yet (``${hydra:...}`` outside a Hydra run) are shown as written.
+    """
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    keys = [k for k in first if k in cfg] + [str(k) for k in cfg if k not in first and k != "hydra"]
+    for key in keys:
+        node = cfg._get_node(key)
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=False)
+            text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        except Exception:  # noqa: BLE001 - an interpolation only Hydra's run can resolve: shown as written
+            text = OmegaConf.to_yaml(node) if isinstance(node, DictConfig) else str(node)
+        tree.add(str(key), style="bold").add(Syntax(text.rstrip(), "yaml", theme="ansi_dark", word_wrap=True))
+    Console().print(tree)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.callbacks.wandb_run import WandbRunId, fold_runs, is_wandb_logger, plain_config, wandb_init_args
-from brats_lightning.config import check_budget, config_dir, register_resolvers
+from brats_lightning.config import apply_extras, check_budget, config_dir, register_resolvers
 from brats_lightning.crossval import run_cross_validation
 from brats_lightning.errors import CheckpointError, ConfigError, cli
 from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
@@ -225,6 +225,7 @@ register_resolvers()
 @cli
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` (for sweepers: a validation or out-of-fold figure)."""
+    apply_extras(cfg)
     return optimized_value(cfg, run(cfg))
 
 

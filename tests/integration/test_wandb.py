@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -97,3 +98,22 @@ def test_a_cross_validation_is_one_wandb_group_with_one_summary_run(tmp_path: Pa
     logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     ids = {r.run.run_id for log in logs for r in wandb_records(log) if r.WhichOneof("record_type") == "run"}
     assert len(logs) == 2 and ids == {summary_id}
+
+
+def test_model_artifacts_are_logged_only_when_asked(tmp_path: Path, cache_dir: Path) -> None:
+    """``logger.wandb.log_model=true``: the run's checkpoints become W&B model artifacts (offline: recorded in the
+    run, uploaded by ``wandb sync``); by default none is."""
+    from brats_lightning.training.train import train
+
+    def artifacts(run: Path) -> list[Any]:
+        (log,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
+        return [r.artifact for r in wandb_records(log) if r.WhichOneof("record_type") == "artifact"]
+
+    common = [*SMALL, f"paths.cache_dir={cache_dir}", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+    train(compose([*common, "logger.wandb.log_model=true"], output_dir=str(tmp_path / "on")))
+    logged = artifacts(tmp_path / "on")
+    assert logged and {a.type for a in logged} == {"model"}
+    names = {e.path for a in logged for e in a.manifest.contents}
+    assert "model.ckpt" in names
+    train(compose(common, output_dir=str(tmp_path / "off")))
+    assert artifacts(tmp_path / "off") == []
