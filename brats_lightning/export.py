@@ -2,12 +2,12 @@
 
 The ONNX model maps zero-padded slices ``(N, C, H, W)`` (float32) to class probabilities of every
 output pixel (softmax included), with the batch size and the slice size dynamic; cascades carry their
-frozen first stage. Beside it, ``model.json`` (:func:`~brats_lightning.load.onnx.sidecar_path`) holds
-what the model expects and gives: the data configuration of its training (modalities, clipping, N4,
-z-score, symmetry maps), the label convention, the padding of a slice
-(:class:`~brats_lightning.inference.volume.InputPadding`), the post-processing its checkpoint asks for,
-and its name. ``predict ckpt_path=model.onnx`` runs it
-with onnxruntime (``pip install -c constraints.txt -e ".[onnx]"``), no training stack needed for the net.
+frozen first stage. The model's own metadata (``metadata_props["brats_lightning"]``, JSON;
+:func:`~brats_lightning.load.onnx.read_metadata`) holds what it expects and gives: the data configuration of
+its training (modalities, clipping, N4, z-score, symmetry maps), the label convention, the padding of a slice
+(:class:`~brats_lightning.inference.volume.InputPadding`), the post-processing, flips and decision its
+checkpoint asks for, and its name; so the file alone is the model. ``predict ckpt_path=model.onnx`` runs it with
+onnxruntime (``pip install -c constraints.txt -e ".[onnx]"``), no training stack needed for the net.
 
 Batch norms are folded into the convolutions before export (as ``predict`` does), and the FCN's
 upsampling runs as plain nearest upsampling + convolution (the same function as its low-resolution
@@ -27,9 +27,9 @@ from omegaconf import DictConfig
 
 from brats_lightning.config import config_dir, register_resolvers
 from brats_lightning.errors import CheckpointError, ConfigError, cli
-from brats_lightning.files import atomic_path, write_text_atomic
+from brats_lightning.files import atomic_path
 from brats_lightning.load.checkpoint import load_module
-from brats_lightning.load.onnx import FORMAT, OnnxModule, sidecar_path
+from brats_lightning.load.onnx import FORMAT, OnnxModule, write_metadata
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN
 
@@ -50,7 +50,7 @@ class _NetProbabilities(torch.nn.Module):
 
 
 def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, opset: int = 18) -> Path:
-    """Write ``model`` as ONNX at ``out`` and its sidecar JSON beside it (both atomically).
+    """Write ``model`` as ONNX at ``out`` (atomically), its settings in the model's own metadata.
 
     Returns:
         The ONNX file.
@@ -86,7 +86,7 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
     from brats_lightning.load.onnx import ExportSidecar
     from brats_lightning.schema import validate
 
-    validate(ExportSidecar, json.loads(json.dumps(meta)), sidecar_path(out))  # what predict will accept
+    validate(ExportSidecar, json.loads(json.dumps(meta)), out)  # what predict will accept
     dynamic = torch.export.Dim.DYNAMIC
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, warnings.catch_warnings():
@@ -103,7 +103,7 @@ def export_onnx(model: SegmentationModule, data_config: dict, out: str | Path, o
         )
         assert program is not None
         program.save(str(tmp))  # the weights inline: one file
-    write_text_atomic(sidecar_path(out), json.dumps(meta, indent=2) + "\n")
+        write_metadata(tmp, meta)  # the settings inside the model: nothing to lose beside it
     return out
 
 
@@ -132,7 +132,7 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point (see ``conf/export.yaml``)."""
     model, data_config = load_module(cfg.ckpt_path)
     out = export_onnx(model, data_config, cfg.out, int(cfg.opset))
-    log.info("Wrote %s and %s (%s)", out, sidecar_path(out), model.display_name)
+    log.info("Wrote %s (%s; its settings in the model's metadata)", out, model.display_name)
     if cfg.get("check", True):
         diff = check_export(model, out)
         log.info("onnxruntime vs torch on a random 2x%dx96x112 batch: max |difference| %.2e", _in_channels(model), diff)

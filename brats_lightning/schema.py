@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from brats_lightning.errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["Int", "Name", "Number", "Strict", "validate", "read_json", "check_no_targets"]
+__all__ = ["Int", "Name", "Number", "Strict", "validate", "read_json", "parse_json", "check_no_targets"]
 
 #: nesting depth above which a JSON document is refused (ours are 4 deep at most)
 MAX_JSON_DEPTH = 32
@@ -120,18 +120,32 @@ def read_json(path: str | Path, what: str, error: Callable[[str], UserError] = C
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None
+    return parse_json(text, path, what, error)
+
+
+def parse_json(text: str, source: str | Path, what: str, error: Callable[[str], UserError] = CheckpointError) -> Any:
+    """JSON text from ``source`` (a file, or a field inside one) as plain data, its size and nesting bounded before
+    the parser runs.
+
+    Raises:
+        UserError: (``error``) too large, too deeply nested or not JSON; names ``source``.
+    """
+    if len(text) > MAX_JSON_BYTES:
+        raise error(f"{source}: the {what} is larger than {MAX_JSON_BYTES // 2**20} MB; not a file we wrote")
     depth = 0
     for ch in text:  # bracket depth, before the parser recurses
         if ch in "[{":
             depth += 1
             if depth > MAX_JSON_DEPTH:
-                raise error(f"{path}: the {what} is nested more than {MAX_JSON_DEPTH} levels deep; not a file we wrote")
+                raise error(
+                    f"{source}: the {what} is nested more than {MAX_JSON_DEPTH} levels deep; not a file we wrote"
+                )
         elif ch in "]}":
             depth -= 1
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as e:
-        raise error(f"{path}: the {what} is not valid JSON ({str(e).splitlines()[0]})") from None
+        raise error(f"{source}: the {what} is not valid JSON ({str(e).splitlines()[0]})") from None
 
 
 def check_no_targets(data: Any, source: str | Path, where: str = "") -> None:

@@ -30,7 +30,7 @@ pytest.importorskip("onnxruntime")
 )
 def test_onnx_equals_torch(tmp_path: Path, make, shape: tuple[int, ...]) -> None:
     from brats_lightning.export import export_onnx
-    from brats_lightning.load.onnx import OnnxModule, read_sidecar
+    from brats_lightning.load.onnx import OnnxModule, read_metadata
 
     torch.manual_seed(0)
     model = make().eval()
@@ -43,7 +43,8 @@ def test_onnx_equals_torch(tmp_path: Path, make, shape: tuple[int, ...]) -> None
     with torch.no_grad():
         ref = model.predict_slices(x)
     out = export_onnx(model, {"modalities": ["flair", "t1", "t1c", "t2"]}, tmp_path / "m.onnx")
-    meta = read_sidecar(out)
+    meta = read_metadata(out)  # the settings travel inside the model: no file beside it
+    assert not (tmp_path / "m.json").exists()
     assert meta["input_padding"] == model.input_padding.to_dict() and meta["num_classes"] == 4
     onnx = OnnxModule(out)
     got = onnx.predict_slices(x)

@@ -1,12 +1,17 @@
 """Exported models: an ONNX file run by onnxruntime, with the settings it was exported with.
 
-``python -m brats_lightning.export`` writes ``model.onnx`` and, beside it, ``model.json`` (:func:`sidecar_path`):
-the data configuration of its training, the label convention, the padding of a slice, the clean-up and the
-flips its checkpoint asks for. :func:`load_onnx` reads both back, the sidecar validated as data.
+``python -m brats_lightning.export`` writes ``model.onnx`` with its settings in the model's own metadata
+(``metadata_props`` key :data:`METADATA_KEY`, JSON): the data configuration of its training, the label convention,
+the padding of a slice, the clean-up and the flips its checkpoint asks for. Exports made before kept them in a
+sidecar, ``model.json`` beside the model (:func:`sidecar_path`), still read when the model has no metadata. Either is
+read as bounded JSON and validated by the same schema (:class:`ExportSidecar`). onnxruntime runs the model on the
+GPU when onnxruntime-gpu and a CUDA device are there, else on the CPU (one log line says which).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,12 +25,27 @@ from brats_lightning.inference.cleanup import PostprocessOptions
 from brats_lightning.inference.flips import flip_names
 from brats_lightning.inference.volume import InputPadding
 from brats_lightning.modules.segmentation import SegmentationModule
-from brats_lightning.schema import Int, Name, Strict, read_json, validate
+from brats_lightning.schema import Int, Name, Strict, parse_json, read_json, validate
 
-__all__ = ["FORMAT", "ExportSidecar", "OnnxModule", "load_onnx", "read_sidecar", "sidecar_path"]
+__all__ = [
+    "FORMAT",
+    "execution_providers",
+    "METADATA_KEY",
+    "ExportSidecar",
+    "OnnxModule",
+    "load_onnx",
+    "read_metadata",
+    "read_sidecar",
+    "sidecar_path",
+    "write_metadata",
+]
 
-#: the sidecar's format version
+log = logging.getLogger("brats_lightning.load.onnx")
+
+#: the settings' format version
 FORMAT = 1
+#: the ``metadata_props`` key of an exported model's settings
+METADATA_KEY = "brats_lightning"
 
 
 class InputPaddingOptions(Strict):
@@ -37,7 +57,8 @@ class InputPaddingOptions(Strict):
 
 
 class ExportSidecar(Strict):
-    """``model.json`` beside an exported ``model.onnx`` (:mod:`brats_lightning.export`)."""
+    """The settings of an exported model (:mod:`brats_lightning.export`): in its metadata, or in an older export's
+    sidecar ``model.json``."""
 
     format: Literal[1]
     name: Annotated[str, Field(max_length=200)] = "model"
@@ -72,26 +93,17 @@ def sidecar_path(onnx_path: str | Path) -> Path:
 
 
 class OnnxModule(SegmentationModule, register=False):
-    """An exported model run by onnxruntime (CPU), usable wherever a trained module predicts.
+    """An exported model run by onnxruntime, usable wherever a trained module predicts.
 
     Args:
-        path: the ``.onnx`` file (its sidecar JSON beside it).
+        path: the ``.onnx`` file (its settings in its metadata, or an older export's sidecar beside it).
         threads: onnxruntime's intra-op threads (0: its default).
     """
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         path = Path(path)
-        meta = read_sidecar(path)
-        super().__init__(
-            convention=meta["convention"],
-            inference_batch_size=meta["inference_batch_size"],
-            channels_last=False,
-            postprocess=meta["postprocess"],
-            name=f"{meta['name']} (ONNX)",
-        )
-        self.tta_flips = list(meta["tta_flips"])
-        self.decision = meta["decision"]
-        self.et_threshold = meta["et_threshold"]
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such ONNX file")
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -101,10 +113,24 @@ class OnnxModule(SegmentationModule, register=False):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        providers = execution_providers(ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self_session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise CheckpointError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+        log.info("%s runs on %s", path.name, "the GPU (CUDA)" if providers[0].startswith("CUDA") else "the CPU")
+        meta = read_metadata(path, self_session.get_modelmeta().custom_metadata_map)
+        super().__init__(
+            convention=meta["convention"],
+            inference_batch_size=meta["inference_batch_size"],
+            channels_last=False,
+            postprocess=meta["postprocess"],
+            name=f"{meta['name']} (ONNX)",
+        )
+        self.session = self_session
+        self.tta_flips = list(meta["tta_flips"])
+        self.decision = meta["decision"]
+        self.et_threshold = meta["et_threshold"]
         self.input_name = self.session.get_inputs()[0].name
         self.meta = meta
         self._padding = InputPadding(**meta["input_padding"])
@@ -118,12 +144,63 @@ class OnnxModule(SegmentationModule, register=False):
         return torch.from_numpy(out).to(x.device)
 
 
+def execution_providers(available: list[str]) -> list[str]:
+    """onnxruntime's providers, best first: CUDA when onnxruntime-gpu offers it and torch sees a GPU, then the CPU."""
+    if "CUDAExecutionProvider" in available and torch.cuda.is_available():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def write_metadata(onnx_path: str | Path, meta: dict[str, Any]) -> None:
+    """Store ``meta`` (the settings :class:`ExportSidecar` describes) in the model's ``metadata_props``, in place."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    onnx.save(model, str(onnx_path))
+
+
+def read_metadata(path: str | Path, props: dict[str, str] | None = None) -> dict[str, Any]:
+    """An exported model's settings, validated (:class:`ExportSidecar`): from its metadata, else (an export made
+    before they moved inside the model) from its sidecar.
+
+    Args:
+        path: the ``.onnx`` file.
+        props: its ``metadata_props`` when already read (onnxruntime's ``custom_metadata_map``); read here otherwise.
+
+    Raises:
+        CheckpointError: no settings at all, or settings that are not what ``export`` writes (not JSON, too large or
+            deep, a value of the wrong type or range, an unknown key); names the file.
+    """
+    path = Path(path)
+    if props is None:
+        import onnx
+
+        try:
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as e:  # noqa: BLE001 - onnx raises its own exception types
+            raise CheckpointError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+    text = props.get(METADATA_KEY)
+    if text is None:
+        if sidecar_path(path).is_file():
+            return read_sidecar(path)
+        raise CheckpointError(
+            f"{path}: no brats_lightning settings in the model's metadata (key {METADATA_KEY!r}) and no sidecar "
+            f"{sidecar_path(path).name}: export it with python -m brats_lightning.export"
+        )
+    source = f"{path} (metadata {METADATA_KEY})"
+    meta = parse_json(text, source, "settings")
+    if not isinstance(meta, dict) or "format" not in meta:
+        raise CheckpointError(f"{source}: not brats_lightning export settings (no format key)")
+    return validate(ExportSidecar, meta, source).model_dump(mode="json")
+
+
 def read_sidecar(path: str | Path) -> dict[str, Any]:
-    """The sidecar of an exported model, validated (:class:`ExportSidecar`).
+    """The sidecar of an older export, validated (:class:`ExportSidecar`).
 
     Raises:
         CheckpointError: the ``.onnx`` file or its ``.json`` is missing, or the sidecar is not what
-            ``export`` writes (a value of the wrong type or range, an unknown key); names ``model.json``.
+            ``export`` wrote (a value of the wrong type or range, an unknown key); names ``model.json``.
     """
     path = Path(path)
     side = sidecar_path(path)

@@ -1,4 +1,5 @@
-"""brats_lightning.load.onnx: an exported model's sidecar is validated data."""
+"""brats_lightning.load.onnx: an exported model's settings (in its metadata, or an older export's sidecar) are
+validated data."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from brats_lightning.errors import CheckpointError
 from brats_lightning.load.checkpoint import load_module
-from brats_lightning.load.onnx import read_sidecar
+from brats_lightning.load.onnx import METADATA_KEY, read_metadata
 from brats_lightning.load.predictor import load_predictor
 
 
@@ -35,6 +36,26 @@ def _deep(n: int) -> str:
     return "[" * n + "]" * n
 
 
+def _tiny_onnx(path: Path, settings: str | None) -> Path:
+    """A real, loadable ONNX model (an identity), with ``settings`` as its brats_lightning metadata when given."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "c", "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "c", "h", "w"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    if settings is not None:
+        helper.set_model_props(model, {METADATA_KEY: settings})
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("carrier", ["metadata", "sidecar"])
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -54,25 +75,40 @@ def _deep(n: int) -> str:
         ("not json", r"is not valid JSON"),
     ],
 )
-def test_a_tampered_export_sidecar_is_named_and_refused(
-    tmp_path: Path, trained_ckpt: Path, change: dict | str, message: str
+def test_tampered_export_settings_are_named_and_refused(
+    tmp_path: Path, trained_ckpt: Path, change: dict | str, message: str, carrier: str
 ) -> None:
+    """The same schema for the settings inside the model and for an older export's sidecar beside it."""
     onnx = tmp_path / "model.onnx"
-    onnx.write_bytes(b"not read: the sidecar is checked first")
     side = tmp_path / "model.json"
     meta = _sidecar(trained_ckpt)
-    side.write_text(json.dumps(meta))
-    assert read_sidecar(onnx)["data_config"] == json.loads(json.dumps(meta["data_config"]))  # as written: fine
+
+    def store(text: str) -> None:
+        if carrier == "metadata":
+            _tiny_onnx(onnx, text)
+        else:
+            _tiny_onnx(onnx, None)
+            side.write_text(text)
+
+    store(json.dumps(meta))
+    assert read_metadata(onnx)["data_config"] == json.loads(json.dumps(meta["data_config"]))  # as written: fine
     if change == "deep":
-        side.write_text(f'{{"format": 1, "x": {_deep(100_000)}}}')
+        store(f'{{"format": 1, "x": {_deep(100_000)}}}')
     elif change == "not json":
-        side.write_text("{format: 1")
+        store("{format: 1")
     else:
         assert isinstance(change, dict)
         for key, value in change.items():
             meta[key] = {**meta[key], **value} if isinstance(value, dict) and key != "postprocess" else value
             if key == "data_config":
                 meta[key]["symmetry"] = {**meta[key]["symmetry"], **value.get("symmetry", {})}
-        side.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=rf"^{side}: .*{message}"):
+        store(json.dumps(meta))
+    named = f"{onnx} \\(metadata {METADATA_KEY}\\)" if carrier == "metadata" else str(side)
+    with pytest.raises(CheckpointError, match=rf"^{named}: .*{message}"):
+        load_predictor(onnx)
+
+
+def test_an_onnx_model_without_settings_is_one_line(tmp_path: Path) -> None:
+    onnx = _tiny_onnx(tmp_path / "other.onnx", None)  # someone else's model: no settings, no sidecar
+    with pytest.raises(CheckpointError, match=rf"^{onnx}: no brats_lightning settings in the model's metadata"):
         load_predictor(onnx)
