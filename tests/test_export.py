@@ -24,7 +24,12 @@ pytest.importorskip("onnxruntime")
     [
         (lambda: FCNModule(8, 4), (2, 8, 192, 160)),  # FCN + symmetry maps, full width, a BraTS brain box
         (lambda: PatchCNNModule("twopath", in_channels=4, num_classes=4), (1, 4, 160, 144)),
-        (lambda: PatchCNNModule("local_cascade", in_channels=4, num_classes=4), (1, 4, 120, 100)),
+        # a cascade with its frozen first stage: 15 s of export tracing, run with the slow tests
+        pytest.param(
+            lambda: PatchCNNModule("local_cascade", in_channels=4, num_classes=4),
+            (1, 4, 120, 100),
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["fcn_sym", "twopath", "local_cascade"],
 )

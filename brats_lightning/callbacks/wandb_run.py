@@ -162,7 +162,8 @@ def wandb_init_args(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
     write of the run's file every :data:`FLUSH_INTERVAL_S` (W&B keeps 15 s of data in memory, which a killed
     offline run would lose).
 
-    An id, group or settings set in the node win.
+    An id, group or settings set in the node win. With ``log_model`` on an offline run, the run is W&B's offline
+    mode rather than Lightning's ``offline`` flag (which refuses model artifacts): they are recorded locally.
     """
     ckpt = cfg.get("ckpt_path") if cfg.get("train", True) else None
     run_id, group = wandb_run_in_checkpoint(ckpt) if ckpt else (None, None)
@@ -174,6 +175,10 @@ def wandb_init_args(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
         args.update(id=run_id, resume="allow")
     elif ckpt:
         log.info("W&B: %s names no W&B run; training continues in a new one", ckpt)
+    if node.get("log_model") and node.get("offline"):
+        # Lightning refuses log_model with its offline flag; W&B's own offline mode records the model artifacts in
+        # the offline run, and wandb sync uploads them with it
+        args.update(offline=False, mode="offline")
     return args
 
 
