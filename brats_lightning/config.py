@@ -36,6 +36,12 @@ def _num_classes(convention: str) -> int:
     return get_convention(convention).num_classes
 
 
+def _data_convention(root: object, layout: object = "auto") -> str:
+    from brats_lightning.data.layouts import dataset_convention
+
+    return dataset_convention(None if root in (None, "None") else str(root), str(layout or "auto"))
+
+
 def _cpu_precision() -> str:
     from brats_lightning.precision import training_precision
 
@@ -105,10 +111,12 @@ def register_resolvers() -> None:
         ("bl.wandb_offline", _wandb_offline),
         ("bl.cpu_precision", _cpu_precision),
         ("bl.run_name", _run_name),
+        ("bl.data_convention", _data_convention),
         ("bl.max_time", _max_time),
     ):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            # a data set's convention reads label files: once per root and layout
+            OmegaConf.register_new_resolver(name, fn, use_cache=name == "bl.data_convention")
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "train", output_dir: str | None = None) -> DictConfig:

@@ -21,7 +21,7 @@ from brats_lightning.inference.cleanup import (
     et_rule_candidates,
     region_rule_candidates,
 )
-from brats_lightning.inference.decision import region_classes
+from brats_lightning.inference.decision import region_levels
 
 __all__ = ["STAGE_TITLES", "Stage", "choose_stages", "cleanup_stages", "cleanup_table"]
 
@@ -51,7 +51,7 @@ def cleanup_stages(opts: CVOptions, convention: LabelConvention) -> list[Stage]:
         stages.append(("et_threshold", lambda base: [{**base, "et_threshold": t} for t in thresholds], ("tc", "et")))
     stages.append(("components", lambda base: [{**base, **c} for c in comps], REGIONS))
     try:
-        region_classes(convention)
+        region_levels(convention)
         nests = True
     except ValueError:  # BRATS 2013's two core classes: a region's components cannot go one level down
         nests = False

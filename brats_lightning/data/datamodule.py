@@ -163,6 +163,13 @@ class BratsDataModule(pl.LightningDataModule):
         if self.root is None and generate:
             self._write_synthetic()
         cases = discover_cases(self.dataset_root, self.layout, self.modalities, self.files)
+        declared = {c.convention for c in cases if c.convention}
+        if declared and declared != {self.convention.name}:
+            raise DataError(
+                f"{self.dataset_root}: its dataset.json declares the {', '.join(sorted(declared))} label convention, "
+                f"but data.convention={self.convention.name}: leave data.convention to the data set (data=brats) or "
+                "set it to the declared one"
+            )
         excluded = set(self.options.exclude)
         if excluded:
             unknown = sorted(excluded - {c.case_id for c in cases})

@@ -8,11 +8,22 @@ up (label 3 vs 4 for enhancing tumour) is the most reported bug in peer projects
   3 non-enhancing tumour, 4 enhancing tumour.
 * ``brats2017`` (BraTS 2017-2021): 0 background, 1 necrotic / non-enhancing tumour core (NCR/NET),
   2 peritumoral edema, 4 enhancing tumour (label 3 unused).
-* ``brats2023`` (BraTS 2023+): 0 background, 1 NCR, 2 edema (SNFH), 3 enhancing tumour.
+* ``brats2023`` (BraTS 2023+ tasks with the 2023 labels: adult glioma 2023, meningioma, metastases,
+  paediatric, sub-Saharan Africa): 0 background, 1 NCR, 2 edema (SNFH), 3 enhancing tumour.
+* ``brats2024`` (BraTS 2024 adult glioma, post-treatment): 0 background, 1 non-enhancing tumour core (NETC),
+  2 surrounding FLAIR hyperintensity (SNFH), 3 enhancing tissue (ET), 4 resection cavity (RC). The cavity is
+  no tumour region; BraTS 2024 scores it (and NETC, SNFH) on its own beside ET, TC, WT.
+* ``msd`` (the Medical Segmentation Decathlon's Task01_BrainTumour, and nnU-Net's BraTS conversions):
+  0 background, 1 edema, 2 non-enhancing tumour (necrosis included), 3 enhancing tumour.
+
+``brats2024`` and ``msd`` reuse the values of other conventions with other meanings (3 is enhancing in 2024,
+non-enhancing in 2013; 1 is edema in MSD), so they are never guessed from a file's values: a layout's
+``dataset.json`` or ``data.convention`` declares them.
 
 Internal classes are ``0..K-1``: class ``i`` is the ``i``-th file label of the convention.
 Regions (Menze et al. 2015; both papers' evaluation): whole tumour (``wt``, "complete") = every
-tumour label; tumour core (``tc``) = all but edema; enhancing tumour (``et``).
+tumour label; tumour core (``tc``) = all but edema; enhancing tumour (``et``). A convention may score
+more regions (:attr:`LabelConvention.scored_regions`: BraTS 2024's NETC, SNFH and RC).
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ __all__ = [
     "AmbiguousConventionError",
     "UnknownLabelError",
     "convert",
+    "convention_of_tissues",
+    "tissue_of",
 ]
 
 #: Region keys in the order every table and metric name uses.
@@ -48,6 +61,12 @@ REGIONS: tuple[str, ...] = ("wt", "tc", "et")
 REGION_NAMES: dict[str, str] = {"wt": "whole tumour", "tc": "tumour core", "et": "enhancing tumour"}
 #: The papers' names of the regions (table headings: "Dice Complete", "Complete (WT)").
 REGION_TITLES: dict[str, str] = {"wt": "Complete", "tc": "Core", "et": "Enhancing"}
+#: Regions some conventions score beyond the three (BraTS 2024): key -> name.
+EXTRA_REGION_NAMES: dict[str, str] = {
+    "netc": "non-enhancing tumour core",
+    "snfh": "surrounding FLAIR hyperintensity",
+    "rc": "resection cavity",
+}
 
 # Colours of the papers' figures: necrosis red, edema green, non-enhancing blue, enhancing yellow.
 _COLOURS = {
@@ -57,6 +76,9 @@ _COLOURS = {
     "edema": (0.10, 0.80, 0.20),
     "non-enhancing": (0.15, 0.35, 0.95),
     "enhancing": (1.00, 0.90, 0.10),
+    "NETC": (0.90, 0.10, 0.10),
+    "SNFH": (0.10, 0.80, 0.20),
+    "RC": (0.55, 0.35, 0.85),
 }
 
 
@@ -69,16 +91,24 @@ class LabelConvention:
     """One BraTS label convention.
 
     Attributes:
-        name: convention key (``brats2013``, ``brats2017``, ``brats2023``).
+        name: convention key (``brats2013``, ``brats2017``, ``brats2023``, ``brats2024``, ``msd``).
         labels: file label values; internal class ``i`` is ``labels[i]``.
         names: a name per label.
-        regions: region key -> file label values belonging to it.
+        regions: region key -> file label values belonging to it: ``wt``, ``tc``, ``et``, and any more it scores.
+        detectable: whether a file's label values may reveal it (``False``: only a declaration does, since its
+            values mean something else in another convention).
     """
 
     name: str
     labels: tuple[int, ...]
     names: tuple[str, ...]
     regions: dict[str, tuple[int, ...]] = field(hash=False)
+    detectable: bool = True
+
+    @property
+    def scored_regions(self) -> tuple[str, ...]:
+        """The regions ``evaluate`` scores: whole tumour, core and enhancing, then the convention's own."""
+        return (*REGIONS, *(r for r in self.regions if r not in REGIONS))
 
     @property
     def num_classes(self) -> int:
@@ -136,18 +166,21 @@ class LabelConvention:
         return np.asarray(self.labels, dtype=np.uint8)[arr]
 
     @overload
-    def region_masks(self, classes: torch.Tensor) -> dict[str, torch.Tensor]: ...
+    def region_masks(self, classes: torch.Tensor, regions: Sequence[str] = ...) -> dict[str, torch.Tensor]: ...
 
     @overload
-    def region_masks(self, classes: np.ndarray) -> dict[str, np.ndarray]: ...
+    def region_masks(self, classes: np.ndarray, regions: Sequence[str] = ...) -> dict[str, np.ndarray]: ...
 
-    def region_masks(self, classes: np.ndarray | torch.Tensor) -> dict[str, np.ndarray] | dict[str, torch.Tensor]:
-        """Boolean masks of every region from an internal class map (numpy or torch, any shape)."""
+    def region_masks(
+        self, classes: np.ndarray | torch.Tensor, regions: Sequence[str] = REGIONS
+    ) -> dict[str, np.ndarray] | dict[str, torch.Tensor]:
+        """Boolean masks of ``regions`` (the three by default; :attr:`scored_regions` for all the convention
+        scores) from an internal class map (numpy or torch, any shape)."""
         if isinstance(classes, torch.Tensor):
             return {
-                r: torch.isin(classes, torch.tensor(self.region_classes(r), device=classes.device)) for r in REGIONS
+                r: torch.isin(classes, torch.tensor(self.region_classes(r), device=classes.device)) for r in regions
             }
-        return {r: np.isin(classes, self.region_classes(r)) for r in REGIONS}
+        return {r: np.isin(classes, self.region_classes(r)) for r in regions}
 
 
 def _fmt(values: list) -> str:
@@ -173,6 +206,20 @@ CONVENTIONS: dict[str, LabelConvention] = {
         ("background", "NCR", "edema", "enhancing"),
         {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)},
     ),
+    "brats2024": LabelConvention(
+        "brats2024",
+        (0, 1, 2, 3, 4),
+        ("background", "NETC", "SNFH", "enhancing", "RC"),
+        {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,), "netc": (1,), "snfh": (2,), "rc": (4,)},
+        detectable=False,
+    ),
+    "msd": LabelConvention(
+        "msd",
+        (0, 1, 2, 3),
+        ("background", "edema", "non-enhancing", "enhancing"),
+        {"wt": (1, 2, 3), "tc": (2, 3), "et": (3,)},
+        detectable=False,
+    ),
 }
 
 _ALIASES = {
@@ -184,8 +231,13 @@ _ALIASES = {
     "brats2019": "brats2017",
     "brats2020": "brats2017",
     "brats2021": "brats2017",
-    "brats2024": "brats2023",
-    "brats2025": "brats2023",
+    "brats2024gli": "brats2024",
+    "brats2024men": "brats2023",
+    "brats2024met": "brats2023",
+    "brats2024ped": "brats2023",
+    "brats2024ssa": "brats2023",
+    "decathlon": "msd",
+    "nnunet": "msd",
 }
 
 
@@ -205,9 +257,9 @@ class AmbiguousConventionError(DataError):
 
 
 def fitting_conventions(values: set[int] | list[int] | np.ndarray) -> list[LabelConvention]:
-    """The conventions whose labels include every value of a label volume (2013, 2017, 2023 order)."""
+    """The detectable conventions whose labels include every value of a label volume (2013, 2017, 2023 order)."""
     vals = {int(v) for v in np.unique(np.asarray(values)).tolist()}
-    return [c for c in CONVENTIONS.values() if vals <= set(c.labels)]
+    return [c for c in CONVENTIONS.values() if c.detectable and vals <= set(c.labels)]
 
 
 def same_scores(values: set[int] | list[int] | np.ndarray, conventions: list[LabelConvention]) -> bool:
@@ -254,7 +306,9 @@ def resolve_convention(
         conv = get_convention(candidates)
         conv.check(np.asarray(vals), source)
         return conv
-    allowed = [get_convention(c) for c in candidates] if candidates else list(CONVENTIONS.values())
+    allowed = (
+        [get_convention(c) for c in candidates] if candidates else [c for c in CONVENTIONS.values() if c.detectable]
+    )
     fit = [c for c in allowed if set(vals) <= set(c.labels)]
     if not fit:
         names = [c.name for c in allowed]
@@ -292,18 +346,52 @@ _TISSUE = {
     "brats2013": ("background", "core", "edema", "core", "enhancing"),
     "brats2017": ("background", "core", "edema", "enhancing"),
     "brats2023": ("background", "core", "edema", "enhancing"),
+    "brats2024": ("background", "core", "edema", "enhancing", "cavity"),
+    "msd": ("background", "edema", "core", "enhancing"),
 }
+
+
+def tissue_of(name: str) -> str | None:
+    """The tissue a label's name says (``edema``, ``core``, ``enhancing``, ``cavity``, ``background``), e.g. a
+    ``dataset.json``'s ``"non-enhancing tumor"`` -> ``core``; ``None`` when the name says none of them."""
+    key = "".join(ch for ch in name.lower() if ch.isalnum())
+    if key in ("background", "bg", "0"):
+        return "background"
+    if "cavity" in key or key == "rc":
+        return "cavity"
+    if any(w in key for w in ("edema", "oedema", "snfh", "hyperintens", "peritumoral")):
+        return "edema"
+    if "enhanc" in key and not key.startswith("non") and "nonenh" not in key:
+        return "enhancing"
+    if any(w in key for w in ("nonenh", "necro", "netc", "ncr", "net", "core")):
+        return "core"
+    return None
+
+
+def convention_of_tissues(tissues: dict[int, str]) -> LabelConvention | None:
+    """The convention whose labels carry exactly these tissues (label value -> tissue; background may be left out):
+    how a ``dataset.json``'s label names are matched to a convention. ``None`` when none does."""
+    wanted = {v: t for v, t in tissues.items() if v != 0}
+    for conv in CONVENTIONS.values():
+        if conv.name == "brats2013":  # its two core classes are told apart by no name we read
+            continue
+        have = {v: _TISSUE[conv.name][i] for i, v in enumerate(conv.labels) if v != 0}
+        if have == wanted:
+            return conv
+    return None
 
 
 def convert(classes: np.ndarray, src: str | LabelConvention, dst: str | LabelConvention) -> np.ndarray:
     """Translate internal classes from one convention to another; the three regions are preserved.
 
-    2017 <-> 2023 is lossless. 2013 -> 2017/2023 merges necrosis and non-enhancing tumour into
-    NCR/NET; the way back cannot split them and writes necrosis (label 1).
+    2017 <-> 2023 <-> MSD is lossless. 2013 -> the others merges necrosis and non-enhancing tumour into
+    NCR/NET; the way back cannot split them and writes necrosis (label 1). 2024's resection cavity is no tumour:
+    background in a convention without it.
     """
     s, d = get_convention(src), get_convention(dst)
     if s.name == d.name:
         return np.asarray(classes)
     target = {t: _TISSUE[d.name].index(t) for t in set(_TISSUE[d.name])}
+    target.setdefault("cavity", 0)
     lut = np.array([target[t] for t in _TISSUE[s.name]], dtype=np.uint8)
     return lut[np.asarray(classes)]

@@ -51,6 +51,9 @@ class CaseFiles:
         layout: name of the layout that found the case.
         mask: optional brain-mask file (layouts whose images have no zero background).
         folder: the case folder.
+        channels: modality -> channel of its file, when the modalities share one 4D file (the Medical
+            Segmentation Decathlon's layout); ``None``: one 3D file per modality.
+        convention: the label convention the layout declares (a ``dataset.json``), or ``None``.
     """
 
     case_id: str
@@ -59,6 +62,8 @@ class CaseFiles:
     layout: str
     mask: Path | None = None
     folder: Path | None = None
+    channels: dict[str, int] | None = None
+    convention: str | None = None
 
 
 @dataclass
@@ -110,7 +115,7 @@ def _apply_ornt(arr: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(out, tuple(range(-lead, 0)), tuple(range(lead))))
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header | None]:
+def read_image(path: str | Path, channels: bool = False) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header | None]:
     """Read one image file fully into memory.
 
     NIfTI files are read with nibabel; MetaImage (``.mha``/``.mhd``) and NRRD files with SimpleITK,
@@ -118,13 +123,14 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
 
     Args:
         path: the image file.
+        channels: a 4D NIfTI of several channels (the last axis) is expected, and returned whole.
 
     Returns:
         ``(data, affine, header)`` with ``data`` in the file's voxel order (``header`` is None for
         non-NIfTI files).
 
     Raises:
-        DataError: the file is missing, corrupt or truncated, or not 3D.
+        DataError: the file is missing, corrupt or truncated, or not 3D (not 4D with ``channels``).
     """
     path = Path(path)
     problem = file_problem(path)
@@ -143,9 +149,12 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Head
         data = np.asarray(img.dataobj)
     except errors as e:
         raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
-    if data.ndim == 4 and data.shape[-1] == 1:
+    if channels:
+        if data.ndim != 4:
+            raise DataError(f"{path}: expected a 4D image of several channels, got shape {data.shape}")
+    elif data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
-    if data.ndim != 3:
+    if data.ndim != 3 and not channels:
         raise DataError(f"{path}: expected a 3D image, got shape {data.shape}")
     return data, np.asarray(img.affine, dtype=np.float64), getattr(img, "header", None)
 
@@ -208,8 +217,21 @@ def load_case(case: CaseFiles, atol: float = 1e-3) -> Volume:
         DataError: unreadable files, mismatched shapes or affines, NaN or infinite voxels.
     """
     image, ref_affine, ref_shape, header, ref_file, to_ras, ornt = None, None, None, None, None, None, None
+    shared: dict[Path, tuple[np.ndarray, np.ndarray, nib.Nifti1Header | None]] = {}  # 4D files, read once
     for c, (modality, path) in enumerate(case.images.items()):
-        data, affine, hdr = read_image(path)
+        channel = (case.channels or {}).get(modality)
+        if channel is None:
+            data, affine, hdr = read_image(path)
+        else:
+            if path not in shared:
+                shared[path] = read_image(path, channels=True)
+            full, affine, hdr = shared[path]
+            if not 0 <= channel < full.shape[-1]:
+                raise DataError(
+                    f"{path}: has {full.shape[-1]} channels; the data set's dataset.json puts {modality} in channel "
+                    f"{channel}"
+                )
+            data = full[..., channel]
         if ref_shape is None:
             ref_affine, ref_shape, header, ref_file = affine, data.shape, hdr, path
             ornt = nio.io_orientation(ref_affine)

@@ -25,8 +25,20 @@ from pathlib import Path
 import numpy as np
 from nibabel.affines import voxel_sizes
 
-from brats_lightning.data.labels import REGIONS, AmbiguousConventionError, LabelConvention, resolve_convention
-from brats_lightning.data.layouts import BadCase, detect_layout, discover_cases
+from brats_lightning.data.labels import (
+    REGIONS,
+    AmbiguousConventionError,
+    LabelConvention,
+    get_convention,
+    resolve_convention,
+)
+from brats_lightning.data.layouts import (
+    BadCase,
+    dataset_convention,
+    declared_convention,
+    detect_layout,
+    discover_cases,
+)
 from brats_lightning.data.readers import read_label
 from brats_lightning.errors import DataError, UserError
 from brats_lightning.evaluation.metrics import failure_scores, metric_names, region_metrics
@@ -125,7 +137,10 @@ def _read_regions(
     if isinstance(conventions, str):
         conventions = _Conventions(conventions, [path])
     conv = conventions.resolve(arr, path, task)
-    return conv.region_masks(conv.to_internal(arr, str(path))), conv, affine
+    classes = conv.to_internal(arr, str(path))
+    # a ground truth's regions: all its convention scores; a prediction's: those of its ground truth it has
+    wanted = conv.scored_regions if task is None else [r for r in task.scored_regions if r in conv.regions]
+    return conv.region_masks(classes, wanted), conv, affine
 
 
 def evaluate_case(
@@ -163,9 +178,15 @@ def _score(
     if not np.allclose(p_aff, g_aff, atol=1e-3):
         raise DataError(f"{pred_file}: affine differs from the ground truth {gt_file}")
     spacing = tuple(float(s) for s in voxel_sizes(g_aff))
+    # a region the prediction's convention lacks (a 2017-style model on BraTS 2024's cavity) is predicted empty
     rows = [
-        {"region": r, **region_metrics(pm[r], gm[r], spacing, include_hd95=hd95, lesion_wise=lesion_wise)}
-        for r in REGIONS
+        {
+            "region": r,
+            **region_metrics(
+                pm[r] if r in pm else np.zeros_like(gm[r]), gm[r], spacing, include_hd95=hd95, lesion_wise=lesion_wise
+            ),
+        }
+        for r in gm
     ]
     return rows, {"prediction": pc.name, "ground_truth": gc.name}
 
@@ -206,10 +227,25 @@ def evaluate_dirs(
     not_scored: dict[str, str] = {b.case_id: b.reason for b in bad_gt}
     conventions: dict[str, dict] = {}
     gt_root = Path(gt_dir)
-    if gt_convention == "auto" and not any(gt_root.glob("*.nii*")):
-        gt_convention = detect_layout(gt_root).convention  # the data set's own convention
+    if gt_convention == "auto":
+        declared = declared_convention(gt_root)  # a dataset.json's (labelsTr, a task folder), or a layout's
+        if declared is None and not any(gt_root.glob("*.nii*")):
+            detect_layout(gt_root)  # (a folder no layout fits is an error here)
+            declared = dataset_convention(gt_root)  # its layout's; BraTS 2024's when its labels hold 4
+        gt_convention = declared or "auto"
+    if pred_convention == "auto" and isinstance(gt_convention, str) and gt_convention != "auto":
+        if not get_convention(gt_convention).detectable:
+            # labels whose values mean something else elsewhere (MSD, BraTS 2024): predictions of these cases are
+            # read in the same convention (what predict writes for them), not guessed from their values
+            pred_convention = gt_convention
+            log.info("Predictions read in the ground truth's declared label convention, %s", gt_convention)
     gt_conv = _Conventions(gt_convention, list(gts.values()))
     pred_conv = _Conventions(pred_convention, [pred_dir / f"{c}.nii.gz" for c in gts])
+    regions = (
+        get_convention(gt_convention).scored_regions
+        if gt_convention != "auto" and isinstance(gt_convention, str)
+        else REGIONS
+    )
     failure = failure_scores(metric_names(hd95, lesion_wise))
     from rich.progress import Progress
 
@@ -226,7 +262,7 @@ def evaluate_dirs(
             pred_file = pred_dir / f"{case_id}.nii.gz"
             if not pred_file.exists() and not pred_file.is_symlink():
                 missing.append(case_id)
-                rows += [{"case": case_id, "region": r, **failure} for r in REGIONS]
+                rows += [{"case": case_id, "region": r, **failure} for r in regions]
                 continue
             try:
                 case_rows, conventions[case_id] = _score(
@@ -235,7 +271,7 @@ def evaluate_dirs(
             except UserError as e:
                 invalid[case_id] = str(e)
                 log.error("%s: prediction scored as a failure (%s)", case_id, e)
-                rows += [{"case": case_id, "region": r, **failure} for r in REGIONS]
+                rows += [{"case": case_id, "region": r, **failure} for r in gm]
                 continue
             rows += [{"case": case_id, **r} for r in case_rows]
     if not rows:

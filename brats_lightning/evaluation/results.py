@@ -28,6 +28,7 @@ from brats_lightning.evaluation.metrics import METRICS
 from brats_lightning.files import write_csv_atomic, write_text_atomic
 
 __all__ = [
+    "regions_of",
     "PAPER_METRICS",
     "columns_of",
     "markdown_table",
@@ -57,20 +58,32 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(np.mean(v)), "median": float(np.median(v)), "std": float(np.std(v)), "n": int(v.size)}
 
 
+def regions_of(rows: Iterable[dict]) -> list[str]:
+    """The regions of ``rows``: whole tumour, core, enhancing, then any more they score (BraTS 2024's), in order."""
+    more = [r for r in dict.fromkeys(row["region"] for row in rows) if r not in REGIONS]
+    return [*REGIONS, *more]
+
+
 def summarise(rows: Sequence[dict], **extra: Any) -> dict:
     """The summary of ``rows``: ``{"n_cases", "metrics": {region: {metric: stats}}, **extra}``."""
     columns = columns_of(rows)
     return {
         "n_cases": len({row["case"] for row in rows}),
-        "metrics": {r: {m: stats([row[m] for row in rows if row["region"] == r]) for m in columns} for r in REGIONS},
+        "metrics": {
+            r: {m: stats([row[m] for row in rows if row["region"] == r]) for m in columns} for r in regions_of(rows)
+        },
         **extra,
     }
+
+
+def _title(region: str) -> str:
+    return REGION_TITLES.get(region, region.upper())
 
 
 def run_metrics(summary: dict, prefix: str = "test/") -> dict[str, float]:
     """Flat means: ``<prefix><metric>_<region>`` and ``<prefix>dice_mean`` (the regions' mean Dice)."""
     per_region = summary["metrics"]
-    out = {f"{prefix}{m}_{r}": per_region[r][m]["mean"] for r in REGIONS for m in per_region[r]}
+    out = {f"{prefix}{m}_{r}": per_region[r][m]["mean"] for r in per_region for m in per_region[r]}
     if summary["n_cases"] and "dice" in per_region[REGIONS[0]]:
         out[f"{prefix}dice_mean"] = sum(out[f"{prefix}dice_{r}"] for r in REGIONS) / len(REGIONS)
     return out
@@ -88,20 +101,21 @@ def markdown_table(summary: dict, name: str = "prediction") -> str:
     columns = list(per_region[REGIONS[0]])
     paper = [m for m in PAPER_METRICS if m in columns]
     titles = [REGION_TITLES[r] for r in REGIONS]
+    regions = list(per_region)  # the three, then any more the convention scores
     lines = [
         "| Method | " + " | ".join(f"{METRICS[m].title} {t}" for m in paper for t in titles) + " |",
         "|---|" + "---:|" * (len(REGIONS) * len(paper)),
         f"| {name} | " + " | ".join(f"{per_region[r][m]['mean']:.2f}" for m in paper for r in REGIONS) + " |",
         "",
         "| Metric | "
-        + " | ".join(f"{t} (mean ± std)" for t in titles)
+        + " | ".join(f"{_title(r)} (mean ± std)" for r in regions)
         + " | "
-        + " | ".join(f"{t} (median)" for t in titles)
+        + " | ".join(f"{_title(r)} (median)" for r in regions)
         + " |",
-        "|---|" + "---:|" * (2 * len(REGIONS)),
+        "|---|" + "---:|" * (2 * len(regions)),
     ]
     for m in columns:
-        st = [per_region[r][m] for r in REGIONS]
+        st = [per_region[r][m] for r in regions]
         lines.append(
             f"| {METRICS[m].title} | "
             + " | ".join(f"{_fmt(m, x['mean'])} ± {_fmt(m, x['std'])}" for x in st)
@@ -138,12 +152,12 @@ def print_table(summary: dict, title: str) -> None:
 
     table = Table(title=title)
     table.add_column("metric")
-    for r in REGIONS:
-        table.add_column(f"{REGION_TITLES[r]} ({r.upper()})", justify="right")
     per_region = summary["metrics"]
+    for r in per_region:
+        table.add_column(f"{_title(r)} ({r.upper()})" if r in REGION_TITLES else r.upper(), justify="right")
     for m in per_region[REGIONS[0]]:
         table.add_row(
             METRICS[m].title,
-            *[f"{_fmt(m, per_region[r][m]['mean'])} ± {_fmt(m, per_region[r][m]['std'])}" for r in REGIONS],
+            *[f"{_fmt(m, per_region[r][m]['mean'])} ± {_fmt(m, per_region[r][m]['std'])}" for r in per_region],
         )
     Console().print(table)

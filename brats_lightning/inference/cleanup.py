@@ -166,9 +166,9 @@ def region_components(
     Raises:
         ValueError: the convention's regions do not nest one class deep (BRATS 2013).
     """
-    from brats_lightning.inference.decision import region_classes
+    from brats_lightning.inference.decision import region_levels
 
-    edema, necrosis, _ = region_classes(convention)
+    edema, necrosis, _ = region_levels(convention)
     mask = convention.region_masks(classes)[region]
     gone = removed_components(
         mask,

@@ -10,29 +10,48 @@ import torch
 
 from brats_lightning.data.labels import LabelConvention
 
-__all__ = ["DECISIONS", "check_et_threshold", "decide", "region_chain", "region_classes"]
+__all__ = ["DECISIONS", "check_et_threshold", "decide", "region_chain", "region_classes", "region_levels"]
 
 #: how a class map is decided from class probabilities: ``argmax`` (the papers) or ``regions``
 DECISIONS: tuple[str, ...] = ("argmax", "regions")
 
 
-def region_classes(convention: LabelConvention) -> tuple[int, int, int]:
+def region_levels(convention: LabelConvention) -> tuple[int, int, int]:
     """The internal classes ``(edema, necrosis, enhancing)`` of a convention whose regions nest one class deep.
 
-    Whole tumour = edema + core, core = necrosis + enhancing (BraTS 2017+; BRATS 2013's two core
-    classes, necrosis and non-enhancing tumour, cannot be told apart by regions).
+    Whole tumour = edema + core, core = necrosis + enhancing (BraTS 2017+, MSD, BraTS 2024 whose resection
+    cavity lies outside the whole tumour; BRATS 2013's two core classes, necrosis and non-enhancing tumour, cannot
+    be told apart by regions).
 
     Raises:
         ValueError: the convention has another structure.
     """
     wt, tc, et = (set(convention.region_classes(r)) for r in ("wt", "tc", "et"))
     edema, necrosis = wt - tc, tc - et
-    if len(edema) != 1 or len(necrosis) != 1 or len(et) != 1 or convention.num_classes != 4:
+    if len(edema) != 1 or len(necrosis) != 1 or len(et) != 1:
+        raise ValueError(
+            f"the regions of {convention.name} do not nest one class deep (background, edema, necrosis, enhancing)"
+        )
+    return edema.pop(), necrosis.pop(), et.pop()
+
+
+def region_classes(convention: LabelConvention) -> tuple[int, int, int]:
+    """:func:`region_levels` of a convention with no class outside them: what region-based outputs (three nested
+    sigmoids) can express.
+
+    Raises:
+        ValueError: the convention has another structure, or a class outside the regions (BraTS 2024's cavity).
+    """
+    try:
+        levels = region_levels(convention)
+    except ValueError:
+        levels = None
+    if levels is None or convention.num_classes != 4:
         raise ValueError(
             f"region-based outputs need a convention with one class per region level (background, edema, "
             f"necrosis, enhancing); {convention.name} has {convention.num_classes} classes"
         )
-    return edema.pop(), necrosis.pop(), et.pop()
+    return levels
 
 
 def region_chain(logits: torch.Tensor, convention: LabelConvention) -> torch.Tensor:
@@ -79,8 +98,9 @@ def decide(
     out = _decide(probs, convention, rule)
     if et_threshold is None:
         return out
-    _, _, et = region_classes(convention)
-    return torch.where((out != 0) & (probs[:, et] >= et_threshold), torch.full_like(out, et), out)
+    edema, necrosis, et = region_levels(convention)
+    tumour = (out == edema) | (out == necrosis) | (out == et)
+    return torch.where(tumour & (probs[:, et] >= et_threshold), torch.full_like(out, et), out)
 
 
 def _decide(probs: torch.Tensor, convention: LabelConvention, rule: str) -> torch.Tensor:

@@ -111,7 +111,10 @@ class CaseDataset(Dataset):
 
 
 def layout_convention(case: CaseFiles, files: dict | None, data_config: dict) -> str:
-    """The label convention of the input's layout (generic layouts keep the training convention)."""
+    """The label convention of the input's layout: the one its ``dataset.json`` declares, else the layout's
+    (generic layouts keep the training convention)."""
+    if case.convention:
+        return case.convention
     if case.layout in ("generic", ""):
         return data_config.get("convention", "brats2017")
     return get_layout(case.layout, files).convention

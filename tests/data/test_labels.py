@@ -30,6 +30,8 @@ def test_round_trip_is_lossless(name: str) -> None:
         ("brats2013", {1, 2, 3, 4}, {1, 3, 4}, {4}),
         ("brats2017", {1, 2, 4}, {1, 4}, {4}),
         ("brats2023", {1, 2, 3}, {1, 3}, {3}),
+        ("brats2024", {1, 2, 3}, {1, 3}, {3}),  # the resection cavity (4) is no tumour region
+        ("msd", {1, 2, 3}, {2, 3}, {3}),
     ],
 )
 def test_regions_in_file_labels(name: str, wt: set, tc: set, et: set) -> None:
@@ -110,3 +112,37 @@ def test_convert_2017_2023_is_lossless_and_2013_merges_the_core() -> None:
         1,
         3,
     ]
+
+
+def test_brats2024_scores_its_own_regions_and_is_never_read_off_the_values() -> None:
+    conv = get_convention("brats2024")
+    labels = np.array([0, 1, 2, 3, 4])
+    masks = conv.region_masks(conv.to_internal(labels), conv.scored_regions)
+    assert conv.scored_regions == ("wt", "tc", "et", "netc", "snfh", "rc")
+    assert {r: labels[m].tolist() for r, m in masks.items()} == {
+        "wt": [1, 2, 3], "tc": [1, 3], "et": [3], "netc": [1], "snfh": [2], "rc": [4]
+    }  # fmt: skip
+    # values alone never say MSD or BraTS 2024 (their values mean other tissues in other conventions)
+    assert detect_convention([0, 1, 2, 3, 4]).name == "brats2013"
+    with pytest.raises(AmbiguousConventionError, match=r"\['brats2013', 'brats2023'\]"):
+        detect_convention([0, 1, 2, 3])
+    assert get_convention("brats2024-gli").name == "brats2024" and get_convention("brats2024-men").name == "brats2023"
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ({1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}, "msd"),  # the Decathlon's names
+        ({1: "edema", 2: "non_enhancing_and_necrosis", 3: "enhancing_tumor"}, "msd"),  # nnU-Net-style names
+        ({1: "NCR", 2: "edema", 3: "enhancing tumor"}, "brats2023"),
+        ({1: "NCR/NET", 2: "peritumoral edema", 4: "GD-enhancing tumor"}, "brats2017"),
+        ({1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"}, None),  # "ET" names no tissue by itself
+        ({1: "NETC", 2: "SNFH", 3: "enhancing tissue", 4: "resection cavity"}, "brats2024"),
+    ],
+)
+def test_a_dataset_json_s_label_names_find_their_convention(labels: dict[int, str], expected: str | None) -> None:
+    from brats_lightning.data.labels import convention_of_tissues, tissue_of
+
+    tissues = {v: t for v, n in labels.items() if (t := tissue_of(n)) is not None}
+    found = convention_of_tissues(tissues)
+    assert (found.name if found else None) == expected
