@@ -184,11 +184,11 @@ def test_predict_then_evaluate_in_each_layout_equals_the_brats_layout(
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_cases_in_every_layout_train_and_score_as_in_the_brats_layout(tmp_path: Path, cache_dir: Path) -> None:
-    """Two real BraTS 2018 cases converted: a debug-size training on each layout, and predict -> evaluate equal to
-    the BraTS layout's figures (the must-show of issue 32)."""
+    """Three real BraTS 2018 cases converted: a debug-size training on each layout, and predict -> evaluate equal
+    to the BraTS layout's figures (the must-show of issue 32)."""
     src = shared("brats2018")
     conv = _converter()
-    brats = _brats_copy(src, tmp_path / "brats", 2)
+    brats = _brats_copy(src, tmp_path / "brats", 3)
     cases = sorted(brats.iterdir())
     roots = {
         "msd": conv.write_msd(cases, tmp_path / "out"),
@@ -202,7 +202,7 @@ def test_real_cases_in_every_layout_train_and_score_as_in_the_brats_layout(tmp_p
         out = tmp_path / "run" / name
         cfg = compose(
             ["debug=default", "data=brats", f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
-             "data.test_fraction=0.5", "data.num_folds=2", "model.width=0.25", "trainer.limit_train_batches=2",
+             "data.test_fraction=0.34", "data.num_folds=2", "model.width=0.25", "trainer.limit_train_batches=2",
              "model.test_hd95=false", "seed=3"],
             output_dir=str(out),
         )  # fmt: skip
@@ -216,7 +216,7 @@ def test_real_cases_in_every_layout_train_and_score_as_in_the_brats_layout(tmp_p
     for name in inputs:
         cfg = {"ckpt_path": str(ckpt), "input_dir": str(inputs[name]), "device": "cpu", "precision": "fp32",
                "num_workers": 0, "output_dir": str(tmp_path / "pred" / name)}  # fmt: skip
-        assert len(predict_dir(OmegaConf.create(cfg))["done"]) == 2
+        assert len(predict_dir(OmegaConf.create(cfg))["done"]) == 3
         scores[name] = evaluate_dirs(tmp_path / "pred" / name, truths[name], tmp_path / "scores" / name)
     for name in ("msd", "nnunet", "brats2024"):
         for r in REGIONS:
