@@ -295,6 +295,7 @@ def test_fold_models_never_see_the_cases_they_score(
     assert torch.equal(model.decide(probs), torch.from_numpy(np.asarray(case.label)).long())
 
 
+@pytest.mark.slow  # (12 s: a second cross-validation; the default suite keeps the shipped model trained on all cases)
 def test_the_fold_models_ensemble_is_shipped_when_asked(tmp_path: Path, synthetic_root: Path, cache_dir: Path) -> None:
     run = tmp_path / "run"
     run_main(

@@ -112,3 +112,16 @@ def test_an_onnx_model_without_settings_is_one_line(tmp_path: Path) -> None:
     onnx = _tiny_onnx(tmp_path / "other.onnx", None)  # someone else's model: no settings, no sidecar
     with pytest.raises(CheckpointError, match=rf"^{onnx}: no brats_lightning settings in the model's metadata"):
         load_predictor(onnx)
+
+
+def test_onnxruntime_runs_on_the_gpu_only_when_both_it_and_torch_see_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from brats_lightning.load.onnx import execution_providers
+
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert execution_providers(cuda) == cuda
+    assert execution_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]  # onnxruntime without CUDA
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert execution_providers(cuda) == ["CPUExecutionProvider"]  # onnxruntime-gpu on a machine without a GPU
