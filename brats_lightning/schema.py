@@ -17,11 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from brats_lightning.errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["Int", "Name", "Number", "Strict", "validate", "read_json", "parse_json", "check_no_targets"]
+__all__ = ["Int", "Name", "Number", "Strict", "validate", "read_json", "read_yaml", "parse_json", "check_no_targets"]
 
 #: nesting depth above which a JSON document is refused (ours are 4 deep at most)
 MAX_JSON_DEPTH = 32
@@ -146,6 +147,52 @@ def parse_json(text: str, source: str | Path, what: str, error: Callable[[str], 
         return json.loads(text)
     except (ValueError, RecursionError) as e:
         raise error(f"{source}: the {what} is not valid JSON ({str(e).splitlines()[0]})") from None
+
+
+#: the largest YAML file read back (a run's config is tens of kB)
+MAX_YAML_BYTES = 4 * 1024 * 1024
+
+
+class _BoundedYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases (a "billion laughs" expands a few lines into 10^9 nodes; Hydra and
+    OmegaConf never write one) and nesting deeper than :data:`MAX_JSON_DEPTH` before it recurses."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - PyYAML's hook
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"an alias (*{event.anchor}); the files this package writes have none")
+        self._depth += 1
+        try:
+            if self._depth > MAX_JSON_DEPTH:
+                raise yaml.YAMLError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def read_yaml(path: str | Path, what: str, error: Callable[[str], UserError] = ConfigError) -> Any:
+    """A YAML file as plain data, bounded: its size, its nesting and its aliases are checked before anything is
+    built (the safe loader: no Python objects). For the files a run folder holds (``.hydra/config.yaml``,
+    ``overrides.yaml``, ``multirun.yaml``), read back as data.
+
+    Raises:
+        UserError: (``error``) missing, unreadable, too large, too deeply nested, with an alias, or not YAML;
+            names ``path``.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise error(f"{path}: the {what} is larger than {MAX_YAML_BYTES // 2**20} MB; not a file we wrote")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None
+    try:
+        return yaml.load(text, Loader=_BoundedYamlLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, RecursionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise error(f"{path}: the {what} is not usable YAML ({first})") from None
 
 
 def check_no_targets(data: Any, source: str | Path, where: str = "") -> None:

@@ -56,8 +56,8 @@ from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig, cr
 from brats_lightning.data.provenance import write_config
 from brats_lightning.data.readers import CaseFiles
 from brats_lightning.data.splits import CaseId
-from brats_lightning.errors import DataError
-from brats_lightning.schema import Int, Number, read_json, validate
+from brats_lightning.errors import DataError, UserError
+from brats_lightning.schema import Int, Number, parse_json, read_json, validate
 
 __all__ = [
     "CACHE_VERSION",
@@ -316,7 +316,8 @@ def is_fresh(folder: Path, case: CaseFiles) -> bool:
     if not meta_file.is_file():
         return False
     try:
-        meta = json.loads(meta_file.read_text())
+        # bounded: a record nested too deep or too large is derived data to rebuild, not a crash
+        meta = parse_json(meta_file.read_text(), meta_file, "case record", DataError)
         if not isinstance(meta, dict) or meta.get("cache_version") != CACHE_VERSION:
             return False
         if meta.get("sources") != _sources(case):
@@ -332,7 +333,7 @@ def is_fresh(folder: Path, case: CaseFiles) -> bool:
                 log.warning("%s: %s.npy is missing, empty or truncated; the case is prepared again", folder, name)
                 return False
         return True
-    except (OSError, ValueError, AttributeError, TypeError):
+    except (OSError, ValueError, AttributeError, TypeError, UserError):
         return False
 
 

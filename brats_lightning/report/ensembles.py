@@ -16,7 +16,7 @@ from brats_lightning.config import register_resolvers
 from brats_lightning.errors import ConfigError, UserError
 from brats_lightning.evaluation.results import run_metrics, summarise
 from brats_lightning.report.runs import Run
-from brats_lightning.schema import check_no_targets
+from brats_lightning.schema import check_no_targets, read_yaml
 
 if TYPE_CHECKING:
     from brats_lightning.data.datamodule import BratsDataModule
@@ -88,8 +88,11 @@ def job_datamodule(job: str | Path) -> BratsDataModule:
 
     register_resolvers()
     cfg_file = Path(job) / ".hydra" / "config.yaml"
+    plain = read_yaml(cfg_file, "run config")  # bounded: size, nesting, no aliases (a billion laughs is refused)
+    if not isinstance(plain, dict):
+        raise ConfigError(f"{cfg_file}: not a usable run config (not a mapping)")
     try:
-        cfg = OmegaConf.load(cfg_file)
+        cfg = OmegaConf.create(plain)
         data = OmegaConf.to_container(cfg.data, resolve=True) if "data" in cfg else None
     except (OSError, yaml.YAMLError, OmegaConfBaseException, ValueError, RecursionError) as e:
         why = f"{type(e).__name__}: {str(e).splitlines()[0]}"

@@ -8,11 +8,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from brats_lightning.data.labels import REGIONS
 from brats_lightning.errors import UserError
-from brats_lightning.schema import read_json
+from brats_lightning.schema import read_json, read_yaml
 from brats_lightning.viz import group_by_setting
 
 __all__ = ["Run", "by_setting", "collect_runs"]
@@ -77,9 +75,9 @@ def _numbers(doc: object) -> dict[str, float]:
 def _overrides(path: Path) -> list[str]:
     """A job's ``.hydra/overrides.yaml``: a list of strings (anything else: none)."""
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, RecursionError) as e:
-        log.warning("%s: unreadable (%s)", path, e)
+        doc = read_yaml(path, "job's overrides")
+    except UserError as e:
+        log.warning("%s", e)
         return []
     return [o for o in doc if isinstance(o, str)] if isinstance(doc, list) else []
 

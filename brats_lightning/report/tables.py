@@ -26,15 +26,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from brats_lightning.data.labels import REGION_TITLES, REGIONS
+from brats_lightning.errors import UserError
 from brats_lightning.evaluation.metrics import METRICS
 from brats_lightning.evaluation.papers import LAYOUTS, PUBLISHED, SOURCES, paper_of
 from brats_lightning.evaluation.results import PAPER_METRICS
 from brats_lightning.files import write_csv_atomic, write_text_atomic
 from brats_lightning.report.ensembles import ensemble_of_folds
 from brats_lightning.report.runs import Run, by_setting, collect_runs
+from brats_lightning.schema import read_yaml
 from brats_lightning.viz import plot_curves, plot_overlays
 
 __all__ = ["main", "write_report"]
@@ -119,8 +120,8 @@ def _table(runs: list[Run], ensemble: bool = True) -> tuple[list[dict], str]:
 def _task_name(root: Path) -> str:
     """The multirun's task name (from Hydra's multirun.yaml), e.g. ``shen_symmetry``."""
     try:
-        cfg = yaml.safe_load((root / "multirun.yaml").read_text())
-    except (OSError, yaml.YAMLError, RecursionError):
+        cfg = read_yaml(root / "multirun.yaml", "multirun config")
+    except UserError:
         return root.name
     name = cfg.get("task_name") if isinstance(cfg, dict) else None
     return name[:100] if isinstance(name, str) and name else root.name

@@ -190,12 +190,9 @@ def _checked_overrides(path: Path) -> list[str]:
     Raises:
         ConfigError: naming the file, when it is not such a list, or an option names code or interpolates.
     """
-    import yaml
+    from brats_lightning.schema import read_yaml
 
-    try:
-        overrides = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: not readable as YAML ({type(e).__name__})") from None
+    overrides = read_yaml(path, "job's overrides")
     if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
         raise ConfigError(f"{path}: not a list of key=value overrides")
     for o in overrides:

@@ -81,3 +81,16 @@ def test_report_never_calls_what_a_results_folder_names(tmp_path: Path, multirun
     # the untouched folder still gets its ensemble row (the check refuses only what it must)
     md = write_report(multirun, tmp_path / "clean")["results.md"].read_text()
     assert "FCN (3 blocks), ensemble of 2 folds" in md and "FCN + symmetry (3 blocks), ensemble of 2 folds" in md
+
+
+def test_a_results_folder_whose_config_is_a_billion_laughs_is_refused_at_once(tmp_path: Path) -> None:
+    """A shared results folder whose ``.hydra/config.yaml`` expands into 10^9 nodes: one line naming it, at once
+    (before the bounded reader, OmegaConf expanded it until the machine ran out of memory)."""
+    from brats_lightning.report.ensembles import job_datamodule
+    from tests.test_schema import LAUGHS
+
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(LAUGHS)
+    with pytest.raises(ConfigError, match=r"\.hydra/config.yaml: the run config is not usable YAML \(an alias"):
+        job_datamodule(job)
