@@ -307,3 +307,23 @@ def logged_steps(history: list[dict]) -> list[int]:
 
 def wandb_state(ckpt: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["callbacks"]["WandbRunId"]
+
+
+# -- the optional sweep extra ---------------------------------------------------------------------------------------
+
+
+def sweep_extra_missing() -> str | None:
+    """Why the ``sweep`` extra cannot be used (its one-line message), or ``None`` when it can."""
+    from brats_lightning.sweep.study import MissingExtraError, require_sweep_extra
+
+    try:
+        require_sweep_extra()
+    except MissingExtraError as e:
+        return str(e)
+    return None
+
+
+#: skips a test when the sweep extra is missing (the message says how to install it)
+requires_sweep_extra = pytest.mark.skipif(
+    sweep_extra_missing() is not None, reason=f"the sweep extra is missing: {sweep_extra_missing()}"
+)

@@ -17,20 +17,8 @@ import yaml
 
 from brats_lightning.errors import ConfigError
 from brats_lightning.sweep.report import reestimate
-from brats_lightning.sweep.study import EXTRA_INSTALL, MissingExtraError, require_sweep_extra
-from tests.helpers import ROOT, run_command
-
-
-def _extra_missing() -> str | None:
-    try:
-        require_sweep_extra()
-    except MissingExtraError as e:
-        return str(e)
-    return None
-
-
-requires_extra = pytest.mark.skipif(_extra_missing() is not None, reason=f"the sweep extra is missing: {EXTRA_INSTALL}")
-
+from brats_lightning.sweep.study import EXTRA_INSTALL
+from tests.helpers import ROOT, requires_sweep_extra, run_command
 
 #: a sweep of 4 tiny trials on the synthetic data (debug=default's sizes, a quarter-width FCN: the example's own)
 SWEEP_ARGS = [
@@ -62,7 +50,7 @@ def _study(db: Path) -> Any:
     return optuna.load_study(study_name="synthetic_example", storage=f"sqlite:///{db}")
 
 
-@requires_extra
+@requires_sweep_extra
 def test_a_killed_sweep_continues_to_its_trials_with_the_same_command(tmp_path: Path, cache_dir: Path) -> None:
     from optuna.trial import TrialState
 

@@ -7,18 +7,9 @@ from pathlib import Path
 import pytest
 
 from brats_lightning.errors import ConfigError
-from brats_lightning.sweep.study import EXTRA_INSTALL, MissingExtraError, require_sweep_extra
+from tests.helpers import requires_sweep_extra
 
-
-def _extra_missing() -> str | None:
-    try:
-        require_sweep_extra()
-    except MissingExtraError as e:
-        return str(e)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_extra_missing() is not None, reason=f"the sweep extra is missing: {EXTRA_INSTALL}")
+pytestmark = requires_sweep_extra
 
 
 def test_hydra_sweeps_become_the_optuna_distributions_they_say() -> None:

@@ -6,23 +6,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from brats_lightning.sweep.report import main
-from brats_lightning.sweep.study import EXTRA_INSTALL, MissingExtraError, require_sweep_extra
-from tests.helpers import run_argv
-
-
-def _extra_missing() -> str | None:
-    try:
-        require_sweep_extra()
-    except MissingExtraError as e:
-        return str(e)
-    return None
-
-
-requires_extra = pytest.mark.skipif(_extra_missing() is not None, reason=f"the sweep extra is missing: {EXTRA_INSTALL}")
-
+from tests.helpers import requires_sweep_extra, run_argv, sweep_extra_missing
 
 #: a sweep of 4 tiny trials on the synthetic data (debug=default's sizes, a quarter-width FCN: the example's own)
 SWEEP_ARGS = [
@@ -48,7 +33,7 @@ def _complete(db: Path) -> int:
         return 0
 
 
-@requires_extra
+@requires_sweep_extra
 def test_report_of_a_single_trial_says_importances_need_two(tmp_path: Path) -> None:
     import optuna
 
@@ -64,7 +49,7 @@ def test_report_of_a_single_trial_says_importances_need_two(tmp_path: Path) -> N
 
 def test_report_of_a_folder_without_a_study_is_one_line(tmp_path: Path) -> None:
     proc = run_argv(main, str(tmp_path))
-    missing = _extra_missing()
+    missing = sweep_extra_missing()
     expected = (
         missing.replace("hparams_search", "the sweep report")
         if missing

@@ -7,18 +7,7 @@ from typing import Any
 
 import pytest
 
-from brats_lightning.sweep.study import EXTRA_INSTALL, MissingExtraError, require_sweep_extra
-
-
-def _extra_missing() -> str | None:
-    try:
-        require_sweep_extra()
-    except MissingExtraError as e:
-        return str(e)
-    return None
-
-
-requires_extra = pytest.mark.skipif(_extra_missing() is not None, reason=f"the sweep extra is missing: {EXTRA_INSTALL}")
+from tests.helpers import requires_sweep_extra
 
 
 def _study(db: Path) -> Any:
@@ -27,7 +16,7 @@ def _study(db: Path) -> Any:
     return optuna.load_study(study_name="synthetic_example", storage=f"sqlite:///{db}")
 
 
-@requires_extra
+@requires_sweep_extra
 def test_resume_study_fails_killed_trials_and_numbers_jobs_after_every_folder(tmp_path: Path) -> None:
     import optuna
     from optuna.trial import TrialState
@@ -55,7 +44,7 @@ def test_resume_study_fails_killed_trials_and_numbers_jobs_after_every_folder(tm
         resume_study(storage, "s", ["maximize"], tmp_path, ["a=2", "b=3"])
 
 
-@requires_extra
+@requires_sweep_extra
 def test_one_sweep_of_a_folder_at_a_time(tmp_path: Path) -> None:
     from brats_lightning.errors import OutputError
     from brats_lightning.sweep.study import study_lock
