@@ -115,13 +115,17 @@ def read_json(path: str | Path, what: str, error: Callable[[str], UserError] = C
         UserError: (``error``) missing, unreadable, too large, too deeply nested or not JSON; names ``path``.
     """
     path = Path(path)
+    return parse_json(_bounded_text(path, what, MAX_JSON_BYTES, error), path, what, error)
+
+
+def _bounded_text(path: Path, what: str, limit: int, error: Callable[[str], UserError]) -> str:
+    """A file's text, refused above ``limit`` bytes before it is read (one line naming the file)."""
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
-            raise error(f"{path}: the {what} is larger than {MAX_JSON_BYTES // 2**20} MB; not a file we wrote")
-        text = path.read_text()
+        if path.stat().st_size > limit:
+            raise error(f"{path}: the {what} is larger than {limit // 2**20} MB; not a file we wrote")
+        return path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise error(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None
-    return parse_json(text, path, what, error)
 
 
 def parse_json(text: str, source: str | Path, what: str, error: Callable[[str], UserError] = CheckpointError) -> Any:
@@ -182,12 +186,7 @@ def read_yaml(path: str | Path, what: str, error: Callable[[str], UserError] = C
             names ``path``.
     """
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise error(f"{path}: the {what} is larger than {MAX_YAML_BYTES // 2**20} MB; not a file we wrote")
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise error(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from None
+    text = _bounded_text(path, what, MAX_YAML_BYTES, error)
     try:
         return yaml.load(text, Loader=_BoundedYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except (yaml.YAMLError, RecursionError) as e:

@@ -43,6 +43,22 @@ def _brats_copy(src: Path, dest: Path, n: int) -> Path:
     return dest
 
 
+def _debug_training(root: Path, cache: Path, *extra: str) -> list[str]:
+    """The overrides of a debug-size training on the data set at ``root`` (its own layout and convention)."""
+    return ["debug=default", "data=brats", f"data.root={root}", f"paths.cache_dir={cache}", "data.num_folds=2",
+            "data.test_fraction=0.34", "model.width=0.25", "trainer.limit_train_batches=2", "model.test_hd95=false",
+            *extra]  # fmt: skip
+
+
+def _images_and_truths(brats: Path, roots: dict[str, Path]) -> tuple[dict[str, Path], dict[str, Path]]:
+    """What predict reads and what evaluate scores against, per layout: the BraTS folder itself, the MSD and
+    nnU-Net image and label folders, the BraTS 2024 folder itself."""
+    images = {"brats": brats, "msd": roots["msd"] / "imagesTr", "nnunet": roots["nnunet"] / "imagesTr",
+              "brats2024": roots["brats2024"]}  # fmt: skip
+    truths = {**images, "msd": roots["msd"] / "labelsTr", "nnunet": roots["nnunet"] / "labelsTr"}
+    return images, truths
+
+
 @pytest.fixture
 def converted(tmp_path: Path, synthetic_root: Path) -> dict[str, Path]:
     """Three synthetic BraTS 2018-layout cases, and the same cases as MSD, nnU-Net and BraTS 2024 data sets."""
@@ -127,12 +143,7 @@ def test_train_on_each_layout_at_debug_size(tmp_path: Path, converted: dict[str,
 
     root = converted[layout]
     out = tmp_path / "run"
-    cfg = compose(
-        ["debug=default", "data=brats", f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
-         "data.crop_size=[48,56]", "data.num_folds=2", "data.test_fraction=0.34", "model.width=0.25",
-         "trainer.limit_train_batches=2", "model.test_hd95=false"],
-        output_dir=str(out),
-    )  # fmt: skip
+    cfg = compose(_debug_training(root, tmp_path / "cache", "data.crop_size=[48,56]"), output_dir=str(out))
     convention = {"msd": "msd", "nnunet": "msd", "brats2024": "brats2024"}[layout]
     assert cfg.data.convention == convention and cfg.data.num_classes == get_convention(convention).num_classes
     results = train(cfg)
@@ -156,10 +167,7 @@ def test_predict_then_evaluate_in_each_layout_equals_the_brats_layout(
         "nnunet": conv.write_nnunet(cases, tmp_path / "out"),
         "brats2024": conv.write_brats2024(cases, tmp_path / "out", cavity=True),
     }
-    inputs = {"brats": brats, "msd": roots["msd"] / "imagesTr", "nnunet": roots["nnunet"] / "imagesTr",
-              "brats2024": roots["brats2024"]}  # fmt: skip
-    truths = {"brats": brats, "msd": roots["msd"] / "labelsTr", "nnunet": roots["nnunet"] / "labelsTr",
-              "brats2024": roots["brats2024"]}  # fmt: skip
+    inputs, truths = _images_and_truths(brats, roots)
     figures: dict[str, dict[tuple[str, str], dict[str, str]]] = {}
     for name in roots:
         cfg = {"ckpt_path": str(well_trained_ckpt), "input_dir": str(inputs[name]), "device": "cpu",
@@ -200,18 +208,10 @@ def test_real_cases_in_every_layout_train_and_score_as_in_the_brats_layout(tmp_p
     trained = {}
     for name, root in {"brats": brats, **roots}.items():
         out = tmp_path / "run" / name
-        cfg = compose(
-            ["debug=default", "data=brats", f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
-             "data.test_fraction=0.34", "data.num_folds=2", "model.width=0.25", "trainer.limit_train_batches=2",
-             "model.test_hd95=false", "seed=3"],
-            output_dir=str(out),
-        )  # fmt: skip
+        cfg = compose(_debug_training(root, tmp_path / "cache", "seed=3"), output_dir=str(out))
         trained[name] = train(cfg)["best_ckpt"]
     ckpt = trained["brats"]
-    inputs = {"brats": brats, "msd": roots["msd"] / "imagesTr", "nnunet": roots["nnunet"] / "imagesTr",
-              "brats2024": roots["brats2024"]}  # fmt: skip
-    truths = {"brats": brats, "msd": roots["msd"] / "labelsTr", "nnunet": roots["nnunet"] / "labelsTr",
-              "brats2024": roots["brats2024"]}  # fmt: skip
+    inputs, truths = _images_and_truths(brats, roots)
     scores = {}
     for name in inputs:
         cfg = {"ckpt_path": str(ckpt), "input_dir": str(inputs[name]), "device": "cpu", "precision": "fp32",
