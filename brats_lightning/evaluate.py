@@ -9,24 +9,23 @@ from __future__ import annotations
 import logging
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from brats_lightning.config import config_dir, register_resolvers
-from brats_lightning.errors import cli
+from brats_lightning.config import register_resolvers
 from brats_lightning.evaluation.folders import evaluate_dirs
 from brats_lightning.evaluation.results import print_table
+from brats_lightning.options import check_config, command
 
 __all__ = ["main"]
 
 log = logging.getLogger("brats_lightning.evaluate")
 
 
-@hydra.main(config_path=config_dir(), config_name="evaluate", version_base="1.3")
-@cli
+@command("evaluate")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (see ``conf/evaluate.yaml``); exit status 1 when a file could not be scored."""
     register_resolvers()
+    check_config(cfg, "evaluate")  # every option's type and range, before any work
     conv = {
         k: v if isinstance(v, str) else list(v) for k, v in (("pred", cfg.pred_convention), ("gt", cfg.gt_convention))
     }

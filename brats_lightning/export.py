@@ -21,17 +21,17 @@ import logging
 import warnings
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from brats_lightning.config import config_dir, register_resolvers
-from brats_lightning.errors import CheckpointError, ConfigError, cli
+from brats_lightning.config import register_resolvers
+from brats_lightning.errors import CheckpointError, ConfigError
 from brats_lightning.files import atomic_path
 from brats_lightning.load.checkpoint import load_module
 from brats_lightning.load.onnx import FORMAT, OnnxModule, write_metadata
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN
+from brats_lightning.options import check_config, command
 
 __all__ = ["export_onnx", "check_export", "main"]
 
@@ -126,10 +126,10 @@ def check_export(model: SegmentationModule, onnx_path: Path, seed: int = 0) -> f
 register_resolvers()
 
 
-@hydra.main(config_path=config_dir(), config_name="export", version_base="1.3")
-@cli
+@command("export")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (see ``conf/export.yaml``)."""
+    check_config(cfg, "export")  # every option's type and range, before any work
     model, data_config = load_module(cfg.ckpt_path)
     out = export_onnx(model, data_config, cfg.out, int(cfg.opset))
     log.info("Wrote %s (%s; its settings in the model's metadata)", out, model.display_name)

@@ -9,23 +9,22 @@ from __future__ import annotations
 import logging
 import time
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from brats_lightning.config import config_dir, register_resolvers
-from brats_lightning.errors import cli
+from brats_lightning.config import register_resolvers
+from brats_lightning.options import check_config, command
 
 __all__ = ["main"]
 
 log = logging.getLogger("brats_lightning.prepare")
 
 
-@hydra.main(config_path=config_dir(), config_name="prepare", version_base="1.3")
-@cli
+@command("prepare")
 def main(cfg: DictConfig) -> None:
     """Prepare every case of ``cfg.data`` (skipping those already in the cache)."""
     register_resolvers()
+    check_config(cfg, "prepare")  # every option's type and range, before any work
     t0 = time.perf_counter()
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,7 +23,19 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from brats_lightning.errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["Int", "Name", "Number", "Strict", "validate", "read_json", "read_yaml", "parse_json", "check_no_targets"]
+__all__ = [
+    "Int",
+    "Name",
+    "Number",
+    "Strict",
+    "Sub",
+    "check_sub",
+    "validate",
+    "read_json",
+    "read_yaml",
+    "parse_json",
+    "check_no_targets",
+]
 
 #: nesting depth above which a JSON document is refused (ours are 4 deep at most)
 MAX_JSON_DEPTH = 32
@@ -35,6 +48,14 @@ Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+-]+$")]
 
 
+@dataclass(frozen=True)
+class Sub:
+    """Marks a field kept as a plain dict whose keys the schema ``schema`` checks (a validator of the field does):
+    ``Annotated[dict[str, Any] | None, Sub(PreprocessConfig)]``. The schema's walks (:func:`field_at`) follow it."""
+
+    schema: type[BaseModel]
+
+
 class Strict(BaseModel):
     """No unknown keys; values must have the declared types (ints are not coerced from strings)."""
 
@@ -44,29 +65,89 @@ class Strict(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def _first_problem(e: ValidationError, source: str, options: bool) -> str:
+def _first_problem(e: ValidationError, source: str, options: bool, model: type[BaseModel] | None = None) -> str:
     """The first problem in one line: ``<source>: <key>: <what>`` (a file), ``<source>.<key>: <what>`` (options).
 
-    The branches of a union (``auto`` or an integer) are one problem: their messages joined by "or".
+    The branches of a union (``auto`` or an integer) are one problem: their messages joined by "or"; an unknown key
+    says which keys the schema has there; a ``_target_`` outside a union's choices lists them.
     """
     errors = e.errors(include_url=False)
     # a union's branch tags (``constrained-int``, ``literal['auto']``) are not keys of the document
     keys = [".".join(str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier()) for err in errors]
     where = keys[0]
     same = [err for err, key in zip(errors, keys) if key == where]
-    parts = list(dict.fromkeys(str(err["msg"]).removeprefix("Value error, ") for err in same))
+    first = same[0]
+    if first["type"] == "extra_forbidden":
+        known = _keys_at(model, first["loc"][:-1]) if model is not None else []
+        parts = ["unknown option" + (f"; expected one of {', '.join(known)}" if known else "")]
+    elif first["type"] == "union_tag_invalid":
+        ctx = first.get("ctx") or {}
+        parts = [f"_target_ {ctx.get('tag')!r} is none of the classes allowed here ({ctx.get('expected_tags')})"]
+        where = f"{where}._target_" if where else "_target_"
+    else:
+        parts = list(dict.fromkeys(str(err["msg"]).removeprefix("Value error, ") for err in same))
     msg = " or ".join([parts[0], *(m.removeprefix("Input should be ") for m in parts[1:])])
-    got = same[0].get("input")
+    got = first.get("input")
     shown = (
         ""
-        if isinstance(got, (dict, list)) or same[0]["type"] == "missing" or repr(got) in msg
+        if isinstance(got, (dict, list)) or first["type"] in ("missing", "union_tag_invalid") or "got " in msg
         else f" (got {got!r:.80})"
     )
     others = len(set(keys)) - 1
     more = f"; {others} more problem(s)" if others else ""
     if options:  # a problem of several options together names them itself
-        return f"{source}.{where}: {msg}{shown}{more}" if where else f"{msg}{more}"
+        key = f"{source}.{where}" if source and where else where
+        return f"{key}: {msg}{shown}{more}" if key else f"{msg}{more}"
     return f"{source}: {where or 'the document'}: {msg}{shown}{more}"
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the schema ``model`` declares at ``loc`` (inside nested models, dicts, lists and unions), by their
+    names in a document (aliases); ``[]`` when ``loc`` leads nowhere known."""
+    import typing
+
+    candidates: list[Any] = [model]
+    for step in loc:
+        nxt: list[Any] = []
+        for tp in candidates:
+            for t in _branches(tp):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    for name, f in t.model_fields.items():
+                        if step in (name, f.alias):
+                            nxt.append(f.annotation)
+                    if isinstance(step, str) and not step.isidentifier() and _tagged(t, step):  # a union's tag
+                        nxt.append(t)
+                elif typing.get_origin(t) in (dict, list, tuple):
+                    args = typing.get_args(t)
+                    if args:
+                        nxt.append(args[-1] if typing.get_origin(t) is dict else args[0])
+        candidates = nxt
+    out: list[str] = []
+    for tp in candidates:
+        for t in _branches(tp):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                out += [f.alias or name for name, f in t.model_fields.items()]
+    return sorted(dict.fromkeys(out))
+
+
+def _tagged(model: type[BaseModel], tag: str) -> bool:
+    """Whether ``model`` is the branch of a discriminated union that ``tag`` (its ``_target_``) selects."""
+    import typing
+
+    field = next((f for f in model.model_fields.values() if f.alias == "_target_"), None)
+    return field is None or tag in typing.get_args(field.annotation)
+
+
+def _branches(tp: Any) -> list[Any]:
+    """The types a union (or an ``Annotated`` type) may be."""
+    import types
+    import typing
+
+    if typing.get_origin(tp) is Annotated:
+        return _branches(typing.get_args(tp)[0])
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [b for a in typing.get_args(tp) for b in _branches(a)]
+    return [tp]
 
 
 def validate(
@@ -92,7 +173,20 @@ def validate(
         _check_depth(data, source, error)
         return model.model_validate(data)
     except ValidationError as e:
-        raise error(_first_problem(e, str(source), options)) from None
+        raise error(_first_problem(e, str(source), options, model)) from None
+
+
+def check_sub(model: type[M], data: Any) -> M:
+    """``data`` checked against ``model`` inside another schema's validator (a :class:`Sub` field).
+
+    Raises:
+        ValueError: the first problem in one line (``rotate_deg: Input should be ...``), which the outer schema
+            reports under the field's name.
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(_first_problem(e, "", False, model).removeprefix(": ")) from None
 
 
 def _check_depth(data: Any, source: str | Path, error: Callable[[str], UserError]) -> None:

@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "stages and commands",
         (
             "brats_lightning.config",
+            "brats_lightning.options",
             "brats_lightning.training",
             "brats_lightning.crossval",
             "brats_lightning.predict",

@@ -7,16 +7,18 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
+from pydantic import Field, StrictBool, model_validator
 
+from brats_lightning.data.readers import MODALITIES
 from brats_lightning.errors import ConfigError, UserError
 from brats_lightning.files import write_text_atomic
 from brats_lightning.inference.flips import tta_flips
-from brats_lightning.schema import read_json
+from brats_lightning.schema import Int, Number, Strict, read_json, validate
 
-__all__ = ["DEFAULT_INFERENCE_S", "CVOptions", "CVState", "fingerprint", "fold_seconds", "training_config"]
+__all__ = ["DEFAULT_INFERENCE_S", "CVConfig", "CVOptions", "CVState", "fingerprint", "fold_seconds", "training_config"]
 
 log = logging.getLogger("brats_lightning.crossval")
 
@@ -93,37 +95,79 @@ class CVOptions:
 
     @classmethod
     def from_config(cls, node: Any) -> CVOptions:
+        """``cv.*`` checked against :class:`CVConfig`.
 
+        Raises:
+            ConfigError: one line naming the option (``cv.final: ...``).
+        """
         raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-        if not isinstance(raw, dict):
-            raise ConfigError(f"cv must be a mapping of options, got {raw!r}")
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"cv: unknown option(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
-        opts: dict[str, Any] = {str(k): tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        out = cls(**opts)
+        checked = validate(CVConfig, raw, "cv", ConfigError, options=True)
         try:
-            tta_flips(out.tta_flips)
+            tta_flips(list(checked.tta_flips))
         except ValueError as e:
             raise ConfigError(f"cv.tta_flips: {e}") from None
-        if any(float(v) <= 0 for v in (*out.min_volumes_mm3, *out.et_volumes_mm3)):
-            raise ConfigError("cv.min_volumes_mm3 and cv.et_volumes_mm3 must be positive volumes")
-        if any(not 0 < float(v) <= 1000 for v in out.keep_within_mm):
-            raise ConfigError(f"cv.keep_within_mm must be distances in mm in (0, 1000], got {list(out.keep_within_mm)}")
-        if any(not 0.0 < float(t) < 1.0 for t in out.et_thresholds):
-            raise ConfigError(f"cv.et_thresholds must be probabilities in (0, 1), got {list(out.et_thresholds)}")
-        if out.et_thresholds and not out.probabilities:
-            raise ConfigError(
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in checked.model_dump().items()})
+
+
+Volumes = Annotated[list[Annotated[Number, Field(gt=0, le=1e7)]], Field(strict=False, max_length=64)]
+
+
+class CVConfig(Strict):
+    """The schema of ``cv.*`` (the fields of :class:`CVOptions`, with their types and ranges)."""
+
+    tta_flips: Annotated[list[Literal["lr", "ap"]], Field(strict=False, max_length=2)] = ["lr"]
+    min_volumes_mm3: Volumes = [100.0, 250.0, 500.0, 1000.0, 2000.0]
+    largest_only: StrictBool = True
+    keep_within_mm: Annotated[list[Annotated[Number, Field(gt=0, le=1000)]], Field(strict=False, max_length=64)] = [
+        10.0,
+        20.0,
+        40.0,
+    ]
+    et_volumes_mm3: Volumes = [50.0, 100.0, 200.0, 500.0, 1000.0]
+    region_components: StrictBool = True
+    et_thresholds: Annotated[list[Annotated[Number, Field(gt=0, lt=1)]], Field(strict=False, max_length=64)] = []
+    tune_max_cases: Annotated[Int, Field(ge=1, le=1_000_000)] = 300
+    probabilities: StrictBool = False
+    workers: Annotated[Int, Field(ge=0, le=1024)] = 0
+    min_fold_minutes: Annotated[Number, Field(gt=0, le=100_000)] = 0.5
+    fold_minutes: Annotated[Number, Field(gt=0, le=100_000)] | None = None
+    raw_weights: StrictBool = False
+    uncertainty: StrictBool = False
+    missing_modalities: Annotated[list[Literal[MODALITIES]], Field(strict=False, max_length=4)] = []  # type: ignore[valid-type]
+    final: Literal[FINAL_PREDICTORS] = "all"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _thresholds_need_probabilities(self) -> CVConfig:
+        if self.et_thresholds and not self.probabilities:
+            raise ValueError(
                 "cv.et_thresholds are chosen on the out-of-fold probabilities: set cv.probabilities=true (or "
                 "cv.et_thresholds=[])"
             )
-        if out.final not in FINAL_PREDICTORS:
-            raise ConfigError(f"cv.final must be one of {list(FINAL_PREDICTORS)}, got {out.final!r}")
-        if not float(out.min_fold_minutes) > 0:
-            raise ConfigError(f"cv.min_fold_minutes must be positive minutes, got {out.min_fold_minutes!r}")
-        if out.fold_minutes is not None and not float(out.fold_minutes) > 0:
-            raise ConfigError(f"cv.fold_minutes must be positive minutes (or null), got {out.fold_minutes!r}")
-        return out
+        return self
+
+
+Seconds = Annotated[Number, Field(ge=0, le=1e8)]
+
+
+class FoldRecord(Strict):
+    """One training of ``cv_state.json`` (a fold's, or ``all``: the final model's)."""
+
+    done: StrictBool = False
+    train_s: Seconds | None = None
+    steps: Seconds | None = None
+    fit_s: Seconds | None = None
+    infer_s_per_case: Seconds | None = None
+
+
+class CVStateFile(Strict):
+    """The schema of ``cv_state.json`` (:class:`CVState`), checked when a run resumes."""
+
+    spent_s: Seconds = 0.0
+    inference_s: Annotated[Number, Field(ge=0, le=1e5)] = 0.0
+    split_hash: Annotated[str, Field(max_length=128)] = ""
+    config_hash: Annotated[str, Field(max_length=128)] = ""
+    config: dict[Annotated[str, Field(max_length=256)], Any] = {}
+    folds: dict[Annotated[str, Field(pattern=r"^([0-9]{1,3}|all)$")], FoldRecord] = {}
 
 
 @dataclass
@@ -152,24 +196,29 @@ class CVState:
         except UserError as e:
             log.warning("%s; starting the cross-validation afresh", e)
             return cls(path)
-        if not isinstance(doc, dict):
-            return cls(path)
-
-        def number(key: str) -> float:
-            v = doc.get(key)
-            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0.0
-
-        folds = doc.get("folds")
-        config = doc.get("config")
+        checked = validate(CVStateFile, doc, path, ConfigError)
         return cls(
             path,
-            number("spent_s"),
-            {str(k): v for k, v in folds.items() if isinstance(v, dict)} if isinstance(folds, dict) else {},
-            number("inference_s"),
-            str(doc.get("split_hash") or ""),
-            str(doc.get("config_hash") or ""),
-            config if isinstance(config, dict) else {},
+            checked.spent_s,
+            {k: v.model_dump(exclude_none=True) for k, v in checked.folds.items()},
+            checked.inference_s,
+            checked.split_hash,
+            checked.config_hash,
+            dict(checked.config),
         )
+
+    def check_budget(self, budget_s: float) -> None:
+        """Refuse a recorded training time longer than the whole budget (a record this run cannot have written).
+
+        Raises:
+            ConfigError: naming the file and the record.
+        """
+        for key, record in self.folds.items():
+            if float(record.get("train_s") or 0.0) > budget_s:
+                raise ConfigError(
+                    f"{self.path}: folds.{key}.train_s={record['train_s']} is more than the run's whole budget "
+                    f"({budget_s:.0f} s): not a record this run wrote; delete the file to start afresh"
+                )
 
     def check_resumable(self, split_hash: str, config_hash: str, config: dict[str, Any]) -> None:
         """Refuse to resume in place a run whose folds were trained on another split or with another config.

@@ -102,6 +102,9 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     if timed:
         budget, reserve = check_budget(cfg.get("budget_minutes"), cfg.get("reserve_minutes", 0))
         budget_s, reserve_s = 60.0 * budget, 60.0 * reserve
+    state = CVState.load(out)  # a killed run's record, checked before any work
+    if timed:
+        state.check_budget(budget_s)
     t_all = time.perf_counter()
     dm = instantiate(cfg.data, _convert_="all")
     dm.prepare_data()  # (not counted in the budget: once per data set, cached after)
@@ -110,7 +113,6 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     folds: list[list[str]] = [list(f) for f in dm.splits["folds"]]
     groups = dict(dm.splits.get("groups") or dm.case_groups([c for f in folds for c in f]))
     cases = {c.case_id: c for c in [*dm.train_cases, *dm.val_cases]}
-    state = CVState.load(out)
     split = {"test": list(dm.splits["test"]), "folds": folds}
     config = training_config(cfg)
     state.check_resumable(fingerprint(split), fingerprint(config), config)

@@ -28,11 +28,29 @@ a seed is the same with the options off.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, StrictBool
 
-__all__ = ["SliceAugment", "drop_modalities"]
+from brats_lightning.schema import Int, Number, Strict
+
+__all__ = ["AugmentOptions", "SliceAugment", "drop_modalities"]
+
+
+class AugmentOptions(Strict):
+    """The options of :class:`SliceAugment` (``data.augment_options``), checked."""
+
+    rotate_deg: Annotated[Number, Field(ge=0, le=180)] = 10.0
+    scale: Annotated[Number, Field(ge=0, lt=1)] = 0.1
+    prob: Annotated[Number, Field(ge=0, le=1)] = 0.5
+    flip_prob: Annotated[Number, Field(ge=0, le=1)] = 0.5
+    elastic_prob: Annotated[Number, Field(ge=0, le=1)] = 0.0
+    elastic_alpha: Annotated[Number, Field(ge=0, le=100)] = 6.0
+    elastic_grid: Annotated[Int, Field(ge=2, le=64)] = 8
+    intensity: StrictBool = False
+    strength: Annotated[Number, Field(ge=0, le=4)] = 1.0
 
 
 @dataclass(frozen=True)

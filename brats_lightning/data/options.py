@@ -18,12 +18,13 @@ from typing import Annotated, Any, Literal
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from pydantic import Field, StrictBool, field_validator, model_validator
 
+from brats_lightning.data.augment import AugmentOptions
 from brats_lightning.data.labels import CONVENTIONS, get_convention
 from brats_lightning.data.layouts import LAYOUTS
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
 from brats_lightning.data.readers import MODALITIES
 from brats_lightning.errors import CheckpointError, ConfigError
-from brats_lightning.schema import Int, Name, Number, Strict, validate
+from brats_lightning.schema import Int, Name, Number, Strict, Sub, check_sub, validate
 
 __all__ = ["DataConfig", "DataOptions", "SyntheticOptions", "check_data_config", "convention_name"]
 
@@ -131,8 +132,8 @@ class DataOptions(Strict):
     modalities: Modalities = list(MODALITIES)
     convention: Name = "brats2017"
     symmetry: StrictBool = False
-    symmetry_options: dict[str, Any] | None = None
-    preprocess: dict[str, Any] | None = None
+    symmetry_options: Annotated[dict[str, Any] | None, Sub(SymmetryConfig)] = None
+    preprocess: Annotated[dict[str, Any] | None, Sub(PreprocessConfig)] = None
     synthetic: SyntheticOptions | Literal[False] | None = None
     cache_dir: Path_ = "data/cache"
     cache_shared: StrictBool = False
@@ -152,7 +153,7 @@ class DataOptions(Strict):
     num_workers: Annotated[Int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
     prepare_workers: Annotated[Int, Field(ge=1, le=256)] | Literal["auto"] = "auto"
     augment: StrictBool = True
-    augment_options: dict[str, Any] | None = None
+    augment_options: Annotated[dict[str, Any] | None, Sub(AugmentOptions)] = None
     modality_dropout: Annotated[Number, Field(ge=0, lt=1)] = 0.0
     context_slices: Annotated[Int, Field(ge=0, le=5)] = 0
     tumour_fraction: Annotated[Number, Field(ge=0, le=1)] = 0.0
@@ -197,14 +198,21 @@ class DataOptions(Strict):
         if v is not None:
             if "enabled" in v:
                 raise ValueError("enabled is data.symmetry's to say, not data.symmetry_options'")
-            SymmetryConfig.model_validate(v)
+            check_sub(SymmetryConfig, v)
         return v
 
     @field_validator("preprocess")
     @classmethod
     def _preprocess(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
-            PreprocessConfig.model_validate(v)
+            check_sub(PreprocessConfig, v)
+        return v
+
+    @field_validator("augment_options")
+    @classmethod
+    def _augment_options(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            check_sub(AugmentOptions, v)
         return v
 
     @model_validator(mode="after")

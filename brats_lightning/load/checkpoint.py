@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from brats_lightning.errors import CheckpointError
 from brats_lightning.files import read_checkpoint
+from brats_lightning.schema import validate
 
 if TYPE_CHECKING:
     from brats_lightning.modules.segmentation import SegmentationModule
 
-__all__ = ["module_class", "stored_settings", "describe", "load_module", "check_fits"]
+__all__ = ["check_hyper_parameters", "module_class", "stored_settings", "describe", "load_module", "check_fits"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,34 @@ def stored_settings(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     }
 
 
+def check_hyper_parameters(
+    ckpt: dict[str, Any], cls: type[SegmentationModule], data_config: dict[str, Any], path: str | Path
+) -> None:
+    """A checkpoint's stored hyper-parameters checked with its class's schema (the one ``model.*`` options are
+    checked with: :mod:`brats_lightning.modules.options`) and against its data configuration, before anything is
+    built from them (``width: 1000`` is refused, not allocated).
+
+    Raises:
+        CheckpointError: naming ``path``, the hyper-parameter and the problem.
+    """
+    from brats_lightning.data.channels import in_channels_for
+
+    hp = ckpt.get("hyper_parameters") or {}
+    if cls.options_schema is not None:
+        validate(cls.options_schema, hp, f"{path} (hyper_parameters)", CheckpointError)
+    if data_config and "in_channels" in hp:
+        sym = data_config.get("symmetry") or {}
+        want = in_channels_for(
+            list(data_config["modalities"]), bool(sym.get("enabled")), int(data_config.get("context_slices") or 0)
+        )
+        if hp["in_channels"] != want:
+            raise CheckpointError(
+                f"{path}: its net takes {hp['in_channels']} input channels, but its data_config "
+                f"(modalities {data_config['modalities']}{', symmetry maps' if sym.get('enabled') else ''}) gives "
+                f"{want}: the file is inconsistent; it is not loaded"
+            )
+
+
 def describe(ckpt: dict[str, Any]) -> str:
     """A short description of the model in a checkpoint, e.g. ``FCNModule (in_channels=8, n_blocks=3)``."""
     name = str(ckpt.get("module_class", "?")).rpartition(".")[2]
@@ -124,6 +153,7 @@ def load_module(path: str | Path, map_location: str = "cpu") -> tuple[Segmentati
     ckpt = read_checkpoint(path)
     cls = module_class(ckpt, path)
     stored = stored_settings(ckpt, path)
+    check_hyper_parameters(ckpt, cls, stored["data_config"], path)
     raw = io.BytesIO(path.read_bytes())
     try:
         model = cls.load_from_checkpoint(raw, map_location=map_location, weights_only=True)
@@ -156,7 +186,7 @@ def check_fits(path: str | Path, model: SegmentationModule, purpose: str = "resu
     """
     ckpt = read_checkpoint(path)
     cls = module_class(ckpt, path)
-    stored_settings(ckpt, path)
+    check_hyper_parameters(ckpt, cls, stored_settings(ckpt, path)["data_config"], path)
     if cls is not type(model):
         raise CheckpointError(
             f"{path}: cannot {purpose} it: it holds a {describe(ckpt)}, this run's model is a {type(model).__name__}"

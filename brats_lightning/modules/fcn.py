@@ -18,6 +18,7 @@ from brats_lightning.errors import ConfigError
 from brats_lightning.inference.decision import region_chain, region_classes
 from brats_lightning.inference.volume import InputPadding
 from brats_lightning.modules.losses import SegmentationLoss
+from brats_lightning.modules.options import FCNOptions
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets.fcn import ShenFCN, load_vgg16_weights
 from brats_lightning.nets.unet import ShenUNet, dynunet_2d
@@ -66,6 +67,8 @@ class FCNModule(SegmentationModule):
         name: the method's name in tables and reports.
     """
 
+    options_schema = FCNOptions
+
     def __init__(
         self,
         in_channels: int = 4,
@@ -93,6 +96,7 @@ class FCNModule(SegmentationModule):
     ) -> None:
         super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name)
         self.save_hyperparameters()
+        self.check_options()
         if num_classes != self.convention.num_classes:
             raise ConfigError(
                 f"num_classes={num_classes} but convention {convention} has {self.convention.num_classes}"

@@ -13,6 +13,7 @@ from brats_lightning.data.contract import PatchData, SegmentationData
 from brats_lightning.errors import CheckpointError, ConfigError
 from brats_lightning.files import read_checkpoint
 from brats_lightning.inference.volume import InputPadding
+from brats_lightning.modules.options import PatchOptions
 from brats_lightning.modules.segmentation import SegmentationModule
 from brats_lightning.nets import patch_net_class
 from brats_lightning.nets.cascade import CascadeCNN
@@ -129,6 +130,8 @@ class PatchCNNModule(SegmentationModule):
         compile: run the net through ``torch.compile`` (inductor) in training and inference.
     """
 
+    options_schema = PatchOptions
+
     def __init__(
         self,
         arch: str = "twopath",
@@ -163,6 +166,7 @@ class PatchCNNModule(SegmentationModule):
     ) -> None:
         super().__init__(convention, inference_batch_size, test_hd95, channels_last, lesion_metrics, postprocess, name)
         self.save_hyperparameters()
+        self.check_options()
         self.use_compile = bool(compile)
         try:
             net_class = patch_net_class(arch)

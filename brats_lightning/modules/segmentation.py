@@ -13,12 +13,13 @@ import torch
 from brats_lightning.data.contract import SegmentationData
 from brats_lightning.data.labels import REGIONS, get_convention
 from brats_lightning.data.preprocess import uncrop
-from brats_lightning.errors import CheckpointError
+from brats_lightning.errors import CheckpointError, ConfigError
 from brats_lightning.evaluation.metrics import dice_torch, region_metrics
 from brats_lightning.inference.cleanup import apply_cleanup
 from brats_lightning.inference.decision import check_et_threshold, decide
 from brats_lightning.inference.flips import flip_average, tta_flips
 from brats_lightning.inference.volume import InputPadding, predict_padded, predict_volume
+from brats_lightning.schema import Strict, validate
 from brats_lightning.seeding import stream_seed, training_epoch
 
 __all__ = ["SegmentationModule"]
@@ -58,6 +59,10 @@ class SegmentationModule(pl.LightningModule):
     #: Every subclass, by qualified name: the only classes a checkpoint may name (:mod:`brats_lightning.load`).
     registry: ClassVar[dict[str, type[SegmentationModule]]] = {}
 
+    #: the schema of the subclass's ``__init__`` arguments (:mod:`brats_lightning.modules.options`): its options
+    #: (``model.*``) and a checkpoint's stored hyper-parameters are checked with it; ``None``: not saved, not checked
+    options_schema: ClassVar[type[Strict] | None] = None
+
     def __init_subclass__(cls, register: bool = True, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if register:  # inference-only wrappers (ensembles, exported nets) are never saved: not registered
@@ -78,7 +83,10 @@ class SegmentationModule(pl.LightningModule):
         self.channels_last = channels_last
         self.lesion_metrics = lesion_metrics
         self.postprocess = dict(postprocess) if postprocess else None
-        self.convention = get_convention(convention)
+        try:
+            self.convention = get_convention(convention)
+        except KeyError as e:
+            raise ConfigError(f"model.convention: {e.args[0]}") from None
         self.inference_batch_size = inference_batch_size
         self.test_hd95 = test_hd95
         self._val_rows: list[torch.Tensor] = []
@@ -95,6 +103,15 @@ class SegmentationModule(pl.LightningModule):
         self.et_threshold: float | None = None
         #: run the net through ``torch.compile`` (inductor) in training and inference (``model.compile``)
         self.use_compile = False
+
+    def check_options(self) -> None:
+        """The module's hyper-parameters (``self.hparams``) against :attr:`options_schema`, before the net is built.
+
+        Raises:
+            ConfigError: one line naming the option (``model.width: ...``).
+        """
+        if self.options_schema is not None:
+            validate(self.options_schema, dict(self.hparams), "model", ConfigError, options=True)
 
     @property
     def hp(self) -> Any:

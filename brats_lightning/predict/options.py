@@ -15,6 +15,7 @@ from brats_lightning.errors import ConfigError
 from brats_lightning.inference.cleanup import PostprocessOptions
 from brats_lightning.inference.flips import tta_flips
 from brats_lightning.modules.segmentation import SegmentationModule
+from brats_lightning.options import check_config
 from brats_lightning.precision import inference_dtype
 from brats_lightning.schema import validate
 
@@ -30,6 +31,7 @@ def check_predict_options(cfg: DictConfig | dict) -> None:
     """
     for key in ("ckpt_path", "input_dir", "output_dir"):
         _ = cfg[key]  # a missing ??? option raises here, before anything is loaded
+    check_config(cfg, "predict")  # every option's type and range (brats_lightning.options)
     check_output_dir(Path(str(cfg["output_dir"])), [Path(str(cfg["input_dir"]))])
     conv = cfg.get("output_convention") or "auto"
     if conv != "auto":

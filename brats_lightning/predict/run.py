@@ -34,21 +34,21 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from brats_lightning.config import config_dir, register_resolvers
+from brats_lightning.config import register_resolvers
 from brats_lightning.data.datasets import first_item
 from brats_lightning.data.layouts import BadCase, discover_cases
 from brats_lightning.data.readers import CaseFiles
-from brats_lightning.errors import OutputError, cli, disk_full
+from brats_lightning.errors import ConfigError, OutputError, disk_full
 from brats_lightning.files import remove_stale_temporaries, write_text_atomic
 from brats_lightning.load.predictor import load_predictor
 from brats_lightning.modules.ensemble import EnsembleModule
 from brats_lightning.modules.segmentation import SegmentationModule
+from brats_lightning.options import command
 from brats_lightning.precision import inference_dtype
 from brats_lightning.predict.cases import STAGES, CaseDataset, CaseOutputs, layout_convention
 from brats_lightning.predict.options import (
@@ -79,6 +79,8 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     ckpt = ckpt if isinstance(ckpt, (str, Path)) else [str(c) for c in ckpt]
     flips = flips_option(cfg)
     model, data_config = load_predictor(ckpt, flips)
+    if cfg.get("uncertainty", False):
+        _check_members(model)
     modalities = data_config.get("modalities") or ["flair", "t1", "t1c", "t2"]
     files = cfg.get("files") or None
     bad: list[BadCase] = []
@@ -103,6 +105,21 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
         raise
 
 
+def _check_members(model: SegmentationModule) -> None:
+    """``uncertainty=true`` promises the members' agreement: it needs two members (models x test-time flips).
+
+    Raises:
+        ConfigError: one model without flips.
+    """
+    models = len(model.members) if isinstance(model, EnsembleModule) else 1
+    passes = 1 + len(getattr(model, "tta_flips", None) or [])
+    if models * passes < 2:
+        raise ConfigError(
+            "uncertainty=true: one model without test-time flips is one member, and the agreement of members it "
+            "promises needs two: give an ensemble or a cross-validation run as ckpt_path, or tta=true"
+        )
+
+
 def _predict_cases(
     cfg: DictConfig | dict,
     model: SegmentationModule,
@@ -115,11 +132,6 @@ def _predict_cases(
     """:func:`predict_dir` once the model is loaded and the cases found (see there)."""
     want_probs = bool(cfg.get("probabilities", False))
     want_unc = bool(cfg.get("uncertainty", False))
-    if want_unc and not isinstance(model, EnsembleModule):
-        log.warning(
-            "uncertainty=true with one model and no test-time flips: the map is the model's own entropy, and "
-            "there is no agreement to rank cases by (give a cross-validation run, or tta=true)"
-        )
     _prepare_output_dir(out_dir, want_probs, want_unc)
     skipped = (
         []
@@ -267,8 +279,7 @@ def _merge_ranks(trainer: pl.Trainer, out_dir: Path, mine: dict) -> dict:
     return merged
 
 
-@hydra.main(config_path=config_dir(), config_name="predict", version_base="1.3")
-@cli
+@command("predict")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point (see ``conf/predict.yaml``); exit status 1 when a case failed."""
     register_resolvers()

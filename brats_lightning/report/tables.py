@@ -28,14 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from brats_lightning.data.labels import REGION_TITLES, REGIONS
-from brats_lightning.errors import UserError
+from brats_lightning.errors import ConfigError, UserError, cli
 from brats_lightning.evaluation.metrics import METRICS
 from brats_lightning.evaluation.papers import LAYOUTS, PUBLISHED, SOURCES, paper_of
 from brats_lightning.evaluation.results import PAPER_METRICS
 from brats_lightning.files import write_csv_atomic, write_text_atomic
+from brats_lightning.options import ArgumentParser, ReportOptions
 from brats_lightning.report.ensembles import ensemble_of_folds
 from brats_lightning.report.runs import Run, by_setting, collect_runs
-from brats_lightning.schema import read_yaml
+from brats_lightning.schema import read_yaml, validate
 from brats_lightning.viz import plot_curves, plot_overlays
 
 __all__ = ["main", "write_report"]
@@ -162,14 +163,22 @@ def write_report(multirun: str | Path, out: str | Path | None = None, ensemble: 
     return paths
 
 
+@cli
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python -m brats_lightning.report MULTIRUN [--out DIR] [--no-ensemble]``; options checked with
+    :class:`brats_lightning.options.ReportOptions`, every error one line (exit 2)."""
+    parser = ArgumentParser(
+        prog="python -m brats_lightning.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("multirun", help="a Hydra multirun folder (outputs/<task>/multiruns/<date>)")
     parser.add_argument("--out", help="output folder (default: <multirun>/report)")
     parser.add_argument(
         "--no-ensemble", action="store_true", help="no 'ensemble of folds' rows (they run the folds' models)"
     )
     args = parser.parse_args(argv)
+    validate(ReportOptions, vars(args), "report", ConfigError, options=True)
     try:
         paths = write_report(args.multirun, args.out, ensemble=not args.no_ensemble)
     except FileNotFoundError as e:

@@ -8,7 +8,6 @@ another seed: the best figure of a sweep is selected, so optimistic.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sqlite3
@@ -21,6 +20,8 @@ from omegaconf import OmegaConf
 
 from brats_lightning.errors import ConfigError, cli
 from brats_lightning.files import atomic_path, write_text_atomic
+from brats_lightning.options import ArgumentParser, SweepReportOptions
+from brats_lightning.schema import validate
 from brats_lightning.sweep.study import (
     DB_NAME,
     IMPORTANCE_PNG,
@@ -246,7 +247,7 @@ def reestimate(folder: Path, study_name: str | None = None, seed: int | None = N
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m brats_lightning.sweep <sweep folder> [--top K] [--study NAME] [--reestimate]``: print the
     report (and run the best trial again with another seed)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m brats_lightning.sweep",
         description="Best trials and parameter importances of a hyper-parameter search (hparams_search=...), "
         f"and Optuna's plots ({REPORT_PNG}, {IMPORTANCE_PNG}) in its folder.",
@@ -260,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run the best trial again with another seed (its selected figure is optimistic) and print both",
     )
     args = parser.parse_args(argv)
+    validate(SweepReportOptions, {**vars(args), "folder": str(args.folder)}, "sweep", ConfigError, options=True)
     print(report(args.folder, args.top, args.study))
     if args.reestimate:
         selected, fresh, out = reestimate(args.folder, args.study)

@@ -12,7 +12,6 @@ import time
 import warnings
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -21,12 +20,13 @@ from omegaconf import DictConfig
 from brats_lightning.callbacks.checkpoint import final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.callbacks.wandb_run import WandbRunId, fold_runs, is_wandb_logger, plain_config, wandb_init_args
-from brats_lightning.config import apply_extras, check_budget, config_dir, register_resolvers
+from brats_lightning.config import apply_extras, check_budget, register_resolvers
 from brats_lightning.crossval import run_cross_validation
-from brats_lightning.errors import CheckpointError, ConfigError, cli
+from brats_lightning.errors import CheckpointError, ConfigError
 from brats_lightning.evaluation.results import print_table, run_metrics, summarise, write_results
 from brats_lightning.files import atomic_path, write_csv_atomic, write_text_atomic
 from brats_lightning.load.checkpoint import check_fits
+from brats_lightning.options import check_config, command
 from brats_lightning.training.pipeline import run_pipeline
 
 __all__ = ["check_run_options", "main", "optimized_value", "run", "train"]
@@ -115,6 +115,7 @@ def check_run_options(cfg: DictConfig) -> None:
         ConfigError: the message names the option and what would work.
         CheckpointError: ``ckpt_path`` is not a readable file.
     """
+    check_config(cfg, "train")  # every option's type and range (brats_lightning.options)
     if "budget_minutes" in cfg:  # experiment=real_fast: checked before trainer.max_time is computed from it
         check_budget(cfg.get("budget_minutes"), cfg.get("reserve_minutes", 0))
     t = cfg.trainer
@@ -221,8 +222,7 @@ def _finish_wandb(loggers: list) -> None:
 register_resolvers()
 
 
-@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
-@cli
+@command("train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``cfg.optimized_metric`` (for sweepers: a validation or out-of-fold figure)."""
     apply_extras(cfg)

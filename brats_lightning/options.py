@@ -1,0 +1,593 @@
+"""One schema for every command's options, checked before any work.
+
+Every command's composed config (``train``, ``crossval`` and ``prepare`` share ``conf/train.yaml``; ``predict``,
+``evaluate``, ``export``; the folder-reading ``report`` and ``sweep`` take argparse options) is checked against one
+pydantic schema here (:data:`SCHEMAS`): every key declared with its type and range, unknown keys refused, and the
+first problem one line naming the option (``model.width: Input should be greater than 0 (got 0)``), exit status 2.
+The parts are the schemas the code that reads them already has (:class:`~brats_lightning.data.options.DataOptions`,
+:class:`~brats_lightning.modules.options.FCNOptions`, :class:`~brats_lightning.crossval.options.CVConfig`, ...), so
+that a checkpoint's stored hyper-parameters, a results folder's config and the command line are checked the same
+way. Callbacks, loggers and profilers are a closed list of classes (``_target_``), each with its own keys.
+:func:`check_choices` checks the config-group choices of a command line (``model=bogus``) before Hydra composes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from pydantic import Field, StrictBool, model_validator
+
+from brats_lightning.config import config_dir
+from brats_lightning.crossval.options import CVConfig
+from brats_lightning.data.options import DataOptions, Files
+from brats_lightning.errors import ConfigError, cli
+from brats_lightning.inference.cleanup import PostprocessOptions
+from brats_lightning.modules.options import FCNOptions, PatchOptions
+from brats_lightning.schema import Int, Number, Strict, validate
+
+__all__ = ["SCHEMAS", "ArgumentParser", "check_choices", "check_config", "command", "config_groups"]
+
+T = TypeVar("T")
+
+PathStr = Annotated[str, Field(min_length=1, max_length=4096)]
+Text = Annotated[str, Field(max_length=256)]
+Minutes = Annotated[Number, Field(gt=0, le=100_000)]
+
+
+def _target() -> Any:
+    """The ``_target_`` field: a class from the closed list its ``Literal`` names (never an arbitrary callable)."""
+    return Field(alias="_target_")
+
+
+# ---------------------------------------------------------------------------------------------------- run basics
+class Paths(Strict):
+    """``paths.*`` (``conf/paths/default.yaml``)."""
+
+    root_dir: PathStr
+    data_dir: PathStr
+    cache_dir: PathStr
+    log_dir: PathStr
+    output_dir: PathStr
+
+
+class Extras(Strict):
+    """``extras.*``: the template's conveniences (:func:`brats_lightning.config.apply_extras`)."""
+
+    print_config: StrictBool = True
+    enforce_tags: StrictBool = False
+    ignore_warnings: StrictBool = False
+
+
+class Scale(Strict):
+    """``scale.*``: run sizes that follow the hardware (``conf/scale/``)."""
+
+    patches_per_epoch: Annotated[Int, Field(ge=1, le=100_000_000)]
+    phase2_epochs: Annotated[Int, Field(ge=1, le=10_000)]
+    real_fast_minutes: Minutes
+    real_fast_reserve_minutes: Annotated[Number, Field(ge=0, le=100_000)]
+    real_fast_batch_size: Annotated[Int, Field(ge=1, le=65536)]
+    ema_decay: Annotated[Number, Field(gt=0, lt=1)]
+
+
+# ---------------------------------------------------------------------------------------------------- the trainer
+Batches = Annotated[Int, Field(ge=0, le=10_000_000)] | Annotated[Number, Field(ge=0, le=1)]
+
+
+class Profiler(Strict):
+    """``trainer.profiler`` as a class (``conf/debug/profiler.yaml``)."""
+
+    target: Literal[
+        "pytorch_lightning.profilers.SimpleProfiler",
+        "pytorch_lightning.profilers.AdvancedProfiler",
+        "pytorch_lightning.profilers.PyTorchProfiler",
+    ] = _target()
+    dirpath: PathStr | None = None
+    filename: Text | None = None
+
+
+class MaxTime(Strict):
+    """``trainer.max_time`` as a duration (``experiment=real_fast``: ``{seconds: ...}``)."""
+
+    days: Annotated[Number, Field(ge=0, le=365)] = 0
+    hours: Annotated[Number, Field(ge=0, le=10_000)] = 0
+    minutes: Annotated[Number, Field(ge=0, le=1_000_000)] = 0
+    seconds: Annotated[Number, Field(ge=0, le=100_000_000)] = 0
+
+
+class TrainerOptions(Strict):
+    """``trainer.*``: the Lightning ``Trainer`` options the configs use and users set (``conf/trainer/``)."""
+
+    target: Literal["pytorch_lightning.Trainer"] = _target()
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "ddp_notebook", "fsdp"] = "auto"
+    devices: (
+        Annotated[Int, Field(ge=-1, le=1024)]
+        | Annotated[list[Annotated[Int, Field(ge=0, le=1024)]], Field(strict=False, max_length=1024)]
+        | Literal["auto"]
+    ) = "auto"
+    num_nodes: Annotated[Int, Field(ge=1, le=10_000)] = 1
+    precision: (
+        Literal["32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64", "64-true"]
+        | Literal[16, 32, 64]
+    ) = "32-true"
+    fast_dev_run: StrictBool | Annotated[Int, Field(ge=0, le=10_000)] = False
+    max_epochs: Annotated[Int, Field(ge=-1, le=1_000_000)] | None = None
+    min_epochs: Annotated[Int, Field(ge=0, le=1_000_000)] | None = None
+    max_steps: Annotated[Int, Field(ge=-1, le=1_000_000_000)] = -1
+    min_steps: Annotated[Int, Field(ge=0, le=1_000_000_000)] | None = None
+    max_time: MaxTime | Annotated[str, Field(pattern=r"^\d{1,3}:\d{2}:\d{2}:\d{2}$")] | None = None
+    limit_train_batches: Batches | None = None
+    limit_val_batches: Batches | None = None
+    limit_test_batches: Batches | None = None
+    limit_predict_batches: Batches | None = None
+    overfit_batches: Batches = 0
+    val_check_interval: Batches | None = None
+    check_val_every_n_epoch: Annotated[Int, Field(ge=1, le=1_000_000)] | None = 1
+    num_sanity_val_steps: Annotated[Int, Field(ge=-1, le=1_000_000)] = 2
+    log_every_n_steps: Annotated[Int, Field(ge=1, le=1_000_000)] = 50
+    enable_checkpointing: StrictBool = True
+    enable_progress_bar: StrictBool = True
+    enable_model_summary: StrictBool = True
+    accumulate_grad_batches: Annotated[Int, Field(ge=1, le=100_000)] = 1
+    gradient_clip_val: Annotated[Number, Field(ge=0, le=1e6)] | None = None
+    gradient_clip_algorithm: Literal["norm", "value"] | None = None
+    deterministic: StrictBool | Literal["warn"] | None = None
+    benchmark: StrictBool | None = None
+    inference_mode: StrictBool = True
+    use_distributed_sampler: StrictBool = True
+    profiler: Profiler | Literal["simple", "advanced", "pytorch"] | None = None
+    detect_anomaly: StrictBool = False
+    barebones: StrictBool = False
+    sync_batchnorm: StrictBool = False
+    reload_dataloaders_every_n_epochs: Annotated[Int, Field(ge=0, le=1_000_000)] = 0
+    default_root_dir: PathStr | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- callbacks
+Monitor = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class CheckpointCallback(Strict):
+    """Lightning's ``ModelCheckpoint`` and ours (:mod:`brats_lightning.callbacks.checkpoint`)."""
+
+    target: Literal[
+        "pytorch_lightning.callbacks.ModelCheckpoint",
+        "brats_lightning.callbacks.checkpoint.BestCheckpoint",
+        "brats_lightning.callbacks.checkpoint.PhaseCheckpoint",
+    ] = _target()
+    phase: Literal[1, 2] | None = None
+    dirpath: PathStr | None = None
+    filename: Text | None = None
+    monitor: Monitor | None = None
+    mode: Literal["min", "max"] = "min"
+    verbose: StrictBool = False
+    save_last: StrictBool | Literal["link"] | None = None
+    save_top_k: Annotated[Int, Field(ge=-1, le=1000)] = 1
+    save_weights_only: StrictBool = False
+    save_on_train_epoch_end: StrictBool | None = None
+    save_on_exception: StrictBool = False
+    enable_version_counter: StrictBool = True
+    auto_insert_metric_name: StrictBool = True
+    every_n_epochs: Annotated[Int, Field(ge=0, le=1_000_000)] | None = None
+    every_n_train_steps: Annotated[Int, Field(ge=0, le=1_000_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _phase(self) -> CheckpointCallback:
+        if (self.phase is not None) != self.target.endswith("PhaseCheckpoint"):
+            raise ValueError("phase is PhaseCheckpoint's option (1 or 2), and only its")
+        return self
+
+
+class EarlyStoppingCallback(Strict):
+    """Lightning's ``EarlyStopping`` (``callbacks=early_stopping``)."""
+
+    target: Literal["pytorch_lightning.callbacks.EarlyStopping"] = _target()
+    monitor: Monitor
+    mode: Literal["min", "max"] = "min"
+    patience: Annotated[Int, Field(ge=0, le=100_000)] = 3
+    min_delta: Annotated[Number, Field(ge=-1e6, le=1e6)] = 0.0
+    verbose: StrictBool = False
+    strict: StrictBool = True
+    check_finite: StrictBool = True
+    stopping_threshold: Annotated[Number, Field(ge=-1e12, le=1e12)] | None = None
+    divergence_threshold: Annotated[Number, Field(ge=-1e12, le=1e12)] | None = None
+    check_on_train_epoch_end: StrictBool | None = None
+    log_rank_zero_only: StrictBool = False
+
+
+class EMACallback(Strict):
+    """Lightning's ``EMAWeightAveraging`` (``callbacks.ema``)."""
+
+    target: Literal["pytorch_lightning.callbacks.EMAWeightAveraging"] = _target()
+    decay: Annotated[Number, Field(gt=0, lt=1)] = 0.999
+    update_every_n_steps: Annotated[Int, Field(ge=1, le=1_000_000)] = 1
+    update_starting_at_step: Annotated[Int, Field(ge=0, le=1_000_000_000)] | None = None
+    update_starting_at_epoch: Annotated[Int, Field(ge=0, le=1_000_000)] | None = None
+    use_buffers: StrictBool = True
+
+
+class BudgetScheduleCallback(Strict):
+    """:class:`~brats_lightning.callbacks.budget.BudgetSchedule` (``experiment=real_fast``)."""
+
+    target: Literal["brats_lightning.callbacks.budget.BudgetSchedule"] = _target()
+    warmup: Annotated[Number, Field(ge=0, lt=1)] = 0.02
+    floor: Annotated[Number, Field(ge=0, le=1)] = 0.01
+
+
+class TwoPhaseCallback(Strict):
+    """:class:`~brats_lightning.callbacks.two_phase.TwoPhaseTraining` (Havaei et al. Sec. 3.3.2)."""
+
+    target: Literal["brats_lightning.callbacks.two_phase.TwoPhaseTraining"] = _target()
+    phase1_epochs: Annotated[Int, Field(ge=1, le=1_000_000)] | None = None
+    phase2_epochs: Annotated[Int, Field(ge=1, le=1_000_000)] = 1
+    patience: Annotated[Int, Field(ge=0, le=100_000)] | None = None
+    monitor: Monitor = "val/dice_mean"
+    mode: Literal["min", "max"] = "max"
+
+
+class TunePostprocessCallback(Strict):
+    """:class:`~brats_lightning.callbacks.postprocess.TunePostprocess` (``callbacks=tuned``)."""
+
+    target: Literal["brats_lightning.callbacks.postprocess.TunePostprocess"] = _target()
+    min_volumes_mm3: Annotated[list[Annotated[Number, Field(gt=0, le=1e7)]], Field(strict=False, max_length=64)] = [
+        100.0
+    ]
+    largest_only: StrictBool = True
+    tolerance: Annotated[Number, Field(ge=0, le=1)] = 0.002
+    tta_flips: Annotated[list[Literal["lr", "ap"]], Field(strict=False, max_length=2)] = ["lr"]
+    tta_min_gain: Annotated[Number, Field(ge=0, le=1)] = 0.005
+    max_cases: Annotated[Int, Field(ge=1, le=1_000_000)] | None = 50
+
+
+class WandbMediaCallback(Strict):
+    """:class:`~brats_lightning.callbacks.wandb_media.WandbTestMedia`."""
+
+    target: Literal["brats_lightning.callbacks.wandb_media.WandbTestMedia"] = _target()
+    max_images: Annotated[Int, Field(ge=0, le=1000)] = 8
+
+
+Callback = Annotated[
+    CheckpointCallback
+    | EarlyStoppingCallback
+    | EMACallback
+    | BudgetScheduleCallback
+    | TwoPhaseCallback
+    | TunePostprocessCallback
+    | WandbMediaCallback,
+    Field(discriminator="target"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------- loggers
+class CSVLoggerOptions(Strict):
+    """Lightning's ``CSVLogger`` (``logger=csv``)."""
+
+    target: Literal["pytorch_lightning.loggers.CSVLogger"] = _target()
+    save_dir: PathStr
+    name: Text | None = "lightning_logs"
+    version: Text | Annotated[Int, Field(ge=0)] | None = None
+    prefix: Text = ""
+    flush_logs_every_n_steps: Annotated[Int, Field(ge=1, le=1_000_000)] = 100
+
+
+class TensorBoardLoggerOptions(Strict):
+    """Lightning's ``TensorBoardLogger`` (``logger=tensorboard``)."""
+
+    target: Literal["pytorch_lightning.loggers.TensorBoardLogger"] = _target()
+    save_dir: PathStr
+    name: Text | None = "lightning_logs"
+    version: Text | Annotated[Int, Field(ge=0)] | None = None
+    default_hp_metric: StrictBool = True
+    log_graph: StrictBool = False
+    prefix: Text = ""
+    sub_dir: PathStr | None = None
+
+
+class WandbLoggerOptions(Strict):
+    """Lightning's ``WandbLogger`` (``logger=wandb``; offline unless an API key is configured)."""
+
+    target: Literal["pytorch_lightning.loggers.WandbLogger"] = _target()
+    project: Text | None = None
+    entity: Text | None = None
+    name: Text | None = None
+    group: Text | None = None
+    job_type: Text | None = None
+    save_dir: PathStr = "."
+    offline: StrictBool = False
+    log_model: StrictBool | Literal["all"] = False
+    tags: Annotated[list[Text], Field(strict=False, max_length=64)] | None = None
+    notes: Annotated[str, Field(max_length=4096)] | None = None
+    id: Text | None = None
+    version: Text | None = None
+    prefix: Text = ""
+    mode: Literal["online", "offline", "disabled"] | None = None
+
+
+class MLFlowLoggerOptions(Strict):
+    """Lightning's ``MLFlowLogger`` (``logger=mlflow``: a local SQLite store)."""
+
+    target: Literal["pytorch_lightning.loggers.MLFlowLogger"] = _target()
+    experiment_name: Text = "lightning_logs"
+    run_name: Text | None = None
+    tracking_uri: Annotated[str, Field(max_length=4096)] | None = None
+    tags: dict[Text, Annotated[str, Field(max_length=4096)]] | None = None
+    save_dir: PathStr | None = None
+    log_model: StrictBool | Literal["all"] = False
+    prefix: Text = ""
+    artifact_location: PathStr | None = None
+    run_id: Text | None = None
+    synchronous: StrictBool | None = None
+
+
+Logger = Annotated[
+    CSVLoggerOptions | TensorBoardLoggerOptions | WandbLoggerOptions | MLFlowLoggerOptions,
+    Field(discriminator="target"),
+]
+
+
+# ---------------------------------------------------------------------------------------------------- model, data
+class FCNModel(FCNOptions):
+    """``model.*`` of Shen et al.'s FCN (``model=fcn``, ``fcn_sym``, ``fcn4``, ``fcn4_sym``)."""
+
+    target: Literal["brats_lightning.modules.fcn.FCNModule"] = _target()
+
+
+class PatchModel(PatchOptions):
+    """``model.*`` of Havaei et al.'s patch CNNs and cascades (``model=twopath``, ``input_cascade``, ...)."""
+
+    target: Literal["brats_lightning.modules.patch.PatchCNNModule"] = _target()
+
+
+Model = Annotated[FCNModel | PatchModel, Field(discriminator="target")]
+
+
+class Data(DataOptions):
+    """``data.*`` (:class:`~brats_lightning.data.options.DataOptions`) with its class."""
+
+    target: Literal["brats_lightning.data.datamodule.BratsDataModule"] = _target()
+
+
+class Stage(Strict):
+    """One stage of a multi-stage experiment (:mod:`brats_lightning.training.pipeline`)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+-]+$")]
+    overrides: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(strict=False, max_length=256)] = []
+    inputs: dict[Text, Text] | None = None
+
+
+class Pipeline(Strict):
+    """``pipeline.*``: stages trained one after another (``experiment=havaei_cascade``)."""
+
+    args: Annotated[list[Text], Field(strict=False, max_length=64)] = []
+    overrides: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(strict=False, max_length=256)] = []
+    stages: Annotated[list[Stage], Field(strict=False, min_length=1, max_length=64)]
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+class TrainConfig(Strict):
+    """``python -m brats_lightning`` (``train``, ``crossval`` with ``experiment=real_fast``) and ``prepare``."""
+
+    task_name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.+-]+$")]
+    tags: Annotated[list[Text], Field(strict=False, max_length=64)] = []
+    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 42
+    train: StrictBool = True
+    test: StrictBool = True
+    ckpt_path: PathStr | None = None
+    pipeline: Pipeline | None = None
+    optimized_metric: Monitor = "val/best_dice_mean"
+    extras: Extras = Extras()
+    paths: Paths
+    data: Data
+    model: Model
+    trainer: TrainerOptions
+    callbacks: dict[Text, Callback | None] | None = None
+    logger: dict[Text, Logger | None] | None = None
+    scale: Scale
+    # experiment=real_fast and other cross-validations
+    cross_validation: StrictBool = False
+    budget_minutes: Minutes | None = None
+    reserve_minutes: Annotated[Number, Field(ge=0, le=100_000)] | None = None
+    cv: CVConfig | None = None
+    # experiment=havaei_cascade: which cascade its pipeline trains; the patches of a CPU epoch
+    cascade: Literal["input_cascade", "local_cascade", "mf_cascade"] | None = None
+    cpu_patches_per_epoch: Annotated[Int, Field(ge=1, le=100_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.budget_minutes is not None and self.reserve_minutes is not None:
+            if self.reserve_minutes >= self.budget_minutes:
+                raise ValueError(
+                    f"reserve_minutes={self.reserve_minutes} must be less than budget_minutes={self.budget_minutes}"
+                )
+        return self
+
+
+class PredictConfig(Strict):
+    """``python -m brats_lightning.predict`` (``conf/predict.yaml``)."""
+
+    task_name: Text = "predict"
+    paths: Paths | None = None
+    ckpt_path: PathStr | Annotated[list[PathStr], Field(strict=False, min_length=1, max_length=256)]
+    input_dir: PathStr
+    output_dir: PathStr
+    layout: Annotated[str, Field(min_length=1, max_length=64)] = "auto"
+    files: Files | None = None
+    output_convention: Annotated[str, Field(min_length=1, max_length=64)] = "auto"
+    probabilities: StrictBool = False
+    postprocess: StrictBool | Literal["auto"] = "auto"
+    postprocess_options: PostprocessOptions = PostprocessOptions()
+    tta: StrictBool | Literal["auto"] = "auto"
+    tta_flips: Annotated[list[Literal["lr", "ap"]], Field(strict=False, max_length=2)] = ["lr"]
+    uncertainty: StrictBool = False
+    overwrite: StrictBool = False
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]{1,3})?)$")] = "auto"
+    devices: Annotated[Int, Field(ge=-1, le=1024)] = 1
+    num_nodes: Annotated[Int, Field(ge=1, le=10_000)] = 1
+    num_workers: Annotated[Int, Field(ge=0, le=256)] | Literal["auto"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    batch_size: Annotated[Int, Field(ge=1, le=4096)] = 4
+
+
+Convention = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class EvaluateConfig(Strict):
+    """``python -m brats_lightning.evaluate`` (``conf/evaluate.yaml``)."""
+
+    task_name: Text = "evaluate"
+    paths: Paths | None = None
+    pred_dir: PathStr
+    gt_dir: PathStr
+    out_dir: PathStr
+    pred_convention: Convention | Annotated[list[Convention], Field(strict=False, min_length=1, max_length=8)] = "auto"
+    gt_convention: Convention | Annotated[list[Convention], Field(strict=False, min_length=1, max_length=8)] = "auto"
+    hd95: StrictBool = True
+    lesion_wise: StrictBool = True
+    name: Text | None = None
+
+
+class ExportConfig(Strict):
+    """``python -m brats_lightning.export`` (``conf/export.yaml``)."""
+
+    task_name: Text = "export"
+    paths: Paths | None = None
+    ckpt_path: PathStr
+    out: PathStr
+    opset: Annotated[Int, Field(ge=13, le=30)] = 18
+    check: StrictBool = True
+
+
+class ReportOptions(Strict):
+    """``python -m brats_lightning.report MULTIRUN [--out DIR] [--no-ensemble]``."""
+
+    multirun: PathStr
+    out: PathStr | None = None
+    no_ensemble: StrictBool = False
+
+
+class SweepReportOptions(Strict):
+    """``python -m brats_lightning.sweep FOLDER [--top K] [--study NAME] [--reestimate]``."""
+
+    folder: PathStr
+    top: Annotated[Int, Field(ge=1, le=10_000)] = 5
+    study: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    reestimate: StrictBool = False
+
+
+#: every command's schema, by the name ``brats-lightning`` gives it
+SCHEMAS: dict[str, type[Strict]] = {
+    "train": TrainConfig,
+    "crossval": TrainConfig,
+    "prepare": TrainConfig,
+    "predict": PredictConfig,
+    "evaluate": EvaluateConfig,
+    "export": ExportConfig,
+    "report": ReportOptions,
+    "sweep": SweepReportOptions,
+}
+
+
+def plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """A composed config as plain values, interpolations resolved, ``hydra`` left out (Hydra's own, checked by it).
+
+    Raises:
+        ConfigError: an interpolation that cannot be resolved, naming it.
+    """
+    if not isinstance(cfg, DictConfig):  # a dict of options (from code): paths as strings
+        return {k: str(v) if isinstance(v, Path) else v for k, v in cfg.items() if k != "hydra"}
+    keys = [str(k) for k in cfg if k != "hydra"]
+    try:
+        out = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True, throw_on_missing=False)
+    except Exception as e:  # noqa: BLE001 - OmegaConf's resolution errors have many classes; shown in one line
+        from brats_lightning.errors import find_user_error
+
+        user = find_user_error(e)
+        if user is not None:
+            raise user from None
+        raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {str(e).splitlines()[0]}") from None
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
+def check_config(cfg: DictConfig | dict[str, Any], command: str) -> Strict:
+    """``cfg`` checked against ``command``'s schema (:data:`SCHEMAS`), before any work.
+
+    Raises:
+        ConfigError: one line naming the option and the problem.
+    """
+    values = plain(cfg)
+    missing = sorted(k for k, v in values.items() if v == "???")
+    if missing:
+        raise ConfigError(f"missing option: {missing[0]} must be given on the command line ({missing[0]}=...)")
+    return validate(SCHEMAS[command], values, "", ConfigError, options=True)
+
+
+def config_groups(config_dir: str | Path) -> dict[str, list[str]]:
+    """The config groups of ``config_dir`` (``model``, ``experiment``, ...) and their choices."""
+    root = Path(config_dir)
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(root.iterdir())
+        if d.is_dir() and any(d.glob("*.yaml"))
+    }
+
+
+def check_choices(overrides: Sequence[str], config_dir: str | Path) -> None:
+    """The config-group choices of a command line (``model=fcn_sym``, ``+ablation=unet``, ``-m model=fcn,fcn4``)
+    checked against the files of ``config_dir``, before Hydra composes.
+
+    Raises:
+        ConfigError: ``model=bogus: no such model; choices: average, fcn, ...``.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    groups = config_groups(config_dir)
+    candidates = [o for o in overrides if "=" in o and not o.startswith("-")]  # not --cfg job, -m, ...
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except HydraException as e:
+        raise ConfigError(f"cannot read the command line: {str(e).splitlines()[0]}") from None
+    for o in parsed:
+        group = o.key_or_group
+        if group not in groups or o.package is not None or o.is_delete():
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        for value in values:
+            if value not in groups[group] and value != "null":
+                raise ConfigError(f"{o.input_line}: no such {group} ({value!r}); choices: {', '.join(groups[group])}")
+
+
+def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[..., T]]:
+    """A command's Hydra entry point: ``hydra.main`` on ``conf/<config_name>.yaml`` with the command line's group
+    choices checked first (:func:`check_choices`) and user errors shown as one line, exit 2
+    (:func:`~brats_lightning.errors.cli`). Called with a config (tests), it runs the command on it.
+    """
+
+    def decorate(task: Callable[[DictConfig], T]) -> Callable[..., T]:
+        hydra_main = hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(cli(task))
+
+        @functools.wraps(task)
+        def main(cfg: DictConfig | None = None) -> T:
+            if cfg is None:
+                cli(check_choices)(sys.argv[1:], config_dir())
+            return hydra_main(cfg)  # type: ignore[no-any-return]
+
+        return main
+
+    return decorate
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` whose errors are one line (a :class:`~brats_lightning.errors.ConfigError`: exit 2 through
+    :func:`~brats_lightning.errors.cli`) rather than the usage text and a second line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message} (--help lists the options)")
