@@ -29,7 +29,6 @@ __all__ = [
     "Number",
     "Strict",
     "Sub",
-    "check_sub",
     "validate",
     "read_json",
     "read_yaml",
@@ -174,19 +173,6 @@ def validate(
         return model.model_validate(data)
     except ValidationError as e:
         raise error(_first_problem(e, str(source), options, model)) from None
-
-
-def check_sub(model: type[M], data: Any) -> M:
-    """``data`` checked against ``model`` inside another schema's validator (a :class:`Sub` field).
-
-    Raises:
-        ValueError: the first problem in one line (``rotate_deg: Input should be ...``), which the outer schema
-            reports under the field's name.
-    """
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(_first_problem(e, "", False, model).removeprefix(": ")) from None
 
 
 def _check_depth(data: Any, source: str | Path, error: Callable[[str], UserError]) -> None:

@@ -24,7 +24,7 @@ from brats_lightning.data.layouts import LAYOUTS
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
 from brats_lightning.data.readers import MODALITIES
 from brats_lightning.errors import CheckpointError, ConfigError
-from brats_lightning.schema import Int, Name, Number, Strict, Sub, check_sub, validate
+from brats_lightning.schema import Int, Name, Number, Strict, Sub, validate
 
 __all__ = ["DataConfig", "DataOptions", "SyntheticOptions", "check_data_config", "convention_name"]
 
@@ -198,21 +198,21 @@ class DataOptions(Strict):
         if v is not None:
             if "enabled" in v:
                 raise ValueError("enabled is data.symmetry's to say, not data.symmetry_options'")
-            check_sub(SymmetryConfig, v)
+            SymmetryConfig.model_validate(v)
         return v
 
     @field_validator("preprocess")
     @classmethod
     def _preprocess(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
-            check_sub(PreprocessConfig, v)
+            PreprocessConfig.model_validate(v)
         return v
 
     @field_validator("augment_options")
     @classmethod
     def _augment_options(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
-            check_sub(AugmentOptions, v)
+            AugmentOptions.model_validate(v)
         return v
 
     @model_validator(mode="after")

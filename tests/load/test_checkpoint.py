@@ -49,10 +49,10 @@ def test_bad_checkpoints_are_named_and_explained(tmp_path: Path, trained_ckpt: P
         load_module(truncated)
     # weights that do not fit the hyper-parameters they come with
     state = torch.load(trained_ckpt, map_location="cpu", weights_only=True)
-    state["hyper_parameters"]["in_channels"] = 4
+    state["hyper_parameters"]["n_blocks"] = 2
     tampered = tmp_path / "tampered.ckpt"
     torch.save(state, tampered)
-    with pytest.raises(CheckpointError, match=r"tampered\.ckpt: its weights do not fit a FCNModule .*shape"):
+    with pytest.raises(CheckpointError, match=r"tampered\.ckpt: its weights do not fit a FCNModule .*n_blocks=2.*is unexpected"):
         load_module(tampered)
     # resuming (or testing) another model's checkpoint: the differing hyper-parameters are named
     from brats_lightning.modules.fcn import FCNModule
@@ -69,7 +69,11 @@ def test_bad_checkpoints_are_named_and_explained(tmp_path: Path, trained_ckpt: P
     "key, value, message",
     [
         ("data_config.convention", "../../etc/passwd", r"\(data_config\): convention: String should match pattern"),
-        ("data_config.symmetry.evil", 1, r"\(data_config\): symmetry.evil: Extra inputs are not permitted"),
+        (
+            "data_config.symmetry.evil",
+            1,
+            r"\(data_config\): symmetry.evil: unknown option; expected one of axis_modality",
+        ),
         ("data_config.preprocess.margin", -1, r"preprocess.margin: Input should be greater than or equal to 0"),
         ("data_config.preprocess.clip_percentiles", [99, 1], r"the low percentile must be below the high one"),
         ("tta_flips", "lr", r"\(tta_flips\): tta_flips: Input should be a valid list"),
@@ -78,6 +82,13 @@ def test_bad_checkpoints_are_named_and_explained(tmp_path: Path, trained_ckpt: P
         ("et_threshold", 1.5, r": et_threshold must be a probability in \(0, 1\) or null, got 1.5"),
         ("et_threshold", "0.3", r": et_threshold must be a probability in \(0, 1\) or null, got '0.3'"),
         ("hyper_parameters._instantiator", "os.system", r"hyper-parameters name a Lightning _instantiator"),
+        # the models' hyper-parameters, checked with the schema model.* options are (brats_lightning.modules.options)
+        ("hyper_parameters.width", 1000, r"\(hyper_parameters\): width: Input should be less than or equal to 4"),
+        ("hyper_parameters.postprocess", {"_target_": "os.system"}, r"postprocess._target_: unknown option"),
+        ("hyper_parameters.convention", "../../etc/passwd", r"convention: unknown label convention '../../etc/passwd'"),
+        ("hyper_parameters.n_blocks", "3", r"n_blocks: Input should be a valid integer"),
+        ("hyper_parameters.depth", 3, r"\(hyper_parameters\): depth: unknown option; expected one of arch, "),
+        ("data_config.modalities", ["flair", "t1"], r"its net takes 8 input channels, but its data_config"),
     ],
 )
 def test_a_tampered_checkpoint_is_named_and_refused(
