@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "OutputError",
     "disk_full",
+    "output_error",
     "find_user_error",
     "one_line",
     "cli",
@@ -60,6 +61,22 @@ def disk_full(error: BaseException, path: object) -> OutputError | None:
     if isinstance(error, OSError) and error.errno in DISK_FULL:
         return OutputError(f"{path}: {os.strerror(error.errno or errno.ENOSPC)}: cannot write it")
     return None
+
+
+#: ``errno`` values of a write refused by the file system (no permission, read-only)
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def output_error(error: OSError, path: object) -> OutputError | OSError:
+    """An :class:`OutputError` naming ``path`` and the cause for a write that failed for lack of space (ENOSPC,
+    EDQUOT, EFBIG) or of permission (EACCES, EPERM, EROFS); any other ``OSError`` as it was (a bug, or a fault
+    to see whole)."""
+    full = disk_full(error, path)
+    if full is not None:
+        return full
+    if error.errno in NOT_WRITABLE:
+        return OutputError(f"{path}: {os.strerror(error.errno or errno.EACCES)}: cannot write it")
+    return error
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:

@@ -54,7 +54,7 @@ class Paths(Strict):
     data_dir: PathStr
     cache_dir: PathStr
     log_dir: PathStr
-    output_dir: PathStr
+    output_dir: PathStr | None = None  # ${hydra:runtime.output_dir}: unset outside a Hydra run
 
 
 class Extras(Strict):
@@ -159,6 +159,7 @@ class CheckpointCallback(Strict):
 
     target: Literal[
         "pytorch_lightning.callbacks.ModelCheckpoint",
+        "brats_lightning.callbacks.checkpoint.RunCheckpoint",
         "brats_lightning.callbacks.checkpoint.BestCheckpoint",
         "brats_lightning.callbacks.checkpoint.PhaseCheckpoint",
     ] = _target()
@@ -416,7 +417,7 @@ class PredictConfig(Strict):
     paths: Paths | None = None
     ckpt_path: PathStr | Annotated[list[PathStr], Field(strict=False, min_length=1, max_length=256)]
     input_dir: PathStr
-    output_dir: PathStr
+    output_dir: PathStr | None = None  # ${hydra:runtime.output_dir}: unset outside a Hydra run
     layout: Annotated[str, Field(min_length=1, max_length=64)] = "auto"
     files: Files | None = None
     output_convention: Annotated[str, Field(min_length=1, max_length=64)] = "auto"

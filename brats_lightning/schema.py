@@ -72,7 +72,7 @@ def _first_problem(e: ValidationError, source: str, options: bool, model: type[B
     """
     errors = e.errors(include_url=False)
     # a union's branch tags (``constrained-int``, ``literal['auto']``) are not keys of the document
-    keys = [".".join(str(p) for p in err["loc"] if isinstance(p, int) or str(p).isidentifier()) for err in errors]
+    keys = [".".join(str(p) for p in err["loc"] if _is_key(p)) for err in errors]
     where = keys[0]
     same = [err for err, key in zip(errors, keys) if key == where]
     first = same[0]
@@ -98,6 +98,17 @@ def _first_problem(e: ValidationError, source: str, options: bool, model: type[B
         key = f"{source}.{where}" if source and where else where
         return f"{key}: {msg}{shown}{more}" if key else f"{msg}{more}"
     return f"{source}: {where or 'the document'}: {msg}{shown}{more}"
+
+
+#: the labels pydantic gives a union's branches in an error's location (not keys of the document)
+_BRANCH_LABELS = frozenset({"int", "float", "str", "bool", "none", "dict", "list", "tuple"})
+
+
+def _is_key(part: Any) -> bool:
+    """Whether a step of an error's location is a key of the document (``folds.0.train_s``), not a union's branch
+    (``constrained-int``, ``literal['auto']``, a ``_target_`` tag)."""
+    text = str(part)
+    return isinstance(part, int) or text.isdigit() or (text.isidentifier() and text not in _BRANCH_LABELS)
 
 
 def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from brats_lightning.callbacks.checkpoint import final_best_checkpoint
+from brats_lightning.callbacks.checkpoint import AtomicCheckpointIO, final_best_checkpoint
 from brats_lightning.callbacks.two_phase import TwoPhaseTraining
 from brats_lightning.callbacks.wandb_run import WandbRunId, fold_runs, is_wandb_logger, plain_config, wandb_init_args
 from brats_lightning.config import apply_extras, check_budget, register_resolvers
@@ -175,8 +175,14 @@ def train(cfg: DictConfig) -> dict:
     run_config = plain_config(cfg)
     for lg in loggers:
         lg.log_hyperparams(run_config)
+    # checkpoints written atomically beside their final name (a full disk never leaves a half-written last.ckpt)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all", **_strategy(cfg, callbacks)
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        _convert_="all",
+        **_strategy(cfg, callbacks),
     )
     results: dict = {}
     ckpt = None
@@ -186,7 +192,8 @@ def train(cfg: DictConfig) -> dict:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
             if trainer.is_global_zero:
                 write_curve(out_dir / "val_curve.csv", model.val_history)
-            ckpt = final_best_checkpoint(trainer)
+            # a resume with no epoch left to train and no best checkpoint beside it tests the checkpoint resumed from
+            ckpt = final_best_checkpoint(trainer) or (str(cfg.ckpt_path) if cfg.get("ckpt_path") else None)
             results["best_ckpt"] = ckpt
             results.update(training_figures(model.val_history, trainer.global_step, time.perf_counter() - t0))
         elif cfg.get("ckpt_path"):

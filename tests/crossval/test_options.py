@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,33 @@ def test_a_run_from_before_an_option_was_added_resumes_unless_the_option_is_used
     lr = config("model.lr=0.01")
     with pytest.raises(ConfigError, match=r"other training options \(.*model.lr"):
         state.check_resumable("s", fingerprint(lr), lr)
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({"train_s": 1e9}, r"cv_state\.json: folds\.0\.train_s: Input should be less than or equal to"),
+        ({"train_s": 1e6}, r"cv_state\.json: folds\.0\.train_s=1000000\.0 is more than the run's whole budget"),
+        ({"train_s": "abc"}, r"cv_state\.json: folds\.0\.train_s: Input should be a valid number"),
+        ({"train_s": 60, "evil": 1}, r"cv_state\.json: folds\.0\.evil: unknown option"),
+    ],
+)
+def test_a_tampered_cross_validation_state_is_refused_before_training(
+    tmp_path: Path, record: dict, message: str
+) -> None:
+    """``train_s: 1e9`` trained past the budget (the fold trained the recorded seconds); ``"abc"`` was a traceback."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "cv_state.json").write_text(json.dumps({"spent_s": 10.0, "folds": {"0": record}}))
+    run = run_command(
+        train_main,
+        "experiment=real_fast",
+        "data=synthetic",
+        "budget_minutes=2",
+        "reserve_minutes=0.5",
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
+    assert run.code == 2, run.err[-2000:]
+    assert len(run.err.strip().splitlines()) == 1 and re.search(message, run.err), run.err[-2000:]
+    assert not (tmp_path / "cache").exists() and not (run_dir / "fold_0").exists()

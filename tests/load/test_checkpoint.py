@@ -52,7 +52,9 @@ def test_bad_checkpoints_are_named_and_explained(tmp_path: Path, trained_ckpt: P
     state["hyper_parameters"]["n_blocks"] = 2
     tampered = tmp_path / "tampered.ckpt"
     torch.save(state, tampered)
-    with pytest.raises(CheckpointError, match=r"tampered\.ckpt: its weights do not fit a FCNModule .*n_blocks=2.*is unexpected"):
+    with pytest.raises(
+        CheckpointError, match=r"tampered\.ckpt: its weights do not fit a FCNModule .*n_blocks=2.*is unexpected"
+    ):
         load_module(tampered)
     # resuming (or testing) another model's checkpoint: the differing hyper-parameters are named
     from brats_lightning.modules.fcn import FCNModule

@@ -160,6 +160,13 @@ def test_predict_skips_existing_and_reports_unreadable_cases(
     again = predict_dir(predict_cfg(ckpt_path=str(trained_ckpt), input_dir=str(inp), output_dir=str(out)))
     assert len(again["skipped"]) == 3 and not again["done"]
     assert os.stat(out / f"{cases[0].case_id}.nii.gz").st_mtime_ns == stamp
+    # overwrite=no is not a yes: it was accepted (a non-empty string is true) and rewrote the complete outputs
+    refused = run_command(
+        predict.main, f"ckpt_path={trained_ckpt}", f"input_dir={inp}", f"output_dir={out}", "overwrite=no",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert refused.code == 2 and refused.err == "error: overwrite: Input should be a valid boolean (got 'no')\n"
+    assert os.stat(out / f"{cases[0].case_id}.nii.gz").st_mtime_ns == stamp
     forced = predict_dir(
         predict_cfg(ckpt_path=str(trained_ckpt), input_dir=str(inp), output_dir=str(out), overwrite=True)
     )
@@ -390,3 +397,16 @@ def test_a_user_error_in_a_loader_worker_is_one_line() -> None:
     )
     assert one_line(wrapped) == "/c/image.npy: the prepared array does not"
     assert find_user_error(RuntimeError("x")) is None
+
+
+def test_uncertainty_from_one_member_is_refused(tmp_path: Path, trained_ckpt: Path, synthetic_root: Path) -> None:
+    """One model without flips has no members to agree: it ran (a warning) and wrote maps without the agreement."""
+    inp = copy_cases(synthetic_root, tmp_path / "in", 1)
+    out = tmp_path / "out"
+    cfg = predict_cfg(ckpt_path=str(trained_ckpt), input_dir=str(inp), output_dir=str(out), uncertainty=True)
+    with pytest.raises(ConfigError, match=r"^uncertainty=true: one model without test-time flips is one member"):
+        predict_dir(cfg)
+    assert not out.exists()
+    with_flips = predict_dir(predict_cfg(**{**cfg, "tta": True, "tta_flips": ["lr"]}))  # two members: the flips
+    (case,) = with_flips["done"]
+    assert with_flips["uncertainty"][case]["agreement"] is not None
