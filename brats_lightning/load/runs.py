@@ -94,7 +94,17 @@ def _run_checkpoint(run: Path) -> Path | None:
             value = pick(read_json(doc_path, doc_path.name))
         except (UserError, LookupError, AttributeError, TypeError):
             return None
-        return Path(value) if isinstance(value, str) and value and Path(value).is_file() else None
+        if not isinstance(value, str) or not value:
+            return None
+        named = run / value  # a relative path is the run folder's; an absolute one must lie inside it
+        if not named.resolve().is_relative_to(run.resolve()):
+            if named.exists():
+                raise CheckpointError(
+                    f"{doc_path}: names {value!r}, outside the run folder {run}; a run folder's files name only its "
+                    "own checkpoints: it is not loaded"
+                )
+            return None  # the run folder was moved since: its own checkpoints/ is used
+        return named if named.is_file() else None
 
     best = reported(run / "pipeline.json", lambda stages: list(stages.values())[-1].get("best_ckpt"))
     best = best or reported(run / "summary.json", lambda summary: summary.get("checkpoint"))

@@ -26,13 +26,17 @@ __all__ = ["ensemble_of_folds", "job_datamodule"]
 log = logging.getLogger("brats_lightning.report")
 
 
-def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
+def ensemble_of_folds(group: list[Run], cache_dir: Path) -> tuple[dict[str, float] | None, str]:
     """The test metrics of the folds' ensemble (their best checkpoints' probabilities averaged), on the
     test cases the folds were scored on, with the same data module and metrics as their own test.
 
     Returns:
         The flat test metrics (``test/dice_wt`` ...), or ``None`` with the reason when it cannot be
         computed (fewer than two folds, no held-out test cases, a multi-stage job, missing files).
+
+    Args:
+        group: the folds of one setting.
+        cache_dir: where the test cases are prepared (inside the report's folder: :func:`job_datamodule`).
     """
     # torch and Lightning only when an ensemble is scored: the report command starts without them
     import pytorch_lightning as pl
@@ -47,7 +51,7 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
         return None, "multi-stage jobs (predict with their checkpoints instead)"
     try:
         paths = [find_checkpoints(g.folder)[0] for g in group]
-        dm = job_datamodule(group[0].folder)
+        dm = job_datamodule(group[0].folder, cache_dir)
         dm.prepare_data()
         dm.setup("test")
         if not dm.test_cases:
@@ -70,14 +74,17 @@ def ensemble_of_folds(group: list[Run]) -> tuple[dict[str, float] | None, str]:
     return run_metrics(summarise(ensemble.test_results)), f"{len(paths)} folds on {len(dm.test_cases)} test cases"
 
 
-def job_datamodule(job: str | Path) -> BratsDataModule:
+def job_datamodule(job: str | Path, cache_dir: str | Path | None = None) -> BratsDataModule:
     """The data module a job trained on, rebuilt from its ``.hydra/config.yaml`` as data.
 
     The ``data`` node is read as plain values (OmegaConf resolves its interpolations with the
     registered resolvers, none of which runs code), its ``_target_`` must name brats_lightning's
     :class:`~brats_lightning.data.datamodule.BratsDataModule`, no value may name another callable,
     and every option is type- and range-checked (:class:`~brats_lightning.data.options.DataOptions`);
-    the class is then called directly, never through ``hydra.utils.instantiate``.
+    the class is then called directly, never through ``hydra.utils.instantiate``. The folders the file names for
+    writing (``cache_dir``; a ``split_file`` outside the job's folder) are not used: the data are prepared into
+    ``cache_dir``, a folder the caller chose (the report's own), so that a shared results folder writes nothing
+    outside the folder its user asked for.
 
     Raises:
         ConfigError: the file is unreadable, names another callable, or has an option of the wrong
@@ -108,4 +115,9 @@ def job_datamodule(job: str | Path) -> BratsDataModule:
         )
     check_no_targets({k: v for k, v in data.items() if k != "_target_"}, cfg_file, "data")
     options = DataOptions.of({str(k): v for k, v in data.items() if k != "_target_"}, f"{cfg_file} (data)")
-    return BratsDataModule(options)
+    split = options.split_file
+    inside = split is not None and (Path(job) / split).resolve().is_relative_to(Path(job).resolve())
+    if split is not None and not inside:
+        log.warning("%s: data.split_file=%s is outside the job's folder; the split is made again", cfg_file, split)
+    own = {"cache_dir": str(cache_dir if cache_dir is not None else Path(job) / "report_cache")}
+    return BratsDataModule(options.model_copy(update={**own, "split_file": str(Path(job) / split) if inside else None}))

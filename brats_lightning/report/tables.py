@@ -62,14 +62,14 @@ def _summaries(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def _table(runs: list[Run], ensemble: bool = True) -> tuple[list[dict], str]:
+def _table(runs: list[Run], ensemble: bool, cache_dir: Path) -> tuple[list[dict], str]:
     """The results in each paper's own layout, with the paper's published rows beside ours."""
     rows = _summaries(runs)
     folds = sorted({r["folds"] for r in rows})
     notes: list[str] = []
     if ensemble:
         for setting, fold_runs in by_setting(runs).items():
-            metrics, why = ensemble_of_folds(fold_runs)
+            metrics, why = ensemble_of_folds(fold_runs, cache_dir)
             if metrics is None:
                 if len(fold_runs) > 1:
                     notes.append(f"No ensemble of the folds of {setting}: {why}.")
@@ -137,7 +137,7 @@ def write_report(multirun: str | Path, out: str | Path | None = None, ensemble: 
     runs = collect_runs(multirun)
     out_dir = Path(out) if out else Path(multirun) / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, md = _table(runs, ensemble)
+    rows, md = _table(runs, ensemble, out_dir / "cache")  # the ensembles' test cases: inside the report's folder
     title = _task_name(Path(multirun))
     write_text_atomic(out_dir / "results.md", f"# {title}\n\n" + md)
     write_csv_atomic(out_dir / "results.csv", rows, list(rows[0]))

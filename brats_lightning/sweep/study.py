@@ -25,8 +25,10 @@ extra here (:func:`require_sweep_extra`) before it imports anything of it.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +38,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from brats_lightning.errors import ConfigError, OutputError, UserError
+from brats_lightning.errors import ConfigError, OutputError, UserError, output_error
 
 __all__ = [
     "EXTRA_INSTALL",
@@ -132,7 +134,13 @@ def study_lock(sweep_dir: Path) -> Iterator[None]:
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / LOCK_NAME
-    with open(path, "a+") as handle:
+    try:  # never through a link: a lock planted as one would create or lock a file outside the sweep folder
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{path}: is a link, not the sweep's lock file; remove it (rm {path})") from None
+        raise output_error(e, path) from None
+    with os.fdopen(fd, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -33,7 +33,13 @@ def test_report_adds_the_ensemble_of_folds_scored_on_the_same_test_cases(tmp_pat
         shutil.copytree(fold0, twice / f"{i}_job", ignore=shutil.ignore_patterns("wandb"))
         ov = twice / f"{i}_job" / ".hydra" / "overrides.yaml"
         ov.write_text(ov.read_text().replace("data.fold=0", f"data.fold={i}"))
+        # a shared folder whose config names a cache elsewhere: before, the report prepared the cases there
+        conf = twice / f"{i}_job" / ".hydra" / "config.yaml"
+        doc = yaml.safe_load(conf.read_text())
+        doc["data"]["cache_dir"] = str(tmp_path / "elsewhere")
+        conf.write_text(yaml.safe_dump(doc))
     rows = {r["setting"]: r for r in csv.DictReader(write_report(twice, tmp_path / "r2")["results.csv"].open())}
+    assert not (tmp_path / "elsewhere").exists() and (tmp_path / "r2" / "cache").is_dir()
     own = json.loads((fold0 / "metrics.json").read_text())
     ens = rows["FCN (3 blocks), ensemble of 2 folds"]
     for key in ("dice_wt", "dice_tc", "dice_et", "ppv_wt", "sensitivity_et"):

@@ -57,6 +57,23 @@ def test_one_sweep_of_a_folder_at_a_time(tmp_path: Path) -> None:
         pass
 
 
+@requires_sweep_extra
+def test_a_lock_planted_as_a_link_creates_nothing_outside_the_sweep_folder(tmp_path: Path) -> None:
+    """Before: ``open(.sweep.lock, "a+")`` followed the link and created the file it named."""
+    from brats_lightning.errors import OutputError
+    from brats_lightning.sweep.study import LOCK_NAME, study_lock
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    outside = tmp_path / "outside" / "created"
+    outside.parent.mkdir()
+    (sweep / LOCK_NAME).symlink_to(outside)
+    with pytest.raises(OutputError, match=r"\.sweep\.lock: is a link, not the sweep's lock file; remove it"):
+        with study_lock(sweep):
+            pass
+    assert not outside.exists()
+
+
 @pytest.mark.parametrize(
     ("name", "task", "params"),
     [
