@@ -104,11 +104,22 @@ def one_line(error: UserError) -> str:
     return text
 
 
+def _file_size_limit_is_an_error() -> None:
+    """A write past the file-size limit (``ulimit -f``) fails with EFBIG, named like a full disk, instead of the
+    SIGXFSZ that kills the process (and leaves its data-loader workers waiting)."""
+    import signal
+    import threading
+
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def cli(fn: F) -> F:
     """Run a command's main function; a :class:`UserError` becomes ``error: <message>`` on stderr and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _file_size_limit_is_an_error()
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - user errors are shown plainly, anything else re-raised

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from typing import Any
 __all__ = [
     "atomic_path",
     "remove_stale_temporaries",
+    "temporary_name",
     "write_csv_atomic",
     "write_text_atomic",
     "load_torch_file",
@@ -31,9 +33,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     writers choosing a format from the name still work. On any error the temporary file is removed
     and ``path`` is left as it was: a reader never sees a half-written file.
     """
-    path = Path(path)
-    stem, dot, suffix = path.name.partition(".")
-    tmp = path.with_name(f".{stem}.{_HOST}-{os.getpid()}.tmp{dot}{suffix}")
+    tmp = temporary_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -42,8 +42,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def temporary_name(path: str | Path) -> Path:
+    """The temporary name of ``path`` while it is written (a file, or a folder written whole): hidden, beside it,
+    with this host and process in it (``x.nii.gz`` -> ``.x.<host>-<pid>.tmp.nii.gz``), so that
+    :func:`remove_stale_temporaries` can tell a killed writer's leftovers from a running writer's."""
+    path = Path(path)
+    stem, dot, suffix = path.name.partition(".")
+    return path.with_name(f".{stem}.{_HOST}-{os.getpid()}.tmp{dot}{suffix}")
+
+
 def remove_stale_temporaries(folder: str | Path, max_age_s: float = 86400.0) -> list[Path]:
-    """Remove the temporary files that :func:`atomic_path` left in ``folder`` when its writer was killed.
+    """Remove the temporary files (and folders) that :func:`atomic_path` and the writers using
+    :func:`temporary_name` left in ``folder`` when they were killed.
 
     A temporary file is stale when its writer (host and process id are in its name) is no longer
     running on this host, or, for another host's, when it is older than ``max_age_s``.
@@ -59,14 +69,17 @@ def remove_stale_temporaries(folder: str | Path, max_age_s: float = 86400.0) -> 
         return removed
     for p in folder.iterdir():
         m = _TMP_NAME.match(p.name)
-        if m is None or not p.is_file():
+        if m is None or p.is_symlink() or not (p.is_file() or p.is_dir()):
             continue
         if m["host"] == _HOST:
             stale = not _pid_alive(int(m["pid"]))
         else:
             stale = time.time() - p.stat().st_mtime > max_age_s
         if stale:
-            p.unlink(missing_ok=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 

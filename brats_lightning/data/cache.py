@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,6 +56,7 @@ from brats_lightning.data.provenance import write_config
 from brats_lightning.data.readers import CaseFiles
 from brats_lightning.data.splits import CaseId
 from brats_lightning.errors import DataError, UserError
+from brats_lightning.files import temporary_name
 from brats_lightning.schema import Int, Number, parse_json, read_json, validate
 
 __all__ = [
@@ -322,6 +322,12 @@ def is_fresh(folder: Path, case: CaseFiles) -> bool:
             return False
         if meta.get("sources") != _sources(case):
             return False
+        # the record load_prepared will accept, of this very case (the cache is derived data: a record that
+        # describes another case, or has the wrong shape, is rebuilt rather than refused)
+        checked = validate(PreparedMeta, meta, meta_file, DataError)
+        if checked.case_id != folder.name:
+            log.warning("%s describes case %r; the case is prepared again", meta_file, checked.case_id)
+            return False
         arrays = meta.get("arrays")
         if not isinstance(arrays, dict) or "image" not in arrays or "mask" not in arrays:
             return False
@@ -350,7 +356,7 @@ def prepare_case(
         DataError: unreadable or inconsistent files, an empty image, unknown label values.
     """
     p = preprocess_case(case, convention, prep, sym)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temporary_name(folder)  # named by host and process: a killed writer's is removed by the next run
     tmp.mkdir(parents=True)
     try:
         image = np.ascontiguousarray(crop(p.image, p.box).transpose(3, 0, 1, 2), dtype=np.float16)

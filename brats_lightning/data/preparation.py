@@ -21,6 +21,7 @@ from brats_lightning.data.labels import LabelConvention
 from brats_lightning.data.preprocess import PreprocessConfig, SymmetryConfig
 from brats_lightning.data.readers import CaseFiles
 from brats_lightning.errors import DataError
+from brats_lightning.files import remove_stale_temporaries
 
 __all__ = ["available_cores", "first_stage_maps", "prepare_cases", "prepare_missing", "progress_bar"]
 
@@ -145,6 +146,8 @@ def prepare_missing(
     Raises:
         DataError: some cases could not be prepared (every one named with its reason; the others are done).
     """
+    for left in remove_stale_temporaries(out):  # a killed preparation's half-written case folders
+        log.info("Removed %s, left by a preparation that was killed", left)
     todo = [c for c in cases if not is_fresh(out / c.case_id, c)][rank::world]
     if todo or out.is_dir():  # (also a folder prepared before config.json was written)
         write_cache_config(out, config)

@@ -22,6 +22,8 @@ from brats_lightning.errors import DataError
 
 __all__ = [
     "MODALITIES",
+    "MAX_VOXELS",
+    "check_size",
     "IMAGE_EXTENSIONS",
     "CaseFiles",
     "Volume",
@@ -145,6 +147,7 @@ def read_image(path: str | Path, channels: bool = False) -> tuple[np.ndarray, np
         raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
     if not isinstance(img, nib.spatialimages.SpatialImage):  # e.g. a GIFTI surface: no voxel grid
         raise DataError(f"{path}: not a volume image ({type(img).__name__})")
+    check_size(path, tuple(int(n) for n in img.shape))  # from the header, before any voxel is read
     try:
         data = np.asarray(img.dataobj)
     except errors as e:
@@ -157,6 +160,25 @@ def read_image(path: str | Path, channels: bool = False) -> tuple[np.ndarray, np
     if data.ndim != 3 and not channels:
         raise DataError(f"{path}: expected a 3D image, got shape {data.shape}")
     return data, np.asarray(img.affine, dtype=np.float64), getattr(img, "header", None)
+
+
+#: the most voxels (times channels) an image may have: 2^27, a 512^3 volume (a BraTS image has 240 x 240 x 155 = 8.9
+#: million); a header claiming more (2100^3: 9.3 billion, 37 GB as float32) is refused before any voxel is read
+MAX_VOXELS = 2**27
+
+
+def check_size(path: Path, shape: tuple[int, ...]) -> None:
+    """Refuse an image whose header claims more than :data:`MAX_VOXELS` voxels (before reading it).
+
+    Raises:
+        DataError: naming the file, its claimed shape and the limit.
+    """
+    n = int(np.prod(np.asarray(shape, dtype=np.float64)))
+    if n > MAX_VOXELS or any(d < 1 for d in shape):
+        raise DataError(
+            f"{path}: its header claims a {' x '.join(map(str, shape))} image ({n:,} voxels); brats_lightning reads "
+            f"images of 1 to {MAX_VOXELS:,} voxels (MAX_VOXELS); not read"
+        )
 
 
 def file_problem(path: Path) -> str | None:
@@ -193,6 +215,10 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, None]:
     import SimpleITK as sitk
 
     try:
+        info = sitk.ImageFileReader()
+        info.SetFileName(str(path))
+        info.ReadImageInformation()  # the header only
+        check_size(path, tuple(int(n) for n in info.GetSize()) + (info.GetNumberOfComponents(),))
         img = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise DataError(f"{path}: cannot read image ({str(e).strip().splitlines()[-1]})") from e

@@ -43,7 +43,7 @@ from brats_lightning.config import register_resolvers
 from brats_lightning.data.datasets import first_item
 from brats_lightning.data.layouts import BadCase, discover_cases
 from brats_lightning.data.readers import CaseFiles
-from brats_lightning.errors import ConfigError, OutputError, disk_full
+from brats_lightning.errors import ConfigError, OutputError, output_error
 from brats_lightning.files import remove_stale_temporaries, write_text_atomic
 from brats_lightning.load.predictor import load_predictor
 from brats_lightning.modules.ensemble import EnsembleModule
@@ -179,12 +179,17 @@ def _predict_cases(
 def _prepare_output_dir(out_dir: Path, probabilities: bool, uncertainty: bool) -> None:
     """Create the output folders; remove an earlier report (whatever happens next, no report claims more than is
     on disk) and the temporary files of a run that was stopped while writing them."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if probabilities:
-        (out_dir / "probabilities").mkdir(exist_ok=True)
-    if uncertainty:
-        (out_dir / "uncertainty").mkdir(exist_ok=True)
-    (out_dir / "predict_report.json").unlink(missing_ok=True)
+    folder = out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, wanted in (("probabilities", probabilities), ("uncertainty", uncertainty)):
+            if wanted:
+                folder = out_dir / name
+                folder.mkdir(exist_ok=True)
+        folder = out_dir / "predict_report.json"
+        folder.unlink(missing_ok=True)
+    except OSError as e:
+        raise output_error(e, folder) from None
     for folder in (out_dir, out_dir / "probabilities", out_dir / "uncertainty"):
         for p in remove_stale_temporaries(folder):
             log.info("Removed %s, left by a run that was stopped while writing it", p)
@@ -242,9 +247,10 @@ def _write_report(out_dir: Path, report: dict) -> OutputError | None:
     try:
         write_text_atomic(out_dir / "predict_report.json", json.dumps(report, indent=2) + "\n")
     except OSError as e:
-        full = disk_full(e, out_dir / "predict_report.json")
-        if full is None:
+        error = output_error(e, out_dir / "predict_report.json")
+        if not isinstance(error, OutputError):
             raise
+        full = error
         log.error("%s (the report is not written; the label maps on disk are complete)", full)
     log.info(
         "Predicted %d cases, skipped %d complete, %d failed, into %s (%.1f s)",

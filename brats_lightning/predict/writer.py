@@ -18,7 +18,7 @@ from brats_lightning.data.labels import convert, get_convention
 from brats_lightning.data.preprocess import (
     uncrop,
 )
-from brats_lightning.errors import OutputError, UserError, disk_full
+from brats_lightning.errors import OutputError, UserError, output_error
 from brats_lightning.files import atomic_path
 from brats_lightning.inference.cleanup import apply_cleanup
 from brats_lightning.predict.cases import STAGES, CaseOutputs, data_configs
@@ -115,7 +115,8 @@ def write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None
     """Save ``arr`` next to ``path`` under a temporary name, then rename it into place (atomic).
 
     Raises:
-        OutputError: the disk is full (or the quota spent); names ``path``, and nothing is left there.
+        OutputError: the disk is full (or the quota or file-size limit spent), or the folder is read-only or not
+            ours to write; names ``path``, and nothing is left there.
     """
     img = nib.Nifti1Image(arr, affine, header)
     img.set_data_dtype(arr.dtype)
@@ -124,7 +125,7 @@ def write_nifti(arr: np.ndarray, affine: np.ndarray, header, path: Path) -> None
         with atomic_path(path) as tmp:
             nib.save(img, str(tmp))
     except OSError as e:
-        full = disk_full(e, path)
-        if full is None:
+        error = output_error(e, path)  # a full disk, a size limit, a read-only or forbidden folder: named
+        if error is e:
             raise
-        raise full from e
+        raise error from e

@@ -91,3 +91,43 @@ def test_an_array_record_without_its_checksum_is_an_error_and_is_rebuilt(prepare
         meta["arrays"] = {"image": {"bytes": 1}}
         meta_file.write_text(json.dumps(meta))
         cache.load_prepared(case.folder)
+
+
+def test_a_record_describing_another_case_is_rebuilt_not_refused(prepared: tuple) -> None:
+    """Before: a meta.json naming another case (its sources unchanged) passed as fresh, then loading it refused the
+    run ("describes case ..."). The cache is derived data: the case is prepared again."""
+    dm, kwargs = prepared
+    folders = sorted(p for p in dm.prepared_dir.iterdir() if p.is_dir())
+    meta_file = folders[0] / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["case_id"] = folders[1].name
+    meta_file.write_text(json.dumps(meta))
+    _fresh_process()
+    again = BratsDataModule(test_fraction=0.2, **kwargs)
+    again.prepare_data()
+    again.setup("fit")
+    assert json.loads(meta_file.read_text())["case_id"] == folders[0].name
+    assert folders[0].name in {c.case_id for c in [*again.train_cases, *again.val_cases, *again.test_cases]}
+
+
+def test_a_killed_preparation_leaves_no_case_folder_behind(prepared: tuple) -> None:
+    """A preparation killed while writing a case leaves its temporary folder (before: ``.<case>.tmp-<uuid>``, kept
+    for ever, 28 MB for a BraTS case); the next run removes it (named by host and process: its writer is dead)."""
+    import os
+    import subprocess
+
+    from brats_lightning.files import temporary_name
+
+    dm, kwargs = prepared
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    folder = next(p for p in dm.prepared_dir.iterdir() if p.is_dir())
+    mine = temporary_name(folder)
+    left = mine.with_name(mine.name.replace(f"-{os.getpid()}.", f"-{dead.pid}."))
+    left.mkdir()
+    (left / "image.npy").write_bytes(b"\0" * 1000)
+    running = temporary_name(dm.prepared_dir / "other")  # this process's: a writer at work, left alone
+    running.mkdir()
+    _fresh_process()
+    BratsDataModule(test_fraction=0.2, **kwargs).prepare_data()
+    assert not left.exists() and running.is_dir()
