@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
@@ -386,7 +387,7 @@ class TrainConfig(Strict):
     extras: Extras = Extras()
     paths: Paths
     data: Data
-    model: Model
+    model: Model | None = None  # None: a model class of the user's own, checked by its own schema
     trainer: TrainerOptions
     callbacks: dict[Text, Callback | None] | None = None
     logger: dict[Text, Logger | None] | None = None
@@ -527,7 +528,78 @@ def check_config(cfg: DictConfig | dict[str, Any], command: str) -> Strict:
     missing = sorted(k for k, v in values.items() if v == "???")
     if missing:
         raise ConfigError(f"missing option: {missing[0]} must be given on the command line ({missing[0]}=...)")
+    model = values.get("model")
+    if SCHEMAS[command] is TrainConfig and isinstance(model, dict) and model.get("_target_") not in MODEL_TARGETS:
+        _check_own_model(model)  # a model class of the user's own (CONTRIBUTING: add a model), by its schema
+        values = {**values, "model": None}
+    if SCHEMAS[command] is TrainConfig:
+        values = {**values, "callbacks": _without_own_callbacks(values.get("callbacks"))}
     return validate(SCHEMAS[command], values, "", ConfigError, options=True)
+
+
+def _without_own_callbacks(callbacks: Any) -> Any:
+    """``callbacks`` without the user's own callback classes (a ``_target_`` outside :data:`Callback`'s list that names
+    a Lightning ``Callback`` subclass: its constructor checks its options); the package's and Lightning's are left
+    for the schema.
+
+    Raises:
+        ConfigError: a ``_target_`` that names no class, or one that is not a Lightning callback.
+    """
+    if not isinstance(callbacks, dict):
+        return callbacks
+    from hydra.utils import get_class
+    from pytorch_lightning import Callback as LightningCallback
+
+    known = {a for branch in typing.get_args(typing.get_args(Callback)[0]) for a in _targets(branch)}
+    out = {}
+    for name, spec in callbacks.items():
+        target = spec.get("_target_") if isinstance(spec, dict) else None
+        if isinstance(target, str) and target not in known:
+            try:
+                cls = get_class(target)
+            except Exception as e:  # noqa: BLE001 - Hydra's lookup errors have several classes
+                if "non-class" not in str(e):
+                    why = str(e).splitlines()[0]
+                    raise ConfigError(f"callbacks.{name}._target_: cannot find {target!r} ({why})") from None
+                cls = None
+            if not (isinstance(cls, type) and issubclass(cls, LightningCallback)):
+                raise ConfigError(f"callbacks.{name}._target_: {target!r} is not a Lightning callback")
+            continue
+        out[name] = spec
+    return out
+
+
+def _targets(model: type[Strict]) -> tuple[str, ...]:
+    """The ``_target_`` classes a schema's ``Literal`` allows."""
+    return typing.get_args(model.model_fields["target"].annotation)
+
+
+#: the package's model classes, checked by the ``Model`` union
+MODEL_TARGETS = frozenset(a for branch in (FCNModel, PatchModel) for a in _targets(branch))
+
+
+def _check_own_model(model: dict[str, Any]) -> None:
+    """``model.*`` of a model class of the user's own config (not one read back from a file): the class must be a
+    :class:`~brats_lightning.modules.segmentation.SegmentationModule` with an ``options_schema``, which checks the rest.
+
+    Raises:
+        ConfigError: naming ``model._target_`` or the option.
+    """
+    from hydra.utils import get_class
+
+    from brats_lightning.modules.segmentation import SegmentationModule
+
+    target = str(model.get("_target_"))
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 - Hydra's lookup errors have several classes; one line names the target
+        raise ConfigError(f"model._target_: cannot find {target!r} ({str(e).splitlines()[0]})") from None
+    if not (isinstance(cls, type) and issubclass(cls, SegmentationModule)) or cls.options_schema is None:
+        raise ConfigError(
+            f"model._target_: {target!r} is not a brats_lightning model (a SegmentationModule subclass with an "
+            "options_schema: CONTRIBUTING, 'Add a model')"
+        )
+    validate(cls.options_schema, {k: v for k, v in model.items() if k != "_target_"}, "model", ConfigError, True)
 
 
 def config_groups(config_dir: str | Path) -> dict[str, list[str]]:
@@ -579,7 +651,7 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
         def main(cfg: DictConfig | None = None) -> T:
             if cfg is None:
                 cli(check_choices)(sys.argv[1:], config_dir())
-            return hydra_main(cfg)  # type: ignore[no-any-return]
+            return hydra_main(cfg)
 
         return main
 

@@ -96,6 +96,8 @@ def _first_problem(e: ValidationError, source: str, options: bool, model: type[B
     more = f"; {others} more problem(s)" if others else ""
     if options:  # a problem of several options together names them itself
         key = f"{source}.{where}" if source and where else where
+        if key and msg.startswith(f"{key}."):  # a rule over several options names them itself (data.fold ...)
+            return f"{msg}{more}"
         return f"{key}: {msg}{shown}{more}" if key else f"{msg}{more}"
     return f"{source}: {where or 'the document'}: {msg}{shown}{more}"
 

@@ -266,7 +266,7 @@ BASELINE = {
     "data.symmetry": True,
     "data.tumour_fraction": 0.5,
     "data.context_slices": 0,
-    "data.augment_options": {},
+    "data.augment_options": {"intensity": False},
     "callbacks.budget_schedule.floor": 0.01,
     "callbacks.ema.decay": 0.99,
     "model.width": 1.0,  # the ablation measures at Shen et al.'s width (real_fast itself runs at half width)

@@ -106,7 +106,8 @@ class CVOptions:
             tta_flips(list(checked.tta_flips))
         except ValueError as e:
             raise ConfigError(f"cv.tta_flips: {e}") from None
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in checked.model_dump().items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in checked.model_dump().items()}
+        return cls(**values)
 
 
 Volumes = Annotated[list[Annotated[Number, Field(gt=0, le=1e7)]], Field(strict=False, max_length=64)]

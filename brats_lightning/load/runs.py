@@ -78,11 +78,37 @@ def predictor_checkpoints(run: Path) -> list[Path]:
     return found
 
 
+def _inside(run: Path, value: str) -> Path | None:
+    """The file a run folder's record names, found inside the run folder only: the path itself when it lies inside,
+    else its last components under the run folder (``.../checkpoints/best.ckpt`` of a folder since moved or copied);
+    a path outside is never followed (``None``: not found).
+
+    Examples:
+        >>> _inside(Path("/nonexistent/run"), "/elsewhere/secret.txt") is None
+        True
+    """
+    root = run.resolve()
+    named = Path(value)
+    if not named.is_absolute():
+        named = run / named
+    if named.resolve().is_relative_to(root) and named.is_file():
+        return named
+    parts = [p for p in Path(value).parts if p not in ("/", "")]
+    for k in range(1, len(parts) + 1):
+        tail = parts[-k:]
+        if ".." in tail:
+            break
+        candidate = run.joinpath(*tail)
+        if candidate.resolve().is_relative_to(root) and candidate.is_file():
+            return candidate
+    return None
+
+
 def _run_checkpoint(run: Path) -> Path | None:
     """The checkpoint a run folder reported, or ``None`` when it is not a run folder.
 
-    ``pipeline.json`` and ``summary.json`` are read as data (:func:`~brats_lightning.schema.read_json`);
-    what they name is only a path, and the file there is read like any checkpoint.
+    ``pipeline.json`` and ``summary.json`` are read as data (:func:`~brats_lightning.schema.read_json`); what they
+    name is looked for inside the run folder only (:func:`_inside`), and the file there is read like any checkpoint.
     """
     from brats_lightning.errors import UserError
     from brats_lightning.schema import read_json
@@ -96,15 +122,7 @@ def _run_checkpoint(run: Path) -> Path | None:
             return None
         if not isinstance(value, str) or not value:
             return None
-        named = run / value  # a relative path is the run folder's; an absolute one must lie inside it
-        if not named.resolve().is_relative_to(run.resolve()):
-            if named.exists():
-                raise CheckpointError(
-                    f"{doc_path}: names {value!r}, outside the run folder {run}; a run folder's files name only its "
-                    "own checkpoints: it is not loaded"
-                )
-            return None  # the run folder was moved since: its own checkpoints/ is used
-        return named if named.is_file() else None
+        return _inside(run, value)
 
     best = reported(run / "pipeline.json", lambda stages: list(stages.values())[-1].get("best_ckpt"))
     best = best or reported(run / "summary.json", lambda summary: summary.get("checkpoint"))

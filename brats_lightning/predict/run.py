@@ -80,7 +80,7 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
     flips = flips_option(cfg)
     model, data_config = load_predictor(ckpt, flips)
     if cfg.get("uncertainty", False):
-        _check_members(model)
+        _check_members(model, flips)
     modalities = data_config.get("modalities") or ["flair", "t1", "t1c", "t2"]
     files = cfg.get("files") or None
     bad: list[BadCase] = []
@@ -105,14 +105,14 @@ def predict_dir(cfg: DictConfig | dict) -> dict:
         raise
 
 
-def _check_members(model: SegmentationModule) -> None:
+def _check_members(model: SegmentationModule, flips: list[str] | None) -> None:
     """``uncertainty=true`` promises the members' agreement: it needs two members (models x test-time flips).
 
     Raises:
         ConfigError: one model without flips.
     """
     models = len(model.members) if isinstance(model, EnsembleModule) else 1
-    passes = 1 + len(getattr(model, "tta_flips", None) or [])
+    passes = 1 + len(flips if flips is not None else getattr(model, "tta_flips", None) or [])
     if models * passes < 2:
         raise ConfigError(
             "uncertainty=true: one model without test-time flips is one member, and the agreement of members it "
@@ -195,6 +195,14 @@ def _prepare_output_dir(out_dir: Path, probabilities: bool, uncertainty: bool) -
             log.info("Removed %s, left by a run that was stopped while writing it", p)
 
 
+def _file_size_limited() -> bool:
+    """Whether this process has a file-size limit (``ulimit -f``)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return soft != resource.RLIM_INFINITY
+
+
 def _case_loader(cfg: DictConfig | dict, todo: list[CaseFiles], data_config: dict, accelerator: str) -> DataLoader:
     """The cases, read and preprocessed by loader workers while the model infers (one worker on a CPU)."""
     files = cfg.get("files") or None
@@ -203,6 +211,11 @@ def _case_loader(cfg: DictConfig | dict, todo: list[CaseFiles], data_config: dic
     workers = cfg.get("num_workers", "auto")
     if workers == "auto":
         workers = 1 if accelerator == "cpu" else 2
+    if workers and _file_size_limited():
+        # loader workers hand tensors over through shared-memory files, which a file-size limit (ulimit -f) makes
+        # fail in the worker, leaving this process waiting: the cases are read here instead
+        log.info("A file-size limit (ulimit -f) is set: cases are read in this process (num_workers=0)")
+        workers = 0
     return DataLoader(
         CaseDataset(todo, data_config, conventions),
         batch_size=1,

@@ -115,9 +115,9 @@ def job_datamodule(job: str | Path, cache_dir: str | Path | None = None) -> Brat
         )
     check_no_targets({k: v for k, v in data.items() if k != "_target_"}, cfg_file, "data")
     options = DataOptions.of({str(k): v for k, v in data.items() if k != "_target_"}, f"{cfg_file} (data)")
-    split = options.split_file
-    inside = split is not None and (Path(job) / split).resolve().is_relative_to(Path(job).resolve())
-    if split is not None and not inside:
+    split = None if options.split_file is None else Path(job) / options.split_file
+    if split is not None and not split.resolve().is_relative_to(Path(job).resolve()):
         log.warning("%s: data.split_file=%s is outside the job's folder; the split is made again", cfg_file, split)
+        split = None
     own = {"cache_dir": str(cache_dir if cache_dir is not None else Path(job) / "report_cache")}
-    return BratsDataModule(options.model_copy(update={**own, "split_file": str(Path(job) / split) if inside else None}))
+    return BratsDataModule(options.model_copy(update={**own, "split_file": None if split is None else str(split)}))

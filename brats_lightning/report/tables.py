@@ -33,7 +33,6 @@ from brats_lightning.evaluation.metrics import METRICS
 from brats_lightning.evaluation.papers import LAYOUTS, PUBLISHED, SOURCES, paper_of
 from brats_lightning.evaluation.results import PAPER_METRICS
 from brats_lightning.files import write_csv_atomic, write_text_atomic
-from brats_lightning.options import ArgumentParser, ReportOptions
 from brats_lightning.report.ensembles import ensemble_of_folds
 from brats_lightning.report.runs import Run, by_setting, collect_runs
 from brats_lightning.schema import read_yaml, validate
@@ -167,6 +166,8 @@ def write_report(multirun: str | Path, out: str | Path | None = None, ensemble: 
 def main(argv: list[str] | None = None) -> None:
     """``python -m brats_lightning.report MULTIRUN [--out DIR] [--no-ensemble]``; options checked with
     :class:`brats_lightning.options.ReportOptions`, every error one line (exit 2)."""
+    from brats_lightning.options import ArgumentParser, ReportOptions  # (its schemas import torch: only here)
+
     parser = ArgumentParser(
         prog="python -m brats_lightning.report",
         description=__doc__,

@@ -20,7 +20,6 @@ from omegaconf import OmegaConf
 
 from brats_lightning.errors import ConfigError, cli
 from brats_lightning.files import atomic_path, write_text_atomic
-from brats_lightning.options import ArgumentParser, SweepReportOptions
 from brats_lightning.schema import validate
 from brats_lightning.sweep.study import (
     DB_NAME,
@@ -247,6 +246,8 @@ def reestimate(folder: Path, study_name: str | None = None, seed: int | None = N
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m brats_lightning.sweep <sweep folder> [--top K] [--study NAME] [--reestimate]``: print the
     report (and run the best trial again with another seed)."""
+    from brats_lightning.options import ArgumentParser, SweepReportOptions  # (its schemas import torch: only here)
+
     parser = ArgumentParser(
         prog="python -m brats_lightning.sweep",
         description="Best trials and parameter importances of a hyper-parameter search (hparams_search=...), "

@@ -74,7 +74,12 @@ def killed_and_resumed(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait()
-    kill_copy = tmp / "at_kill.ckpt"  # (the resumed run reads last.ckpt; keep what it held at the kill)
+    # the checkpoints folder as it was at the kill (the resumed run reads last.ckpt; the best checkpoints of a
+    # resume are looked for beside the file resumed from, never where its state says they were)
+    kill_copy = tmp / "at_kill" / "last.ckpt"
+    kill_copy.parent.mkdir()
+    for ckpt in (killed / "checkpoints").glob("*.ckpt"):
+        (kill_copy.parent / ckpt.name).write_bytes(ckpt.read_bytes())
     kill_copy.write_bytes(last.read_bytes())
     run_main(train_main, *common, f"ckpt_path={kill_copy}", f"hydra.run.dir={tmp / 'resumed'}")
     return {"whole": tmp / "whole", "killed": killed, "resumed": tmp / "resumed", "at_kill": at_kill, "last": kill_copy}

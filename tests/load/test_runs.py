@@ -27,24 +27,27 @@ def test_a_predictor_list_may_not_point_outside_its_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("doc", ["summary.json", "pipeline.json"])
-def test_a_run_folder_file_may_not_name_a_checkpoint_outside_it(tmp_path: Path, doc: str) -> None:
-    """Before: ``predict ckpt_path=<run folder>`` followed a ``summary.json`` naming another folder's checkpoint."""
+def test_a_run_folder_file_names_only_checkpoints_inside_it(tmp_path: Path, doc: str) -> None:
+    """Before: ``predict ckpt_path=<run folder>`` followed a ``summary.json`` naming another folder's checkpoint. Now
+    what it names is looked for inside the run folder (a copied or moved run finds its own), never outside."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    (run / "checkpoints" / "epoch3.ckpt").write_bytes(b"z")
     (tmp_path / "outside").mkdir()
     other = tmp_path / "outside" / "other.ckpt"
     other.write_bytes(b"y")
-    for named in (str(other), "../outside/other.ckpt"):
+
+    def found(named: str) -> list[Path]:
         content = {"checkpoint": named} if doc == "summary.json" else {"stage": {"best_ckpt": named}}
         (run / doc).write_text(json.dumps(content))
-        with pytest.raises(CheckpointError, match=rf"{doc}: names '{named}', outside the run folder"):
-            find_checkpoints(run)
-    # its own checkpoint, named absolutely or relatively, is followed; a moved run's old path falls back to its own
-    for named, found in (("checkpoints/best.ckpt", "best.ckpt"), (str(tmp_path / "gone" / "best.ckpt"), "best.ckpt")):
-        content = {"checkpoint": named} if doc == "summary.json" else {"stage": {"best_ckpt": named}}
-        (run / doc).write_text(json.dumps(content))
-        assert find_checkpoints(run) == [run / "checkpoints" / found]
+        return find_checkpoints(run)
+
+    for outside in (str(other), "../outside/other.ckpt", "/etc/passwd"):
+        assert found(outside) == [run / "checkpoints" / "best.ckpt"]  # not followed: the run's own
+    assert found("checkpoints/epoch3.ckpt") == [run / "checkpoints" / "epoch3.ckpt"]
+    # a copy of a run: its record names the original's checkpoint, which is found in the copy
+    assert found(str(tmp_path / "original" / "checkpoints" / "epoch3.ckpt")) == [run / "checkpoints" / "epoch3.ckpt"]
 
 
 def test_checkpoints_are_found_in_run_and_multirun_folders(tmp_path: Path, trained_ckpt: Path) -> None:

@@ -14,7 +14,7 @@ def test_region_outputs_need_the_region_loss_and_a_nested_convention() -> None:
         FCNModule(4, 4, width=0.25, outputs="regions", loss="ce")
     with pytest.raises(ConfigError, match="model.outputs=regions: region-based outputs need"):
         FCNModule(4, 5, width=0.25, outputs="regions", loss="dice_bce", convention="brats2013")
-    with pytest.raises(ConfigError, match="model.arch must be one of"):
+    with pytest.raises(ConfigError, match="model.arch: Input should be 'fcn', 'unet' or 'dynunet'"):
         FCNModule(4, 4, arch="resnet")
 
 

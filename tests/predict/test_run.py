@@ -371,7 +371,7 @@ def test_a_predict_that_fails_leaves_no_empty_output_folder(
 ) -> None:
     data = copy_cases(synthetic_root, tmp_path / "data", 1)
     out = tmp_path / "new" / "out"
-    with pytest.raises(ConfigError, match=r"postprocess_options: min_slices: Input should be a valid integer"):
+    with pytest.raises(ConfigError, match=r"postprocess_options.min_slices: Input should be a valid integer"):
         predict_dir(
             predict_cfg(
                 ckpt_path=str(trained_ckpt),
