@@ -170,19 +170,21 @@ class PhaseCheckpoint(BestCheckpoint):
 
 
 def final_best_checkpoint(trainer: pl.Trainer) -> str | None:
-    """The checkpoint a run reports: the best monitored one (of the last phase), else the last one."""
+    """The checkpoint a run reports: the best monitored one (of the last phase), else the last one; only a file that
+    exists (``None``: none was written)."""
     best = [
         cb
         for cb in trainer.checkpoint_callbacks
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None and getattr(cb, "phase", 2) == 2
     ]
     for cb in best:
-        if cb.best_model_path:
+        if cb.best_model_path and Path(cb.best_model_path).is_file():
             return cb.best_model_path
     for other in trainer.checkpoint_callbacks:
         if isinstance(other, ModelCheckpoint) and other.monitor is None:
-            if other.best_model_path or other.last_model_path:
-                return other.best_model_path or other.last_model_path
+            for path in (other.best_model_path, other.last_model_path):
+                if path and Path(path).is_file():  # (a resume with nothing left to train wrote none)
+                    return path
     return None
 
 

@@ -101,13 +101,26 @@ def test_a_copied_last_checkpoint_resumes_without_its_run_folder(
 ) -> None:
     """Before: ``FileNotFoundError ... new/checkpoints/best.ckpt`` and no metrics (the best score was kept, its file
     was not there to copy)."""
-    run, common = finished_run
+    shared, common = finished_run
+    run = tmp_path / "A"
+    shutil.copytree(shared, run)  # a run of this test's own, whose folder is then gone
     elsewhere = tmp_path / "copied" / "last.ckpt"
     elsewhere.parent.mkdir()
-    shutil.copy2(run / "checkpoints" / "last.ckpt", elsewhere)  # the run folder itself is not at hand
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for cb_state in state["callbacks"].values():  # as if it had been written in this folder
+        for key in ("dirpath", "best_model_path", "last_model_path"):
+            if cb_state.get(key):
+                cb_state[key] = str(cb_state[key]).replace(str(shared), str(run))
+        if cb_state.get("best_k_models"):
+            cb_state["best_k_models"] = {
+                k.replace(str(shared), str(run)): v for k, v in cb_state["best_k_models"].items()
+            }
+    torch.save(state, elsewhere)
+    shutil.rmtree(run)  # only the copied last.ckpt is left
     out = tmp_path / "B"
-    results = train(compose([*common, "trainer.max_epochs=2", f"ckpt_path={elsewhere}"], output_dir=str(out)))
-    assert Path(results["best_ckpt"]) == out / "checkpoints" / "best.ckpt"  # the best of the epochs it trained
+    # a finished run: nothing is left to train, and its best.ckpt went with its folder: the resumed checkpoint is tested
+    results = train(compose([*common, f"ckpt_path={elsewhere}"], output_dir=str(out)))
+    assert results["best_ckpt"] == str(elsewhere)
     assert "test/dice_mean" in json.loads((out / "metrics.json").read_text())
 
 
