@@ -327,3 +327,15 @@ def sweep_extra_missing() -> str | None:
 requires_sweep_extra = pytest.mark.skipif(
     sweep_extra_missing() is not None, reason=f"the sweep extra is missing: {sweep_extra_missing()}"
 )
+
+
+def can_mount_tmpfs(tmp_path: Path) -> bool:
+    """Whether a small tmpfs can be mounted in a user and mount namespace here (``unshare``): the real full or
+    read-only file systems of the fault tests."""
+    probe = tmp_path / "probe-tmpfs"
+    probe.mkdir(exist_ok=True)
+    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f"mount -t tmpfs -o size=8k none {probe}"]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

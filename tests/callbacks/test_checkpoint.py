@@ -14,24 +14,14 @@ import torch
 
 from brats_lightning.config import compose
 from brats_lightning.training.train import train
-from tests.helpers import ENV
-
-
-def _can_mount_tmpfs(tmp_path: Path) -> bool:
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f"mount -t tmpfs -o size=8k none {probe}"]
-    try:
-        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+from tests.helpers import ENV, can_mount_tmpfs
 
 
 def test_a_full_disk_never_leaves_a_half_written_checkpoint(tmp_path: Path) -> None:
     """On a real full file system (a 64 kB tmpfs): the checkpoint that does not fit is one line naming it, the one
     before it is intact, no temporary file is left. Before, Lightning wrote through a temporary file in /tmp and moved
     it across file systems, a copy into the real name: last.ckpt was left half written."""
-    if not _can_mount_tmpfs(tmp_path):
+    if not can_mount_tmpfs(tmp_path):
         pytest.skip("cannot mount a small tmpfs here (unshare --user --mount is not permitted)")
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -60,7 +50,7 @@ print("KEPT", w.numel(), sorted(os.listdir("{folder}")))
 
 def test_a_read_only_checkpoint_folder_is_one_line(tmp_path: Path) -> None:
     """A read-only file system (EROFS; a read-only tmpfs): one line naming the checkpoint, not an ``OSError``."""
-    if not _can_mount_tmpfs(tmp_path):
+    if not can_mount_tmpfs(tmp_path):
         pytest.skip("cannot mount a small tmpfs here (unshare --user --mount is not permitted)")
     folder = tmp_path / "ro"
     folder.mkdir()

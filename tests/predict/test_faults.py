@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from brats_lightning.data.readers import MAX_VOXELS
-from tests.helpers import ENV, copy_cases
+from tests.helpers import ENV, can_mount_tmpfs, copy_cases
 
 
 def _claim_shape(image: Path, side: int) -> None:
@@ -72,11 +72,7 @@ def test_a_file_size_limit_is_one_line_naming_the_file(
 
 def test_a_read_only_output_folder_is_one_line(tmp_path: Path, trained_ckpt: Path, synthetic_root: Path) -> None:
     """Before: an ``OSError`` traceback (EROFS). A read-only tmpfs in a user and mount namespace."""
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    can = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                          f"mount -t tmpfs -o size=8k,ro none {probe}"], capture_output=True)  # fmt: skip
-    if can.returncode != 0:
+    if not can_mount_tmpfs(tmp_path):
         pytest.skip("cannot mount a tmpfs here (unshare --user --mount is not permitted)")
     data = copy_cases(synthetic_root, tmp_path / "in", 1)
     out = tmp_path / "out"

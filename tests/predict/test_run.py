@@ -24,7 +24,7 @@ from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import ConfigError, DataError, find_user_error
 from brats_lightning.inference.uncertainty import agreement
 from brats_lightning.predict import predict_dir
-from tests.helpers import ENV, copy_case, copy_cases, predict_cfg, run_command, shared
+from tests.helpers import ENV, can_mount_tmpfs, copy_case, copy_cases, predict_cfg, run_command, shared
 
 
 def test_predict_writes_an_uncertainty_map_and_ranks_cases_by_agreement(
@@ -315,20 +315,10 @@ def test_predict_does_every_good_case_and_reports_the_bad_ones(
     assert run.code == 1 and "4 case(s) failed" in run.err and "Traceback" not in run.err
 
 
-def _can_mount_tmpfs(tmp_path: Path) -> bool:
-    probe = tmp_path / "probe"
-    probe.mkdir()
-    cmd = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", f"mount -t tmpfs -o size=8k none {probe}"]
-    try:
-        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 def test_predict_stops_at_the_first_full_disk_error(tmp_path: Path, trained_ckpt: Path, synthetic_root: Path) -> None:
     """A real full file system (a 24 kB tmpfs in a user and mount namespace): one line naming the file,
     no later case tried, no report claiming more than what is on disk (an earlier one is gone)."""
-    if not _can_mount_tmpfs(tmp_path):
+    if not can_mount_tmpfs(tmp_path):
         pytest.skip("cannot mount a small tmpfs here (unshare --user --mount is not permitted)")
     data = copy_cases(synthetic_root, tmp_path / "data", 6)
     out = tmp_path / "out"
