@@ -9,6 +9,7 @@ Reading the files is :mod:`brats_lightning.data.readers`' job; the base class is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -353,7 +354,7 @@ def discover_cases(
         lay = get_layout(layout, files)
     if isinstance(lay, DatasetJsonLayout):
         cases, bad = lay.discover(root, modalities, optional)
-        return _checked(root, lay, cases, bad, problems)
+        return _checked(root, lay, cases, bad, problems, modalities)
     dirs, bad = _case_dirs(root, lay)
     if not dirs and not bad:
         if not _subdirs(root):
@@ -365,11 +366,16 @@ def discover_cases(
             cases.append(lay.case(d, modalities, optional))
         except DataError as e:
             bad.append(BadCase(d.name, str(e)))
-    return _checked(root, lay, cases, bad, problems)
+    return _checked(root, lay, cases, bad, problems, modalities)
 
 
 def _checked(
-    root: Path, lay: Layout, cases: list[CaseFiles], bad: list[BadCase], problems: list[BadCase] | None
+    root: Path,
+    lay: Layout,
+    cases: list[CaseFiles],
+    bad: list[BadCase],
+    problems: list[BadCase] | None,
+    modalities: Sequence[str] = MODALITIES,
 ) -> list[CaseFiles]:
     """The usable cases; bad ones reported into ``problems``, or an error listing them all."""
     ids = [c.case_id for c in cases]
@@ -377,6 +383,14 @@ def _checked(
     if dup:
         raise DataError(f"{root}: case ids {dup[:5]} appear in several folders")
     bad.sort(key=lambda b: b.case_id)
+    lacking = {m.group(1) for b in bad if (m := re.search(r": missing (\w+) image", b.reason))}
+    if not cases and len(lacking) == 1 and all(": missing " in b.reason for b in bad):
+        (sequence,) = lacking  # the data set has no such sequence at all: an option to change, not files to fix
+        rest = [m for m in modalities if m != sequence]
+        raise DataError(
+            f"{root}: every case ({len(bad)}) lacks its {sequence} image ({bad[0].reason}): "
+            f"add the files, or train without it: data.modalities=[{','.join(rest)}]"
+        )
     if problems is None and bad:
         raise DataError(
             f"{len(bad)} case folder(s) of {root} cannot be used:\n"

@@ -183,3 +183,19 @@ def test_every_shared_folder_reads() -> None:
     assert detect_layout(shared("brats2023_unlabeled")).name == "brats2023"
     preds = sorted(shared("predictions_deepbrainseg").glob("*.nii.gz"))
     assert len(preds) == 14 and nib.load(preds[0]).shape == (240, 240, 155)
+
+
+def test_a_sequence_every_case_lacks_is_one_line_naming_the_option(tmp_path: Path, synthetic_root: Path) -> None:
+    """Before: a line per case ("missing t2 image"), none saying that the data set has no T2 and which option trains
+    without it."""
+    from tests.helpers import copy_cases
+
+    root = copy_cases(synthetic_root, tmp_path / "data", 3)
+    for t2 in root.glob("*/*_t2.nii.gz"):
+        t2.unlink()
+    with pytest.raises(DataError) as e:
+        discover_cases(root)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"{root}: every case (3) lacks its t2 image (")
+    assert message.endswith("add the files, or train without it: data.modalities=[flair,t1,t1c]")
