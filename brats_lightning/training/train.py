@@ -240,6 +240,7 @@ def run(cfg: DictConfig) -> dict:
     """What ``python -m brats_lightning`` runs for a composed config: a multi-stage pipeline, a cross-validation
     (``experiment=real_fast``) or one training run; returns its figures."""
     if cfg.get("pipeline"):
+        check_config(cfg, "train")  # before the first stage (each stage's own config is checked as it starts)
         return run_pipeline(cfg, train)
     if cfg.get("cross_validation"):
         check_run_options(cfg)
