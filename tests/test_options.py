@@ -18,7 +18,10 @@ from pydantic import BaseModel
 from brats_lightning.config import compose, config_dir
 from brats_lightning.errors import ConfigError
 from brats_lightning.options import SCHEMAS, check_choices, check_config, config_groups, plain
-from brats_lightning.schema import Sub
+from brats_lightning.schema import (
+    Sub,
+    _branches,  # the union's branches, as the error messages read them
+)
 from tests.helpers import run_argv, run_command
 
 #: a data set folder for the configs that need one (its convention given: nothing is read)
@@ -60,14 +63,6 @@ def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: node}
-
-
-def _branches(tp: Any) -> list[Any]:
-    if typing.get_origin(tp) is typing.Annotated:
-        return _branches(typing.get_args(tp)[0])
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return [b for a in typing.get_args(tp) for b in _branches(a)]
-    return [tp]
 
 
 def _metadata(tp: Any) -> list[Any]:

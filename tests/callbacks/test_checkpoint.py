@@ -17,6 +17,15 @@ from brats_lightning.training.train import train
 from tests.helpers import ENV, can_mount_tmpfs
 
 
+def _python_on_tmpfs(folder: Path, options: str, script: str) -> subprocess.CompletedProcess:
+    """``script`` run by Python with a tmpfs (``mount -o <options>``) on ``folder``, in a user and mount namespace."""
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         f"mount -t tmpfs -o {options} none {folder} && {sys.executable} -c '{script}'"],
+        capture_output=True, text=True, env=ENV, timeout=120,
+    )  # fmt: skip
+
+
 def test_a_full_disk_never_leaves_a_half_written_checkpoint(tmp_path: Path) -> None:
     """On a real full file system (a 64 kB tmpfs): the checkpoint that does not fit is one line naming it, the one
     before it is intact, no temporary file is left. Before, Lightning wrote through a temporary file in /tmp and moved
@@ -38,11 +47,7 @@ except OutputError as e:
 w = torch.load("{folder}/last.ckpt", weights_only=True)["w"]
 print("KEPT", w.numel(), sorted(os.listdir("{folder}")))
 """
-    proc = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-         f"mount -t tmpfs -o size=64k none {folder} && {sys.executable} -c '{script}'"],
-        capture_output=True, text=True, env=ENV, timeout=120,
-    )  # fmt: skip
+    proc = _python_on_tmpfs(folder, "size=64k", script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"ERROR {folder}/last.ckpt: No space left on device: cannot write it" in proc.stdout, proc.stdout
     assert "KEPT 1000 ['last.ckpt']" in proc.stdout, proc.stdout
@@ -62,11 +67,7 @@ try:
 except OutputError as e:
     print("ERROR", e)
 """
-    proc = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-         f"mount -t tmpfs -o size=64k,ro none {folder} && {sys.executable} -c '{script}'"],
-        capture_output=True, text=True, env=ENV, timeout=120,
-    )  # fmt: skip
+    proc = _python_on_tmpfs(folder, "size=64k,ro", script)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == f"ERROR {folder}/last.ckpt: Read-only file system: cannot write it", proc.stdout
 
