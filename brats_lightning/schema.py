@@ -34,6 +34,7 @@ __all__ = [
     "read_yaml",
     "parse_json",
     "check_no_targets",
+    "bounded_text",
 ]
 
 #: nesting depth above which a JSON document is refused (ours are 4 deep at most)
@@ -64,7 +65,9 @@ class Strict(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def _first_problem(e: ValidationError, source: str, options: bool, model: type[BaseModel] | None = None) -> str:
+def _first_problem(
+    e: ValidationError, source: str, options: bool, model: type[BaseModel] | None = None, data: Any = None
+) -> str:
     """The first problem in one line: ``<source>: <key>: <what>`` (a file), ``<source>.<key>: <what>`` (options).
 
     The branches of a union (``auto`` or an integer) are one problem: their messages joined by "or"; an unknown key
@@ -72,7 +75,7 @@ def _first_problem(e: ValidationError, source: str, options: bool, model: type[B
     """
     errors = e.errors(include_url=False)
     # a union's branch tags (``constrained-int``, ``literal['auto']``) are not keys of the document
-    keys = [".".join(str(p) for p in err["loc"] if _is_key(p)) for err in errors]
+    keys = [".".join(str(p) for p in _key_path(err["loc"], data)) for err in errors]
     where = keys[0]
     same = [err for err, key in zip(errors, keys) if key == where]
     first = same[0]
@@ -104,6 +107,23 @@ def _first_problem(e: ValidationError, source: str, options: bool, model: type[B
 
 #: the labels pydantic gives a union's branches in an error's location (not keys of the document)
 _BRANCH_LABELS = frozenset({"int", "float", "str", "bool", "none", "dict", "list", "tuple"})
+
+
+def _key_path(loc: tuple[Any, ...], data: Any) -> list[Any]:
+    """The steps of an error's location that are keys of the document: those found in ``data`` as it is walked
+    (``test/dice_wt``, a case's id), and names that are keys of a schema (:func:`_is_key`)."""
+    path = []
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, (list, tuple)) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        elif not _is_key(part):
+            continue
+        else:
+            data = None
+        path.append(part)
+    return path
 
 
 def _is_key(part: Any) -> bool:
@@ -185,7 +205,7 @@ def validate(
         _check_depth(data, source, error)
         return model.model_validate(data)
     except ValidationError as e:
-        raise error(_first_problem(e, str(source), options, model)) from None
+        raise error(_first_problem(e, str(source), options, model, data)) from None
 
 
 def _check_depth(data: Any, source: str | Path, error: Callable[[str], UserError]) -> None:
@@ -208,10 +228,10 @@ def read_json(path: str | Path, what: str, error: Callable[[str], UserError] = C
         UserError: (``error``) missing, unreadable, too large, too deeply nested or not JSON; names ``path``.
     """
     path = Path(path)
-    return parse_json(_bounded_text(path, what, MAX_JSON_BYTES, error), path, what, error)
+    return parse_json(bounded_text(path, what, MAX_JSON_BYTES, error), path, what, error)
 
 
-def _bounded_text(path: Path, what: str, limit: int, error: Callable[[str], UserError]) -> str:
+def bounded_text(path: Path, what: str, limit: int, error: Callable[[str], UserError]) -> str:
     """A file's text, refused above ``limit`` bytes before it is read (one line naming the file)."""
     try:
         if path.stat().st_size > limit:
@@ -279,7 +299,7 @@ def read_yaml(path: str | Path, what: str, error: Callable[[str], UserError] = C
             names ``path``.
     """
     path = Path(path)
-    text = _bounded_text(path, what, MAX_YAML_BYTES, error)
+    text = bounded_text(path, what, MAX_YAML_BYTES, error)
     try:
         return yaml.load(text, Loader=_BoundedYamlLoader)  # noqa: S506 - a SafeLoader subclass
     except (yaml.YAMLError, RecursionError) as e:

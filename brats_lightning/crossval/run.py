@@ -64,8 +64,8 @@ from brats_lightning.crossval.predictor import FINAL_CHECKPOINT, held_out_test
 from brats_lightning.crossval.scoring import aggregate
 from brats_lightning.errors import ConfigError
 from brats_lightning.files import write_text_atomic
+from brats_lightning.load.run_files import PredictorFile, read_run_file
 from brats_lightning.load.runs import PREDICTOR_FILE
-from brats_lightning.schema import read_json
 
 __all__ = ["run_cross_validation"]
 
@@ -191,8 +191,7 @@ def run_cross_validation(cfg: DictConfig, train: Callable[[DictConfig], dict]) -
     figures["time/cv_s"] = state.spent_s
     figures["time/total_s"] = time.perf_counter() - t_all
     write_text_atomic(out / "metrics.json", json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    predictor = read_json(out / PREDICTOR_FILE, "predictor description")
-    predictor = predictor if isinstance(predictor, dict) else {}
+    predictor = read_run_file(out / PREDICTOR_FILE, PredictorFile, "predictor description").model_dump()
     card = write_model_card(out, cfg, figures, groups, folds, state.folds, predictor)
     log.info("Model card: %s", card)
 

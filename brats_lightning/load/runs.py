@@ -8,8 +8,9 @@ the folder it came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from brats_lightning.errors import CheckpointError
 
@@ -59,13 +60,10 @@ def predictor_checkpoints(run: Path) -> list[Path]:
     Raises:
         CheckpointError: the file is not what a run writes, or names a path outside the run or missing.
     """
-    from brats_lightning.schema import read_json
+    from brats_lightning.load.run_files import PredictorFile, read_run_file
 
     path = run / PREDICTOR_FILE
-    doc = read_json(path, "predictor list")
-    listed = doc.get("checkpoints") if isinstance(doc, dict) else None
-    if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
-        raise CheckpointError(f"{path}: expected a list of checkpoints under 'checkpoints'")
+    listed = read_run_file(path, PredictorFile, "predictor list").checkpoints
     root = run.resolve()
     found = []
     for rel in listed:
@@ -107,25 +105,26 @@ def _inside(run: Path, value: str) -> Path | None:
 def _run_checkpoint(run: Path) -> Path | None:
     """The checkpoint a run folder reported, or ``None`` when it is not a run folder.
 
-    ``pipeline.json`` and ``summary.json`` are read as data (:func:`~brats_lightning.schema.read_json`); what they
-    name is looked for inside the run folder only (:func:`_inside`), and the file there is read like any checkpoint.
-    """
-    from brats_lightning.errors import UserError
-    from brats_lightning.schema import read_json
+    ``pipeline.json`` and ``summary.json`` are read as data and checked against their schemas
+    (:mod:`~brats_lightning.load.run_files`); what they name is looked for inside the run folder only
+    (:func:`_inside`), and the file there is read like any checkpoint.
 
-    def reported(doc_path: Path, pick) -> Path | None:
+    Raises:
+        CheckpointError: either file is not what a run writes (names the file and the problem).
+    """
+    from brats_lightning.load.run_files import PipelineFile, SummaryFile, read_run_file
+
+    def reported(doc_path: Path, schema: type, pick: Callable[[Any], str | None]) -> Path | None:
         if not doc_path.is_file():
             return None
-        try:
-            value = pick(read_json(doc_path, doc_path.name))
-        except (UserError, LookupError, AttributeError, TypeError):
-            return None
-        if not isinstance(value, str) or not value:
-            return None
-        return _inside(run, value)
+        value = pick(read_run_file(doc_path, schema, doc_path.name))
+        return _inside(run, value) if value else None
 
-    best = reported(run / "pipeline.json", lambda stages: list(stages.values())[-1].get("best_ckpt"))
-    best = best or reported(run / "summary.json", lambda summary: summary.get("checkpoint"))
+    def last_stage(stages: PipelineFile) -> str | None:
+        return list(stages.root.values())[-1].best_ckpt if stages.root else None
+
+    best = reported(run / "pipeline.json", PipelineFile, last_stage)
+    best = best or reported(run / "summary.json", SummaryFile, lambda summary: summary.checkpoint)
     if best is not None:
         return best
     for name in ("best.ckpt", "last.ckpt"):

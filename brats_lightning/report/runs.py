@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from brats_lightning.data.labels import REGIONS
 from brats_lightning.errors import UserError
-from brats_lightning.schema import read_json, read_yaml
+from brats_lightning.load.run_files import MetricsFile, PipelineFile, SummaryFile, read_curve, read_run_file
+from brats_lightning.schema import read_yaml
 from brats_lightning.viz import group_by_setting
 
 __all__ = ["Run", "by_setting", "collect_runs"]
 
 log = logging.getLogger("brats_lightning.report")
+M = TypeVar("M", bound=BaseModel)
 
 _IGNORED = ("data.fold", "experiment", "hydra.", "paths.", "trainer.", "logger", "data.patches_per_epoch", "seed")
 #: overrides that choose the method: a setting shows the method's name (``summary.json``) instead
@@ -42,34 +46,23 @@ def _setting(overrides: list[str], common: set[str], method: str | None = None) 
     return ", ".join(dict.fromkeys(names)) if names else (method or "default")
 
 
-def _json(path: Path, what: str) -> object | None:
-    """A JSON file of a results folder as plain data, ``None`` when it is missing or not usable."""
+def _checked(path: Path, schema: type[M], what: str) -> M | None:
+    """A results folder's JSON file checked against its schema (:mod:`brats_lightning.load.run_files`); ``None``
+    when it is missing, or not what a run writes (a warning naming the file and the problem)."""
 
     if not path.is_file():
         return None
     try:
-        return read_json(path, what)
+        return read_run_file(path, schema, what)
     except UserError as e:
-        log.warning("%s", e)
+        log.warning("%s; not used", e)
         return None
 
 
 def _method(run_dir: Path) -> str | None:
     """The method's name a run recorded in its ``summary.json`` (``None`` for runs without one)."""
-    summary = _json(run_dir / "summary.json", "summary")
-    method = summary.get("method") if isinstance(summary, dict) else None
-    return method[:200] if isinstance(method, str) else None
-
-
-def _numbers(doc: object) -> dict[str, float]:
-    """The numeric entries of a ``metrics.json`` (anything else is dropped)."""
-    if not isinstance(doc, dict):
-        return {}
-    return {
-        str(k): float(v)
-        for k, v in doc.items()
-        if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    summary = _checked(run_dir / "summary.json", SummaryFile, "summary")
+    return summary.method[:200] if summary is not None and summary.method else None
 
 
 def _overrides(path: Path) -> list[str]:
@@ -83,28 +76,37 @@ def _overrides(path: Path) -> list[str]:
 
 
 def _last_stage(job: Path) -> Path:
-    """A multi-stage job's last stage folder (``pipeline.json``), else the job itself; always inside the job."""
-    stages = _json(job / "pipeline.json", "pipeline description")
-    if not isinstance(stages, dict) or not stages:
+    """A multi-stage job's last stage folder (``pipeline.json``), else the job itself; always inside the job (a
+    folder the file names elsewhere is looked for by its name inside the job)."""
+    stages = _checked(job / "pipeline.json", PipelineFile, "pipeline description")
+    if stages is None or not stages.root:
         return job
-    name, last = list(stages.items())[-1]
-    folder = Path(last["dir"]) if isinstance(last, dict) and isinstance(last.get("dir"), str) else None
-    if folder is not None and folder.is_dir():
-        return folder
-    local = job / str(name)
-    return local if local.is_dir() and local.resolve().is_relative_to(job.resolve()) else job
+    name, last = list(stages.root.items())[-1]
+    root = job.resolve()
+    for folder in (Path(last.dir), job / Path(last.dir).name, job / name):
+        if not folder.is_absolute():
+            folder = job / folder
+        if folder.is_dir() and folder.resolve().is_relative_to(root):
+            return folder
+    return job
 
 
 def _curves(csv_file: Path) -> dict[str, list[tuple[int, float]]]:
+    """Validation Dice per region and epoch (``val_curve.csv``, :func:`~brats_lightning.load.run_files.read_curve`);
+    none when the file is missing or not what a run writes (a warning)."""
     out: dict[str, list[tuple[int, float]]] = defaultdict(list)
     if not csv_file.is_file():
         return out
-    with csv_file.open() as f:
-        for row in csv.DictReader(f):
-            for r in REGIONS:
-                v = row.get(f"val/dice_{r}")
-                if v:
-                    out[r].append((int(row["epoch"]), float(v)))
+    try:
+        rows = read_curve(csv_file)
+    except UserError as e:
+        log.warning("%s; its curve is not drawn", e)
+        return out
+    for row in rows:
+        for r in REGIONS:
+            v = row.get(f"val/dice_{r}")
+            if v is not None:
+                out[r].append((row["epoch"], v))
     return out
 
 
@@ -118,11 +120,16 @@ def collect_runs(multirun: str | Path) -> list[Run]:
     if not root.is_dir():
         raise FileNotFoundError(f"multirun folder {root} does not exist")
     jobs = [(ov.parent.parent, _overrides(ov)) for ov in sorted(root.glob("*/.hydra/overrides.yaml"))]
-    jobs = [(job, ovs) for job, ovs in jobs if (job / "metrics.json").is_file()]
-    common = set.intersection(*(set(o) for _, o in jobs)) if len(jobs) > 1 else set()
+    # a job's figures, checked (a job whose metrics.json is not what a run writes is left out, with a warning)
+    finished = [
+        (job, ovs, figures.root)
+        for job, ovs in jobs
+        if (job / "metrics.json").is_file()
+        and (figures := _checked(job / "metrics.json", MetricsFile, "metrics")) is not None
+    ]
+    common = set.intersection(*(set(o) for _, o, _ in finished)) if len(finished) > 1 else set()
     runs = []
-    for job, overrides in jobs:
-        metrics_file = job / "metrics.json"
+    for job, overrides, metrics in finished:
         folds = [o.split("=", 1)[1] for o in overrides if o.startswith("data.fold=")]
         fold = int(folds[0]) if folds and folds[0].isdigit() else 0
         last = _last_stage(job)
@@ -133,7 +140,7 @@ def collect_runs(multirun: str | Path) -> list[Run]:
                 job,
                 _setting(overrides, common, _method(last)),
                 fold,
-                _numbers(_json(metrics_file, "metrics")),
+                dict(metrics),
                 _curves(curve),
                 slices if slices.is_file() else None,
             )

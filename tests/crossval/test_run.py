@@ -26,6 +26,7 @@ from brats_lightning.evaluation.folders import evaluate_dirs
 from brats_lightning.evaluation.metrics import dice
 from brats_lightning.files import read_checkpoint
 from brats_lightning.load.checkpoint import load_module
+from brats_lightning.load.run_files import MetricsFile, SummaryFile, read_run_file
 from brats_lightning.load.runs import find_checkpoints
 from brats_lightning.modules.fcn import FCNModule
 from brats_lightning.training.train import main as train_main
@@ -82,6 +83,10 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_a_final_pr
         assert fold_model["data_config"]["modalities"]  # a real fold model
     summary = json.loads((run / "cv" / "summary.json").read_text())
     assert summary["evaluation"].startswith("cross-validation") and summary["folds"] == 2
+    # what the run wrote is what the schemas of its files accept (a cleanup with its ET threshold included)
+    assert read_run_file(run / "cv" / "summary.json", SummaryFile, "summary").folds == 2
+    assert read_run_file(run / "metrics.json", MetricsFile, "metrics").root == metrics
+    assert read_run_file(run / "test" / "summary.json", SummaryFile, "summary").n_cases >= 1
     # the figures: means of the per-case rows, under cv/ (not test/); Dice recomputed from the saved segmentations
     for region in REGIONS:
         assert metrics[f"cv/dice_{region}"] == pytest.approx(

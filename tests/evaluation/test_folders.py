@@ -16,6 +16,7 @@ from brats_lightning import evaluate
 from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import DataError
 from brats_lightning.evaluation.folders import evaluate_dirs
+from brats_lightning.load.run_files import SummaryFile, read_run_file
 from tests.helpers import copy_case, run_command, shared
 
 
@@ -149,6 +150,8 @@ def test_evaluate_scores_the_good_cases_and_lists_the_bad_ones(tmp_path: Path, s
     rows = list(csv.DictReader((tmp_path / "eval" / "per_case.csv").open()))
     assert sorted({r["case"] for r in rows}) == [cases[2].case_id, cases[3].case_id]
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_cases"] == 2
+    # what evaluate wrote is what the schema of summary.json accepts
+    assert read_run_file(tmp_path / "eval" / "summary.json", SummaryFile, "summary").not_scored == summary["not_scored"]
     run = run_command(
         evaluate.main,
         f"pred_dir={pred}",

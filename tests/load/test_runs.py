@@ -22,7 +22,7 @@ def test_a_predictor_list_may_not_point_outside_its_run(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"predictor.json: '../elsewhere.ckpt' is outside the run folder"):
         find_checkpoints(run)
     (run / "predictor.json").write_text(json.dumps({"checkpoints": "fold_0"}))
-    with pytest.raises(CheckpointError, match="expected a list of checkpoints"):
+    with pytest.raises(CheckpointError, match=r"predictor.json: checkpoints: Input should be a valid list"):
         find_checkpoints(run)
 
 
@@ -39,7 +39,11 @@ def test_a_run_folder_file_names_only_checkpoints_inside_it(tmp_path: Path, doc:
     other.write_bytes(b"y")
 
     def found(named: str) -> list[Path]:
-        content = {"checkpoint": named} if doc == "summary.json" else {"stage": {"best_ckpt": named}}
+        content = (
+            {"n_cases": 1, "metrics": {}, "checkpoint": named}
+            if doc == "summary.json"
+            else {"stage": {"dir": str(run), "best_ckpt": named}}
+        )
         (run / doc).write_text(json.dumps(content))
         return find_checkpoints(run)
 

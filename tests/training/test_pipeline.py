@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from brats_lightning.load.run_files import PipelineFile, read_run_file
 from brats_lightning.training.train import main as train_main
 from tests.helpers import run_main
 
@@ -36,6 +37,8 @@ def test_the_second_stage_is_built_on_the_first_stages_best_checkpoint(tmp_path:
     )
     stages = json.loads((tmp_path / "pipeline.json").read_text())
     assert list(stages) == ["twopath", "local_cascade"]
+    checked = read_run_file(tmp_path / "pipeline.json", PipelineFile, "pipeline").root  # the schema accepts it
+    assert checked["twopath"].dir == stages["twopath"]["dir"]
     first, second = stages["twopath"], stages["local_cascade"]
     assert first["dir"] == str(tmp_path / "twopath") and second["dir"] == str(tmp_path / "local_cascade")
     best = first["best_ckpt"]
