@@ -35,7 +35,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("data", ("brats_lightning.data",)),
     ("nets", ("brats_lightning.nets",)),
-    ("inference and evaluation", ("brats_lightning.inference", "brats_lightning.evaluation", "brats_lightning.viz")),
+    (
+        "inference and evaluation",
+        ("brats_lightning.inference", "brats_lightning.evaluation", "brats_lightning.viz", "brats_lightning.run_files"),
+    ),
     ("lightning", ("brats_lightning.modules", "brats_lightning.callbacks")),
     ("model loading", ("brats_lightning.load",)),
     (

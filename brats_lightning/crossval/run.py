@@ -64,8 +64,8 @@ from brats_lightning.crossval.predictor import FINAL_CHECKPOINT, held_out_test
 from brats_lightning.crossval.scoring import aggregate
 from brats_lightning.errors import ConfigError
 from brats_lightning.files import write_text_atomic
-from brats_lightning.load.run_files import PredictorFile, read_run_file
 from brats_lightning.load.runs import PREDICTOR_FILE
+from brats_lightning.run_files import PredictorFile, read_run_file
 
 __all__ = ["run_cross_validation"]
 

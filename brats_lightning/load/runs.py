@@ -60,7 +60,7 @@ def predictor_checkpoints(run: Path) -> list[Path]:
     Raises:
         CheckpointError: the file is not what a run writes, or names a path outside the run or missing.
     """
-    from brats_lightning.load.run_files import PredictorFile, read_run_file
+    from brats_lightning.run_files import PredictorFile, read_run_file
 
     path = run / PREDICTOR_FILE
     listed = read_run_file(path, PredictorFile, "predictor list").checkpoints
@@ -106,13 +106,13 @@ def _run_checkpoint(run: Path) -> Path | None:
     """The checkpoint a run folder reported, or ``None`` when it is not a run folder.
 
     ``pipeline.json`` and ``summary.json`` are read as data and checked against their schemas
-    (:mod:`~brats_lightning.load.run_files`); what they name is looked for inside the run folder only
+    (:mod:`~brats_lightning.run_files`); what they name is looked for inside the run folder only
     (:func:`_inside`), and the file there is read like any checkpoint.
 
     Raises:
         CheckpointError: either file is not what a run writes (names the file and the problem).
     """
-    from brats_lightning.load.run_files import PipelineFile, SummaryFile, read_run_file
+    from brats_lightning.run_files import PipelineFile, SummaryFile, read_run_file
 
     def reported(doc_path: Path, schema: type, pick: Callable[[Any], str | None]) -> Path | None:
         if not doc_path.is_file():

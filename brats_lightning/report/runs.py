@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from brats_lightning.data.labels import REGIONS
 from brats_lightning.errors import UserError
-from brats_lightning.load.run_files import MetricsFile, PipelineFile, SummaryFile, read_curve, read_run_file
+from brats_lightning.run_files import MetricsFile, PipelineFile, SummaryFile, read_curve, read_run_file
 from brats_lightning.schema import read_yaml
 from brats_lightning.viz import group_by_setting
 
@@ -47,7 +47,7 @@ def _setting(overrides: list[str], common: set[str], method: str | None = None) 
 
 
 def _checked(path: Path, schema: type[M], what: str) -> M | None:
-    """A results folder's JSON file checked against its schema (:mod:`brats_lightning.load.run_files`); ``None``
+    """A results folder's JSON file checked against its schema (:mod:`brats_lightning.run_files`); ``None``
     when it is missing, or not what a run writes (a warning naming the file and the problem)."""
 
     if not path.is_file():
@@ -92,7 +92,7 @@ def _last_stage(job: Path) -> Path:
 
 
 def _curves(csv_file: Path) -> dict[str, list[tuple[int, float]]]:
-    """Validation Dice per region and epoch (``val_curve.csv``, :func:`~brats_lightning.load.run_files.read_curve`);
+    """Validation Dice per region and epoch (``val_curve.csv``, :func:`~brats_lightning.run_files.read_curve`);
     none when the file is missing or not what a run writes (a warning)."""
     out: dict[str, list[tuple[int, float]]] = defaultdict(list)
     if not csv_file.is_file():

@@ -26,9 +26,9 @@ from brats_lightning.evaluation.folders import evaluate_dirs
 from brats_lightning.evaluation.metrics import dice
 from brats_lightning.files import read_checkpoint
 from brats_lightning.load.checkpoint import load_module
-from brats_lightning.load.run_files import MetricsFile, SummaryFile, read_run_file
 from brats_lightning.load.runs import find_checkpoints
 from brats_lightning.modules.fcn import FCNModule
+from brats_lightning.run_files import MetricsFile, SummaryFile, read_run_file
 from brats_lightning.training.train import main as train_main
 from brats_lightning.training.train import train
 from tests.helpers import run_main

@@ -16,7 +16,7 @@ from brats_lightning import evaluate
 from brats_lightning.data.layouts import discover_cases
 from brats_lightning.errors import DataError
 from brats_lightning.evaluation.folders import evaluate_dirs
-from brats_lightning.load.run_files import SummaryFile, read_run_file
+from brats_lightning.run_files import SummaryFile, read_run_file
 from tests.helpers import copy_case, run_command, shared
 
 

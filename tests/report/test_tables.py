@@ -72,7 +72,7 @@ def test_report_averages_folds(tmp_path: Path) -> None:
         (job / "metrics.json").write_text(json.dumps(metrics))
         # the method's name, as train() records it (model.name of conf/model/<model>.yaml)
         name = {"fcn": "FCN (3 blocks)", "fcn_sym": "FCN + symmetry (3 blocks)"}[model]
-        (job / "summary.json").write_text(json.dumps({"method": name}))
+        (job / "summary.json").write_text(json.dumps({"n_cases": 3, "metrics": {}, "method": name}))
         (job / "val_curve.csv").write_text("epoch,val/dice_wt\n0,0.5\n1,0.6\n")
     paths = write_report(tmp_path, tmp_path / "out")
     rows = {r["setting"]: r for r in csv.DictReader(paths["results.csv"].open())}
@@ -96,12 +96,12 @@ def test_havaei_tables_print_ppv_under_their_specificity_heading(tmp_path: Path)
     metrics = {f"test/{m}_{r}": 0.5 for m in ("dice", "sensitivity", "specificity", "ppv") for r in REGIONS}
     metrics |= {"test/ppv_wt": 0.61, "test/specificity_wt": 0.997, "test/sensitivity_wt": 0.73}
     (job / "metrics.json").write_text(json.dumps(metrics))
-    (job / "summary.json").write_text(json.dumps({"method": "TwoPathCNN*"}))
+    (job / "summary.json").write_text(json.dumps({"n_cases": 1, "metrics": {}, "method": "TwoPathCNN*"}))
     job2 = tmp_path / "1_job"
     (job2 / ".hydra").mkdir(parents=True)
     (job2 / ".hydra" / "overrides.yaml").write_text("- havaei=localpath\n")
     (job2 / "metrics.json").write_text(json.dumps(metrics))
-    (job2 / "summary.json").write_text(json.dumps({"method": "LocalPathCNN"}))
+    (job2 / "summary.json").write_text(json.dumps({"n_cases": 1, "metrics": {}, "method": "LocalPathCNN"}))
     md = write_report(tmp_path, tmp_path / "out")["results.md"].read_text()
     head = next(line for line in md.splitlines() if line.startswith("| Method"))
     cols = [c.strip() for c in head.strip("|").split("|")]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from brats_lightning.load.run_files import PipelineFile, read_run_file
+from brats_lightning.run_files import PipelineFile, read_run_file
 from brats_lightning.training.train import main as train_main
 from tests.helpers import run_main
 

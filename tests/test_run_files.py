@@ -1,4 +1,4 @@
-"""brats_lightning.load.run_files: a results folder's files checked by the schemas of their writers."""
+"""brats_lightning.run_files: a results folder's files checked by the schemas of their writers."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _jobs(multirun: Path) -> list[Path]:
 
 def test_what_a_multirun_writes_is_what_the_schemas_accept(multirun: Path) -> None:
     """The writers' own files (4 real jobs: training, test, W&B) pass their schemas, with the values written."""
-    from brats_lightning.load.run_files import MetricsFile, SummaryFile, read_curve, read_run_file
+    from brats_lightning.run_files import MetricsFile, SummaryFile, read_curve, read_run_file
 
     for job in _jobs(multirun):
         metrics = read_run_file(job / "metrics.json", MetricsFile, "metrics").root
@@ -117,7 +117,7 @@ def test_report_reads_a_pipelines_last_stage_only_inside_the_job(multirun: Path,
 
 def test_a_predictor_list_must_name_checkpoints_and_a_valid_clean_up(tmp_path: Path) -> None:
     """What ``write_predictor`` writes passes; a threshold outside (0, 1) and an unknown flip name do not."""
-    from brats_lightning.load.run_files import PredictorFile, read_run_file
+    from brats_lightning.run_files import PredictorFile, read_run_file
 
     doc = {
         "what": "one model",
@@ -143,7 +143,7 @@ def test_a_predictor_list_must_name_checkpoints_and_a_valid_clean_up(tmp_path: P
 def test_a_pipeline_file_of_a_real_two_stage_job_passes(tmp_path: Path) -> None:
     """The schema of ``pipeline.json`` accepts what ``run_pipeline`` writes: checked in the pipeline's own test
     (``tests/training/test_pipeline.py``); here the stage's figures are typed like ``metrics.json``'s."""
-    from brats_lightning.load.run_files import PipelineFile, read_run_file
+    from brats_lightning.run_files import PipelineFile, read_run_file
 
     path = tmp_path / "pipeline.json"
     stage = {"dir": str(tmp_path / "a"), "overrides": ["x=1"], "best_ckpt": None, "test/dice_wt": 0.5}

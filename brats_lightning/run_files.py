@@ -7,7 +7,7 @@ those of the writers: ``metrics.json`` (:func:`brats_lightning.training.train.tr
 summarise` with what its callers add), ``predictor.json`` (:func:`~brats_lightning.crossval.predictor.
 write_predictor`), ``pipeline.json`` (:func:`~brats_lightning.training.pipeline.run_pipeline`)
 and ``val_curve.csv`` (:func:`~brats_lightning.training.train.write_curve`). A test keeps them equal to what the
-writers write (``tests/load/test_run_files.py``).
+writers write (``tests/test_run_files.py``).
 """
 
 from __future__ import annotations
