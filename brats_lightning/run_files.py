@@ -1,13 +1,15 @@
-"""The files of a results folder, as schemas: what ``predict``, ``report`` and the sweep read back from a run.
+"""The files of a results folder, as schemas: what ``predict``, ``report`` and a cross-validation's model card read
+back from a run.
 
 A run folder is data from wherever it was copied: each file is read bounded (:func:`~brats_lightning.schema.
 read_json`), checked against its schema here (types, ranges, no unknown keys) and only then used. The schemas are
 those of the writers: ``metrics.json`` (:func:`brats_lightning.training.train.train`, a cross-validation's
-:func:`~brats_lightning.crossval.run.run_crossval`), ``summary.json`` (:func:`~brats_lightning.evaluation.results.
-summarise` with what its callers add), ``predictor.json`` (:func:`~brats_lightning.crossval.predictor.
-write_predictor`), ``pipeline.json`` (:func:`~brats_lightning.training.pipeline.run_pipeline`)
-and ``val_curve.csv`` (:func:`~brats_lightning.training.train.write_curve`). A test keeps them equal to what the
-writers write (``tests/test_run_files.py``).
+:func:`~brats_lightning.crossval.run.run_cross_validation`), ``summary.json``
+(:func:`~brats_lightning.evaluation.results.summarise` with what its callers add), ``predictor.json``
+(:func:`~brats_lightning.crossval.predictor.write_predictor`), ``pipeline.json``
+(:func:`~brats_lightning.training.pipeline.run_pipeline`) and ``val_curve.csv``
+(:func:`~brats_lightning.training.train.write_curve`). A test keeps them equal to what the writers write
+(``tests/test_run_files.py``).
 """
 
 from __future__ import annotations

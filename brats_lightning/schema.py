@@ -74,7 +74,7 @@ def _first_problem(
     says which keys the schema has there; a ``_target_`` outside a union's choices lists them.
     """
     errors = e.errors(include_url=False)
-    # a union's branch tags (``constrained-int``, ``literal['auto']``) are not keys of the document
+    # the location's keys in the document (a union's branch tags, ``constrained-int``, ``literal['auto']``, are not)
     keys = [".".join(str(p) for p in _key_path(err["loc"], data)) for err in errors]
     where = keys[0]
     same = [err for err, key in zip(errors, keys) if key == where]
