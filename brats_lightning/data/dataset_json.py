@@ -198,7 +198,8 @@ class DatasetJsonLayout(Layout):
         for case_id, files in sorted(found.items()):
             missing = [m for m in modalities if m not in files and m not in optional]
             if missing:
-                bad.append(BadCase(case_id, f"{images}: case {case_id} lacks {missing} ({task / DATASET_JSON})"))
+                why = f"{images}: case {case_id} lacks {missing} ({task / DATASET_JSON})"
+                bad.append(BadCase(case_id, why, tuple(missing)))
                 continue
             label = labels / f"{case_id}{ending}"
             problem = next((file_problem(p) for p in files.values() if file_problem(p)), None)

@@ -21,10 +21,20 @@ class BadCase:
     Attributes:
         case_id: the folder's name.
         reason: what is wrong, naming the file.
+        missing: the required sequences it lacks, when that is what is wrong (``("t2",)``).
     """
 
     case_id: str
     reason: str
+    missing: tuple[str, ...] = ()
+
+
+class MissingSequenceError(DataError):
+    """A case lacks a required sequence's image (:attr:`sequence`)."""
+
+    def __init__(self, message: str, sequence: str) -> None:
+        super().__init__(message)
+        self.sequence = sequence
 
 
 class Layout:
@@ -62,7 +72,7 @@ class Layout:
             if m not in found:
                 if m in optional:
                     continue
-                raise DataError(f"{case_dir}: missing {m} image (expected {self.expected(case_dir, m)})")
+                raise MissingSequenceError(f"{case_dir}: missing {m} image (expected {self.expected(case_dir, m)})", m)
             images[m] = found[m]
         if modalities and not images:
             raise DataError(f"{case_dir}: no image of any of {list(modalities)} (expected e.g. {self.example})")

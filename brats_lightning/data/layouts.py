@@ -9,12 +9,11 @@ Reading the files is :mod:`brats_lightning.data.readers`' job; the base class is
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from brats_lightning.data.dataset_json import DATASET_JSON, DatasetJsonLayout, MSDLayout, NNUNetLayout
-from brats_lightning.data.layout_base import BadCase, Layout
+from brats_lightning.data.layout_base import BadCase, Layout, MissingSequenceError
 from brats_lightning.data.readers import IMAGE_EXTENSIONS, MODALITIES, CaseFiles
 from brats_lightning.errors import DataError
 
@@ -364,6 +363,8 @@ def discover_cases(
     for d in dirs:
         try:
             cases.append(lay.case(d, modalities, optional))
+        except MissingSequenceError as e:
+            bad.append(BadCase(d.name, str(e), (e.sequence,)))
         except DataError as e:
             bad.append(BadCase(d.name, str(e)))
     return _checked(root, lay, cases, bad, problems, modalities)
@@ -383,9 +384,9 @@ def _checked(
     if dup:
         raise DataError(f"{root}: case ids {dup[:5]} appear in several folders")
     bad.sort(key=lambda b: b.case_id)
-    lacking = {m.group(1) for b in bad if (m := re.search(r": missing (\w+) image", b.reason))}
-    if not cases and len(lacking) == 1 and all(": missing " in b.reason for b in bad):
-        (sequence,) = lacking  # the data set has no such sequence at all: an option to change, not files to fix
+    lacking = {b.missing for b in bad}
+    if not cases and bad and len(lacking) == 1 and len(next(iter(lacking))) == 1:
+        ((sequence,),) = lacking  # the data set has no such sequence at all: an option to change, not files to fix
         rest = [m for m in modalities if m != sequence]
         raise DataError(
             f"{root}: every case ({len(bad)}) lacks its {sequence} image ({bad[0].reason}): "

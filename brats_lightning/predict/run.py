@@ -179,17 +179,17 @@ def _predict_cases(
 def _prepare_output_dir(out_dir: Path, probabilities: bool, uncertainty: bool) -> None:
     """Create the output folders; remove an earlier report (whatever happens next, no report claims more than is
     on disk) and the temporary files of a run that was stopped while writing them."""
-    folder = out_dir
+    target = out_dir  # what is being made or removed, named if that fails
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, wanted in (("probabilities", probabilities), ("uncertainty", uncertainty)):
             if wanted:
-                folder = out_dir / name
-                folder.mkdir(exist_ok=True)
-        folder = out_dir / "predict_report.json"
-        folder.unlink(missing_ok=True)
+                target = out_dir / name
+                target.mkdir(exist_ok=True)
+        target = out_dir / "predict_report.json"
+        target.unlink(missing_ok=True)
     except OSError as e:
-        raise output_error(e, folder) from None
+        raise output_error(e, target) from None
     for folder in (out_dir, out_dir / "probabilities", out_dir / "uncertainty"):
         for p in remove_stale_temporaries(folder):
             log.info("Removed %s, left by a run that was stopped while writing it", p)
