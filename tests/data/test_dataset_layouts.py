@@ -124,6 +124,12 @@ def test_a_layout_s_dataset_json_problems_are_one_line_naming_it(converted: dict
     assert len(cases) == 2 and len(problems) == 1 and "lacks ['t2']" in problems[0].reason
     with pytest.raises(DataError, match=r"1 case folder\(s\) of .* cannot be used"):
         discover_cases(task)
+    for t2 in (task / "imagesTr").glob("*_0002.nii.gz"):
+        t2.unlink()  # no case has a T2: one line naming the option that trains without it
+    with pytest.raises(DataError) as e:
+        discover_cases(task)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{task}: every case (3) lacks its t2 image (")
+    assert str(e.value).endswith("train without it: data.modalities=[flair,t1,t1c]")
 
 
 def test_a_declared_convention_is_never_overridden_silently(converted: dict[str, Path], cache_dir: Path) -> None:
