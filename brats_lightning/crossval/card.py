@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from brats_lightning.data.labels import REGIONS
+from brats_lightning.data.preprocess import PreprocessConfig
 from brats_lightning.data.provenance import package_version
 from brats_lightning.files import write_text_atomic
 
-__all__ = ["MODEL_CARD", "cleanup_words", "hardware", "software", "write_model_card"]
+__all__ = ["MODEL_CARD", "cleanup_words", "hardware", "preparation_words", "software", "write_model_card"]
 
 MODEL_CARD = "MODEL_CARD.md"
 _NAMES = {"wt": "whole tumour", "tc": "tumour core", "et": "enhancing tumour"}
@@ -87,6 +88,24 @@ def cleanup_words(post: dict[str, Any] | None) -> str:
     if post.get("et_min_volume_mm3"):
         parts.append(f"an enhancing tumour below {post['et_min_volume_mm3']:g} mm3 becomes necrosis")
     return "; ".join(parts) or "none"
+
+
+def preparation_words(preprocess: Any) -> str:
+    """What the preparation does to a case's intensities (``data.preprocess``, :class:`PreprocessConfig`), in words."""
+    if isinstance(preprocess, DictConfig):
+        preprocess = OmegaConf.to_container(preprocess, resolve=True)
+    prep = PreprocessConfig.model_validate(preprocess or {})
+    steps = []
+    if prep.clip_percentiles is not None:
+        low, high = prep.clip_percentiles
+        steps.append(f"clips each sequence to its {low:g}-{high:g} percentiles inside the brain")
+    if prep.n4:
+        steps.append(f"corrects the bias field of {', '.join(prep.n4)} (N4)")
+    if prep.histogram:
+        steps.append("standardises each sequence's histogram inside the brain (its deciles onto a standard normal's)")
+    elif prep.zscore:
+        steps.append("z-scores each sequence inside the brain")
+    return ", ".join(steps) or "leaves the intensities as they are"
 
 
 def _estimate_kind(split: str, sites: list[str]) -> str:
@@ -153,8 +172,8 @@ def write_model_card(
         + (f" at width {width}" if width is not None else "")
         + ".",
         f"- Input: the sequences {', '.join(modalities)} of one case, co-registered, skull-stripped and on one 1 mm "
-        "grid as BraTS distributes them (the preparation clips and z-scores inside the brain; it does not register "
-        "or skull-strip)"
+        f"grid as BraTS distributes them (the preparation {preparation_words(data.get('preprocess'))}; it does not "
+        "register or skull-strip)"
         + (", with Shen et al.'s symmetry maps computed from them" if data.get("symmetry") else "")
         + ".",
         f"- Output: one label map per case in the `{data.get('convention')}` label convention; regions "
