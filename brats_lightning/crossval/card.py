@@ -66,25 +66,38 @@ def _figure(figures: dict[str, float], key: str) -> str:
     return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else "")
 
 
+def _rule_words(rule: dict[str, Any]) -> str:
+    """One component rule (whole tumour, core or enhancing tumour) in words, or ``""`` when it keeps everything."""
+    volume, slices = float(rule.get("min_volume_mm3") or 0), int(rule.get("min_slices") or 0)
+    size = " and ".join(
+        p
+        for p in (
+            f"of at least {volume:g} mm3" if volume else "",
+            f"spanning at least {slices} axial slice{'s' if slices > 1 else ''}" if slices else "",
+        )
+        if p
+    )
+    if not rule.get("largest_only"):
+        return f"the components {size}" if size else ""
+    words = f"the largest of the components {size}" if size else "the largest component"
+    within = float(rule.get("keep_within_mm") or 0)
+    return words + (f" and those within {within:g} mm of it" if within else " only")
+
+
 def cleanup_words(post: dict[str, Any] | None) -> str:
-    """A stored clean-up (:class:`~brats_lightning.inference.cleanup.PostprocessOptions`) in words."""
+    """A stored clean-up (:class:`~brats_lightning.inference.cleanup.PostprocessOptions`, with the enhancing
+    tumour's ``et_threshold`` when chosen) in words."""
     if not post:
         return "none"
     parts = []
-    if post.get("largest_only"):
-        parts.append("whole tumour: the largest component only")
-    if post.get("keep_within_mm"):
-        parts.append(f"whole tumour: the components within {post['keep_within_mm']:g} mm of the largest")
-    if post.get("min_volume_mm3") or post.get("min_slices"):
-        parts.append(
-            f"whole tumour: components of at least {post.get('min_volume_mm3', 0):g} mm3 over "
-            f"{post.get('min_slices', 0)} slices"
-        )
+    if post.get("et_threshold") is not None:
+        parts.append(f"enhancing tumour wherever its probability reaches {post['et_threshold']:g}")
+    if whole := _rule_words(post):
+        parts.append(f"whole tumour: {whole}")
     for key, region, down in (("tc", "core", "edema"), ("et", "enhancing tumour", "necrosis")):
         rule = post.get(key)
         if rule:
-            settings = ", ".join(f"{k} {v}" for k, v in rule.items() if v not in (None, 0, 0.0, False))
-            parts.append(f"{region}: components kept by {settings or 'default rule'} (the others become {down})")
+            parts.append(f"{region}: {_rule_words(rule) or 'every component'} (the others become {down})")
     if post.get("et_min_volume_mm3"):
         parts.append(f"an enhancing tumour below {post['et_min_volume_mm3']:g} mm3 becomes necrosis")
     return "; ".join(parts) or "none"

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from brats_lightning.crossval.card import cleanup_words
 from brats_lightning.crossval.choice import STAGE_TITLES, choose_stages, cleanup_stages, cleanup_table
 from brats_lightning.crossval.options import CVOptions
 from brats_lightning.crossval.predictor import predictor_description, write_predictor
@@ -211,7 +212,12 @@ def aggregate(
         cleanup_stages(opts, conv), figures_of, np.array([fold_of[c] for c in tune]), n_folds
     )
     tuning = {"cases": len(tune), **tuning, "seconds": time.perf_counter() - t0}
-    log.info("Clean-up chosen on %d out-of-fold cases: %s (nested per fold: %s)", len(tune), final, nested)
+    log.info(
+        "Clean-up chosen on %d out-of-fold cases: %s (nested, each fold's cases by the other folds: %s)",
+        len(tune),
+        cleanup_words(final),
+        "; ".join(f"fold {k}: {cleanup_words(choice)}" for k, choice in sorted(nested.items())),
+    )
     for stage in ("et_threshold", "components", "tc", "et"):
         if stage in tuning:
             print(f"Clean-up, {STAGE_TITLES[stage]}:\n" + cleanup_table(tuning[stage], stage))
