@@ -118,7 +118,7 @@ def preparation_words(preprocess: Any) -> str:
         steps.append("standardises each sequence's histogram inside the brain (its deciles onto a standard normal's)")
     elif prep.zscore:
         steps.append("z-scores each sequence inside the brain")
-    return ", ".join(steps) or "leaves the intensities as they are"
+    return ", then ".join(steps) or "leaves the intensities as they are"
 
 
 def _estimate_kind(split: str, sites: list[str]) -> str:
