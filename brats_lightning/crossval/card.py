@@ -34,6 +34,14 @@ MODEL_CARD = "MODEL_CARD.md"
 _NAMES = {"wt": "whole tumour", "tc": "tumour core", "et": "enhancing tumour"}
 
 
+# the nets of FCNModule's model.arch, in words
+_NETS = {
+    "fcn": "Shen et al.'s FCN with its upsampling paths",
+    "unet": "Shen et al.'s encoder with a U-Net decoder and skip connections",
+    "dynunet": "MONAI's DynUNet in 2D",
+}
+
+
 def hardware() -> str:
     """The machine in one line: CPU model, cores, GPUs (``torch.cuda``)."""
     cpu = platform.processor() or platform.machine()
@@ -182,6 +190,7 @@ def write_model_card(
         f"- **The predictor** (`predict ckpt_path=<this folder>`): {predictor.get('what', 'see predictor.json')}.",
         f"- Checkpoints: {', '.join(f'`{c}`' for c in predictor.get('checkpoints', []))}; the net "
         f"`{model.get('arch', model.get('_target_', '?'))}`"
+        + (f" ({_NETS[model['arch']]})" if model.get("arch") in _NETS else "")
         + (f" at width {width}" if width is not None else "")
         + ".",
         f"- Input: the sequences {', '.join(modalities)} of one case, co-registered, skull-stripped and on one 1 mm "

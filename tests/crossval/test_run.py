@@ -145,6 +145,8 @@ def test_real_fast_is_a_cross_validation_with_out_of_fold_figures_and_a_final_pr
     assert f"fold 1: {int(metrics['cv/fold1/steps']):,} steps" in card
     # the input as the run prepared it: real_fast standardises histograms, it does not z-score
     assert "standardises each sequence's histogram inside the brain" in card and "z-scores" not in card
+    # the recipe's net (the U-Net decoder since it gained under leave-one-site-out), named in words
+    assert "the net `unet` (Shen et al.'s encoder with a U-Net decoder and skip connections) at width 0.25" in card
     # within the budget: 0.5 minutes after data preparation (each fold its share, at least 3 s)
     assert metrics["time/cv_s"] < 0.5 * 60 + 20
     # predict ckpt_path=<run>: the model trained on every case, with the final clean-up and flips
