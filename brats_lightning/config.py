@@ -42,6 +42,22 @@ def _data_convention(root: object, layout: object = "auto") -> str:
     return dataset_convention(None if root in (None, "None") else str(root), str(layout or "auto"))
 
 
+#: ``model.arch`` in a table's words (``bl.net_name``)
+_NET_WORDS = {"fcn": "FCN", "unet": "U-Net decoder", "dynunet": "MONAI DynUNet 2D"}
+
+
+def _net_name(arch: str, width: float = 1.0, symmetry: bool = True) -> str:
+    """The net in a table's words, from the options that make it: ``"U-Net decoder + symmetry, half width"``.
+
+    So a run that overrides ``model.arch``, ``model.width`` or ``data.symmetry`` is named for what it trained.
+    """
+    name = _NET_WORDS.get(str(arch), str(arch)) + (" + symmetry" if symmetry else "")
+    width = float(width)
+    if width == 0.5:
+        return name + ", half width"
+    return name if width == 1.0 else f"{name}, width {width:g}"
+
+
 def _cpu_precision() -> str:
     from brats_lightning.precision import training_precision
 
@@ -111,6 +127,7 @@ def register_resolvers() -> None:
         ("bl.wandb_offline", _wandb_offline),
         ("bl.cpu_precision", _cpu_precision),
         ("bl.run_name", _run_name),
+        ("bl.net_name", _net_name),
         ("bl.data_convention", _data_convention),
         ("bl.max_time", _max_time),
     ):

@@ -328,6 +328,35 @@ def test_real_fast_on_a_gpu_has_a_longer_budget_and_larger_batches(tmp_path: Pat
     assert gpu.budget_minutes == 240
 
 
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ([], "U-Net decoder + symmetry, half width (real_fast)"),
+        (["model.arch=fcn"], "FCN + symmetry, half width (real_fast)"),
+        (["model.width=1.0"], "U-Net decoder + symmetry (real_fast)"),
+        (["model.width=0.25", "data.symmetry=false"], "U-Net decoder, width 0.25 (real_fast)"),
+        (["+ablation=et_weight"], "U-Net decoder + symmetry, half width, ET weighted x2"),
+    ],
+)
+def test_a_real_fast_run_is_named_for_the_net_it_trains(tmp_path: Path, overrides: list[str], name: str) -> None:
+    # the name goes into the model card, the tables and the logs: overriding the net must not keep the default's name
+    cfg = compose(["experiment=real_fast", "data.root=r", *overrides], output_dir=str(tmp_path))
+    assert cfg.model.name == name
+
+
+def test_the_ablation_names_the_nets_it_measures(tmp_path: Path) -> None:
+    # Shen et al.'s FCN at full width, whatever real_fast's default net is
+    names = {
+        a: compose(["experiment=real_fast_ablation", f"+ablation={a}"], output_dir=str(tmp_path)).model.name
+        for a in ("baseline", "narrow", "unet")
+    }
+    assert names == {
+        "baseline": "FCN + symmetry (baseline)",
+        "narrow": "FCN + symmetry, half width",
+        "unet": "U-Net decoder + symmetry",
+    }
+
+
 def test_the_cascade_experiment_follows_its_cascade_option(tmp_path: Path) -> None:
     cfg = compose(["experiment=havaei_cascade", "cascade=mf_cascade"], output_dir=str(tmp_path))
     second = _plain(cfg, "pipeline.stages")[1]
